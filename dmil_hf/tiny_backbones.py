@@ -1,0 +1,84 @@
+"""Tiny, randomly initialised backbone configs (hidden 32, 2 layers) for tests, the built-in benchmark and the
+CPU speed preset, one per supported family, plus matching random inputs. Nothing here touches the network."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    ASTConfig,
+    BertConfig,
+    CLIPVisionConfig,
+    Dinov2Config,
+    HubertConfig,
+    PretrainedConfig,
+    RobertaConfig,
+    ViTConfig,
+    Wav2Vec2Config,
+    WhisperConfig,
+)
+
+_LAYERS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+# wav2vec2-style feature encoder with a total stride of 20 (1600 samples -> 79 frames); SpecAugment off because it
+# fails on very short clips in train mode.
+_CONV = dict(
+    conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2, mask_time_prob=0.0,
+)
+
+TEXT_FAMILIES = ("bert", "roberta")
+VISION_FAMILIES = ("vit", "clip_vision_model", "dinov2")
+AUDIO_FAMILIES = ("wav2vec2", "hubert", "audio-spectrogram-transformer", "whisper")
+
+
+def tiny_text_config(family: str = "bert", vocab_size: int = 99, max_length: int = 64) -> PretrainedConfig:
+    cls = {"bert": BertConfig, "roberta": RobertaConfig}[family]
+    extra = {"pad_token_id": 1} if family == "roberta" else {}
+    return cls(vocab_size=vocab_size, max_position_embeddings=max_length + 2, **_LAYERS, **extra)
+
+
+def tiny_vision_config(family: str = "vit", image_size: int = 16, patch_size: int = 4) -> PretrainedConfig:
+    if family == "vit":
+        return ViTConfig(image_size=image_size, patch_size=patch_size, **_LAYERS)
+    if family == "clip_vision_model":
+        return CLIPVisionConfig(image_size=image_size, patch_size=patch_size, **_LAYERS)
+    if family == "dinov2":
+        layers = {k: v for k, v in _LAYERS.items() if k != "intermediate_size"}
+        return Dinov2Config(image_size=image_size, patch_size=patch_size, mlp_ratio=1, **layers)
+    raise ValueError(f"unknown tiny vision family {family!r}; choose from {VISION_FAMILIES}")
+
+
+def tiny_audio_config(family: str = "wav2vec2") -> PretrainedConfig:
+    if family == "wav2vec2":
+        return Wav2Vec2Config(**_LAYERS, **_CONV)
+    if family == "hubert":
+        return HubertConfig(**_LAYERS, **_CONV)
+    if family == "audio-spectrogram-transformer":
+        return ASTConfig(num_mel_bins=16, max_length=32, patch_size=8, frequency_stride=8, time_stride=8, **_LAYERS)
+    if family == "whisper":
+        return WhisperConfig(
+            d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=37, decoder_layers=1,
+            decoder_attention_heads=4, decoder_ffn_dim=37, num_mel_bins=16, max_source_positions=25, vocab_size=99,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+        )
+    raise ValueError(f"unknown tiny audio family {family!r}; choose from {AUDIO_FAMILIES}")
+
+
+def random_inputs(config, batch_size: int = 4, seq_len: int = 8, num_samples: int = 1600, seed: int = 0) -> dict:
+    """Random model inputs for every modality of a `DMILConfig`, with labels."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = {"labels": torch.randint(0, config.num_labels, (batch_size,), generator=g)}
+    if config.text_config is not None:
+        inputs["input_ids"] = torch.randint(3, config.text_config.vocab_size, (batch_size, seq_len), generator=g)
+        inputs["attention_mask"] = torch.ones(batch_size, seq_len, dtype=torch.long)
+    if config.vision_config is not None:
+        v = config.vision_config
+        inputs["pixel_values"] = torch.randn(batch_size, v.num_channels, v.image_size, v.image_size, generator=g)
+    if config.audio_config is not None:
+        a = config.audio_config
+        if a.model_type == "audio-spectrogram-transformer":
+            inputs["input_features"] = torch.randn(batch_size, a.max_length, a.num_mel_bins, generator=g)
+        elif a.model_type == "whisper":
+            inputs["input_features"] = torch.randn(batch_size, a.num_mel_bins, 2 * a.max_source_positions, generator=g)
+        else:
+            inputs["input_values"] = torch.randn(batch_size, num_samples, generator=g)
+    return inputs

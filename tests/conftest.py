@@ -1,0 +1,37 @@
+"""Test set-up: offline before anything imports transformers, fixed seeds, tiny backbones."""
+
+import os
+
+# Must precede any transformers / huggingface_hub import: their constants are read at import time, and an online
+# lookup would retry for ~45 s before failing.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from dmil_hf import DMILConfig  # noqa: E402
+from dmil_hf.tiny_backbones import tiny_audio_config, tiny_text_config, tiny_vision_config  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def make_config(modalities=("text", "vision", "audio"), paradigm="dmil", num_labels=3, latent_dim=16, **kwargs):
+    """A DMILConfig over tiny BERT / ViT / wav2vec2 backbones (override a family with text="roberta" etc.)."""
+    families = {"text": kwargs.pop("text", "bert"), "vision": kwargs.pop("vision", "vit"), "audio": kwargs.pop("audio", "wav2vec2")}
+    builders = {"text": tiny_text_config, "vision": tiny_vision_config, "audio": tiny_audio_config}
+    sub = {f"{m}_config": builders[m](families[m]) for m in modalities}
+    return DMILConfig(**sub, paradigm=paradigm, num_labels=num_labels, latent_dim=latent_dim, **kwargs)
+
+
+@pytest.fixture
+def config_factory():
+    return make_config
