@@ -1,0 +1,74 @@
+"""Model cards for trained DMIL models, rendered from the Jinja template in `model_cards/` with huggingface_hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+_DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "dmil.md"
+_STAGE_TRAINS = {
+    1: "backbones, projections, intra-modal decomposition (M/N)",
+    2: "consistency decomposition (R/U), synergy, component heads, gate",
+    3: "everything (backbones via {method})",
+}
+_EXAMPLE = {"text": '"text": "a sentence"', "vision": '"image": "photo.png"', "audio": '"audio": "clip.wav"'}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def render_model_card(model, args, stage_results: dict[int, dict[str, float]], template: str | None = None) -> ModelCard:
+    """Render the card of a trained model: backbones, stages and hyperparameters, evaluation results, usage."""
+    config = model.config
+    backbones = [
+        {"modality": m, "name": config.backbone_config(m)._name_or_path or "(built from config)",
+         "model_type": config.backbone_config(m).model_type}
+        for m in config.modalities
+    ]
+    base_models = [b["name"] for b in backbones if "/" in b["name"] and not Path(b["name"]).exists()]
+    paradigm = config.paradigm
+    stage_numbers = args.stage_list if paradigm == "dmil" else [1]
+    stages = [
+        {
+            "stage": k,
+            "trains": _STAGE_TRAINS[k].format(method=args.finetune_method) if paradigm == "dmil" else "everything",
+            "epochs": _fmt(args.stage_value("num_train_epochs", k)),
+            "max_steps": args.stage_value("max_steps", k),
+            "learning_rate": args.stage_value("learning_rate", k),
+        }
+        for k in stage_numbers
+    ]
+    results = [
+        {"stage": k, "metric": name, "value": _fmt(value)}
+        for k, metrics in sorted(stage_results.items())
+        for name, value in sorted(metrics.items())
+        if name.startswith("eval_") and isinstance(value, (int, float))
+    ]
+    loss_weights = {k: v for k, v in config.to_dict().items() if k.endswith("_weight") or k.endswith("_scale")}
+    repo_id = args.hub_model_id or Path(args.output_dir).name
+    card_data = ModelCardData(
+        library_name="transformers",
+        tags=["dmil", "multimodal", "multimodal-classification", *config.modalities],
+        base_model=base_models or None,
+        model_name=repo_id,
+    )
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    template_path = Path(template) if template else _DEFAULT_TEMPLATE
+    kwargs = dict(
+        model_name=repo_id, repo_id=repo_id, paradigm=paradigm, components=config.interaction_components,
+        backbones=backbones, num_labels=config.num_labels,
+        labels=[config.id2label[i] for i in range(config.num_labels)], latent_dim=config.latent_dim,
+        finetune_method=args.finetune_method, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout, stages=stages, loss_weights=loss_weights,
+        batch_size=args.per_device_train_batch_size, grad_accum=args.gradient_accumulation_steps,
+        weight_decay=args.weight_decay, seed=args.seed, precision=precision, results=results,
+        example_input=", ".join(_EXAMPLE[m] for m in config.modalities),
+    )
+    if template_path.is_file():
+        return ModelCard.from_template(card_data, template_path=str(template_path), **kwargs)
+    # Installed without the repository's model_cards/ folder: huggingface_hub's default template still records
+    # the metadata.
+    return ModelCard.from_template(card_data, **kwargs)

@@ -1,0 +1,404 @@
+"""DMILTrainer: DMIL's three training stages on top of `transformers.Trainer`.
+
+Stage 1 trains the backbones, projections and level 1 (intra-modal decomposition); stage 2 freezes all of that and
+trains level 2, synergy, the component heads and the gate; stage 3 fine-tunes everything with every loss on, the
+backbones through LoRA adapters (peft) by default or fully. Each stage has its own optimizer, schedule, epochs and
+learning rate, writes its checkpoints under `output_dir/stage-k/checkpoint-*` and its result to `output_dir/stage-k`,
+and starts from the previous stage's saved result. Devices, mixed precision and distribution are the Trainer's
+(and so Accelerate's) business; nothing here is home-made.
+
+The joint and ensemble baselines have a single stage (saved as `stage-1`) trained with the stage-1 settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+
+from .backbones_dmil import backbone_spec
+from .modeling_dmil import DMILForMultimodalClassification
+
+STAGE_MARKER = "dmil_stage.json"
+
+# Modules trained in each stage; everything else is frozen (and held in eval mode, so dropout and sampling stop).
+_STAGE1_MODULES = ("backbones", "projections", "intra_decomposition")
+_STAGE2_MODULES = ("consistency_decomposition", "synergy_fusion", "component_classifiers", "interaction_gate")
+
+
+@dataclass
+class DMILTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus DMIL's stage schedule and LoRA settings.
+
+    Every `stageK_*` field left unset falls back to the plain Trainer field (`num_train_epochs`, `max_steps`,
+    `learning_rate`). The reference implementation trains stage 1 at a high learning rate, stage 2 (fresh heads
+    only) at a high one too, and stage 3 gently; see `training/configs/` for ready schedules.
+
+    Example:
+
+    ```python
+    >>> from dmil_hf import DMILTrainingArguments
+    >>> args = DMILTrainingArguments(output_dir="out", stage1_num_train_epochs=2, stage2_learning_rate=1e-3,
+    ...                              finetune_method="lora", lora_r=8, use_cpu=True, report_to=[])
+    >>> args.stage_list, args.stage_value("learning_rate", 2)
+    ([1, 2, 3], 0.001)
+    ```
+    """
+
+    output_dir: str = field(default="outputs/dmil", metadata={"help": "Where stages, checkpoints and results go."})
+    stages: str = field(default="1,2,3", metadata={"help": "Comma-separated DMIL stages to run, e.g. '1,2,3' or '3'."})
+    stage1_num_train_epochs: float | None = field(default=None, metadata={"help": "Epochs of stage 1."})
+    stage2_num_train_epochs: float | None = field(default=None, metadata={"help": "Epochs of stage 2."})
+    stage3_num_train_epochs: float | None = field(default=None, metadata={"help": "Epochs of stage 3."})
+    stage1_max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps of stage 1 (overrides epochs)."})
+    stage2_max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps of stage 2 (overrides epochs)."})
+    stage3_max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps of stage 3 (overrides epochs)."})
+    stage1_learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate of stage 1."})
+    stage2_learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate of stage 2."})
+    stage3_learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate of stage 3."})
+    finetune_method: str = field(
+        default="lora", metadata={"help": "How stage 3 trains the backbones: 'lora' (peft adapters) or 'full'."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Leaf module names that get LoRA in every backbone, overriding the backbone table."},
+    )
+    model_card_template: str | None = field(
+        default=None, metadata={"help": "Jinja model-card template (default: model_cards/dmil.md of the repo)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.finetune_method not in ("lora", "full"):
+            raise ValueError(f"finetune_method must be 'lora' or 'full', got {self.finetune_method!r}")
+        try:
+            stages = [int(s) for s in str(self.stages).split(",") if s.strip()]
+        except ValueError:
+            stages = []
+        if not stages or any(s not in (1, 2, 3) for s in stages) or stages != sorted(set(stages)):
+            raise ValueError(f"stages must be increasing stage numbers from 1, 2, 3 like '1,2,3', got {self.stages!r}")
+        if self.label_names is None:
+            self.label_names = ["labels"]
+
+    @property
+    def stage_list(self) -> list[int]:
+        return [int(s) for s in str(self.stages).split(",") if s.strip()]
+
+    def stage_value(self, name: str, stage: int) -> Any:
+        """The stage's own value of `num_train_epochs`, `max_steps` or `learning_rate`, else the shared one."""
+        value = getattr(self, f"stage{stage}_{name}")
+        return getattr(self, name) if value is None else value
+
+
+def _unwrap(model: torch.nn.Module) -> DMILForMultimodalClassification:
+    """The DMIL model under DDP / peft wrappers."""
+    while not isinstance(model, DMILForMultimodalClassification):
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            raise TypeError(f"DMILTrainer needs a DMILForMultimodalClassification, got {type(model).__name__}")
+    return model
+
+
+def lora_target_regex(model: DMILForMultimodalClassification, leaf_names: list[str] | None = None) -> str:
+    """A regex that peft full-matches against module names: each backbone's LoRA targets, scoped to that backbone."""
+    parts = []
+    for modality in model.modalities:
+        spec = backbone_spec(model.config.backbone_config(modality).model_type, modality)
+        names = leaf_names or spec.lora_targets
+        parts.append(rf"backbones\.{modality}\..*\.({'|'.join(map(re.escape, names))})")
+    return rf"^({'|'.join(parts)})$"
+
+
+def head_module_names(model: DMILForMultimodalClassification) -> list[str]:
+    """Every parameterised leaf module outside the backbones: trained fully (peft `modules_to_save`) in stage 3.
+
+    Leaves rather than the top-level containers because peft's wrapper cannot stand in for an indexed ModuleDict.
+    """
+    return [
+        name
+        for name, module in model.named_modules()
+        if name
+        and not name.startswith("backbones.")
+        and not list(module.children())
+        and any(True for _ in module.parameters(recurse=False))
+    ]
+
+
+class DMILTrainer(Trainer):
+    """A `Trainer` that runs DMIL's decomposition pretraining (stages 1-2) and interaction fine-tuning (stage 3).
+
+    `train()` runs the stages of `args.stages` in order; `train(stage=k)` runs one. Under `resume_from_checkpoint=True`
+    finished stages are loaded from `output_dir/stage-k` and the interrupted one resumes from its last checkpoint;
+    a checkpoint path resumes inside the stage it belongs to. After a LoRA stage 3, `output_dir/stage-3` holds the
+    merged model (loads with `AutoModel.from_pretrained`) and `output_dir/stage-3/adapter` the adapter (loads with
+    peft onto the stage-2 model). The unweighted loss terms are logged next to the loss.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from datasets import Dataset
+    >>> from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
+    >>> from dmil_hf.tiny_backbones import tiny_text_config, tiny_vision_config
+    >>> config = DMILConfig(text_config=tiny_text_config(), vision_config=tiny_vision_config(), num_labels=2)
+    >>> data = Dataset.from_dict({"input_ids": torch.randint(3, 99, (8, 6)).tolist(),
+    ...                           "pixel_values": torch.randn(8, 3, 16, 16).tolist(), "labels": [0, 1] * 4})
+    >>> args = DMILTrainingArguments(output_dir="/tmp/dmil-doc", max_steps=2, use_cpu=True, report_to=[],
+    ...                              finetune_method="full", save_strategy="no", disable_tqdm=True)
+    >>> trainer = DMILTrainer(model=DMILForMultimodalClassification(config), args=args, train_dataset=data)
+    >>> sorted(trainer.train().metrics["stages"])
+    ['1', '2', '3']
+    ```
+    """
+
+    # The model returns a per-batch mean and ignores num_items_in_batch: the Trainer must divide by the
+    # accumulation steps itself (transformers >= 5.19 reads this; older versions read model_accepts_loss_kwargs).
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model: DMILForMultimodalClassification | None = None, args: TrainingArguments | None = None, **kwargs):
+        if args is not None and not isinstance(args, DMILTrainingArguments):
+            raise TypeError("DMILTrainer needs DMILTrainingArguments (TrainingArguments plus the stage schedule)")
+        super().__init__(model=model, args=args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        self.stage: int | None = None
+        self.stage_results: dict[int, dict[str, float]] = {}
+        self._base_output_dir = self.args.output_dir
+        self._shared_args = {k: getattr(self.args, k) for k in ("num_train_epochs", "max_steps", "learning_rate")}
+        self._frozen_modules: list[torch.nn.Module] = []
+        self._term_sums: dict[str, torch.Tensor] = {}
+        self._term_steps = 0
+
+    # ---------------------------------------------------------------- stage orchestration
+
+    def stage_dir(self, stage: int) -> str:
+        return os.path.join(self._base_output_dir, f"stage-{stage}")
+
+    def stage_is_complete(self, stage: int) -> bool:
+        return os.path.isfile(os.path.join(self.stage_dir(stage), STAGE_MARKER))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, stage: int | None = None, **kwargs):
+        """Run the stages of `args.stages` (or only `stage`) in order; see the class docstring for resuming."""
+        paradigm = _unwrap(self.model).config.paradigm
+        if stage is not None:
+            stages = [stage]
+        else:
+            stages = self.args.stage_list if paradigm == "dmil" else [1]
+        if paradigm != "dmil" and stages != [1]:
+            raise ValueError(f"the {paradigm} baseline has a single stage (1); got stages {stages}")
+        resume_stage, resume_path = None, None
+        if isinstance(resume_from_checkpoint, str):
+            match = re.search(r"stage-(\d)", str(Path(resume_from_checkpoint).resolve().parent.name))
+            if not match or int(match.group(1)) not in stages:
+                raise ValueError(
+                    f"resume_from_checkpoint={resume_from_checkpoint!r} must be a checkpoint inside "
+                    f"{self._base_output_dir}/stage-k/ for one of the stages run ({stages})"
+                )
+            resume_stage, resume_path = int(match.group(1)), resume_from_checkpoint
+
+        push = self.args.push_to_hub
+        self.args.push_to_hub = False  # the Trainer would push each stage's checkpoints to the repo root; we push per stage
+        output = None
+        try:
+            for k in stages:
+                if resume_stage is not None and k < resume_stage or (resume_from_checkpoint is True and self.stage_is_complete(k)):
+                    self._load_finished_stage(k)
+                    continue
+                checkpoint = resume_path if k == resume_stage else None
+                if resume_from_checkpoint is True:
+                    checkpoint = get_last_checkpoint(self.stage_dir(k)) if os.path.isdir(self.stage_dir(k)) else None
+                output = self._run_stage(k, checkpoint, **kwargs)
+                if push:
+                    self._upload(self.stage_dir(k), path_in_repo=f"stage-{k}", message=f"DMIL stage {k}")
+        finally:
+            self.args.push_to_hub = push
+            self.args.output_dir = self._base_output_dir
+        if push:
+            self.push_to_hub()
+        if output is None:  # every stage was already finished and has been loaded
+            output = TrainOutput(global_step=0, training_loss=0.0, metrics={})
+        metrics = {**output.metrics, "stages": {str(k): v for k, v in self.stage_results.items()}}
+        return TrainOutput(output.global_step, output.training_loss, metrics)
+
+    def _run_stage(self, stage: int, checkpoint: str | None, **kwargs):
+        model = self._model_for_stage(stage)
+        self._install_model(model)
+        self.stage = stage
+        args = self.args
+        args.output_dir = self.stage_dir(stage)
+        for name in ("num_train_epochs", "max_steps", "learning_rate"):
+            setattr(args, name, self._shared_args[name])
+            value = args.stage_value(name, stage)
+            if value is not None:
+                setattr(args, name, value)
+        if args.max_steps is None:
+            args.max_steps = -1
+        # A fresh optimizer and schedule per stage: the parameters that train differ from stage to stage.
+        self.optimizer, self.lr_scheduler = None, None
+        self._term_sums, self._term_steps = {}, 0
+        output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        self._finish_stage(stage, output)
+        return output
+
+    def _model_for_stage(self, stage: int) -> torch.nn.Module:
+        """Load the previous stage's saved result (the start of this stage) and set what trains."""
+        current = _unwrap(self.model)
+        previous = self.stage_dir(stage - 1)
+        if stage > 1 and os.path.isfile(os.path.join(previous, STAGE_MARKER)):
+            # Loading from disk (not reusing the in-memory model) makes the stage start exactly from the saved result
+            # and records the path as peft's base_model_name_or_path.
+            model = type(current).from_pretrained(previous, dtype=torch.float32)
+        else:
+            model = current
+        model.requires_grad_(True)
+        self._frozen_modules = []
+        if model.config.paradigm == "dmil" and stage in (1, 2):
+            trained = _STAGE1_MODULES if stage == 1 else _STAGE2_MODULES
+            for name, module in model.named_children():
+                if name not in trained:
+                    module.requires_grad_(False)
+                    self._frozen_modules.append(module)
+        if model.config.paradigm == "dmil" and stage == 3 and self.args.finetune_method == "lora":
+            model = self._add_lora(model)
+        return model
+
+    def _add_lora(self, model: DMILForMultimodalClassification) -> torch.nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=self.args.lora_r,
+            lora_alpha=self.args.lora_alpha,
+            lora_dropout=self.args.lora_dropout,
+            target_modules=lora_target_regex(model, self.args.lora_target_modules),
+            modules_to_save=head_module_names(model),
+            task_type=None,
+        )
+        return get_peft_model(model, lora)
+
+    def _install_model(self, model: torch.nn.Module) -> None:
+        self.model = self.model_wrapped = model
+        if self.place_model_on_device:
+            self._move_model_to_device(model, self.args.device)
+
+    def _finish_stage(self, stage: int, output) -> None:
+        """Save the stage's result (under LoRA: adapter and merged model), evaluate it, and mark the stage done."""
+        stage_dir = self.stage_dir(stage)
+        if hasattr(self.model, "merge_and_unload"):
+            if self.is_world_process_zero():
+                self.model.save_pretrained(os.path.join(stage_dir, "adapter"))
+            self._install_model(self.model.merge_and_unload())
+        self._frozen_modules = []
+        self.save_model(stage_dir, _internal_call=True)
+        metrics = {k: v for k, v in output.metrics.items() if isinstance(v, (int, float))}
+        if self.eval_dataset is not None:
+            metrics.update(self.evaluate(metric_key_prefix="eval"))
+        self.stage_results[stage] = metrics
+        if self.is_world_process_zero():
+            with open(os.path.join(stage_dir, STAGE_MARKER), "w") as f:
+                json.dump({"stage": stage, "metrics": metrics}, f, indent=2, default=float)
+        self.accelerator.wait_for_everyone()
+
+    def _load_finished_stage(self, stage: int) -> None:
+        stage_dir = self.stage_dir(stage)
+        if not self.stage_is_complete(stage):
+            raise ValueError(f"cannot skip stage {stage}: {stage_dir} holds no finished stage ({STAGE_MARKER} missing)")
+        with open(os.path.join(stage_dir, STAGE_MARKER)) as f:
+            self.stage_results[stage] = json.load(f)["metrics"]
+        model = type(_unwrap(self.model)).from_pretrained(stage_dir, dtype=torch.float32)
+        self._install_model(model)
+        self.stage = stage
+
+    # ---------------------------------------------------------------- loss, prediction, logging
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        if model.training:
+            # Trainer calls model.train() every step; frozen stage modules must stay in eval mode.
+            for module in self._frozen_modules:
+                module.eval()
+        outputs = model(**inputs, stage=self.stage or 3)
+        if model.training and outputs.loss_terms:
+            for name, value in outputs.loss_terms.items():
+                value = value.detach()
+                self._term_sums[name] = self._term_sums[name] + value if name in self._term_sums else value
+            self._term_steps += 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: list[str] | None = None):
+        """Predictions as a dict (`logits`, `interaction_weights`, `component_logits`, `modality_logits`), so that
+        `compute_metrics` can find each output by name whatever the paradigm."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        with torch.no_grad(), self.compute_loss_context_manager():
+            outputs = model(**inputs, stage=self.stage or 3)
+        loss = outputs.loss.detach().mean() if outputs.loss is not None else None
+        if prediction_loss_only:
+            return loss, None, None
+        skip = {"loss", "loss_terms", *(ignore_keys or [])}
+        predictions = {k: v.detach() for k, v in outputs.items() if k not in skip and isinstance(v, torch.Tensor)}
+        return loss, predictions, labels
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self.stage is not None:
+            logs = {**logs, "stage": self.stage}
+        if "loss" in logs and self._term_steps:
+            # Mean of each unweighted term over the steps since the last log, read once per log (no per-step sync).
+            logs.update({name: round(float(v) / self._term_steps, 6) for name, v in self._term_sums.items()})
+            self._term_sums, self._term_steps = {}, 0
+        super().log(logs, *args, **kwargs)
+
+    # ---------------------------------------------------------------- saving and the Hub
+
+    def save_final(self, path: str | None = None) -> str:
+        """Save the trained model (with remote code and processor), the LoRA adapter if any, and a model card."""
+        path = path or os.path.join(self._base_output_dir, "final")
+        self.save_model(path, _internal_call=True)
+        if self.is_world_process_zero():
+            adapter = os.path.join(self.stage_dir(3), "adapter")
+            if os.path.isdir(adapter):
+                shutil.copytree(adapter, os.path.join(path, "adapter"), dirs_exist_ok=True)
+            self.write_model_card(path)
+        return path
+
+    def write_model_card(self, path: str) -> None:
+        from .model_card_dmil import render_model_card
+
+        card = render_model_card(_unwrap(self.model), self.args, self.stage_results, template=self.args.model_card_template)
+        card.save(os.path.join(path, "README.md"))
+
+    def _repo_id(self) -> str:
+        return self.args.hub_model_id or Path(self._base_output_dir).name
+
+    def _upload(self, folder: str, path_in_repo: str | None = None, message: str = "Upload DMIL model"):
+        if not self.is_world_process_zero():
+            return None
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=self.args.hub_token)
+        api.create_repo(self._repo_id(), private=self.args.hub_private_repo, exist_ok=True)
+        return api.upload_folder(
+            repo_id=self._repo_id(), folder_path=folder, path_in_repo=path_in_repo, commit_message=message,
+            revision=self.args.hub_revision, ignore_patterns=["checkpoint-*", "_*"],
+        )
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
+        """Push the final model: weights, config, remote-code files, processor, LoRA adapter and the model card."""
+        folder = self.save_final()
+        return self._upload(folder, message=commit_message or "End of training")
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        # The repo is created at the first push; creating it in __init__ would touch the Hub before any work is done.
+        self.hub_model_id = self._repo_id() if hasattr(self, "_base_output_dir") else self.args.hub_model_id
