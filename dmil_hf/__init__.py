@@ -18,3 +18,14 @@ DMILForMultimodalClassification.register_for_auto_class("AutoModel")
 
 __all__ = ["DMILConfig", "DMILForMultimodalClassification", "DMILOutput", "DMILPreTrainedModel"]
 __version__ = "0.1.0"
+
+__all__ += ["DMILTrainer", "DMILTrainingArguments"]
+
+
+def __getattr__(name: str):
+    # The trainer pulls in transformers.Trainer (seconds to import); inference users should not pay for it.
+    if name in ("DMILTrainer", "DMILTrainingArguments"):
+        from . import training_dmil
+
+        return getattr(training_dmil, name)
+    raise AttributeError(f"module 'dmil_hf' has no attribute {name!r}")
