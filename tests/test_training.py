@@ -1,0 +1,251 @@
+"""DMILTrainer: stage freezing, LoRA adapter and merged save, resume inside a stage, GA loss, Hub push."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import make_config
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import AutoModel, TrainerCallback
+
+from dmil_hf import DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
+from dmil_hf.training_dmil import STAGE_MARKER
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_data(n=16, seed=0, num_labels=3):
+    g = torch.Generator().manual_seed(seed)
+    return Dataset.from_dict({
+        "input_ids": torch.randint(3, 99, (n, 6), generator=g).tolist(),
+        "pixel_values": torch.randn(n, 3, 16, 16, generator=g).tolist(),
+        "labels": torch.randint(0, num_labels, (n,), generator=g).tolist(),
+    })
+
+
+def make_args(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4, use_cpu=True, report_to=[],
+        save_strategy="no", disable_tqdm=True, logging_steps=1, seed=0, stage2_learning_rate=1e-2,
+        stage3_learning_rate=1e-2, dataloader_num_workers=0,
+    )
+    defaults.update(kwargs)
+    return DMILTrainingArguments(**defaults)
+
+
+def two_modality_model(**kwargs):
+    torch.manual_seed(0)
+    return DMILForMultimodalClassification(make_config(("text", "vision"), **kwargs))
+
+
+def weights(path):
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def test_arguments_validate_and_fall_back(tmp_path):
+    args = make_args(tmp_path, learning_rate=3e-4, stage2_learning_rate=1e-3, stages="2,3")
+    assert args.stage_list == [2, 3]
+    assert args.stage_value("learning_rate", 1) == 3e-4 and args.stage_value("learning_rate", 2) == 1e-3
+    with pytest.raises(ValueError, match="finetune_method"):
+        make_args(tmp_path, finetune_method="qlora")
+    with pytest.raises(ValueError, match="stages"):
+        make_args(tmp_path, stages="3,1")
+    with pytest.raises(TypeError, match="DMILTrainingArguments"):
+        from transformers import TrainingArguments
+
+        DMILTrainer(model=two_modality_model(), args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
+
+
+def test_three_stages_freeze_save_and_lora(tmp_path):
+    trainer = DMILTrainer(model=two_modality_model(), args=make_args(tmp_path), train_dataset=make_data(), eval_dataset=make_data(8, 1))
+    output = trainer.train()
+    assert sorted(output.metrics["stages"]) == ["1", "2", "3"]
+    run = tmp_path / "run"
+    s1, s2, s3 = (weights(run / f"stage-{k}") for k in (1, 2, 3))
+    stage1_keys = [k for k in s1 if k.startswith(("backbones.", "projections.", "intra_decomposition."))]
+    stage2_keys = [k for k in s1 if k.startswith(("consistency_decomposition.", "synergy_fusion.", "interaction_gate."))]
+    assert stage1_keys and stage2_keys
+    # Stage 2 leaves every stage-1 module bit-for-bit unchanged and trains its own modules.
+    assert all(torch.equal(s1[k], s2[k]) for k in stage1_keys)
+    assert any(not torch.equal(s1[k], s2[k]) for k in stage2_keys)
+    # Stage 3 (LoRA, merged): backbones moved, through the adapters.
+    assert any(not torch.equal(s2[k], s3[k]) for k in s2 if k.startswith("backbones."))
+    for k in (1, 2, 3):
+        marker = json.loads((run / f"stage-{k}" / STAGE_MARKER).read_text())
+        assert marker["stage"] == k and "eval_loss" in marker["metrics"]
+
+    # The adapter holds only LoRA weights and the fully trained heads, and loads with peft onto the stage-2 model.
+    from peft import PeftModel
+
+    adapter_dir = run / "stage-3" / "adapter"
+    adapter = load_file(adapter_dir / "adapter_model.safetensors")
+    # No base backbone weight travels in the adapter: backbone entries are LoRA factors only.
+    assert all("lora_" in k for k in adapter if k.startswith("base_model.model.backbones."))
+    assert any(k.startswith("base_model.model.interaction_gate.") for k in adapter)
+    assert any("backbones.text" in k and "lora_B" in k for k in adapter)
+    assert any("backbones.vision" in k and "lora_B" in k for k in adapter)
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(run / "stage-2")
+    stage2 = DMILForMultimodalClassification.from_pretrained(run / "stage-2")
+    peft_model = PeftModel.from_pretrained(stage2, adapter_dir).eval()
+    # (Compared in memory: transformers writes some backbones, e.g. ViT, under their legacy key names on disk.)
+    stage2_state = DMILForMultimodalClassification.from_pretrained(run / "stage-2").state_dict()
+    wrapped = [(n, m) for n, m in peft_model.get_base_model().named_modules() if hasattr(m, "base_layer")]
+    assert any(n.startswith("backbones.text") for n, _ in wrapped) and any(n.startswith("backbones.vision") for n, _ in wrapped)
+    for name, module in wrapped:
+        assert torch.equal(module.base_layer.weight, stage2_state[f"{name}.weight"])  # base weights untouched
+    merged = AutoModel.from_pretrained(run / "stage-3").eval()
+    batch = {k: torch.tensor(v) for k, v in make_data(4, 2)[:4].items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**batch).logits, merged(**batch).logits, atol=1e-5, rtol=1e-5)
+
+    predictions = trainer.predict(make_data(8, 1)).predictions
+    assert set(predictions) == {"logits", "interaction_weights", "component_logits", "modality_logits"}
+    assert predictions["interaction_weights"].shape == (8, 4)
+
+
+def test_full_finetuning_and_single_stage(tmp_path):
+    args = make_args(tmp_path, finetune_method="full", stages="1,2")
+    DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data()).train()
+    run = tmp_path / "run"
+    assert not (run / "stage-3").exists()
+    # A later call runs stage 3 alone, starting from the saved stage-2 result.
+    trainer = DMILTrainer(model=two_modality_model(), args=make_args(tmp_path, finetune_method="full"), train_dataset=make_data())
+    trainer.train(stage=3)
+    assert not (run / "stage-3" / "adapter").exists()
+    s2, s3 = weights(run / "stage-2"), weights(run / "stage-3")
+    assert any(not torch.equal(s2[k], s3[k]) for k in s2 if k.startswith("backbones."))
+    assert any(not torch.equal(s2[k], s3[k]) for k in s2 if k.startswith("interaction_gate."))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _InterruptAt(TrainerCallback):
+    def __init__(self, trainer_ref, stage, step):
+        self.trainer_ref, self.stage, self.step = trainer_ref, stage, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer_ref[0].stage == self.stage and state.global_step == self.step:
+            raise _Interrupt
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_resume_inside_a_stage_matches_uninterrupted_run(tmp_path, stage):
+    def run(out, interrupt=False, resume=None):
+        args = make_args(tmp_path, output_dir=str(tmp_path / out), max_steps=4, save_strategy="steps", save_steps=2)
+        trainer = DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data())
+        if interrupt:
+            ref = [trainer]
+            trainer.add_callback(_InterruptAt(ref, stage, 3))
+            with pytest.raises(_Interrupt):
+                trainer.train()
+        else:
+            trainer.train(resume_from_checkpoint=resume)
+
+    run("straight")
+    run("interrupted", interrupt=True)
+    assert (tmp_path / "interrupted" / f"stage-{stage}" / "checkpoint-2").is_dir()
+    assert not (tmp_path / "interrupted" / f"stage-{stage}" / STAGE_MARKER).exists()
+    run("interrupted", resume=True)
+    straight, resumed = weights(tmp_path / "straight" / "stage-3"), weights(tmp_path / "interrupted" / "stage-3")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_logged_loss_under_gradient_accumulation(tmp_path):
+    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+    def first_logged_loss(batch, accumulation):
+        torch.manual_seed(0)
+        config = make_config(("text", "vision"), paradigm="joint")
+        for sub in (config.text_config, config.vision_config):
+            for k, v in no_dropout.items():
+                setattr(sub, k, v)
+        model = DMILForMultimodalClassification(config)
+        args = make_args(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
+        trainer = DMILTrainer(model=model, args=args, train_dataset=make_data())
+        trainer.train()
+        return next(r["loss"] for r in trainer.state.log_history if "loss" in r)
+
+    assert first_logged_loss(8, 1) == pytest.approx(first_logged_loss(4, 2), rel=1e-5)
+
+
+def test_push_to_hub_and_load_back_with_remote_code(tmp_path):
+    from fake_hub import FakeHub
+
+    # The pushing process must not import conftest (it forces offline mode), so it builds its model here.
+    script = textwrap.dedent(f"""
+        import torch
+        from datasets import Dataset
+        from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
+        from dmil_hf.tiny_backbones import tiny_text_config, tiny_vision_config
+        def data(n, seed):
+            g = torch.Generator().manual_seed(seed)
+            return Dataset.from_dict({{"input_ids": torch.randint(3, 99, (n, 6), generator=g).tolist(),
+                                      "pixel_values": torch.randn(n, 3, 16, 16, generator=g).tolist(),
+                                      "labels": torch.randint(0, 3, (n,), generator=g).tolist()}})
+        torch.manual_seed(0)
+        config = DMILConfig(text_config=tiny_text_config(), vision_config=tiny_vision_config(), num_labels=3, latent_dim=16)
+        args = DMILTrainingArguments(output_dir={str(tmp_path / 'run')!r}, max_steps=2, per_device_train_batch_size=4,
+                                     use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True,
+                                     push_to_hub=True, hub_model_id="someone/dmil-tiny", hub_token="hf_fake")
+        trainer = DMILTrainer(model=DMILForMultimodalClassification(config), args=args, train_dataset=data(16, 0),
+                              eval_dataset=data(8, 1))
+        trainer.train()
+        g = torch.Generator().manual_seed(2)
+        batch = {{"input_ids": torch.randint(3, 99, (4, 6), generator=g), "pixel_values": torch.randn(4, 3, 16, 16, generator=g)}}
+        trainer.model.eval()
+        torch.save(trainer.model(**batch).logits.detach(), {str(tmp_path / 'expected.pt')!r})
+    """)
+    load = textwrap.dedent(f"""
+        import sys, torch
+        try:
+            import dmil_hf
+            raise SystemExit("dmil_hf must not be importable here")
+        except ImportError:
+            pass
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained("someone/dmil-tiny", trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        g = torch.Generator().manual_seed(2)
+        batch = {{"input_ids": torch.randint(3, 99, (4, 6), generator=g), "pixel_values": torch.randn(4, 3, 16, 16, generator=g)}}
+        torch.testing.assert_close(model(**batch).logits, torch.load({str(tmp_path / 'expected.pt')!r}), atol=1e-5, rtol=1e-5)
+        print("LOADED", type(model).__name__)
+    """)
+    with FakeHub(tmp_path / "hub") as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": REPO}
+        env.pop("HF_HUB_OFFLINE", None)
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        repo = tmp_path / "hub" / "someone" / "dmil-tiny"
+        for name in ("config.json", "model.safetensors", "modeling_dmil.py", "configuration_dmil.py",
+                     "backbones_dmil.py", "README.md", "adapter/adapter_config.json", "stage-1/config.json",
+                     "stage-2/model.safetensors"):
+            assert (repo / name).is_file(), name
+        assert not any("checkpoint-" in str(p) for p in repo.rglob("*"))
+        assert "auto_map" in json.loads((repo / "config.json").read_text())
+        card = (repo / "README.md").read_text()
+        assert "## Backbones" in card and "| 3 |" in card and "lora" in card and "trust_remote_code" in card
+
+        # A fresh process where dmil_hf cannot be imported loads the pushed repo through its remote code.
+        blocker = tmp_path / "blocker"
+        blocker.mkdir()
+        (blocker / "sitecustomize.py").write_text(textwrap.dedent("""
+            import sys
+            class _Block:
+                def find_spec(self, name, path=None, target=None):
+                    if name == "dmil_hf" or name.startswith("dmil_hf."):
+                        raise ImportError("dmil_hf is blocked in this test")
+            sys.meta_path.insert(0, _Block())
+        """))
+        env = {**env, "PYTHONPATH": str(blocker), "HF_HOME": str(tmp_path / "hf_home_fresh")}
+        done = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True, timeout=300,
+                              cwd=str(tmp_path))
+        assert done.returncode == 0 and "LOADED" in done.stdout, done.stderr[-3000:]
