@@ -139,6 +139,37 @@ def head_module_names(model: DMILForMultimodalClassification) -> list[str]:
     ]
 
 
+def prepare_model_for_stage(
+    model: DMILForMultimodalClassification,
+    stage: int,
+    finetune_method: str = "lora",
+    lora_kwargs: dict[str, Any] | None = None,
+) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
+    """Set what trains in a stage; returns the model to train (peft-wrapped for a LoRA stage 3) and the frozen
+    modules, which the caller must hold in eval mode.
+
+    Stage 1 trains the backbones, projections and level 1; stage 2 only level 2, synergy, component heads and gate;
+    stage 3 everything, the backbones through LoRA adapters when `finetune_method="lora"` (the heads then train
+    fully as peft `modules_to_save`). Baselines train everything in their single stage.
+    """
+    model.requires_grad_(True)
+    frozen: list[torch.nn.Module] = []
+    if model.config.paradigm == "dmil" and stage in (1, 2):
+        trained = _STAGE1_MODULES if stage == 1 else _STAGE2_MODULES
+        for name, module in model.named_children():
+            if name not in trained:
+                module.requires_grad_(False)
+                frozen.append(module)
+    if model.config.paradigm == "dmil" and stage == 3 and finetune_method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora_kwargs = dict(lora_kwargs or {})
+        lora_kwargs.setdefault("target_modules", lora_target_regex(model))
+        lora = LoraConfig(modules_to_save=head_module_names(model), task_type=None, **lora_kwargs)
+        model = get_peft_model(model, lora)
+    return model, frozen
+
+
 class DMILTrainer(Trainer):
     """A `Trainer` that runs DMIL's decomposition pretraining (stages 1-2) and interaction fine-tuning (stage 3).
 
@@ -264,30 +295,16 @@ class DMILTrainer(Trainer):
             model = type(current).from_pretrained(previous, dtype=torch.float32)
         else:
             model = current
-        model.requires_grad_(True)
-        self._frozen_modules = []
-        if model.config.paradigm == "dmil" and stage in (1, 2):
-            trained = _STAGE1_MODULES if stage == 1 else _STAGE2_MODULES
-            for name, module in model.named_children():
-                if name not in trained:
-                    module.requires_grad_(False)
-                    self._frozen_modules.append(module)
-        if model.config.paradigm == "dmil" and stage == 3 and self.args.finetune_method == "lora":
-            model = self._add_lora(model)
+        model, self._frozen_modules = prepare_model_for_stage(
+            model, stage, self.args.finetune_method, lora_kwargs=self._lora_kwargs(model)
+        )
         return model
 
-    def _add_lora(self, model: DMILForMultimodalClassification) -> torch.nn.Module:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=self.args.lora_r,
-            lora_alpha=self.args.lora_alpha,
-            lora_dropout=self.args.lora_dropout,
-            target_modules=lora_target_regex(model, self.args.lora_target_modules),
-            modules_to_save=head_module_names(model),
-            task_type=None,
-        )
-        return get_peft_model(model, lora)
+    def _lora_kwargs(self, model: DMILForMultimodalClassification) -> dict[str, Any]:
+        return {
+            "r": self.args.lora_r, "lora_alpha": self.args.lora_alpha, "lora_dropout": self.args.lora_dropout,
+            "target_modules": lora_target_regex(model, self.args.lora_target_modules),
+        }
 
     def _install_model(self, model: torch.nn.Module) -> None:
         self.model = self.model_wrapped = model

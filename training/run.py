@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Train a DMIL model (or a joint / ensemble baseline) with DMILTrainer.
+
+    accelerate launch training/run.py                                  # built-in synthetic benchmark, tiny backbones
+    accelerate launch training/run.py training/configs/base_pretrained.yaml --train_file train.csv --num_labels 6
+    python training/run.py my.json --stage3_learning_rate 1e-4         # plain python works too
+
+A leading `.yaml`/`.json` file gives arguments; command-line flags after it override them. With no argument at all
+the run uses `training/configs/synthetic_tiny.yaml`. The script has no Accelerate code of its own: devices, mixed
+precision (`--bf16 true`) and distribution (DDP/FSDP/DeepSpeed) come from `accelerate launch` through the Trainer.
+
+Data: the built-in synthetic interaction benchmark (`--dataset synthetic`), a Hub dataset name, a folder written by
+`datasets.save_to_disk`, or local csv/json/parquet files (`--train_file`, `--validation_file`) with text, image-path
+and audio-path columns (names set by `--text_column`, `--image_column`, `--audio_column`, `--label_column`).
+Raw columns are turned into model inputs by a `DMILProcessor` built from the backbones' own processors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "synthetic_tiny.yaml"
+
+
+@dataclass
+class ModelArguments:
+    text_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the text backbone."})
+    vision_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the vision backbone."})
+    audio_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the audio backbone."})
+    init_from: str | None = field(default=None, metadata={"help": "A saved DMIL model to start from instead."})
+    paradigm: str = field(default="dmil", metadata={"help": "'dmil', 'joint' or 'ensemble'."})
+    latent_dim: int = field(default=64, metadata={"help": "Dimension of the decomposition's latents."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa' or 'eager' for the backbones."})
+    check_inputs: bool = field(default=True, metadata={"help": "NaN/label-range checks (one host sync per step)."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(
+        default="synthetic",
+        metadata={"help": "'synthetic', a Hub dataset name, or a load_from_disk folder. Ignored with --train_file."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_file: str | None = field(default=None, metadata={"help": "Local csv/json/parquet training file."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local csv/json/parquet evaluation file."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on (default: validation/test)."})
+    text_column: str = field(default="text", metadata={"help": "Column with the text."})
+    image_column: str = field(default="image", metadata={"help": "Column with images or image paths."})
+    audio_column: str = field(default="audio", metadata={"help": "Column with waveforms or audio paths."})
+    label_column: str = field(default="label", metadata={"help": "Column with the class (id or name)."})
+    interaction_type_column: str = field(
+        default="interaction_type", metadata={"help": "Optional column with known interaction types, for metrics."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
+    synthetic_modalities: str = field(default="text,vision,audio", metadata={"help": "Synthetic benchmark modalities."})
+    synthetic_mixture: str = field(default="half_U_half_R", metadata={"help": "Synthetic mixture name."})
+    synthetic_num_labels: int = field(default=4, metadata={"help": "Synthetic benchmark classes."})
+    synthetic_train_size: int = field(default=2000, metadata={"help": "Synthetic training samples."})
+    synthetic_eval_size: int = field(default=600, metadata={"help": "Synthetic evaluation samples."})
+    synthetic_dominant_modality: str | None = field(default=None, metadata={"help": "Cleaner modality, if any."})
+
+
+def _to_cli(values: dict) -> list[str]:
+    """Turn a config file's mapping into flags, so the file and the command line go through one parser."""
+    argv = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+def parse_arguments(argv: list[str]):
+    from transformers import HfArgumentParser
+
+    from dmil_hf import DMILTrainingArguments
+
+    config_file = None
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        config_file, argv = argv[0], argv[1:]
+    elif not argv:
+        config_file = str(DEFAULT_CONFIG)
+    file_args = []
+    if config_file:
+        with open(config_file) as f:
+            file_args = _to_cli(yaml.safe_load(f) or {})  # YAML is a superset of JSON
+    parser = HfArgumentParser((ModelArguments, DataArguments, DMILTrainingArguments))
+    # Later flags win in argparse, so command-line overrides follow the file's values.
+    return (*parser.parse_args_into_dataclasses(args=file_args + argv), config_file)
+
+
+def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: int):
+    from dmil_hf.synthetic_dmil import SyntheticInteractionSpec, make_interaction_splits, tiny_config_for
+
+    spec = SyntheticInteractionSpec(
+        modalities=tuple(m.strip() for m in data_args.synthetic_modalities.split(",") if m.strip()),
+        num_labels=data_args.synthetic_num_labels,
+        mixture=data_args.synthetic_mixture,
+        dominant_modality=data_args.synthetic_dominant_modality,
+    )
+    splits = make_interaction_splits(data_args.synthetic_train_size, data_args.synthetic_eval_size, seed=seed, spec=spec)
+    config = tiny_config_for(spec, paradigm=model_args.paradigm, latent_dim=model_args.latent_dim,
+                             check_inputs=model_args.check_inputs)
+    return splits["train"], splits["test"], config
+
+
+def load_user_data(data_args: DataArguments):
+    import datasets
+
+    if data_args.train_file:
+        files = {"train": data_args.train_file}
+        if data_args.validation_file:
+            files["validation"] = data_args.validation_file
+        extension = Path(data_args.train_file).suffix.lstrip(".").replace("jsonl", "json")
+        raw = datasets.load_dataset(extension, data_files=files)
+    elif os.path.isdir(data_args.dataset):
+        raw = datasets.load_from_disk(data_args.dataset)
+    else:
+        raw = datasets.load_dataset(data_args.dataset, data_args.dataset_config)
+    if not isinstance(raw, datasets.DatasetDict):
+        raw = datasets.DatasetDict(train=raw)
+    if data_args.train_split not in raw:
+        raise ValueError(f"no split {data_args.train_split!r} in the dataset (splits: {list(raw)})")
+    eval_split = data_args.eval_split or next((s for s in ("validation", "test") if s in raw), None)
+    return raw[data_args.train_split], raw[eval_split] if eval_split else None
+
+
+def label_maps(train, label_column: str) -> dict[int, str]:
+    feature = train.features.get(label_column)
+    if feature is None:
+        raise ValueError(f"label column {label_column!r} not in the dataset (columns: {train.column_names})")
+    if hasattr(feature, "names"):
+        return dict(enumerate(feature.names))
+    values = sorted(set(train[label_column]), key=str)
+    if all(isinstance(v, int) for v in values):
+        return {i: str(i) for i in range(max(values) + 1)}
+    return dict(enumerate(map(str, values)))
+
+
+def build_user_model_and_processor(model_args: ModelArguments, data_args: DataArguments, train):
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+
+    from dmil_hf import DMILForMultimodalClassification, DMILProcessor
+
+    id2label = label_maps(train, data_args.label_column)
+    label2id = {v: k for k, v in id2label.items()}
+    extra = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+    if model_args.init_from:
+        model = DMILForMultimodalClassification.from_pretrained(model_args.init_from, **extra)
+        processor = DMILProcessor.from_pretrained(model_args.init_from)
+        return model, processor, label2id
+    backbones = {"text": model_args.text_model, "vision": model_args.vision_model, "audio": model_args.audio_model}
+    model = DMILForMultimodalClassification.from_backbones_pretrained(
+        **backbones, num_labels=len(id2label), id2label=id2label, label2id=label2id,
+        paradigm=model_args.paradigm, latent_dim=model_args.latent_dim, check_inputs=model_args.check_inputs,
+        **{f"{m}_{k}": v for m, path in backbones.items() if path for k, v in extra.items()},
+    )
+    processor = DMILProcessor(
+        tokenizer=AutoTokenizer.from_pretrained(backbones["text"]) if backbones["text"] else None,
+        image_processor=AutoImageProcessor.from_pretrained(backbones["vision"]) if backbones["vision"] else None,
+        feature_extractor=AutoFeatureExtractor.from_pretrained(backbones["audio"]) if backbones["audio"] else None,
+    )
+    return model, processor, label2id
+
+
+def print_report(trainer, final_metrics: dict) -> None:
+    print("\n== DMIL run: per-stage results ==")
+    print("| stage | train loss | eval loss | eval accuracy | eval macro-F1 |")
+    print("|---|---|---|---|---|")
+    for stage, m in sorted(trainer.stage_results.items()):
+        cells = [m.get("train_loss"), m.get("eval_loss"), m.get("eval_accuracy"), m.get("eval_f1_macro")]
+        print(f"| {stage} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
+    per_type = sorted(k for k in final_metrics if k.startswith("eval_accuracy_"))
+    if per_type:
+        print("\n== final model: accuracy and mean gate weights per interaction type ==")
+        gates = sorted({k.split("_")[2] for k in final_metrics if k.startswith("eval_gate_")})
+        print("| type | accuracy | " + " | ".join(f"gate {g}" for g in gates) + " |")
+        print("|---|---|" + "---|" * len(gates))
+        for key in per_type:
+            kind = key[len("eval_accuracy_"):]
+            gate_cells = [final_metrics.get(f"eval_gate_{g}_{kind}") for g in gates]
+            print(f"| {kind} | {final_metrics[key]:.4f} | "
+                  + " | ".join("-" if c is None else f"{c:.3f}" for c in gate_cells) + " |")
+    keys = ("eval_accuracy", "eval_f1_macro", "eval_synergy_indicator")
+    print("\n" + ", ".join(f"{k}={final_metrics[k]:.4f}" for k in keys if k in final_metrics))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args, config_file = parse_arguments(sys.argv[1:] if argv is None else argv)
+    from transformers import set_seed
+
+    from dmil_hf import DMILForMultimodalClassification, DMILTrainer
+    from dmil_hf.metrics_dmil import make_compute_metrics
+
+    set_seed(training_args.seed)
+    processor = collator = None
+    with training_args.main_process_first(desc="dataset preparation"):
+        if data_args.train_file is None and data_args.dataset == "synthetic":
+            train, evaluation, config = load_synthetic(data_args, model_args, training_args.seed)
+            model = DMILForMultimodalClassification(config)
+        else:
+            from dmil_hf import DMILDataCollator
+
+            train, evaluation = load_user_data(data_args)
+            model, processor, label2id = build_user_model_and_processor(model_args, data_args, train)
+            collator = DMILDataCollator(
+                processor, text_column=data_args.text_column, image_column=data_args.image_column,
+                audio_column=data_args.audio_column, label_column=data_args.label_column, label2id=label2id,
+            )
+            # The collator reads the raw columns; the Trainer must not drop them.
+            training_args.remove_unused_columns = False
+    if data_args.max_train_samples:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    if evaluation is not None and data_args.max_eval_samples:
+        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
+    types = (
+        evaluation[data_args.interaction_type_column]
+        if evaluation is not None and data_args.interaction_type_column in evaluation.column_names
+        else None
+    )
+    trainer = DMILTrainer(
+        model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, data_collator=collator,
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(model.config, interaction_types=types) if evaluation is not None else None,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    final_dir = trainer.save_final(os.path.join(training_args.output_dir, "final"))
+    metrics = trainer.evaluate() if evaluation is not None else {}
+    metrics["stages"] = {str(k): v for k, v in trainer.stage_results.items()}
+    if trainer.is_world_process_zero():
+        with open(os.path.join(training_args.output_dir, "eval_results.json"), "w") as f:
+            json.dump(metrics, f, indent=2, default=float)
+        print_report(trainer, metrics)
+        print(f"\nconfig: {config_file or 'command line'}; final model: {final_dir}; "
+              f"results: {os.path.join(training_args.output_dir, 'eval_results.json')}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
