@@ -19,6 +19,23 @@ DMILForMultimodalClassification.register_for_auto_class("AutoModel")
 __all__ = ["DMILConfig", "DMILForMultimodalClassification", "DMILOutput", "DMILPreTrainedModel"]
 __version__ = "0.1.0"
 
+# Processor and pipeline. Without the AutoProcessor entry a pipeline built from a saved folder loads only the
+# tokenizer; register_for_auto_class makes saved processors carry their code (auto_map) like the model does.
+from transformers import AutoProcessor  # noqa: E402
+from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
+
+from .pipeline_dmil import TASK as _PIPELINE_TASK  # noqa: E402
+from .pipeline_dmil import MultimodalClassificationPipeline, save_for_pipeline  # noqa: E402
+from .processing_dmil import DMILDataCollator, DMILProcessor  # noqa: E402
+
+AutoProcessor.register(DMILConfig, DMILProcessor, exist_ok=True)
+DMILProcessor.register_for_auto_class()
+if PIPELINE_REGISTRY.supported_tasks.get(_PIPELINE_TASK, {}).get("impl") is not MultimodalClassificationPipeline:
+    PIPELINE_REGISTRY.register_pipeline(
+        _PIPELINE_TASK, pipeline_class=MultimodalClassificationPipeline, pt_model=AutoModel, type="multimodal"
+    )
+__all__ += ["DMILProcessor", "DMILDataCollator", "MultimodalClassificationPipeline", "save_for_pipeline"]
+
 __all__ += ["DMILTrainer", "DMILTrainingArguments"]
 
 

@@ -140,6 +140,25 @@ class DMILConfig(PretrainedConfig):
         self.stage3_reconstruction_z_weight = float(stage3_reconstruction_z_weight)
         self.stage3_reconstruction_m_weight = float(stage3_reconstruction_m_weight)
         self.check_inputs = bool(check_inputs)
+        custom = kwargs.get("custom_pipelines")
+        if custom and "multimodal-classification" in custom and __name__.startswith("dmil_hf."):
+            # Loaded through the installed package, whose registry already has the task: a custom_pipelines entry
+            # would make pipeline() insist on trust_remote_code. Loaded as Hub remote code, the entry stays.
+            custom = {k: v for k, v in custom.items() if k != "multimodal-classification"}
+            if custom:
+                kwargs["custom_pipelines"] = custom
+            else:
+                kwargs.pop("custom_pipelines")  # never None: pipeline() calls len() on it
+        if "attn_implementation" not in kwargs:
+            # PretrainedConfig.__init__ sets attn_implementation (None when not given) recursively on the
+            # sub-configs, which would drop an implementation chosen per backbone (a backbone loaded with
+            # attn_implementation="eager", or text_attn_implementation= in from_backbones_pretrained). A dict keeps
+            # each sub-config's own value.
+            kwargs["attn_implementation"] = {
+                key: getattr(getattr(self, key), "_attn_implementation", None)
+                for key in self.sub_configs
+                if getattr(self, key) is not None
+            }
         super().__init__(**kwargs)
         # A config with no backbone at all is allowed so that transformers can build default instances (older
         # versions diff against DMILConfig() when saving); the model refuses to be built from it.

@@ -19,8 +19,10 @@ from transformers import (
 
 _LAYERS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 # wav2vec2-style feature encoder with a total stride of 20 (1600 samples -> 79 frames); SpecAugment off because it
-# fails on very short clips in train mode.
+# fails on very short clips in train mode; layer-norm features (as in wav2vec2-large-lv60) so that padding a clip
+# does not change its features, which group norm over the whole padded clip would.
 _CONV = dict(
+    feat_extract_norm="layer",
     conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
     num_conv_pos_embedding_groups=2, mask_time_prob=0.0,
 )

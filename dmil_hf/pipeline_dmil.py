@@ -1,0 +1,248 @@
+"""The "multimodal-classification" pipeline: a DMIL model and its processor, from raw text, images and audio to
+labels, scores and each sample's interaction composition.
+
+This module is copied into saved folders so that `pipeline(..., trust_remote_code=True)` works without dmil_hf
+installed; it imports only the standard library, torch and transformers.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import functools
+import os
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Pipeline
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+
+TASK = "multimodal-classification"
+# Input dict key -> model modality (the model's config.modalities use "vision" for images).
+INPUT_KEYS = {"text": "text", "image": "vision", "audio": "audio"}
+# Processor argument for each input key.
+_PROCESSOR_ARGUMENTS = {"text": "text", "image": "images", "audio": "audio"}
+# "Not given" for top_k, which None cannot mean since top_k=None asks for every label (as in text-classification).
+_UNSET = object()
+
+
+class MultimodalClassificationPipeline(Pipeline):
+    r"""Classify samples made of any of text, an image and an audio clip with a DMIL model (or its joint / ensemble
+    baselines), and report how much each prediction rests on redundant, unique and synergistic information.
+
+    Inputs: a dict with any of the keys `"text"` (str), `"image"` (PIL image, numpy array, torch tensor or file path)
+    and `"audio"` (1-D waveform at the feature extractor's rate, `(waveform, sampling_rate)` tuple,
+    `{"array", "sampling_rate"}` dict or file path), or a list of such dicts. A modality left out of a sample (or
+    given as None) is handled as missing: the model renormalises its gate over what the sample has. `batch_size > 1`
+    batches samples with different modalities together; each modality is padded on its own.
+
+    Output, per input: a list of the `top_k` best labels, best first, each
+    `{"label": str, "score": float, "interactions": {component: weight}}`. `score` is the softmax probability;
+    `interactions` is the sample's gate over `model.config.interaction_components` (the same dict on every label of
+    a sample; it sums to 1) and is left out for the `"joint"` and `"ensemble"` paradigms, which have no gate.
+
+    Args (call time):
+        top_k (`int` or None, defaults to 1): how many labels to return per input; None returns every label. As
+            in transformers' text-classification pipeline, the default is the single best label.
+
+    Example:
+
+    ```python
+    >>> from transformers import pipeline
+    >>> import dmil_hf  # registers the task, the model and the processor
+    >>> pipe = pipeline("multimodal-classification", model="path/to/saved/dmil")  # doctest: +SKIP
+    >>> pipe({"text": "a dog barks", "image": "dog.png", "audio": "bark.wav"}, top_k=2)  # doctest: +SKIP
+    [{'label': 'dog', 'score': 0.91, 'interactions': {'redundancy': 0.52, 'uniqueness_text': 0.08, ...}},
+     {'label': 'cat', 'score': 0.05, 'interactions': {...}}]
+    ```
+    """
+
+    # The processor owns the tokenizer, image processor and feature extractor; loading them one by one as well
+    # would read the same files twice (and the image processor and feature extractor from one shared file).
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        modalities = getattr(self.model.config, "modalities", None)
+        if not modalities:
+            raise TypeError(
+                f"{type(self).__name__} needs a DMIL model (a config with `modalities`), "
+                f"got {type(self.model).__name__}"
+            )
+        if self.processor is None or not hasattr(self.processor, "modalities"):
+            raise ValueError(
+                f"{type(self).__name__} needs a DMILProcessor: save one next to the model or pass processor=..."
+            )
+        lacking = [m for m in modalities if m not in self.processor.modalities]
+        if lacking:
+            raise ValueError(
+                f"the model has the modalities {modalities}, but the processor has no sub-processor for {lacking}"
+            )
+        # A model built in this process may still be in train mode (dropout on); from_pretrained ones are in eval.
+        self.model.eval()
+
+    # ------------------------------------------------------------------ parameters
+
+    def _sanitize_parameters(self, top_k: Any = _UNSET, **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected argument(s) for {TASK}: {', '.join(sorted(kwargs))}; only top_k is accepted")
+        postprocess_params = {}
+        if top_k is not _UNSET:
+            if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+                raise ValueError(f"top_k must be a positive int or None (every label), got {top_k!r}")
+            postprocess_params["top_k"] = top_k
+        return {}, {}, postprocess_params
+
+    def __call__(self, inputs: dict[str, Any] | list[dict[str, Any]], **kwargs: Any) -> list[dict] | list[list[dict]]:
+        """Classify one input dict (returns a list of label dicts) or a list of them (returns a list of lists).
+
+        Keyword arguments: `top_k` (see the class docstring), `batch_size`, `num_workers`.
+        """
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
+            return []  # transformers' Pipeline.__call__ would fail indexing the first item
+        return super().__call__(inputs, **kwargs)
+
+    # ------------------------------------------------------------------ the four pipeline steps
+
+    def preprocess(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self._collate([self._check_input(inputs)])
+
+    def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = self.model(**model_inputs)
+        # "logits" first: the batch unroller reads the batch size from the first entry.
+        result = {"logits": outputs.logits}
+        if getattr(outputs, "interaction_weights", None) is not None:
+            result["interaction_weights"] = outputs.interaction_weights
+        return result
+
+    def postprocess(self, model_outputs: dict[str, torch.Tensor], top_k: int | None = 1) -> list[dict[str, Any]]:
+        config = self.model.config
+        scores = model_outputs["logits"][0].float().softmax(dim=-1)
+        k = scores.numel() if top_k is None else min(top_k, scores.numel())
+        values, indices = scores.topk(k)
+        interactions = None
+        if "interaction_weights" in model_outputs:
+            weights = model_outputs["interaction_weights"][0].float().tolist()
+            interactions = dict(zip(config.interaction_components, weights))
+        results = []
+        for score, index in zip(values.tolist(), indices.tolist()):
+            entry = {"label": config.id2label.get(index, f"LABEL_{index}"), "score": score}
+            if interactions is not None:
+                entry["interactions"] = dict(interactions)
+            results.append(entry)
+        return results
+
+    # ------------------------------------------------------------------ batching
+
+    def get_iterator(
+        self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
+    ):
+        # transformers' pad_collate_fn requires every item of a batch to carry the same keys, which samples with
+        # different modalities do not; here items are only checked one by one, and the processor builds each batch
+        # (per-modality padding, placeholders and modality_mask for the missing ones).
+        if isinstance(inputs, collections.abc.Sized):
+            dataset = PipelineDataset(inputs, self._check_input, {})
+        else:
+            num_workers = min(num_workers, 1)  # an iterable cannot be split between workers
+            dataset = PipelineIterator(inputs, self._check_input, {})
+        collate_fn = functools.partial(self._collate, **preprocess_params)
+        dataloader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate_fn)
+        model_iterator = PipelineIterator(dataloader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    def _check_input(self, inputs: Any) -> dict[str, Any]:
+        if not isinstance(inputs, dict):
+            raise TypeError(
+                f"{TASK} inputs must be a dict with any of the keys {list(INPUT_KEYS)} (or a list of such dicts), "
+                f"got {type(inputs).__name__}"
+            )
+        unknown = sorted(set(inputs) - set(INPUT_KEYS))
+        if unknown:
+            raise ValueError(
+                f"unknown input key(s) {unknown}; a {TASK} input may only have the keys {list(INPUT_KEYS)}"
+            )
+        modalities = self.model.config.modalities
+        for key, value in inputs.items():
+            if value is not None and INPUT_KEYS[key] not in modalities:
+                raise ValueError(
+                    f"the input has {key!r}, but this model has no {INPUT_KEYS[key]} backbone "
+                    f"(its modalities: {', '.join(modalities)})"
+                )
+        if all(value is None for value in inputs.values()):
+            raise ValueError(f"the input has none of the model's modalities ({', '.join(modalities)})")
+        return dict(inputs)
+
+    def _collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        arguments = {}
+        for key, argument in _PROCESSOR_ARGUMENTS.items():
+            values = [example.get(key) for example in examples]
+            if any(value is not None for value in values):
+                arguments[argument] = values
+        batch = self.processor(**arguments, return_tensors="pt")
+        # Float inputs follow the model's dtype (a bf16 model gets bf16 pixels); masks and ids stay as they are.
+        return batch.to(self.dtype) if self.dtype is not None else batch
+
+    # ------------------------------------------------------------------ saving
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Save the model, the processor and this pipeline's code, so that
+        `pipeline(TASK, model=save_directory, trust_remote_code=True)` works where dmil_hf is not installed.
+
+        `Pipeline.save_pretrained` writes the tokenizer, image processor and feature extractor one by one (the last
+        two both to `preprocessor_config.json`, so one overwrites the other) and never the processor; this saves
+        the processor as a whole instead. `kwargs` go to the model's `save_pretrained`.
+        """
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory ({save_directory}) should be a directory, not a file")
+        os.makedirs(save_directory, exist_ok=True)
+        config = self.model.config
+        previous = getattr(config, "custom_pipelines", None)
+        module = type(self).__module__.split(".")[-1]
+        config.custom_pipelines = {
+            **(previous or {}),
+            TASK: {"impl": f"{module}.{type(self).__name__}", "pt": ["AutoModel"], "type": "multimodal"},
+        }
+        try:
+            custom_object_save(self, save_directory)
+            self.model.save_pretrained(save_directory, **kwargs)
+        finally:
+            # Written for this folder only: the caller's model keeps its config as it was.
+            if previous is None:
+                del config.custom_pipelines
+            else:
+                config.custom_pipelines = previous
+        # Last, so that nothing written before can overwrite its files.
+        self.processor.save_pretrained(save_directory)
+
+
+def save_for_pipeline(model, processor, save_directory: str | os.PathLike, **kwargs: Any) -> str:
+    """Save a model and its processor, with the pipeline code, as one folder that
+    `pipeline("multimodal-classification", model=folder, trust_remote_code=True)` loads without dmil_hf.
+
+    The model keeps its train/eval mode and device. `kwargs` go to the model's `save_pretrained`.
+
+    Example:
+
+    ```python
+    >>> from dmil_hf.pipeline_dmil import save_for_pipeline
+    >>> save_for_pipeline(model, processor, "my-dmil")  # doctest: +SKIP
+    'my-dmil'
+    ```
+    """
+    was_training = model.training
+    try:
+        # Where the model already is (a device-mapped model must not be given a device at all).
+        placement = {} if getattr(model, "hf_device_map", None) is not None else {"device": model.device}
+        pipe = MultimodalClassificationPipeline(model=model, processor=processor, task=TASK, **placement)
+        pipe.save_pretrained(save_directory, **kwargs)
+    finally:
+        model.train(was_training)
+    return os.fspath(save_directory)
+
+
+__all__ = ["MultimodalClassificationPipeline", "save_for_pipeline", "TASK"]

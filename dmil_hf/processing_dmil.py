@@ -1,0 +1,556 @@
+"""DMIL processor: one tokenizer, image processor and audio feature extractor (any subset) behind one call that
+returns a single flat batch for [`DMILForMultimodalClassification`], plus a data collator for the Trainer.
+
+This module is copied next to the model files when a processor is saved with remote code, so it imports only the
+standard library, numpy, torch and transformers at module level; PIL and soundfile are imported where they are
+needed, inside `try` blocks, which transformers' remote-code import check skips.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+# Modality name -> processor attribute, in the order of the model's `modality_mask` columns.
+SUB_PROCESSORS = {"text": "tokenizer", "vision": "image_processor", "audio": "feature_extractor"}
+# Processor argument that carries each modality (the names transformers' processors use).
+MODALITY_ARGUMENTS = {"text": "text", "vision": "images", "audio": "audio"}
+# Text keys the model's forward accepts; any other key a tokenizer emits is dropped.
+TEXT_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+# The audio mask is renamed so that it never overwrites the tokenizer's `attention_mask` in the flat batch.
+AUDIO_MASK_NAME = "audio_attention_mask"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Audio decoding and resampling (numpy only: torchaudio/torchcodec are not dependencies)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def resample_audio(
+    waveform: np.ndarray,
+    orig_sampling_rate: int,
+    target_sampling_rate: int,
+    lowpass_filter_width: int = 6,
+    rolloff: float = 0.99,
+) -> np.ndarray:
+    """Band-limited (windowed-sinc, Hann window) resampling of a 1-D waveform, in numpy.
+
+    The same polyphase algorithm as `torchaudio.functional.resample`'s default `"sinc_interp_hann"`: the rate ratio
+    is reduced by its gcd, one low-pass kernel is built per output phase, and the output has
+    `ceil(len(waveform) * target / orig)` samples.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from dmil_hf.processing_dmil import resample_audio
+    >>> resample_audio(np.zeros(8000, dtype=np.float32), 8000, 16000).shape
+    (16000,)
+    ```
+    """
+    orig, new = int(orig_sampling_rate), int(target_sampling_rate)
+    if orig <= 0 or new <= 0:
+        raise ValueError(f"sampling rates must be positive, got {orig_sampling_rate} -> {target_sampling_rate}")
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if orig == new:
+        return waveform
+    length = waveform.shape[-1]
+    gcd = math.gcd(orig, new)
+    orig, new = orig // gcd, new // gcd
+    # The cut-off sits just under the lower Nyquist frequency so that downsampling does not alias.
+    base_freq = min(orig, new) * rolloff
+    width = math.ceil(lowpass_filter_width * orig / base_freq)
+    taps = np.arange(-width, width + orig, dtype=np.float64) / orig
+    t = (np.arange(0, -new, -1, dtype=np.float64)[:, None] / new + taps[None, :]) * base_freq
+    t = np.clip(t, -lowpass_filter_width, lowpass_filter_width)
+    window = np.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+    t = t * math.pi
+    safe_t = np.where(t == 0, 1.0, t)
+    kernels = (np.where(t == 0, 1.0, np.sin(safe_t) / safe_t) * window * (base_freq / orig)).astype(np.float32)
+    padded = np.pad(waveform, (width, width + orig))
+    # One frame of kernels.shape[1] samples every `orig` input samples gives `new` output samples.
+    frames = np.lib.stride_tricks.sliding_window_view(padded, kernels.shape[1])[::orig]
+    out = (frames @ kernels.T).reshape(-1)
+    return out[: math.ceil(new * length / orig)].astype(np.float32)
+
+
+def _read_audio_file(path: str | os.PathLike, name: str) -> tuple[np.ndarray, int]:
+    try:
+        import soundfile
+    except ImportError as err:  # pragma: no cover - soundfile is a dependency of dmil_hf
+        raise ImportError(f"{name}: reading audio files needs the `soundfile` package (pip install soundfile)") from err
+    try:
+        data, sampling_rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
+    except Exception as err:
+        raise ValueError(f"{name}: cannot read audio file {os.fspath(path)!r} ({type(err).__name__}: {err})") from err
+    # Multi-channel files are down-mixed: the backbones take mono audio.
+    return data.mean(axis=1), int(sampling_rate)
+
+
+def _open_image(source: Any, name: str):
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - pillow is a dependency of dmil_hf
+        raise ImportError(f"{name}: reading image files needs the `Pillow` package (pip install pillow)") from err
+    label = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>"
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)) as image:
+            return image.convert("RGB")
+    except Exception as err:
+        raise ValueError(f"{name}: cannot read image file {label!r} ({type(err).__name__}: {err})") from err
+
+
+def _is_pil_image(value: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(value, Image.Image)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-modality input normalisation: every item of a batch becomes what the sub-processor takes, or None if missing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _is_clip_with_rate(value: Any) -> bool:
+    """Whether `value` is one `(waveform, sampling_rate)` pair rather than a batch of two clips."""
+    return (
+        isinstance(value, tuple) and len(value) == 2
+        and isinstance(value[1], (int, np.integer)) and not isinstance(value[1], bool)
+    )
+
+
+def _as_batch(value: Any, argument: str) -> list:
+    """A modality argument as a list of items; a single item becomes a batch of one."""
+    if argument == "text":
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise TypeError(f"text must be a str or a list of str (None for a missing text), got {type(value).__name__}")
+    if argument == "images":
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 4:
+            return list(value)  # a stacked batch of images
+        return [value]
+    # audio: a tuple (waveform, sampling_rate) is one clip, any other list or tuple is a batch
+    if _is_clip_with_rate(value):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _check_text(item: Any, name: str) -> str | None:
+    if item is None or isinstance(item, str):
+        return item
+    raise TypeError(f"{name} must be a str (or None for a missing text), got {type(item).__name__}")
+
+
+def _check_image(item: Any, name: str) -> Any:
+    if item is None or _is_pil_image(item):
+        return item
+    if isinstance(item, (str, os.PathLike, bytes)):
+        return _open_image(item, name)
+    if isinstance(item, dict):  # the undecoded form of a `datasets.Image` column
+        if item.get("bytes") is not None:
+            return _open_image(item["bytes"], name)
+        if item.get("path") is not None:
+            return _open_image(item["path"], name)
+        raise ValueError(f"{name} is a dict without 'bytes' or 'path' (keys: {sorted(item)})")
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().numpy()
+    if isinstance(item, np.ndarray):
+        if item.ndim not in (2, 3) or item.size == 0:
+            raise ValueError(f"{name} must be an image array of shape (H, W), (H, W, C) or (C, H, W), got {item.shape}")
+        if not (np.issubdtype(item.dtype, np.number) or item.dtype == np.bool_):
+            raise TypeError(f"{name} must be a numeric image array, got dtype {item.dtype}")
+        return item
+    raise TypeError(
+        f"{name} must be a PIL image, a numpy array, a torch tensor or an image file path (None for a missing image), "
+        f"got {type(item).__name__}"
+    )
+
+
+def _check_audio(item: Any, name: str, sampling_rate: int | None, target_rate: int) -> np.ndarray | None:
+    if item is None:
+        return None
+    rate, unpacked = sampling_rate, False
+    if isinstance(item, (str, os.PathLike)):
+        item, rate = _read_audio_file(item, name)
+    elif isinstance(item, tuple):
+        if not _is_clip_with_rate(item):
+            raise TypeError(f"{name}: a tuple must be (waveform, sampling_rate) with an int rate, got {item!r:.80}")
+        item, rate, unpacked = item[0], int(item[1]), True
+    elif isinstance(item, dict):  # the decoded form of a `datasets.Audio` column
+        if "array" in item:
+            item, rate, unpacked = item["array"], item.get("sampling_rate", sampling_rate), True
+        elif item.get("path") is not None:
+            item, rate = _read_audio_file(item["path"], name)
+        else:
+            raise ValueError(f"{name} is a dict without 'array' or 'path' (keys: {sorted(item)})")
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().numpy()
+    elif unpacked and isinstance(item, list) and all(isinstance(x, (int, float, np.number)) for x in item):
+        item = np.asarray(item, dtype=np.float32)  # a waveform stored as a list, unpacked from a tuple or a dict
+    if not isinstance(item, np.ndarray):
+        raise TypeError(
+            f"{name} must be a 1-D numpy waveform, a (waveform, sampling_rate) tuple or an audio file path "
+            f"(None for a missing clip), got {type(item).__name__}"
+        )
+    if item.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D (mono) waveform, got shape {item.shape}; average the channels first")
+    if item.size == 0:
+        raise ValueError(f"{name} is an empty waveform")
+    if np.issubdtype(item.dtype, np.signedinteger):
+        # Signed integer arrays are PCM samples: scale them to [-1, 1] as audio decoders do.
+        item = item.astype(np.float32) / float(np.iinfo(item.dtype).max)
+    elif not np.issubdtype(item.dtype, np.floating):
+        raise TypeError(f"{name} must be a float or signed-integer PCM waveform, got dtype {item.dtype}")
+    item = item.astype(np.float32, copy=False)
+    if not np.isfinite(item).all():
+        raise ValueError(f"{name} contains NaN or infinite samples")
+    return resample_audio(item, rate, target_rate) if rate is not None and int(rate) != target_rate else item
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The processor
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _PresentSubProcessors:
+    """`get_attributes` that lists every sub-processor slot on the class but only the filled slots on an instance.
+
+    `ProcessorMixin` calls `cls.get_attributes()` where it needs the slots (loading, `to_dict`) and
+    `self.get_attributes()` where it calls a method on each sub-processor (`save_pretrained`, `__repr__`); answering
+    the latter with the filled slots only is what lets a processor leave a slot empty (None) and still save.
+    """
+
+    def __get__(self, instance: Any, owner: type):
+        if instance is None:
+            return lambda: list(SUB_PROCESSORS.values())
+        return lambda: [slot for slot in SUB_PROCESSORS.values() if getattr(instance, slot, None) is not None]
+
+
+class DMILProcessor(ProcessorMixin):
+    r"""Processor of [`DMILForMultimodalClassification`]: a tokenizer, an image processor and an audio feature
+    extractor, any of which may be left out (a text+vision model has no feature extractor).
+
+    Calling it returns one flat [`BatchFeature`] with the keys of the model's forward: `input_ids`, `attention_mask`
+    (`token_type_ids`) for text, `pixel_values` for images, the extractor's `input_values` or `input_features` for
+    audio with its mask renamed `audio_attention_mask` (so it never overwrites the text `attention_mask`), and
+    `modality_mask` when a sample lacks a modality. Each modality is padded on its own.
+
+    Missing modalities: give `None` in a sample's position (`text=["a cat", None]`). The sample gets a neutral
+    placeholder (empty text, a black image, silence of the batch's length) so that the batch stays rectangular,
+    and `modality_mask` (`(batch, num_modalities)`, bool, columns in text, vision, audio order over the processor's
+    modalities) is False there; the model then ignores the placeholder. A modality absent from the whole batch has
+    no keys at all. `modality_mask` is returned whenever some sample lacks one of the processor's modalities (or
+    always with `return_modality_mask=True`).
+
+    Args:
+        tokenizer ([`PreTrainedTokenizerBase`], *optional*): the text backbone's tokenizer.
+        image_processor ([`BaseImageProcessor`], *optional*): the vision backbone's image processor.
+        feature_extractor ([`SequenceFeatureExtractor`], *optional*): the audio backbone's feature extractor.
+
+    Saving writes the tokenizer files and one `processor_config.json` holding the image and audio configs under
+    their own keys (an empty slot is saved as `null`), so the two never overwrite each other, and
+    `AutoProcessor.from_pretrained` restores the same subset.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from transformers import ViTImageProcessorPil, Wav2Vec2FeatureExtractor
+    >>> from dmil_hf import DMILProcessor
+    >>> processor = DMILProcessor(image_processor=ViTImageProcessorPil(size={"height": 16, "width": 16}),
+    ...                           feature_extractor=Wav2Vec2FeatureExtractor(return_attention_mask=True))
+    >>> batch = processor(images=[np.zeros((20, 20, 3), np.uint8), None],
+    ...                   audio=[np.zeros(1600, np.float32), np.zeros(800, np.float32)])
+    >>> sorted(batch.keys())
+    ['audio_attention_mask', 'input_values', 'modality_mask', 'pixel_values']
+    >>> batch["modality_mask"].tolist()
+    [[True, True], [False, True]]
+    ```
+    """
+
+    get_attributes = _PresentSubProcessors()
+
+    def __init__(self, tokenizer=None, image_processor=None, feature_extractor=None):
+        given = {"tokenizer": tokenizer, "image_processor": image_processor, "feature_extractor": feature_extractor}
+        if all(value is None for value in given.values()):
+            raise ValueError("DMILProcessor needs at least one of tokenizer, image_processor and feature_extractor")
+        # Filling the slots first makes the instance's get_attributes() list exactly the given sub-processors, which
+        # is what ProcessorMixin.__init__ then checks (class of each) and sets.
+        for attribute, value in given.items():
+            setattr(self, attribute, value)
+        super().__init__(**{attribute: value for attribute, value in given.items() if value is not None})
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities this processor handles, in the model's order (text, vision, audio)."""
+        return [m for m, attribute in SUB_PROCESSORS.items() if getattr(self, attribute, None) is not None]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        names = []
+        if self.tokenizer is not None:
+            names += [n for n in self.tokenizer.model_input_names if n in TEXT_INPUT_NAMES]
+        if self.image_processor is not None:
+            names.append("pixel_values")
+        if self.feature_extractor is not None:
+            names += [self._audio_input_name, AUDIO_MASK_NAME]
+        return names + ["modality_mask"]
+
+    @property
+    def _audio_input_name(self) -> str:
+        names = getattr(self.feature_extractor, "model_input_names", None) or ["input_values"]
+        return names[0]
+
+    # ------------------------------------------------------------------ saving and loading
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        # An empty slot is written as null (the tokenizer too, which ProcessorMixin otherwise leaves out), so that
+        # loading knows not to look for it.
+        for attribute in SUB_PROCESSORS.values():
+            if getattr(self, attribute, None) is None:
+                output[attribute] = None
+        return output
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # ProcessorMixin loads every slot with its Auto class and fails on the ones saved empty.
+        processor_dict = processor_dict or {}
+        subfolder = kwargs.pop("subfolder", "")
+        loaders = {
+            "tokenizer": AutoTokenizer, "image_processor": AutoImageProcessor, "feature_extractor": AutoFeatureExtractor
+        }
+        args = []
+        for attribute in SUB_PROCESSORS.values():
+            if attribute in processor_dict and processor_dict[attribute] is None:
+                args.append(None)
+            else:
+                loader = loaders[attribute]
+                args.append(loader.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs))
+        return args
+
+    # ------------------------------------------------------------------ processing
+
+    def __call__(
+        self,
+        text: str | list[str | None] | None = None,
+        images: Any = None,
+        audio: Any = None,
+        sampling_rate: int | None = None,
+        return_tensors: str | None = "pt",
+        return_modality_mask: bool | None = None,
+        text_kwargs: dict[str, Any] | None = None,
+        images_kwargs: dict[str, Any] | None = None,
+        audio_kwargs: dict[str, Any] | None = None,
+    ) -> BatchFeature:
+        """Process a sample or a batch into the model's inputs.
+
+        Args:
+            text: a string, or a list with a string (or None) per sample.
+            images: a PIL image, numpy array (HWC or CHW), torch tensor, file path or bytes, or a list of those
+                (None for a missing image).
+            audio: a 1-D waveform, a `(waveform, sampling_rate)` tuple, a `{"array", "sampling_rate"}` dict or a
+                file path (decoded with soundfile, channels averaged), or a list of those (None for a missing clip).
+                Audio at another rate than the feature extractor's is resampled.
+            sampling_rate: rate of the bare waveforms (those without their own rate); default: the extractor's.
+            return_tensors: `"pt"` (default), `"np"` or None.
+            return_modality_mask: True to always return `modality_mask`, False never; by default only when some
+                sample lacks a modality.
+            text_kwargs, images_kwargs, audio_kwargs: extra arguments of the tokenizer, image processor and feature
+                extractor (they override the defaults: text padding to the longest and truncation, audio padding to
+                the longest where the extractor does not pad to a fixed length itself).
+        """
+        given = {"text": text, "vision": images, "audio": audio}
+        for modality, value in given.items():
+            if value is not None and modality not in self.modalities:
+                raise ValueError(
+                    f"{MODALITY_ARGUMENTS[modality]} was given, but this DMILProcessor has no "
+                    f"{SUB_PROCESSORS[modality].replace('_', ' ')} (its modalities: {', '.join(self.modalities)})"
+                )
+        batches = {m: _as_batch(v, MODALITY_ARGUMENTS[m]) for m, v in given.items() if v is not None}
+        if not batches:
+            names = ", ".join(MODALITY_ARGUMENTS[m] for m in self.modalities)
+            raise ValueError(f"no input given: pass at least one of {names}")
+        sizes = {MODALITY_ARGUMENTS[m]: len(items) for m, items in batches.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(
+                f"the inputs disagree on the batch size: {sizes} (use None for a sample's missing modality)"
+            )
+        batch_size = next(iter(sizes.values()))
+        if batch_size == 0:
+            raise ValueError("empty batch: the inputs are empty lists")
+
+        checked = {}
+        for modality, items in batches.items():
+            argument = MODALITY_ARGUMENTS[modality]
+            if modality == "text":
+                checked[modality] = [_check_text(x, f"text[{i}]") for i, x in enumerate(items)]
+            elif modality == "vision":
+                checked[modality] = [_check_image(x, f"images[{i}]") for i, x in enumerate(items)]
+            else:
+                target = int(self.feature_extractor.sampling_rate)
+                checked[modality] = [
+                    _check_audio(x, f"{argument}[{i}]", sampling_rate, target) for i, x in enumerate(items)
+                ]
+        present = {m: [x is not None for x in items] for m, items in checked.items()}
+        for i in range(batch_size):
+            if not any(present[m][i] for m in present):
+                raise ValueError(f"sample {i} has no input in any modality (all of {', '.join(sizes)} are None)")
+
+        data: dict[str, Any] = {}
+        for modality, items in checked.items():
+            if not any(present[modality]):
+                continue  # absent from the whole batch: no keys, the model skips the backbone
+            if modality == "text":
+                data.update(self._process_text(items, return_tensors, text_kwargs))
+            elif modality == "vision":
+                data.update(self._process_images(items, return_tensors, images_kwargs))
+            else:
+                data.update(self._process_audio(items, return_tensors, audio_kwargs))
+
+        mask = [[present.get(m, [False] * batch_size)[i] for m in self.modalities] for i in range(batch_size)]
+        if return_modality_mask or (return_modality_mask is None and not all(all(row) for row in mask)):
+            data["modality_mask"] = np.array(mask, dtype=bool) if return_tensors is not None else mask
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def _process_text(self, items: list[str | None], return_tensors, kwargs) -> dict[str, Any]:
+        kwargs = {"padding": True, "truncation": True, **(kwargs or {})}
+        encoded = self.tokenizer(["" if x is None else x for x in items], return_tensors=return_tensors, **kwargs)
+        return {k: v for k, v in encoded.items() if k in TEXT_INPUT_NAMES}
+
+    def _process_images(self, items: list, return_tensors, kwargs) -> dict[str, Any]:
+        first = next(x for x in items if x is not None)
+        placeholder = np.zeros_like(np.asarray(first))  # a black image shaped like the batch's first one
+        encoded = self.image_processor(
+            [placeholder if x is None else x for x in items], return_tensors=return_tensors, **(kwargs or {})
+        )
+        return {"pixel_values": encoded["pixel_values"]}
+
+    def _process_audio(self, items: list[np.ndarray | None], return_tensors, kwargs) -> dict[str, Any]:
+        extractor = self.feature_extractor
+        # Silence as long as the longest clip, so that the placeholder never lengthens the padded batch.
+        longest = max(len(x) for x in items if x is not None)
+        waveforms = [np.zeros(longest, dtype=np.float32) if x is None else x for x in items]
+        defaults: dict[str, Any] = {}
+        padding = inspect.signature(extractor.__call__).parameters.get("padding")
+        if padding is not None and padding.default is False:
+            # wav2vec2-style extractors do not pad by default; extractors that pad to a fixed length (Whisper)
+            # keep their own default, which their backbone needs.
+            defaults["padding"] = True
+        encoded = extractor(
+            waveforms, sampling_rate=int(extractor.sampling_rate), return_tensors=return_tensors,
+            **{**defaults, **(kwargs or {})},
+        )
+        main = self._audio_input_name if self._audio_input_name in encoded else next(iter(encoded))
+        out = {main: encoded[main]}
+        if encoded.get("attention_mask") is not None:
+            out[AUDIO_MASK_NAME] = encoded["attention_mask"]
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Collator
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DMILDataCollator:
+    r"""Turns a list of raw examples into a model batch with `labels`, for `Trainer(data_collator=...)`.
+
+    Each example is a dict with any of `"text"`, `"image"` and `"audio"` (None or absent for a missing modality) and
+    `"label"` (or `"labels"`): a class id, or a class name when `label2id` is given. An audio value may be a waveform
+    with its rate in a `"sampling_rate"` field of the example, or anything [`DMILProcessor`] accepts. Other fields
+    are ignored, so run the Trainer with `remove_unused_columns=False` (it would otherwise drop the raw columns).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from transformers import ViTImageProcessorPil, Wav2Vec2FeatureExtractor
+    >>> from dmil_hf import DMILProcessor
+    >>> from dmil_hf.processing_dmil import DMILDataCollator
+    >>> processor = DMILProcessor(image_processor=ViTImageProcessorPil(size={"height": 16, "width": 16}),
+    ...                           feature_extractor=Wav2Vec2FeatureExtractor())
+    >>> collator = DMILDataCollator(processor)
+    >>> batch = collator([{"image": np.zeros((16, 16, 3), np.uint8), "audio": np.zeros(1600, np.float32), "label": 1},
+    ...                   {"audio": list(np.zeros(800)), "sampling_rate": 8000, "label": 0}])
+    >>> batch["labels"].tolist(), batch["input_values"].shape
+    ([1, 0], torch.Size([2, 1600]))
+    ```
+    """
+
+    processor: DMILProcessor
+    label2id: dict[str, int] | None = None
+    text_key: str = "text"
+    image_key: str = "image"
+    audio_key: str = "audio"
+    sampling_rate_key: str = "sampling_rate"
+    return_modality_mask: bool | None = None
+
+    def __call__(self, examples: list[dict[str, Any]]) -> BatchFeature:
+        if not isinstance(examples, (list, tuple)) or not examples:
+            raise ValueError("DMILDataCollator needs a non-empty list of examples")
+        for i, example in enumerate(examples):
+            if not isinstance(example, dict):
+                raise TypeError(f"examples[{i}] must be a dict, got {type(example).__name__}")
+        columns = {"text": self.text_key, "vision": self.image_key, "audio": self.audio_key}
+        inputs: dict[str, list] = {}
+        for modality, key in columns.items():
+            values = [example.get(key) for example in examples]
+            if modality == "audio":
+                values = [self._audio_item(v, example) for v, example in zip(values, examples)]
+            if any(v is not None for v in values):
+                inputs[MODALITY_ARGUMENTS[modality]] = values
+        batch = self.processor(**inputs, return_modality_mask=self.return_modality_mask)
+        labels = [example.get("label", example.get("labels")) for example in examples]
+        if any(label is not None for label in labels):
+            ids = [self._label_id(label, i) for i, label in enumerate(labels)]
+            batch["labels"] = torch.tensor(ids, dtype=torch.long)
+        return batch
+
+    def _audio_item(self, value: Any, example: dict[str, Any]) -> Any:
+        if isinstance(value, (list, tuple)) and not _is_clip_with_rate(value):
+            value = np.asarray(value, dtype=np.float32)  # datasets stores waveforms as lists of floats
+        rate = example.get(self.sampling_rate_key)
+        if rate is not None and isinstance(value, (np.ndarray, torch.Tensor)):
+            return (value, int(rate))
+        return value
+
+    def _label_id(self, label: Any, index: int) -> int:
+        if label is None:
+            raise ValueError(f"examples[{index}] has no label while other examples of the batch have one")
+        if isinstance(label, str):
+            if self.label2id is None or label not in self.label2id:
+                raise ValueError(
+                    f"examples[{index}] has the label {label!r}, which is not in label2id "
+                    f"({'none given' if self.label2id is None else sorted(self.label2id)})"
+                )
+            return int(self.label2id[label])
+        if isinstance(label, torch.Tensor):
+            label = label.item()
+        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+            raise TypeError(
+                f"examples[{index}] label must be an int class id or a str label, got {type(label).__name__}"
+            )
+        return int(label)
+
+
+__all__ = ["DMILProcessor", "DMILDataCollator", "resample_audio"]
