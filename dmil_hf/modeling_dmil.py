@@ -352,11 +352,26 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         for modality, path in paths.items():
             if path is None:
                 continue
-            load_kwargs = {"dtype": torch.float32, **per_backbone[modality]}
-            config = _as_backbone_config(AutoConfig.from_pretrained(path, **load_kwargs_config(load_kwargs)), modality)
+            extra = dict(per_backbone[modality])
+            hub_kwargs = load_kwargs_config(extra)
+            dtype = extra.pop("dtype", torch.float32)
+            # Config attributes among the prefixed kwargs (text_hidden_dropout_prob=0.0) update the backbone config,
+            # as in from_encoder_decoder_pretrained; the rest go to the model's from_pretrained. Passing them all
+            # next to an explicit config= would hand config attributes to the model's __init__, a TypeError.
+            full_config, model_kwargs = AutoConfig.from_pretrained(
+                path, return_unused_kwargs=True, **hub_kwargs, **{k: v for k, v in extra.items() if k not in hub_kwargs}
+            )
+            config = _as_backbone_config(full_config, modality)
             spec = backbone_spec(config.model_type, modality)
-            loader = _resolve_class(spec.model_class) if spec.model_class else AutoModel
-            backbones[modality] = loader.from_pretrained(path, config=config, **spec.init_kwargs, **load_kwargs)
+            load_kwargs = {**spec.init_kwargs, **hub_kwargs, **model_kwargs, "dtype": dtype}
+            if spec.model_class and spec.model_class.rpartition(".")[2] not in (config.architectures or []):
+                # A full encoder-decoder checkpoint (Whisper): its keys are "encoder.*"/"model.encoder.*", which the
+                # encoder class alone would not match (its weights would silently stay random). Load it whole and
+                # keep the encoder.
+                backbones[modality] = AutoModel.from_pretrained(path, config=config, **load_kwargs).get_encoder()
+            else:
+                loader = _resolve_class(spec.model_class) if spec.model_class else AutoModel
+                backbones[modality] = loader.from_pretrained(path, config=config, **load_kwargs)
         if len(backbones) < 2:
             raise ValueError("from_backbones_pretrained needs at least two of text=, vision=, audio=")
         config = DMILConfig(**{f"{m}_config": b.config for m, b in backbones.items()}, **kwargs)
@@ -439,9 +454,11 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                     )
                 add("audio", "attention_mask", "audio_attention_mask", False, 2, "(batch, samples)")
                 mask = grouped["audio"].get("attention_mask")
-                if mask is not None and mask.shape != audio.shape[:2]:
+                # The time axis is dim 1 for waveforms and AST's (frames, mel) but dim 2 for Whisper's (mel, frames).
+                if mask is not None and (mask.shape[0] != audio.shape[0] or mask.shape[1] not in audio.shape[1:]):
                     raise ValueError(
-                        f"audio_attention_mask must have shape {tuple(audio.shape[:2])}, got {tuple(mask.shape)}"
+                        f"audio_attention_mask must have shape (batch, time) matching {name} of shape "
+                        f"{tuple(audio.shape)}, got {tuple(mask.shape)}"
                     )
             elif inputs["audio_attention_mask"] is not None:
                 raise ValueError("audio_attention_mask was given without input_values/input_features")
@@ -467,13 +484,17 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             raise ValueError("every sample needs at least one modality; modality_mask leaves a sample with none")
         return present
 
-    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
+    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
         labels = _check_tensor("labels", labels, floating=False)
+        if labels.dtype == torch.bool:
+            raise TypeError("labels must be integer class ids, got dtype torch.bool")
         if labels.shape != (batch_size,):
             raise ValueError(f"labels must have shape (batch,) = ({batch_size},), got {tuple(labels.shape)}")
         n = self.config.num_labels
         if self.config.check_inputs and bool(((labels < 0) | (labels >= n)).any()):
             raise ValueError(f"labels must be class ids in [0, {n}), got values outside that range")
+        # cross_entropy takes only int64 targets; int32/uint8 ids from a collator are valid class ids too.
+        return labels.long()
 
     # ---------------------------------------------------------------- encoding
 
@@ -538,7 +559,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             audio_attention_mask=audio_attention_mask,
         )
         if labels is not None:
-            self._check_labels(labels, batch_size)
+            labels = self._check_labels(labels, batch_size)
         device = next(iter(next(iter(grouped.values())).values())).device
         present = self._presence(grouped, batch_size, modality_mask, device)
 
@@ -615,7 +636,10 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         )
         n_present = present.sum(dim=1, keepdim=True)
         available = torch.cat([torch.ones_like(present[:, :1]), present, n_present >= 2], dim=1)
-        weights = self.interaction_gate(components, available)
+        # An unavailable component is zeroed in the gate's input too: otherwise the U_m of a masked-out modality
+        # (computed from whatever its input held) would still steer the weights of the components present.
+        gate_input = [c * available[:, k : k + 1].to(c.dtype) for k, c in enumerate(components)]
+        weights = self.interaction_gate(gate_input, available)
         logits = (weights.unsqueeze(-1) * component_logits.float()).sum(dim=1)
 
         if labels is not None:
