@@ -384,6 +384,14 @@ class DMILTrainer(Trainer):
         path = path or os.path.join(self._base_output_dir, "final")
         self.save_model(path, _internal_call=True)
         if self.is_world_process_zero():
+            from .processing_dmil import DMILProcessor
+
+            if isinstance(self.processing_class, DMILProcessor):
+                # Adds the pipeline code and config.custom_pipelines, so that the saved folder or Hub repo runs in
+                # pipeline(..., trust_remote_code=True) where dmil_hf is not installed.
+                from .pipeline_dmil import save_for_pipeline
+
+                save_for_pipeline(_unwrap(self.model), self.processing_class, path)
             adapter = os.path.join(self.stage_dir(3), "adapter")
             if os.path.isdir(adapter):
                 shutil.copytree(adapter, os.path.join(path, "adapter"), dirs_exist_ok=True)

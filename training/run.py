@@ -216,9 +216,14 @@ def main(argv: list[str] | None = None) -> dict:
 
             train, evaluation = load_user_data(data_args)
             model, processor, label2id = build_user_model_and_processor(model_args, data_args, train)
+            if data_args.label_column != "label":  # the collator reads the class from a "label" column
+                train = train.rename_column(data_args.label_column, "label")
+                if evaluation is not None:
+                    evaluation = evaluation.rename_column(data_args.label_column, "label")
+            string_labels = isinstance(train[0]["label"], str)
             collator = DMILDataCollator(
-                processor, text_column=data_args.text_column, image_column=data_args.image_column,
-                audio_column=data_args.audio_column, label_column=data_args.label_column, label2id=label2id,
+                processor, label2id=label2id if string_labels else None, text_key=data_args.text_column,
+                image_key=data_args.image_column, audio_key=data_args.audio_column,
             )
             # The collator reads the raw columns; the Trainer must not drop them.
             training_args.remove_unused_columns = False

@@ -1,0 +1,121 @@
+"""training/run.py: config file + overrides, the synthetic default, user csv data with file paths, and 2-process DDP."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+from transformers import AutoModel, BertTokenizer, ViTImageProcessorPil, Wav2Vec2FeatureExtractor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(REPO, "training", "run.py")
+# A short synthetic run: every stage, a handful of steps.
+SHORT = [
+    "--synthetic_train_size", "64", "--synthetic_eval_size", "32", "--synthetic_modalities", "text,vision",
+    "--stage1_num_train_epochs", "1", "--stage2_num_train_epochs", "1", "--stage3_num_train_epochs", "1",
+    "--per_device_train_batch_size", "16", "--save_strategy", "no", "--logging_steps", "2",
+]
+
+
+def run_cli(args, tmp_path, launcher=(), timeout=400):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO, "HF_HOME": str(tmp_path / "hf_home")}
+    cmd = [*launcher, RUN, *args] if launcher else [sys.executable, RUN, *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def test_config_file_and_overrides_are_one_parser(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "training"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+    config = tmp_path / "c.yaml"
+    config.write_text("paradigm: joint\nstage1_learning_rate: 0.5\nlora_target_modules: [query, value]\nbf16: false\n")
+    model_args, data_args, args, used = run.parse_arguments([str(config), "--stage1_learning_rate", "0.25"])
+    assert used == str(config) and model_args.paradigm == "joint" and args.stage1_learning_rate == 0.25
+    assert args.lora_target_modules == ["query", "value"] and data_args.dataset == "synthetic"
+    _, _, default_args, used = run.parse_arguments([])
+    assert used.endswith("synthetic_tiny.yaml") and default_args.output_dir == "outputs/dmil-synthetic-tiny"
+
+
+def test_synthetic_run_writes_final_model_and_results(tmp_path):
+    out = run_cli([*SHORT, "--output_dir", str(tmp_path / "out")], tmp_path)
+    assert "per-stage results" in out and "per interaction type" in out
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert {"eval_accuracy", "eval_accuracy_R", "eval_accuracy_U_text", "stages"} <= set(results)
+    assert sorted(results["stages"]) == ["1", "2", "3"]
+    model = AutoModel.from_pretrained(tmp_path / "out" / "final")
+    assert model.config.modalities == ["text", "vision"] and (tmp_path / "out" / "final" / "README.md").is_file()
+
+
+def _write_user_dataset(tmp_path):
+    """Locally saved 'pretrained' tiny backbones with their processors, and a csv of text, image paths, wav paths."""
+    from conftest import make_config
+
+    config = make_config(("text", "vision", "audio"))
+    words = ["red", "green", "blue", "loud", "quiet", "cat"]
+    backbones = {}
+    for modality in ("text", "vision", "audio"):
+        folder = tmp_path / modality
+        torch.manual_seed(0)
+        AutoModel.from_config(config.backbone_config(modality)).save_pretrained(folder)
+        backbones[modality] = str(folder)
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+    BertTokenizer(vocab=str(tmp_path / "vocab.txt")).save_pretrained(backbones["text"])
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(backbones["vision"])
+    Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(backbones["audio"])
+    rng = np.random.default_rng(0)
+    rows = ["text,image,audio,emotion"]
+    for i in range(24):
+        label = ["happy", "sad"][i % 2]
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+        sf.write(tmp_path / f"clip{i}.wav", rng.standard_normal(800 + 40 * i).astype("float32") * 0.1, 8000)
+        rows.append(f"{words[i % 6]} {words[(i + 1) % 6]},{tmp_path / f'img{i}.png'},{tmp_path / f'clip{i}.wav'},{label}")
+    (tmp_path / "train.csv").write_text("\n".join(rows))
+    return backbones
+
+
+def test_user_csv_with_file_paths_and_pretrained_backbones(tmp_path):
+    backbones = _write_user_dataset(tmp_path)
+    out_dir = tmp_path / "out"
+    run_cli([
+        "--text_model", backbones["text"], "--vision_model", backbones["vision"], "--audio_model", backbones["audio"],
+        "--train_file", str(tmp_path / "train.csv"), "--validation_file", str(tmp_path / "train.csv"),
+        "--label_column", "emotion", "--latent_dim", "16", "--output_dir", str(out_dir), "--max_steps", "2",
+        "--per_device_train_batch_size", "8", "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true",
+    ], tmp_path)
+    final = out_dir / "final"
+    model = AutoModel.from_pretrained(final)
+    assert model.config.id2label == {0: "happy", 1: "sad"}
+    assert (final / "processor_config.json").is_file() and (final / "pipeline_dmil.py").is_file()
+    from transformers import pipeline
+
+    pipe = pipeline("multimodal-classification", model=str(final))
+    result = pipe({"text": "red cat", "image": str(tmp_path / "img0.png"), "audio": str(tmp_path / "clip0.wav")})
+    assert result[0]["label"] in ("happy", "sad") and set(result[0]["interactions"]) == set(model.config.interaction_components)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux CI")
+def test_two_cpu_processes_ddp(tmp_path):
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    launcher = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29561"]
+    os.environ["ACCELERATE_USE_CPU"] = "1"
+    try:
+        out = run_cli([*SHORT, "--output_dir", str(tmp_path / "ddp")], tmp_path, launcher=launcher, timeout=500)
+    finally:
+        os.environ.pop("ACCELERATE_USE_CPU")
+    assert "per-stage results" in out
+    state = json.loads((tmp_path / "ddp" / "stage-1" / "dmil_stage.json").read_text())
+    assert state["stage"] == 1
+    # 64 samples, 16 per device, 2 processes: 2 optimizer steps per epoch (one process would take 4).
+    assert state["metrics"]["train_steps_per_second"] > 0
+    args = torch.load(tmp_path / "ddp" / "final" / "training_args.bin", weights_only=False)
+    assert args.world_size == 2
