@@ -183,17 +183,16 @@ def print_report(trainer, final_metrics: dict) -> None:
     for stage, m in sorted(trainer.stage_results.items()):
         cells = [m.get("train_loss"), m.get("eval_loss"), m.get("eval_accuracy"), m.get("eval_f1_macro")]
         print(f"| {stage} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
-    per_type = sorted(k for k in final_metrics if k.startswith("eval_accuracy_"))
-    if per_type:
+    kinds = sorted(k[len("eval_accuracy_"):] for k in final_metrics if k.startswith("eval_accuracy_"))
+    if kinds:
+        components = trainer.model.config.interaction_components if trainer.model.config.paradigm == "dmil" else []
         print("\n== final model: accuracy and mean gate weights per interaction type ==")
-        gates = sorted({k.split("_")[2] for k in final_metrics if k.startswith("eval_gate_")})
-        print("| type | accuracy | " + " | ".join(f"gate {g}" for g in gates) + " |")
-        print("|---|---|" + "---|" * len(gates))
-        for key in per_type:
-            kind = key[len("eval_accuracy_"):]
-            gate_cells = [final_metrics.get(f"eval_gate_{g}_{kind}") for g in gates]
-            print(f"| {kind} | {final_metrics[key]:.4f} | "
-                  + " | ".join("-" if c is None else f"{c:.3f}" for c in gate_cells) + " |")
+        print("| type | accuracy | " + " | ".join(f"gate {c}" for c in components) + " |")
+        print("|---|---|" + "---|" * len(components))
+        for kind in kinds:
+            gates = [final_metrics.get(f"eval_gate_{c}_{kind}") for c in components]
+            print(f"| {kind} | {final_metrics['eval_accuracy_' + kind]:.4f} | "
+                  + " | ".join("-" if g is None else f"{g:.3f}" for g in gates) + " |")
     keys = ("eval_accuracy", "eval_f1_macro", "eval_synergy_indicator")
     print("\n" + ", ".join(f"{k}={final_metrics[k]:.4f}" for k in keys if k in final_metrics))
 
