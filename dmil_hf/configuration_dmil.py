@@ -46,25 +46,27 @@ class DMILConfig(PretrainedConfig):
             Posterior log-variances are clamped to [-logvar_clamp, logvar_clamp] so that exp() cannot overflow in
             bf16/fp16.
         kl_weight (`float`, defaults to 0.02):
-            Weight of every KL term (the reference code's lamb=0.2 times its internal 0.1).
+            Weight of every KL term (the reference code's lamb=0.2 times its internal 0.1). KL terms are the exact
+            diagonal-Gaussian KL divided by `latent_dim` (per-dimension, the reference code's scale).
         alignment_weight (`float`, defaults to 1.0):
             Multiplier of the alignment KL relative to `kl_weight` (1 in the reference code).
         stage1_reconstruction_weight (`float`, defaults to 0.01):
             Weight of the reconstruction of Z_m from [M_m, N_m] in stage 1 (reference beta_rec 0.1 x 0.1).
         stage2_component_weight (`float`, defaults to 0.5):
             Weight of the CEs of the R, U_m and S heads in stage 2.
-        stage2_reconstruction_weight (`float`, defaults to 0.0005):
-            Weight of the reconstruction of mean(M_m) from [R, U_m] in stage 2 (lamb x 0.1 x 0.25).
+        stage2_reconstruction_weight (`float`, defaults to 0.005):
+            Weight of the reconstruction of mean(M_m) from [R, U_m] in stage 2 (lamb=0.2 x 0.1 x 0.25; the reference
+            code's extra x0.1 applies to its KL terms only).
         stage3_modality_weight (`float`, defaults to 0.5):
             Weight of the unimodal CEs on M_m in stage 3.
         stage3_component_weight (`float`, defaults to 0.8):
             Weight of the CEs of the R, U_m and S heads in stage 3.
         stage3_consistency_kl_scale (`float`, defaults to 0.4):
             Scale of the level-2 KL and alignment terms in stage 3, relative to `kl_weight`.
-        stage3_reconstruction_z_weight (`float`, defaults to 0.0003):
-            Weight of the Z_m reconstruction in stage 3 (0.05 x lamb x 0.3).
-        stage3_reconstruction_m_weight (`float`, defaults to 0.0001):
-            Weight of the M_m reconstruction in stage 3 (lamb x 0.05 x 0.1).
+        stage3_reconstruction_z_weight (`float`, defaults to 0.003):
+            Weight of the Z_m reconstruction in stage 3 (0.05 x lamb=0.2 x 0.3).
+        stage3_reconstruction_m_weight (`float`, defaults to 0.001):
+            Weight of the M_m reconstruction in stage 3 (lamb=0.2 x 0.05 x 0.1).
         check_inputs (`bool`, defaults to `True`):
             Check input values for NaN/inf and labels for range. These checks read tensor values on the host, so
             they synchronise with the GPU once per step; turn them off for maximum throughput or `torch.compile`.
@@ -103,12 +105,12 @@ class DMILConfig(PretrainedConfig):
         alignment_weight: float = 1.0,
         stage1_reconstruction_weight: float = 0.01,
         stage2_component_weight: float = 0.5,
-        stage2_reconstruction_weight: float = 0.0005,
+        stage2_reconstruction_weight: float = 0.005,
         stage3_modality_weight: float = 0.5,
         stage3_component_weight: float = 0.8,
         stage3_consistency_kl_scale: float = 0.4,
-        stage3_reconstruction_z_weight: float = 0.0003,
-        stage3_reconstruction_m_weight: float = 0.0001,
+        stage3_reconstruction_z_weight: float = 0.003,
+        stage3_reconstruction_m_weight: float = 0.001,
         check_inputs: bool = True,
         **kwargs,
     ):

@@ -69,6 +69,16 @@ def gaussian_kl(
     ).sum(-1)
 
 
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor, prior_mu=None, prior_logvar=None) -> torch.Tensor:
+    """The exact KL of `gaussian_kl` divided by the latent dimension: the scale of every KL loss term.
+
+    The reference implementation averages its KLs over the latent dimensions (and its reconstructions over
+    features), and its loss weights (`kl_weight=0.02`) are tuned for that scale; a KL summed over 64 dimensions
+    with the same weight is 64 times stronger and collapses N onto the prior.
+    """
+    return gaussian_kl(mu, logvar, prior_mu, prior_logvar) / mu.shape[-1]
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of per-sample values over the samples where `mask` is true (0 when none is), without a host sync."""
     mask = mask.to(values.dtype)
@@ -242,10 +252,17 @@ def _resolve_class(path: str) -> type:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def _build_backbone(config, spec: BackboneSpec) -> PreTrainedModel:
+def _init_kwargs(spec: BackboneSpec, pooling: str | None) -> dict:
+    kwargs = dict(spec.init_kwargs)
+    if pooling == "pooler":
+        kwargs.pop("add_pooling_layer", None)  # the pooler is what this model pools with: build it
+    return kwargs
+
+
+def _build_backbone(config, spec: BackboneSpec, pooling: str) -> PreTrainedModel:
     if spec.model_class:
-        return _resolve_class(spec.model_class)(config, **spec.init_kwargs)
-    return AutoModel.from_config(config, **spec.init_kwargs)
+        return _resolve_class(spec.model_class)(config, **_init_kwargs(spec, pooling))
+    return AutoModel.from_config(config, **_init_kwargs(spec, pooling))
 
 
 class DMILForMultimodalClassification(DMILPreTrainedModel):
@@ -286,15 +303,17 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         self.modalities = config.modalities
         dim, num_labels = config.latent_dim, config.num_labels
         self.specs = {m: backbone_spec(config.backbone_config(m).model_type, m) for m in self.modalities}
+        self.pooling = {m: config.pooling.get(m, self.specs[m].pooling) for m in self.modalities}
         self.backbones = nn.ModuleDict()
         for m in self.modalities:
-            backbone = backbones.pop(m, None) or _build_backbone(config.backbone_config(m), self.specs[m])
+            backbone = backbones.pop(m, None) or _build_backbone(
+                config.backbone_config(m), self.specs[m], self.pooling[m]
+            )
             # Share the config object so edits to model.config.<m>_config reach the backbone.
             backbone.config = config.backbone_config(m)
             self.backbones[m] = backbone
         if backbones:
             raise ValueError(f"backbones given for modalities the config lacks: {sorted(backbones)}")
-        self.pooling = {m: config.pooling.get(m, self.specs[m].pooling) for m in self.modalities}
         self._forward_takes_mask = {
             m: "attention_mask" in inspect.signature(self.backbones[m].forward).parameters for m in self.modalities
         }
@@ -363,7 +382,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             )
             config = _as_backbone_config(full_config, modality)
             spec = backbone_spec(config.model_type, modality)
-            load_kwargs = {**spec.init_kwargs, **hub_kwargs, **model_kwargs, "dtype": dtype}
+            pooling = (kwargs.get("pooling") or {}).get(modality)
+            load_kwargs = {**_init_kwargs(spec, pooling), **hub_kwargs, **model_kwargs, "dtype": dtype}
             if spec.model_class and spec.model_class.rpartition(".")[2] not in (config.architectures or []):
                 # A full encoder-decoder checkpoint (Whisper): its keys are "encoder.*"/"model.encoder.*", which the
                 # encoder class alone would not match (its weights would silently stay random). Load it whole and
@@ -508,7 +528,14 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         output = backbone(**kwargs)
         mode = self.pooling[modality]
         if mode == "pooler":
-            return output.pooler_output
+            pooled = getattr(output, "pooler_output", None)
+            if pooled is None:
+                raise ValueError(
+                    f"pooling 'pooler' was chosen for the {modality} backbone "
+                    f"({self.config.backbone_config(modality).model_type}), which returns no pooler_output; "
+                    "use 'cls' or 'mean'"
+                )
+            return pooled
         hidden = output.last_hidden_state
         if mode == "cls":
             return hidden[:, 0]
@@ -614,8 +641,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             for k, m in enumerate(self.modalities):
                 p, out = present[:, k], level1[m]
                 terms[f"ce_modality_{m}"] = masked_mean(F.cross_entropy(out["logits"].float(), labels, reduction="none"), p)
-                terms[f"kl_M_{m}"] = masked_mean(gaussian_kl(out["m_mu"], out["m_logvar"]), p)
-                terms[f"kl_N_{m}"] = masked_mean(gaussian_kl(out["n_mu"], out["n_logvar"]), p)
+                terms[f"kl_M_{m}"] = masked_mean(kl_per_dim(out["m_mu"], out["m_logvar"]), p)
+                terms[f"kl_N_{m}"] = masked_mean(kl_per_dim(out["n_mu"], out["n_logvar"]), p)
                 # The target is detached: reconstruction asks M and N to keep what Z holds, not Z to shrink.
                 rec = (out["reconstruction"].float() - z[m].detach().float()).pow(2).mean(-1)
                 terms[f"rec_Z_{m}"] = masked_mean(rec, p)
@@ -646,16 +673,16 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             terms["ce_final"] = F.cross_entropy(logits, labels)
             ce = lambda idx: F.cross_entropy(component_logits[:, idx].float(), labels, reduction="none")  # noqa: E731
             terms["ce_redundancy"] = ce(0).mean()
-            terms["kl_R"] = gaussian_kl(level2["r_mu"], level2["r_logvar"]).mean()
+            terms["kl_R"] = kl_per_dim(level2["r_mu"], level2["r_logvar"]).mean()
             joint_ok = level2["all_present"]
             for k, m in enumerate(self.modalities):
                 p = present[:, k]
                 terms[f"ce_uniqueness_{m}"] = masked_mean(ce(1 + k), p)
                 _, u_mu, u_logvar = level2["uniqueness"][m]
-                terms[f"kl_U_{m}"] = masked_mean(gaussian_kl(u_mu, u_logvar), p)
+                terms[f"kl_U_{m}"] = masked_mean(kl_per_dim(u_mu, u_logvar), p)
                 _, v_mu, v_logvar = level2["predictors"][m]
                 # Alignment only where the joint posterior exists (every modality present).
-                align = gaussian_kl(level2["r_mu"], level2["r_logvar"], v_mu, v_logvar)
+                align = kl_per_dim(level2["r_mu"], level2["r_logvar"], v_mu, v_logvar)
                 terms[f"align_R_{m}"] = masked_mean(align, joint_ok)
                 rec = (level2["reconstructions"][m].float() - m_means[m].detach().float()).pow(2).mean(-1)
                 terms[f"rec_M_{m}"] = masked_mean(rec, p)
