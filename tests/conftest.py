@@ -16,7 +16,8 @@ import torch  # noqa: E402
 from dmil_hf import DMILConfig  # noqa: E402
 from dmil_hf.tiny_backbones import tiny_audio_config, tiny_text_config, tiny_vision_config  # noqa: E402
 
-torch.set_num_threads(2)
+# One thread: tiny models gain nothing from two, and two threads slow to a crawl when the cores are shared.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -45,6 +45,20 @@ def test_config_file_and_overrides_are_one_parser(tmp_path):
     assert used.endswith("synthetic_tiny.yaml") and default_args.output_dir == "outputs/dmil-synthetic-tiny"
 
 
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(REPO, "training", "configs"))))
+def test_every_shipped_config_parses(name):
+    sys.path.insert(0, os.path.join(REPO, "training"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+    # bf16 is refused without a GPU (rightly); every other key must parse as written.
+    model_args, data_args, args, _ = run.parse_arguments(
+        [os.path.join(REPO, "training", "configs", name), "--bf16", "false"]
+    )
+    assert args.stage_list == [1, 2, 3] and model_args.paradigm in ("dmil", "joint", "ensemble")
+
+
 def test_synthetic_run_writes_final_model_and_results(tmp_path):
     out = run_cli([*SHORT, "--output_dir", str(tmp_path / "out")], tmp_path)
     assert "per-stage results" in out and "per interaction type" in out
