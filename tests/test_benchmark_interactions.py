@@ -1,0 +1,56 @@
+"""The interaction benchmark's core on a very small setting: every paradigm trains through DMILTrainer, and the JSON
+report has the documented schema."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "interactions.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_interactions", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_writes_the_documented_json(bench, tmp_path):
+    out = tmp_path / "interactions.json"
+    report = bench.main([
+        "--seeds", "0", "--steps", "4", "--batch-size", "8", "--n-train", "48", "--n-test", "40",
+        "--mixtures", "half_U_half_R,synergy_heavy", "--out", str(out), "--chart", str(tmp_path / "chart.png"),
+    ])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert "ensemble" in report["unimodal_reference"]
+    rows = report["rows"]
+    allowed = {"accuracy", "accuracy_R", "accuracy_U_text", "accuracy_U_vision", "accuracy_S", "synergy_indicator",
+               "robust_accuracy_R"}
+    assert {r["paradigm"] for r in rows} == {"joint", "ensemble", "dmil"}
+    assert {r["mixture"] for r in rows} == {"half_U_half_R", "synergy_heavy"}
+    assert {r["metric"] for r in rows} == allowed
+    for row in rows:
+        assert set(row) == {"paradigm", "mixture", "metric", "mean", "std", "n_seeds"}
+        assert row["n_seeds"] == 1
+        if not math.isnan(row["mean"]):  # accuracy_S is undefined where a mixture has no S sample
+            assert 0.0 <= row["mean"] <= 1.0 and row["std"] == 0.0
+    by_key = {(r["paradigm"], r["mixture"], r["metric"]): r for r in rows}
+    assert math.isnan(by_key[("joint", "half_U_half_R", "accuracy_S")]["mean"])
+    assert not math.isnan(by_key[("joint", "synergy_heavy", "accuracy_S")]["mean"])
+    # Equal budget: DMIL's three stages together take the baselines' step count.
+    assert sum(bench.BenchmarkSettings(total_steps=4).stage_steps()) == 4
+    assert (tmp_path / "chart.png").stat().st_size > 0
+    assert "| half_U_half_R | dmil |" in bench.markdown_table(report)
+
+
+def test_quick_preset_is_small(bench):
+    settings, _ = bench.parse_settings(["--quick"])
+    assert len(settings.seeds) == 3 and "synergy_heavy" in settings.mixtures
+    assert any("U" in m for m in settings.mixtures)
+    assert settings.total_steps * len(settings.seeds) * len(settings.mixtures) * 3 <= 8000
