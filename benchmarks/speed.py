@@ -39,7 +39,7 @@ from dmil_hf.training_dmil import prepare_model_for_stage  # noqa: E402
 PRESETS = {
     "tiny": dict(
         device="cpu", batch_size=32, seq_len=16, image_size=16, num_samples=1600, latent_dim=32, bf16=False,
-        warmup=3, steps=5, rounds=4,
+        warmup=3, steps=10, rounds=5,
     ),
     "base": dict(
         device="cuda", batch_size=128, seq_len=128, image_size=224, num_samples=16000, latent_dim=64, bf16=True,
@@ -138,12 +138,29 @@ class Variant:
         self.flops = counter.get_total_flops()
 
 
+def profile_variant(variant: "Variant", batch: dict, top: int = 6) -> dict:
+    """Operator count and the operators with the most self time in one step (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if variant.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        variant.step(batch)
+        synchronize(variant.device)
+    events = prof.key_averages()
+    device_time = "self_device_time_total" if variant.device.type == "cuda" else "self_cpu_time_total"
+    ranked = sorted(events, key=lambda e: getattr(e, device_time), reverse=True)[:top]
+    return {
+        "op_calls": sum(e.count for e in events if e.key.startswith("aten::")),
+        "top_ops": [{"op": e.key, "calls": e.count, "self_ms": getattr(e, device_time) / 1e3} for e in ranked],
+    }
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def run(settings: dict, preset: str, compile_model: bool, check_inputs: bool) -> dict:
+def run(settings: dict, preset: str, compile_model: bool, check_inputs: bool, profile: bool = False) -> dict:
     device = torch.device(settings["device"])
     configs = backbone_configs(preset, settings["image_size"])
     batch = make_batch(settings, 8, device)
@@ -177,6 +194,9 @@ def run(settings: dict, preset: str, compile_model: bool, check_inputs: bool) ->
             "tflops": v.flops / median / 1e12 if v.flops else None,
             "peak_mem_gb": v.peak_mem_gb,
         }
+    if profile:
+        for v in variants:
+            results[v.name]["profile"] = profile_variant(v, batch)
     t = {k: r["median_step_s"] for k, r in results.items()}
     ratios = {
         "train_stage1": t["train_stage1"] / t["train_joint"],
@@ -211,6 +231,14 @@ def print_table(report: dict) -> None:
     print("\nratios (DMIL time / joint time): " + ", ".join(f"{k} {v:.3f}" for k, v in report["ratios"].items()))
 
 
+def print_profile(report: dict) -> None:
+    print("\nprofile of one step: aten operator calls, and the operators with the most self time")
+    for name, r in report["variants"].items():
+        p = r["profile"]
+        top = ", ".join(f"{o['op']} {o['self_ms']:.1f} ms ({o['calls']}x)" for o in p["top_ops"])
+        print(f"- {name}: {p['op_calls']} op calls; {top}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -220,6 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one step per variant: operator calls and the top operators by self time")
     parser.add_argument("--check-inputs", action="store_true",
                         help="keep the NaN/label-range input checks on (one host sync per step; same for both paradigms)")
     args = parser.parse_args(argv)
@@ -234,8 +264,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     report = {"preset": args.preset, "settings": settings, "compile": args.compile, "check_inputs": args.check_inputs,
               "environment": environment(settings["device"])}
-    report.update(run(settings, args.preset, args.compile, args.check_inputs))
+    report.update(run(settings, args.preset, args.compile, args.check_inputs, args.profile))
     print_table(report)
+    if args.profile:
+        print_profile(report)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -491,8 +491,12 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         return grouped, next(iter(batch_sizes.values()))
 
     def _presence(self, grouped: dict, batch_size: int, modality_mask: torch.Tensor | None, device) -> torch.Tensor:
-        given = torch.tensor([m in grouped for m in self.modalities], device=device)
-        present = given.unsqueeze(0).expand(batch_size, -1)
+        # Built on the device (a fill per absent modality): torch.tensor(list, device=cuda) would be a blocking
+        # host-to-device copy in every forward.
+        present = torch.ones(batch_size, len(self.modalities), dtype=torch.bool, device=device)
+        for k, m in enumerate(self.modalities):
+            if m not in grouped:
+                present[:, k] = False
         if modality_mask is not None:
             if not isinstance(modality_mask, torch.Tensor) or modality_mask.shape != (batch_size, len(self.modalities)):
                 raise ValueError(

@@ -13,7 +13,6 @@ The joint and ensemble baselines have a single stage (saved as `stage-1`) traine
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -246,7 +245,8 @@ class DMILTrainer(Trainer):
         output = None
         try:
             for k in stages:
-                if resume_stage is not None and k < resume_stage or (resume_from_checkpoint is True and self.stage_is_complete(k)):
+                resuming_later_stage = resume_stage is not None and k < resume_stage
+                if resuming_later_stage or (resume_from_checkpoint is True and self.stage_is_complete(k)):
                     self._load_finished_stage(k)
                     continue
                 checkpoint = resume_path if k == resume_stage else None
@@ -271,13 +271,9 @@ class DMILTrainer(Trainer):
         self.stage = stage
         args = self.args
         args.output_dir = self.stage_dir(stage)
-        for name in ("num_train_epochs", "max_steps", "learning_rate"):
-            setattr(args, name, self._shared_args[name])
-            value = args.stage_value(name, stage)
-            if value is not None:
-                setattr(args, name, value)
-        if args.max_steps is None:
-            args.max_steps = -1
+        for name, shared in self._shared_args.items():
+            own = getattr(args, f"stage{stage}_{name}")
+            setattr(args, name, shared if own is None else own)
         # A fresh optimizer and schedule per stage: the parameters that train differ from stage to stage.
         self.optimizer, self.lr_scheduler = None, None
         self._term_sums, self._term_steps = {}, 0
