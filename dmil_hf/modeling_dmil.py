@@ -124,14 +124,16 @@ class IntraModalDecomposition(nn.Module):
         self.classifier = nn.Linear(dim, num_labels)
         self.reconstruction = MLP(2 * dim, max(dim // 2, 1), dim)
 
-    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, z: torch.Tensor, with_losses: bool = True) -> dict[str, torch.Tensor]:
         m, m_mu, m_logvar = self.m_posterior(z)
         n, n_mu, n_logvar = self.n_posterior(z)
-        return {
+        out = {
             "m": m, "m_mu": m_mu, "m_logvar": m_logvar, "n": n, "n_mu": n_mu, "n_logvar": n_logvar,
             "logits": self.classifier(m),
-            "reconstruction": self.reconstruction(torch.cat([m, n], dim=-1)),
         }
+        if with_losses:  # the reconstruction serves only the loss
+            out["reconstruction"] = self.reconstruction(torch.cat([m, n], dim=-1))
+        return out
 
 
 class ConsistencyDecomposition(nn.Module):
@@ -152,26 +154,36 @@ class ConsistencyDecomposition(nn.Module):
         )
         self.reconstruction = nn.ModuleDict({m: MLP(2 * dim, max(dim // 2, 1), dim) for m in modalities})
 
-    def forward(self, m_means: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, object]:
+    def forward(
+        self, m_means: dict[str, torch.Tensor], present: torch.Tensor, with_losses: bool = True,
+        all_given: bool = False,
+    ) -> dict[str, object]:
+        """`with_losses=False` skips what only the loss reads (predictors' alignment, reconstructions);
+        `all_given=True` says, statically, that every sample has every modality, so no fallback is needed."""
         present_f = present.to(next(iter(m_means.values())).dtype)
         joint_in = torch.cat([m_means[m] * present_f[:, k : k + 1] for k, m in enumerate(self.modalities)], dim=-1)
         r, r_mu, r_logvar = self.redundancy(joint_in)
-        predictors = {m: self.redundancy_predictors[m](m_means[m]) for m in self.modalities}
         all_present = present.all(dim=1, keepdim=True)
-        # Computed for every sample and selected with torch.where: no data-dependent branch, no host sync.
-        weights = present_f / present_f.sum(1, keepdim=True).clamp(min=1.0)
-        fallback = [
-            sum(predictors[m][i] * weights[:, k : k + 1] for k, m in enumerate(self.modalities)) for i in range(3)
-        ]
-        r, r_mu, r_logvar = (torch.where(all_present, joint, fb) for joint, fb in zip((r, r_mu, r_logvar), fallback))
+        out: dict[str, object] = {"all_present": all_present.squeeze(1)}
+        if with_losses or not all_given:
+            predictors = {m: self.redundancy_predictors[m](m_means[m]) for m in self.modalities}
+            out["predictors"] = predictors
+        if not all_given:
+            # Computed for every sample and selected with torch.where: no data-dependent branch, no host sync.
+            weights = present_f / present_f.sum(1, keepdim=True).clamp(min=1.0)
+            fallback = [
+                sum(predictors[m][i] * weights[:, k : k + 1] for k, m in enumerate(self.modalities)) for i in range(3)
+            ]
+            r, r_mu, r_logvar = (
+                torch.where(all_present, joint, fb) for joint, fb in zip((r, r_mu, r_logvar), fallback)
+            )
         uniqueness = {m: self.uniqueness[m](m_means[m]) for m in self.modalities}
-        reconstructions = {
-            m: self.reconstruction[m](torch.cat([r, uniqueness[m][0]], dim=-1)) for m in self.modalities
-        }
-        return {
-            "r": r, "r_mu": r_mu, "r_logvar": r_logvar, "all_present": all_present.squeeze(1),
-            "predictors": predictors, "uniqueness": uniqueness, "reconstructions": reconstructions,
-        }
+        if with_losses:
+            out["reconstructions"] = {
+                m: self.reconstruction[m](torch.cat([r, uniqueness[m][0]], dim=-1)) for m in self.modalities
+            }
+        out.update(r=r, r_mu=r_mu, r_logvar=r_logvar, uniqueness=uniqueness)
+        return out
 
 
 class SynergyFusion(nn.Module):
@@ -608,7 +620,9 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         elif self.config.paradigm == "ensemble":
             out = self._forward_ensemble(z, present, labels)
         else:
-            out = self._forward_dmil(z, present, labels, stage)
+            # Known without looking at tensor values, so skipping the missing-modality fallback is no data-dependent branch.
+            all_given = modality_mask is None and len(grouped) == len(self.modalities)
+            out = self._forward_dmil(z, present, labels, stage, all_given)
         return out if return_dict else out.to_tuple()
 
     def _forward_joint(self, z, present, labels) -> DMILOutput:
@@ -634,9 +648,10 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             loss = sum(terms.values())
         return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms)
 
-    def _forward_dmil(self, z, present, labels, stage: int) -> DMILOutput:
+    def _forward_dmil(self, z, present, labels, stage: int, all_given: bool) -> DMILOutput:
         config = self.config
-        level1 = {m: self.intra_decomposition[m](z[m]) for m in self.modalities}
+        with_losses = labels is not None
+        level1 = {m: self.intra_decomposition[m](z[m], with_losses=with_losses) for m in self.modalities}
         modality_logits = torch.stack([level1[m]["logits"] for m in self.modalities], dim=1)
         present_f = present.to(modality_logits.dtype)
 
@@ -658,7 +673,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms or None)
 
         m_means = {m: level1[m]["m_mu"] for m in self.modalities}
-        level2 = self.consistency_decomposition(m_means, present)
+        level2 = self.consistency_decomposition(m_means, present, with_losses=with_losses, all_given=all_given)
         n_inputs = [level1[m]["n"] * present_f[:, k : k + 1] for k, m in enumerate(self.modalities)]
         synergy = self.synergy_fusion(n_inputs)
         components = [level2["r"], *[level2["uniqueness"][m][0] for m in self.modalities], synergy]
