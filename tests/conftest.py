@@ -25,6 +25,28 @@ def _seed():
     torch.manual_seed(0)
 
 
+# Put first in a subprocess script that must work from saved remote code alone: dmil_hf may be installed (editable) in
+# this environment, so the script blocks the name on sys.meta_path and proves that the import fails.
+BLOCK_DMIL_HF = """
+import sys as _sys
+
+
+class _BlockDmilHf:
+    def find_spec(self, name, path=None, target=None):
+        if name == "dmil_hf" or name.startswith("dmil_hf."):
+            raise ImportError(f"{name} is blocked: this process must work from saved remote code alone")
+
+
+_sys.meta_path.insert(0, _BlockDmilHf())
+try:
+    import dmil_hf  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("dmil_hf is importable here: the test would prove nothing")
+"""
+
+
 def make_config(modalities=("text", "vision", "audio"), paradigm="dmil", num_labels=3, latent_dim=16, **kwargs):
     """A DMILConfig over tiny BERT / ViT / wav2vec2 backbones (override a family with text="roberta" etc.)."""
     families = {"text": kwargs.pop("text", "bert"), "vision": kwargs.pop("vision", "vit"), "audio": kwargs.pop("audio", "wav2vec2")}

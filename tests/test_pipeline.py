@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import make_config
+from conftest import BLOCK_DMIL_HF, make_config
 from transformers import AutoProcessor, BertTokenizer, ViTImageProcessorPil, Wav2Vec2FeatureExtractor, pipeline
 
 from dmil_hf import DMILForMultimodalClassification, DMILProcessor, MultimodalClassificationPipeline, save_for_pipeline
@@ -218,21 +218,9 @@ def test_pipeline_needs_a_processor_covering_the_model(tmp_path):
 # Remote code: a fresh process that cannot import dmil_hf
 # ----------------------------------------------------------------------------------------------------------------
 
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = BLOCK_DMIL_HF + textwrap.dedent(
     """
     import json, sys
-
-    class BlockDmilHf:  # the package may be installed in this environment: make it unimportable
-        def find_spec(self, name, path=None, target=None):
-            if name == "dmil_hf" or name.startswith("dmil_hf."):
-                raise ImportError("dmil_hf is blocked in this test")
-
-    sys.meta_path.insert(0, BlockDmilHf())
-    try:
-        import dmil_hf  # noqa: F401
-        sys.exit("dmil_hf is importable: the test would not exercise remote code")
-    except ImportError:
-        pass
 
     import numpy as np
     from transformers import pipeline

@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import torch
-from conftest import make_config
+from conftest import BLOCK_DMIL_HF, make_config
 
 from dmil_hf import DMILForMultimodalClassification
 from dmil_hf.tiny_backbones import random_inputs
@@ -15,22 +15,9 @@ from dmil_hf.tiny_backbones import random_inputs
 # Run with `python -I` (no PYTHONPATH, no user site, no script/cwd entry on sys.path) from a temporary cwd. The
 # package may still be importable through site-packages (an editable install's .pth or finder), so the script
 # first puts a blocker at the front of sys.meta_path and proves that `import dmil_hf` fails.
-LOADER = textwrap.dedent(
+LOADER = BLOCK_DMIL_HF + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class _BlockDmil(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "dmil_hf" or name.startswith("dmil_hf."):
-                raise ImportError(f"{name} is blocked: this process must work from the saved remote code alone")
-
-    sys.meta_path.insert(0, _BlockDmil())
-    try:
-        import dmil_hf  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("dmil_hf is importable in the subprocess; the test would prove nothing")
+    import json, sys
 
     import torch
     from transformers import AutoConfig, AutoModel

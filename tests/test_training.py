@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import make_config
+from conftest import BLOCK_DMIL_HF, make_config
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModel, TrainerCallback
@@ -204,13 +204,8 @@ def test_push_to_hub_and_load_back_with_remote_code(tmp_path):
         trainer.model.eval()
         torch.save(trainer.model(**batch).logits.detach(), {str(tmp_path / 'expected.pt')!r})
     """)
-    load = textwrap.dedent(f"""
+    load = BLOCK_DMIL_HF + textwrap.dedent(f"""
         import sys, torch
-        try:
-            import dmil_hf
-            raise SystemExit("dmil_hf must not be importable here")
-        except ImportError:
-            pass
         from transformers import AutoModel
         model = AutoModel.from_pretrained("someone/dmil-tiny", trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
@@ -235,17 +230,8 @@ def test_push_to_hub_and_load_back_with_remote_code(tmp_path):
         assert "## Backbones" in card and "| 3 |" in card and "lora" in card and "trust_remote_code" in card
 
         # A fresh process where dmil_hf cannot be imported loads the pushed repo through its remote code.
-        blocker = tmp_path / "blocker"
-        blocker.mkdir()
-        (blocker / "sitecustomize.py").write_text(textwrap.dedent("""
-            import sys
-            class _Block:
-                def find_spec(self, name, path=None, target=None):
-                    if name == "dmil_hf" or name.startswith("dmil_hf."):
-                        raise ImportError("dmil_hf is blocked in this test")
-            sys.meta_path.insert(0, _Block())
-        """))
-        env = {**env, "PYTHONPATH": str(blocker), "HF_HOME": str(tmp_path / "hf_home_fresh")}
+        env = {**env, "HF_HOME": str(tmp_path / "hf_home_fresh")}
+        env.pop("PYTHONPATH")
         done = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True, timeout=300,
                               cwd=str(tmp_path))
         assert done.returncode == 0 and "LOADED" in done.stdout, done.stderr[-3000:]
