@@ -16,8 +16,24 @@ _STAGE_TRAINS = {
 _EXAMPLE = {"text": '"text": "a sentence"', "vision": '"image": "photo.png"', "audio": '"audio": "clip.wav"'}
 
 
+_RUNTIME_SUFFIXES = ("_runtime", "_per_second")
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _per_type_rows(metrics: dict[str, float], components: list[str]) -> list[dict[str, Any]]:
+    """Accuracy and mean gate weight of each component, per interaction type (when the eval data had types)."""
+    kinds = sorted(k[len("eval_accuracy_"):] for k in metrics if k.startswith("eval_accuracy_"))
+    return [
+        {
+            "type": kind,
+            "accuracy": _fmt(metrics[f"eval_accuracy_{kind}"]),
+            "gates": [_fmt(metrics[f"eval_gate_{c}_{kind}"]) if f"eval_gate_{c}_{kind}" in metrics else "-" for c in components],
+        }
+        for kind in kinds
+    ]
 
 
 def render_model_card(model, args, stage_results: dict[int, dict[str, float]], template: str | None = None) -> ModelCard:
@@ -35,17 +51,26 @@ def render_model_card(model, args, stage_results: dict[int, dict[str, float]], t
         {
             "stage": k,
             "trains": _STAGE_TRAINS[k].format(method=args.finetune_method) if paradigm == "dmil" else "everything",
-            "epochs": _fmt(args.stage_value("num_train_epochs", k)),
-            "max_steps": args.stage_value("max_steps", k),
+            "epochs": f"{args.stage_value('num_train_epochs', k):g}",
+            "max_steps": "-" if args.stage_value("max_steps", k) in (None, -1) else args.stage_value("max_steps", k),
             "learning_rate": args.stage_value("learning_rate", k),
         }
         for k in stage_numbers
     ]
+    headline = ("eval_loss", "eval_accuracy", "eval_f1_macro", "eval_synergy_indicator")
     results = [
-        {"stage": k, "metric": name, "value": _fmt(value)}
+        {"stage": k, "metric": name, "value": _fmt(metrics[name])}
         for k, metrics in sorted(stage_results.items())
-        for name, value in sorted(metrics.items())
-        if name.startswith("eval_") and isinstance(value, (int, float))
+        for name in headline
+        if isinstance(metrics.get(name), (int, float))
+    ]
+    final_metrics = stage_results[max(stage_results)] if stage_results else {}
+    components = config.interaction_components if paradigm == "dmil" else []
+    details = [
+        {"metric": name, "value": _fmt(value)}
+        for name, value in sorted(final_metrics.items())
+        if name.startswith("eval_") and name not in headline and isinstance(value, (int, float))
+        and not name.endswith(_RUNTIME_SUFFIXES) and not name.startswith(("eval_accuracy_", "eval_gate_"))
     ]
     loss_weights = {k: v for k, v in config.to_dict().items() if k.endswith("_weight") or k.endswith("_scale")}
     repo_id = args.hub_model_id or Path(args.output_dir).name
@@ -64,7 +89,8 @@ def render_model_card(model, args, stage_results: dict[int, dict[str, float]], t
         finetune_method=args.finetune_method, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, stages=stages, loss_weights=loss_weights,
         batch_size=args.per_device_train_batch_size, grad_accum=args.gradient_accumulation_steps,
-        weight_decay=args.weight_decay, seed=args.seed, precision=precision, results=results,
+        weight_decay=args.weight_decay, seed=args.seed, precision=precision, results=results, details=details,
+        per_type=_per_type_rows(final_metrics, components), gate_components=components,
         example_input=", ".join(_EXAMPLE[m] for m in config.modalities),
     )
     if template_path.is_file():

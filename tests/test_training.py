@@ -235,3 +235,21 @@ def test_push_to_hub_and_load_back_with_remote_code(tmp_path):
         done = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True, timeout=300,
                               cwd=str(tmp_path))
         assert done.returncode == 0 and "LOADED" in done.stdout, done.stderr[-3000:]
+
+
+def test_model_card_reports_stages_and_per_type_figures(tmp_path):
+    from dmil_hf.model_card_dmil import render_model_card
+
+    args = make_args(tmp_path, stage1_num_train_epochs=6, stage3_max_steps=40, stage3_learning_rate=5e-4)
+    results = {
+        1: {"eval_accuracy": 0.5, "eval_loss": 1.2},
+        3: {"eval_accuracy": 0.9, "eval_accuracy_R": 1.0, "eval_accuracy_U_text": 0.8, "eval_gate_redundancy_R": 0.7,
+            "eval_gate_synergy_U_text": 0.05, "eval_component_accuracy_synergy": 0.3, "eval_runtime": 2.0},
+    }
+    card = render_model_card(two_modality_model(), args, results).content
+    assert "| 1 | backbones, projections, intra-modal decomposition (M/N) | 6 | 2 |" in card
+    assert "| 3 | everything (backbones via lora) | 3 | 40 | 0.0005 |" in card
+    assert "| 3 | eval_accuracy | 0.9000 |" in card and "| 1 | eval_loss | 1.2000 |" in card
+    assert "| type | accuracy | gate redundancy | gate uniqueness_text | gate uniqueness_vision | gate synergy |" in card
+    assert "| R | 1.0000 | 0.7000 | - | - | - |" in card and "| U_text | 0.8000 | - | - | - | 0.0500 |" in card
+    assert "eval_component_accuracy_synergy`=0.3000" in card and "eval_runtime" not in card
