@@ -59,6 +59,28 @@ def test_every_shipped_config_parses(name):
     assert args.stage_list == [1, 2, 3] and model_args.paradigm in ("dmil", "joint", "ensemble")
 
 
+def test_user_data_from_disk_and_label_maps(tmp_path):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    sys.path.insert(0, os.path.join(REPO, "training"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    data = Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 1]}, features=features)
+    DatasetDict(train=data, test=data.select([0])).save_to_disk(tmp_path / "ds")
+    train, evaluation = run.load_user_data(run.DataArguments(dataset=str(tmp_path / "ds")))
+    assert len(train) == 3 and len(evaluation) == 1  # "test" is the evaluation split when there is no validation
+    assert run.label_maps(train, "label") == {0: "neg", 1: "pos"}
+    strings = Dataset.from_dict({"y": ["sad", "happy", "sad"]})
+    assert run.label_maps(strings, "y") == {0: "happy", 1: "sad"}
+    with pytest.raises(ValueError, match="label column 'emotion' not in the dataset"):
+        run.label_maps(strings, "emotion")
+    with pytest.raises(ValueError, match="no split 'training'"):
+        run.load_user_data(run.DataArguments(dataset=str(tmp_path / "ds"), train_split="training"))
+
+
 def test_synthetic_run_writes_final_model_and_results(tmp_path):
     out = run_cli([*SHORT, "--output_dir", str(tmp_path / "out")], tmp_path)
     assert "per-stage results" in out and "per interaction type" in out
