@@ -164,7 +164,8 @@ def run(settings: dict, preset: str, compile_model: bool, check_inputs: bool, pr
     device = torch.device(settings["device"])
     configs = backbone_configs(preset, settings["image_size"])
     batch = make_batch(settings, 8, device)
-    variants = [Variant(n, settings, configs, device, compile_model, check_inputs) for n in TRAIN_VARIANTS + INFER_VARIANTS]
+    names = settings.get("variants") or TRAIN_VARIANTS + INFER_VARIANTS
+    variants = [Variant(n, settings, configs, device, compile_model, check_inputs) for n in names]
     for v in variants:  # warm-up (and compilation) outside the timed rounds
         for _ in range(settings["warmup"]):
             v.step(batch)
@@ -198,13 +199,14 @@ def run(settings: dict, preset: str, compile_model: bool, check_inputs: bool, pr
         for v in variants:
             results[v.name]["profile"] = profile_variant(v, batch)
     t = {k: r["median_step_s"] for k, r in results.items()}
-    ratios = {
-        "train_stage1": t["train_stage1"] / t["train_joint"],
-        "train_stage3_lora": t["train_stage3_lora"] / t["train_joint"],
-        "train_stage3_full": t["train_stage3_full"] / t["train_joint"],
-        "inference": t["infer_dmil"] / t["infer_joint"],
-        "train_stage3_lora_vs_joint_lora": t["train_stage3_lora"] / t["train_joint_lora"],
+    pairs = {
+        "train_stage1": ("train_stage1", "train_joint"),
+        "train_stage3_lora": ("train_stage3_lora", "train_joint"),
+        "train_stage3_full": ("train_stage3_full", "train_joint"),
+        "inference": ("infer_dmil", "infer_joint"),
+        "train_stage3_lora_vs_joint_lora": ("train_stage3_lora", "train_joint_lora"),
     }
+    ratios = {name: t[a] / t[b] for name, (a, b) in pairs.items() if a in t and b in t}
     return {"variants": results, "ratios": ratios}
 
 
@@ -247,14 +249,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant per round")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--device", default=None, help="override the preset's device (e.g. a CPU smoke run of 'base')")
+    parser.add_argument("--variants", type=lambda v: tuple(v.split(",")), default=None,
+                        help=f"comma-separated subset of {','.join(TRAIN_VARIANTS + INFER_VARIANTS)}")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one step per variant: operator calls and the top operators by self time")
     parser.add_argument("--check-inputs", action="store_true",
                         help="keep the NaN/label-range input checks on (one host sync per step; same for both paradigms)")
     args = parser.parse_args(argv)
+    unknown = set(args.variants or ()) - set(TRAIN_VARIANTS + INFER_VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {TRAIN_VARIANTS + INFER_VARIANTS}")
     settings = dict(PRESETS[args.preset])
-    for key in ("batch_size", "steps", "rounds", "warmup"):
+    for key in ("batch_size", "steps", "rounds", "warmup", "device", "variants"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if settings["device"] == "cuda" and not torch.cuda.is_available():
