@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
 from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
@@ -34,6 +35,32 @@ AUDIO_MASK_NAME = "audio_attention_mask"
 # ----------------------------------------------------------------------------------------------------------------
 # Audio decoding and resampling (numpy only: torchaudio/torchcodec are not dependencies)
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def load_image_processor(pretrained_model_name_or_path, config_dict: dict | None = None, **kwargs: Any):
+    """`AutoImageProcessor.from_pretrained`, or, where transformers needs torchvision for the Auto class and it is not
+    installed (5.17 has no PIL fallback there), the PIL class named by the saved config's `image_processor_type`.
+
+    `config_dict` is the image processor's saved config when the caller already has it (a DMILProcessor keeps it
+    nested in `processor_config.json`).
+    """
+    try:
+        return AutoImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+    except ImportError:
+        if config_dict is None:
+            from transformers import ImageProcessingMixin
+
+            config_dict, _ = ImageProcessingMixin.get_image_processor_dict(pretrained_model_name_or_path, **kwargs)
+        name = config_dict.get("image_processor_type") or ""
+        base = name.removesuffix("Fast").removesuffix("Pil")
+        for candidate in (f"{base}Pil", base):
+            cls = getattr(transformers, candidate, None) if candidate else None
+            if cls is not None:
+                try:
+                    return cls.from_dict({k: v for k, v in config_dict.items() if k != "image_processor_type"})
+                except ImportError:
+                    continue
+        raise
 
 
 def resample_audio(
@@ -336,13 +363,19 @@ class DMILProcessor(ProcessorMixin):
         processor_dict = processor_dict or {}
         subfolder = kwargs.pop("subfolder", "")
         loaders = {
-            "tokenizer": AutoTokenizer, "image_processor": AutoImageProcessor, "feature_extractor": AutoFeatureExtractor
+            "tokenizer": AutoTokenizer, "feature_extractor": AutoFeatureExtractor
         }
         args = []
         for attribute in SUB_PROCESSORS.values():
             if attribute in processor_dict and processor_dict[attribute] is None:
                 args.append(None)
             else:
+                if attribute == "image_processor":
+                    args.append(load_image_processor(
+                        pretrained_model_name_or_path, config_dict=processor_dict.get(attribute), subfolder=subfolder,
+                        **kwargs,
+                    ))
+                    continue
                 loader = loaders[attribute]
                 args.append(loader.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs))
         return args

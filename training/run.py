@@ -151,9 +151,10 @@ def label_maps(train, label_column: str) -> dict[int, str]:
 
 
 def build_user_model_and_processor(model_args: ModelArguments, data_args: DataArguments, train):
-    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+    from transformers import AutoFeatureExtractor, AutoTokenizer
 
     from dmil_hf import DMILForMultimodalClassification, DMILProcessor
+    from dmil_hf.processing_dmil import load_image_processor
 
     id2label = label_maps(train, data_args.label_column)
     label2id = {v: k for k, v in id2label.items()}
@@ -170,7 +171,7 @@ def build_user_model_and_processor(model_args: ModelArguments, data_args: DataAr
     )
     processor = DMILProcessor(
         tokenizer=AutoTokenizer.from_pretrained(backbones["text"]) if backbones["text"] else None,
-        image_processor=AutoImageProcessor.from_pretrained(backbones["vision"]) if backbones["vision"] else None,
+        image_processor=load_image_processor(backbones["vision"]) if backbones["vision"] else None,
         feature_extractor=AutoFeatureExtractor.from_pretrained(backbones["audio"]) if backbones["audio"] else None,
     )
     return model, processor, label2id
