@@ -651,12 +651,13 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
     def _forward_dmil(self, z, present, labels, stage: int, all_given: bool) -> DMILOutput:
         config = self.config
         with_losses = labels is not None
-        level1 = {m: self.intra_decomposition[m](z[m], with_losses=with_losses) for m in self.modalities}
+        level1_losses = with_losses and stage in (1, 3)  # stage 2 trains nothing of level 1 and reads none of its terms
+        level1 = {m: self.intra_decomposition[m](z[m], with_losses=level1_losses) for m in self.modalities}
         modality_logits = torch.stack([level1[m]["logits"] for m in self.modalities], dim=1)
         present_f = present.to(modality_logits.dtype)
 
         terms: dict[str, torch.Tensor] = {}
-        if labels is not None and stage in (1, 3):
+        if level1_losses:
             for k, m in enumerate(self.modalities):
                 p, out = present[:, k], level1[m]
                 terms[f"ce_modality_{m}"] = masked_mean(F.cross_entropy(out["logits"].float(), labels, reduction="none"), p)
