@@ -256,8 +256,12 @@ class DMILTrainer(Trainer):
                 if push:
                     self._upload(self.stage_dir(k), path_in_repo=f"stage-{k}", message=f"DMIL stage {k}")
         finally:
+            # Each stage wrote its own schedule into the shared args; the caller gets them back as given (the model
+            # card and a later train() read the unstaged values).
             self.args.push_to_hub = push
             self.args.output_dir = self._base_output_dir
+            for name, value in self._shared_args.items():
+                setattr(self.args, name, value)
         if push:
             self.push_to_hub()
         if output is None:  # every stage was already finished and has been loaded

@@ -108,6 +108,14 @@ def test_three_stages_freeze_save_and_lora(tmp_path):
     assert predictions["interaction_weights"].shape == (8, 4)
 
 
+def test_train_gives_the_arguments_back_unstaged(tmp_path):
+    args = make_args(tmp_path, learning_rate=3e-4, num_train_epochs=2, stage1_max_steps=3)
+    DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data()).train()
+    assert (args.learning_rate, args.num_train_epochs, args.max_steps) == (3e-4, 2, 2)
+    assert args.output_dir == str(tmp_path / "run")
+    assert args.stage_value("learning_rate", 1) == 3e-4 and args.stage_value("learning_rate", 3) == 1e-2
+
+
 def test_full_finetuning_and_single_stage(tmp_path):
     args = make_args(tmp_path, finetune_method="full", stages="1,2")
     DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data()).train()
