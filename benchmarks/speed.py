@@ -34,7 +34,7 @@ from transformers import BertConfig, ViTConfig, Wav2Vec2Config  # noqa: E402
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification  # noqa: E402
 from dmil_hf.tiny_backbones import tiny_audio_config, tiny_text_config, tiny_vision_config  # noqa: E402
-from dmil_hf.training_dmil import prepare_model_for_stage  # noqa: E402
+from dmil_hf.training_dmil import add_lora, prepare_model_for_stage  # noqa: E402
 
 PRESETS = {
     "tiny": dict(
@@ -87,13 +87,8 @@ class Variant:
         self.stage = {"train_stage1": 1}.get(name, 3)
         self.frozen: list[torch.nn.Module] = []
         if name.endswith("_lora"):
-            if paradigm == "joint":
-                from peft import LoraConfig, get_peft_model
-
-                from dmil_hf.training_dmil import head_module_names, lora_target_regex
-
-                model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=lora_target_regex(model),
-                                                         modules_to_save=head_module_names(model)))
+            if paradigm == "joint":  # the trainer gives baselines no LoRA stage; the benchmark wraps it the same way
+                model = add_lora(model, r=8, lora_alpha=16)
             else:
                 model, self.frozen = prepare_model_for_stage(model, 3, "lora", {"r": 8, "lora_alpha": 16})
         elif self.train:

@@ -160,13 +160,18 @@ def prepare_model_for_stage(
                 module.requires_grad_(False)
                 frozen.append(module)
     if model.config.paradigm == "dmil" and stage == 3 and finetune_method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora_kwargs = dict(lora_kwargs or {})
-        lora_kwargs.setdefault("target_modules", lora_target_regex(model))
-        lora = LoraConfig(modules_to_save=head_module_names(model), task_type=None, **lora_kwargs)
-        model = get_peft_model(model, lora)
+        model = add_lora(model, **(lora_kwargs or {}))
     return model, frozen
+
+
+def add_lora(model: DMILForMultimodalClassification, **lora_kwargs: Any) -> torch.nn.Module:
+    """Wrap the model in peft LoRA: adapters on each backbone's table targets (unless `target_modules` is given),
+    every head trained fully as `modules_to_save`. `lora_kwargs` go to `LoraConfig` (r, lora_alpha, ...)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora_kwargs.setdefault("target_modules", lora_target_regex(model))
+    lora = LoraConfig(modules_to_save=head_module_names(model), task_type=None, **lora_kwargs)
+    return get_peft_model(model, lora)
 
 
 class DMILTrainer(Trainer):
