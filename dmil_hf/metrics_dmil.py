@@ -157,4 +157,16 @@ def make_compute_metrics(
     return compute_metrics
 
 
-__all__ = ["PREDICTION_KEYS", "make_compute_metrics", "split_predictions"]
+def per_type_summary(
+    metrics: Mapping[str, float], components: Sequence[str], prefix: str = "eval_"
+) -> list[tuple[str, float, list[float | None]]]:
+    """Read `compute_metrics`' per-type figures back out of a metrics dict: one `(type, accuracy, gates)` row per
+    interaction type, `gates` holding the mean gate weight of each component (None where it was not reported)."""
+    head = f"{prefix}accuracy_"
+    kinds = sorted(k[len(head):] for k in metrics if k.startswith(head))
+    return [
+        (kind, metrics[head + kind], [metrics.get(f"{prefix}gate_{c}_{kind}") for c in components]) for kind in kinds
+    ]
+
+
+__all__ = ["PREDICTION_KEYS", "make_compute_metrics", "per_type_summary", "split_predictions"]

@@ -7,6 +7,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .metrics_dmil import per_type_summary
+
 _DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "dmil.md"
 _STAGE_TRAINS = {
     1: "backbones, projections, intra-modal decomposition (M/N)",
@@ -25,14 +27,9 @@ def _fmt(value: Any) -> str:
 
 def _per_type_rows(metrics: dict[str, float], components: list[str]) -> list[dict[str, Any]]:
     """Accuracy and mean gate weight of each component, per interaction type (when the eval data had types)."""
-    kinds = sorted(k[len("eval_accuracy_"):] for k in metrics if k.startswith("eval_accuracy_"))
     return [
-        {
-            "type": kind,
-            "accuracy": _fmt(metrics[f"eval_accuracy_{kind}"]),
-            "gates": [_fmt(metrics[f"eval_gate_{c}_{kind}"]) if f"eval_gate_{c}_{kind}" in metrics else "-" for c in components],
-        }
-        for kind in kinds
+        {"type": kind, "accuracy": _fmt(accuracy), "gates": ["-" if g is None else _fmt(g) for g in gates]}
+        for kind, accuracy, gates in per_type_summary(metrics, components)
     ]
 
 

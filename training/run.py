@@ -178,22 +178,22 @@ def build_user_model_and_processor(model_args: ModelArguments, data_args: DataAr
 
 
 def print_report(trainer, final_metrics: dict) -> None:
+    from dmil_hf.metrics_dmil import per_type_summary
+
     print("\n== DMIL run: per-stage results ==")
     print("| stage | train loss | eval loss | eval accuracy | eval macro-F1 |")
     print("|---|---|---|---|---|")
     for stage, m in sorted(trainer.stage_results.items()):
         cells = [m.get("train_loss"), m.get("eval_loss"), m.get("eval_accuracy"), m.get("eval_f1_macro")]
         print(f"| {stage} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
-    kinds = sorted(k[len("eval_accuracy_"):] for k in final_metrics if k.startswith("eval_accuracy_"))
-    if kinds:
-        components = trainer.model.config.interaction_components if trainer.model.config.paradigm == "dmil" else []
+    components = trainer.model.config.interaction_components if trainer.model.config.paradigm == "dmil" else []
+    rows = per_type_summary(final_metrics, components)
+    if rows:
         print("\n== final model: accuracy and mean gate weights per interaction type ==")
         print("| type | accuracy | " + " | ".join(f"gate {c}" for c in components) + " |")
         print("|---|---|" + "---|" * len(components))
-        for kind in kinds:
-            gates = [final_metrics.get(f"eval_gate_{c}_{kind}") for c in components]
-            print(f"| {kind} | {final_metrics['eval_accuracy_' + kind]:.4f} | "
-                  + " | ".join("-" if g is None else f"{g:.3f}" for g in gates) + " |")
+        for kind, accuracy, gates in rows:
+            print(f"| {kind} | {accuracy:.4f} | " + " | ".join("-" if g is None else f"{g:.3f}" for g in gates) + " |")
     keys = ("eval_accuracy", "eval_f1_macro", "eval_synergy_indicator")
     print("\n" + ", ".join(f"{k}={final_metrics[k]:.4f}" for k in keys if k in final_metrics))
 
