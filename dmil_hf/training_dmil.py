@@ -294,9 +294,10 @@ class DMILTrainer(Trainer):
         """Load the previous stage's saved result (the start of this stage) and set what trains."""
         current = _unwrap(self.model)
         previous = self.stage_dir(stage - 1)
-        if stage > 1 and os.path.isfile(os.path.join(previous, STAGE_MARKER)):
+        if stage > 1 and os.path.isfile(os.path.join(previous, STAGE_MARKER)) and current.name_or_path != previous:
             # Loading from disk (not reusing the in-memory model) makes the stage start exactly from the saved result
-            # and records the path as peft's base_model_name_or_path.
+            # and records the path as peft's base_model_name_or_path. A model already loaded from there (resuming:
+            # _load_finished_stage) is not read twice.
             model = type(current).from_pretrained(previous, dtype=torch.float32)
         else:
             model = current
