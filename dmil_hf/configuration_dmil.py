@@ -9,6 +9,40 @@ from transformers import AutoConfig, PretrainedConfig
 from .backbones_dmil import MODALITIES
 
 PARADIGMS = ("dmil", "joint", "ensemble")
+# Registries of DMIL's swappable parts (the modules live in modeling_dmil; the names are checked here).
+SYNERGY_FUSION_NAMES = ("linear", "mlp")
+REDUNDANCY_READOUT_NAMES = ("joint", "per_modality")
+GATE_OBJECTIVE_NAMES = ("mixture", "composition")
+SYNERGY_INPUT_NAMES = ("n", "z")
+
+# The reference implementation (bjlfzs/DMIL, CREMA-D config) as config values; see `DMILConfig.reference`. Its stage-1
+# weights are per modality (visual beta_kl 0.4 / beta_rec 0.1, audio 2.0 / 0.5, times lamb 0.2 and its internal 0.1
+# for KLs or x 0.1 x lamb for reconstructions); text, which it never had, takes the visual values.
+REFERENCE_PRESET: dict[str, Any] = {
+    "synergy_fusion": "linear",
+    "synergy_input": "n",
+    "redundancy_readout": "joint",
+    "gate_objective": "mixture",
+    "stage1_synergy_weight": 0.0,
+    "gate_composition_weight": 0.0,
+    "kl_weight": 0.02,
+    "alignment_weight": 1.0,
+    "stage1_kl_weight": {"text": 0.008, "vision": 0.008, "audio": 0.04},
+    "stage1_reconstruction_weight": {"text": 0.002, "vision": 0.002, "audio": 0.01},
+    "stage2_component_weight": 0.5,
+    "stage2_reconstruction_weight": 0.005,
+    "stage3_modality_weight": 0.5,
+    "stage3_component_weight": 0.8,
+    "stage3_consistency_kl_scale": 0.4,
+    "stage3_reconstruction_z_weight": 0.003,
+    "stage3_reconstruction_m_weight": 0.001,
+}
+
+# Configs saved before the variants existed (no `synergy_fusion` key) load with the behaviour they were trained with.
+_LEGACY_VALUES = {
+    "synergy_fusion": "linear", "synergy_input": "n", "redundancy_readout": "joint", "gate_objective": "mixture",
+    "stage1_synergy_weight": 0.0, "gate_composition_weight": 0.0,
+}
 
 # Backbone config used when a sub-config dict carries no ``model_type``.
 _DEFAULT_MODEL_TYPE = {"text": "bert", "vision": "vit", "audio": "wav2vec2"}
@@ -23,6 +57,15 @@ def _as_backbone_config(value: Any, modality: str) -> PretrainedConfig | None:
         value = dict(value)
         return AutoConfig.for_model(value.pop("model_type", _DEFAULT_MODEL_TYPE[modality]), **value)
     raise TypeError(f"{modality}_config must be a PretrainedConfig, a dict or None, got {type(value).__name__}")
+
+
+def _weight(name: str, value: float | dict[str, float]) -> float | dict[str, float]:
+    if isinstance(value, dict):
+        unknown = set(value) - {*MODALITIES, "default"}
+        if unknown:
+            raise ValueError(f"{name} maps modalities {MODALITIES} (or 'default') to weights, got keys {sorted(unknown)}")
+        return {k: float(v) for k, v in value.items()}
+    return float(value)
 
 
 class DMILConfig(PretrainedConfig):
@@ -45,13 +88,36 @@ class DMILConfig(PretrainedConfig):
         logvar_clamp (`float`, defaults to 8.0):
             Posterior log-variances are clamped to [-logvar_clamp, logvar_clamp] so that exp() cannot overflow in
             bf16/fp16.
+        synergy_fusion (`str`, defaults to `"mlp"`):
+            How S is fused from the N's and their pairwise products: `"linear"` (the reference code: one Linear, which
+            separates XOR but not a sum modulo C) or `"mlp"` (one hidden layer).
+        redundancy_readout (`str`, defaults to `"per_modality"`):
+            What the redundancy head reads: `"joint"` (the reference: R ~ q(R | M_1..M_K)) or `"per_modality"` (each
+            predictor v_m(R | M_m) alone, logits averaged over the modalities present: redundancy is what every
+            modality predicts alone, and the average keeps the ensemble's robustness to one corrupted modality).
+        gate_objective (`str`, defaults to `"composition"`):
+            What trains the gate: `"mixture"` (the reference: the CE of the gate-weighted logits, which hands every
+            sample to the most expressive component) or `"composition"` (the gate learns each training sample's
+            interaction composition, estimated from the component heads as in `interaction_composition`, and the
+            final CE trains the components only).
+        gate_composition_weight (`float`, defaults to 1.0):
+            Weight of the gate's composition loss in stages 2 and 3 (used by `gate_objective="composition"`).
+        stage1_synergy_weight (`float`, defaults to 1.0):
+            Weight of the synergy head's CE in stage 1. Above 0, synergy trains with the backbones, so the N's
+            learn what the combination of modalities says about the label; the reference (0) starts synergy in stage 2
+            on a frozen N that no label loss has shaped, and it learns nothing there.
         kl_weight (`float`, defaults to 0.02):
-            Weight of every KL term (the reference code's lamb=0.2 times its internal 0.1). KL terms are the exact
-            diagonal-Gaussian KL divided by `latent_dim` (per-dimension, the reference code's scale).
+            Weight of the level-2 KL terms and of the level-1 KLs in stage 3 (the reference code's lamb=0.2 times its
+            internal 0.1). KL terms are the exact diagonal-Gaussian KL divided by `latent_dim` (per-dimension, the
+            reference code's scale).
         alignment_weight (`float`, defaults to 1.0):
             Multiplier of the alignment KL relative to `kl_weight` (1 in the reference code).
-        stage1_reconstruction_weight (`float`, defaults to 0.01):
-            Weight of the reconstruction of Z_m from [M_m, N_m] in stage 1 (reference beta_rec 0.1 x 0.1).
+        stage1_kl_weight (`float` or `dict[str, float]`, defaults to 0.02):
+            Weight of the level-1 KLs (M and N) in stage 1; a dict gives one weight per modality (the reference uses
+            0.008 for vision and 0.04 for audio).
+        stage1_reconstruction_weight (`float` or `dict[str, float]`, defaults to 0.01):
+            Weight of the reconstruction of Z_m from [M_m, N_m] in stage 1; a dict gives one per modality (the
+            reference: 0.002 vision, 0.01 audio).
         stage2_component_weight (`float`, defaults to 0.5):
             Weight of the CEs of the R, U_m and S heads in stage 2.
         stage2_reconstruction_weight (`float`, defaults to 0.005):
@@ -84,6 +150,8 @@ class DMILConfig(PretrainedConfig):
     ...     num_labels=3, latent_dim=16)
     >>> config.modalities, config.interaction_components
     (['text', 'vision'], ['redundancy', 'uniqueness_text', 'uniqueness_vision', 'synergy'])
+    >>> DMILConfig.reference(text_config=config.text_config, vision_config=config.vision_config).synergy_fusion
+    'linear'
     ```
     """
 
@@ -101,9 +169,16 @@ class DMILConfig(PretrainedConfig):
         paradigm: str = "dmil",
         pooling: dict[str, str] | None = None,
         logvar_clamp: float = 8.0,
+        synergy_fusion: str = "mlp",
+        synergy_input: str = "n",
+        redundancy_readout: str = "per_modality",
+        gate_objective: str = "composition",
+        gate_composition_weight: float = 1.0,
+        stage1_synergy_weight: float = 1.0,
         kl_weight: float = 0.02,
         alignment_weight: float = 1.0,
-        stage1_reconstruction_weight: float = 0.01,
+        stage1_kl_weight: float | dict[str, float] = 0.02,
+        stage1_reconstruction_weight: float | dict[str, float] = 0.01,
         stage2_component_weight: float = 0.5,
         stage2_reconstruction_weight: float = 0.005,
         stage3_modality_weight: float = 0.5,
@@ -127,13 +202,28 @@ class DMILConfig(PretrainedConfig):
                 raise ValueError(
                     f"pooling must map a modality in {MODALITIES} to 'cls', 'mean' or 'pooler', got {modality!r}: {mode!r}"
                 )
+        for name, value, choices in (
+            ("synergy_fusion", synergy_fusion, SYNERGY_FUSION_NAMES),
+            ("synergy_input", synergy_input, SYNERGY_INPUT_NAMES),
+            ("redundancy_readout", redundancy_readout, REDUNDANCY_READOUT_NAMES),
+            ("gate_objective", gate_objective, GATE_OBJECTIVE_NAMES),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         self.latent_dim = int(latent_dim)
         self.paradigm = paradigm
         self.pooling = pooling
         self.logvar_clamp = float(logvar_clamp)
+        self.synergy_fusion = synergy_fusion
+        self.synergy_input = synergy_input
+        self.redundancy_readout = redundancy_readout
+        self.gate_objective = gate_objective
+        self.gate_composition_weight = float(gate_composition_weight)
+        self.stage1_synergy_weight = float(stage1_synergy_weight)
         self.kl_weight = float(kl_weight)
         self.alignment_weight = float(alignment_weight)
-        self.stage1_reconstruction_weight = float(stage1_reconstruction_weight)
+        self.stage1_kl_weight = _weight("stage1_kl_weight", stage1_kl_weight)
+        self.stage1_reconstruction_weight = _weight("stage1_reconstruction_weight", stage1_reconstruction_weight)
         self.stage2_component_weight = float(stage2_component_weight)
         self.stage2_reconstruction_weight = float(stage2_reconstruction_weight)
         self.stage3_modality_weight = float(stage3_modality_weight)
@@ -169,6 +259,22 @@ class DMILConfig(PretrainedConfig):
                 f"DMIL combines two or three modalities; the config has only {self.modalities}. "
                 "Give at least two of text_config, vision_config and audio_config."
             )
+
+    @classmethod
+    def reference(cls, **kwargs) -> "DMILConfig":
+        """The reference implementation's DMIL (bjlfzs/DMIL), as closely as a config can hold it: `REFERENCE_PRESET`
+        plus `kwargs` (backbones, `num_labels`, ...; a preset value given here wins). Its training schedule (SGD,
+        10/5/55 epochs, learning rates 4e-3/1e-3/1e-5, full fine-tuning in stage 3) is `training/configs/reference.yaml`;
+        the README lists what still differs."""
+        return cls(**{**REFERENCE_PRESET, **kwargs})
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "DMILConfig":
+        if "synergy_fusion" not in config_dict and "synergy_fusion" not in kwargs and config_dict.get("model_type") == "dmil":
+            # Saved before the variants existed: keep the modules it was trained with (identical logits on load).
+            legacy = {**_LEGACY_VALUES, "stage1_kl_weight": config_dict.get("kl_weight", 0.02)}
+            config_dict = {**legacy, **config_dict}
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def modalities(self) -> list[str]:

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from dataclasses import dataclass
 from itertools import combinations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbones_dmil import BackboneSpec, backbone_spec, expected_input_shape
 from .configuration_dmil import DMILConfig, _as_backbone_config
-
-STAGES = (1, 2, 3)
+from .stages_dmil import STAGES, stage_term_weights
 
 
 @dataclass
@@ -93,11 +93,12 @@ class DiagonalGaussianHead(nn.Module):
         self.linear = nn.Linear(in_dim, 2 * out_dim)
         self.logvar_clamp = logvar_clamp
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, sample: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z, mu, logvar); `sample` overrides the module's own training flag (the default) for z."""
         mu, logvar = self.linear(x).chunk(2, dim=-1)
         # Clamped so that exp(logvar) stays finite in bf16/fp16.
         logvar = logvar.clamp(-self.logvar_clamp, self.logvar_clamp)
-        if not self.training:
+        if not (self.training if sample is None else sample):
             return mu, mu, logvar
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar), mu, logvar
 
@@ -124,9 +125,12 @@ class IntraModalDecomposition(nn.Module):
         self.classifier = nn.Linear(dim, num_labels)
         self.reconstruction = MLP(2 * dim, max(dim // 2, 1), dim)
 
-    def forward(self, z: torch.Tensor, with_losses: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, z: torch.Tensor, with_losses: bool = True, sample_n: bool | None = None) -> dict[str, torch.Tensor]:
+        """`sample_n` says whether N is sampled; the model passes its own training flag, so that N is sampled in
+        stage 2 too, where this module is frozen and in eval mode (as the reference code does: its sampling reads
+        the whole model's flag). Otherwise synergy would fit on N's mean in stage 2 and meet samples in stage 3."""
         m, m_mu, m_logvar = self.m_posterior(z)
-        n, n_mu, n_logvar = self.n_posterior(z)
+        n, n_mu, n_logvar = self.n_posterior(z, sample=sample_n)
         out = {
             "m": m, "m_mu": m_mu, "m_logvar": m_logvar, "n": n, "n_mu": n_mu, "n_logvar": n_logvar,
             "logits": self.classifier(m),
@@ -156,16 +160,17 @@ class ConsistencyDecomposition(nn.Module):
 
     def forward(
         self, m_means: dict[str, torch.Tensor], present: torch.Tensor, with_losses: bool = True,
-        all_given: bool = False,
+        all_given: bool = False, need_predictors: bool = False,
     ) -> dict[str, object]:
         """`with_losses=False` skips what only the loss reads (predictors' alignment, reconstructions);
-        `all_given=True` says, statically, that every sample has every modality, so no fallback is needed."""
+        `all_given=True` says, statically, that every sample has every modality, so no fallback is needed;
+        `need_predictors=True` computes the predictors v_m anyway (a redundancy readout reads them)."""
         present_f = present.to(next(iter(m_means.values())).dtype)
         joint_in = torch.cat([m_means[m] * present_f[:, k : k + 1] for k, m in enumerate(self.modalities)], dim=-1)
         r, r_mu, r_logvar = self.redundancy(joint_in)
         all_present = present.all(dim=1, keepdim=True)
         out: dict[str, object] = {"all_present": all_present.squeeze(1)}
-        if with_losses or not all_given:
+        if with_losses or not all_given or need_predictors:
             predictors = {m: self.redundancy_predictors[m](m_means[m]) for m in self.modalities}
             out["predictors"] = predictors
         if not all_given:
@@ -187,7 +192,7 @@ class ConsistencyDecomposition(nn.Module):
 
 
 class SynergyFusion(nn.Module):
-    """S = Linear([N_1, ..., N_K, N_i * N_j for every pair i < j]).
+    """S = Linear([N_1, ..., N_K, N_i * N_j for every pair i < j]): the reference code's fusion (`"linear"`).
 
     The pairwise products make XOR-like synergy linearly separable: for N_i, N_j in {-1, +1}, XOR is -N_i * N_j.
     A missing modality's N is zeroed by the caller, so it and its products contribute nothing.
@@ -198,8 +203,31 @@ class SynergyFusion(nn.Module):
         self.pairs = list(combinations(range(num_modalities), 2))
         self.fusion = nn.Linear((num_modalities + len(self.pairs)) * dim, dim)
 
+    def fusion_input(self, n: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([*n, *[n[i] * n[j] for i, j in self.pairs]], dim=-1)
+
     def forward(self, n: list[torch.Tensor]) -> torch.Tensor:
-        return self.fusion(torch.cat([*n, *[n[i] * n[j] for i, j in self.pairs]], dim=-1))
+        return self.fusion(self.fusion_input(n))
+
+
+class MLPSynergyFusion(SynergyFusion):
+    """S = Linear(x) + MLP(x) with x = [N_1, ..., N_K, N_i * N_j] (`"mlp"`, the library default).
+
+    Diagonal bilinear terms followed by one linear map express XOR of two bits, but not a sum modulo C of two
+    digits; a hidden layer does (the joint baseline's MLP head learns it on the same features). The linear path
+    stays: on noisy sampled N's it finds the product features faster than the hidden layer alone.
+    """
+
+    def __init__(self, num_modalities: int, dim: int):
+        super().__init__(num_modalities, dim)
+        self.hidden = MLP((num_modalities + len(self.pairs)) * dim, 2 * dim, dim)
+
+    def forward(self, n: list[torch.Tensor]) -> torch.Tensor:
+        x = self.fusion_input(n)
+        return self.fusion(x) + self.hidden(x)
+
+
+SYNERGY_FUSIONS: dict[str, type[SynergyFusion]] = {"linear": SynergyFusion, "mlp": MLPSynergyFusion}
 
 
 class InteractionGate(nn.Module):
@@ -212,6 +240,98 @@ class InteractionGate(nn.Module):
     def forward(self, components: list[torch.Tensor], available: torch.Tensor) -> torch.Tensor:
         scores = self.mlp(torch.cat(components, dim=-1)).float()
         return scores.masked_fill(~available, float("-inf")).softmax(dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Swappable parts of DMIL, each chosen by a config field from a small registry (see DMILConfig for the reasons).
+# --------------------------------------------------------------------------------------------------------------
+
+
+def joint_redundancy_logits(classifier: nn.Module, level2: dict, present: torch.Tensor) -> torch.Tensor:
+    """`"joint"` (reference): the redundancy head reads R ~ q(R | M_1..M_K)."""
+    return classifier(level2["r"])
+
+
+def per_modality_redundancy_logits(classifier: nn.Module, level2: dict, present: torch.Tensor) -> torch.Tensor:
+    """`"per_modality"` (default): the redundancy head reads each predictor v_m(R | M_m) alone and the logits are
+    averaged over the modalities present. Redundancy is by definition what every modality predicts alone; read this
+    way the component keeps the ensemble's robustness when one modality is corrupted, where a head on the joint
+    posterior follows whichever modality dominates it."""
+    logits = torch.stack([classifier(level2["predictors"][m][0]) for m in level2["predictors"]], dim=1)
+    weights = present.to(logits.dtype).unsqueeze(-1)
+    return (logits * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+REDUNDANCY_READOUTS = {"joint": joint_redundancy_logits, "per_modality": per_modality_redundancy_logits}
+
+
+def interaction_composition(
+    modality_logits: torch.Tensor, synergy_logits: torch.Tensor, labels: torch.Tensor, present: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-sample, label-aware estimate of the interaction composition, in the spirit of the first author's
+    pointwise estimator (LSMI, ICML 2025): with i(x; y) = log C + log p(y | x) clipped at 0 (nats),
+
+        r = min_m i(x_m; y),   u_m = i(x_m; y) - r,   s = max(0, i(x_1..x_K; y) - max_m i(x_m; y)),
+
+    where the unimodal i come from `modality_logits` (`(B, K, C)`, the level-1 heads) and the joint one from the
+    synergy head. Returns the normalised composition `(B, K + 2)` over [R, U_1..U_K, S] and each sample's total
+    information in units of log C (0: nobody predicts the label, the sample says nothing about routing).
+    Modalities absent from a sample carry no information.
+    """
+    num_labels = modality_logits.shape[-1]
+    log_c = math.log(num_labels)
+
+    def information(logits: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits.detach().float(), dim=-1)
+        index = labels.view(-1, *([1] * (logits.dim() - 1))).expand(*logits.shape[:-1], 1)
+        return (log_c + log_p.gather(-1, index).squeeze(-1)).clamp(min=0.0)
+
+    unimodal = information(modality_logits) * present.float()  # (B, K)
+    redundancy = unimodal.masked_fill(~present, float("inf")).min(dim=1).values
+    redundancy = torch.where(torch.isinf(redundancy), torch.zeros_like(redundancy), redundancy)
+    uniqueness = (unimodal - redundancy.unsqueeze(1)).clamp(min=0.0) * present.float()
+    synergy = (information(synergy_logits) - unimodal.max(dim=1).values).clamp(min=0.0)
+    composition = torch.cat([redundancy.unsqueeze(1), uniqueness, synergy.unsqueeze(1)], dim=1)
+    total = composition.sum(dim=1)
+    return composition / total.clamp(min=1e-6).unsqueeze(1), (total / log_c).clamp(max=1.0)
+
+
+@dataclass
+class GateInputs:
+    """What a gate objective sees of one batch."""
+
+    weights: torch.Tensor  # (B, K+2) gate output
+    component_logits: torch.Tensor  # (B, K+2, C)
+    modality_logits: torch.Tensor  # (B, K, C) level-1 unimodal heads
+    available: torch.Tensor  # (B, K+2) bool
+    present: torch.Tensor  # (B, K) bool
+
+
+def mixture_gate_objective(inputs: GateInputs, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`"mixture"` (reference): the gate learns only through the CE of the gate-weighted logits. That CE rewards
+    whichever component is most expressive, so an expressive synergy head takes every sample."""
+    logits = (inputs.weights.unsqueeze(-1) * inputs.component_logits.float()).sum(dim=1)
+    return logits, {}
+
+
+def composition_gate_objective(
+    inputs: GateInputs, labels: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`"composition"` (default): the gate is trained to predict the sample's interaction composition
+    (`interaction_composition`, a cross-entropy to its soft target, weighted by how informative the sample is),
+    and the final CE sees the gate's weights detached, so it trains the components, not the routing. The gate
+    then says which kind of information a sample rests on instead of which head is strongest."""
+    logits = (inputs.weights.detach().unsqueeze(-1) * inputs.component_logits.float()).sum(dim=1)
+    target, informative = interaction_composition(
+        inputs.modality_logits, inputs.component_logits[:, -1], labels, inputs.present
+    )
+    log_weights = inputs.weights.clamp(min=1e-12).log().masked_fill(~inputs.available, 0.0)
+    cross_entropy = -(target * log_weights).sum(dim=1)
+    term = (cross_entropy * informative).sum() / informative.sum().clamp(min=1.0)
+    return logits, {"gate_composition": term}
+
+
+GATE_OBJECTIVES = {"mixture": mixture_gate_objective, "composition": composition_gate_objective}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -336,7 +456,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 {m: IntraModalDecomposition(dim, num_labels, config.logvar_clamp) for m in self.modalities}
             )
             self.consistency_decomposition = ConsistencyDecomposition(self.modalities, dim, config.logvar_clamp)
-            self.synergy_fusion = SynergyFusion(len(self.modalities), dim)
+            self.synergy_fusion = SYNERGY_FUSIONS[config.synergy_fusion](len(self.modalities), dim)
             self.component_classifiers = nn.ModuleDict(
                 {name: nn.Linear(dim, num_labels) for name in config.interaction_components}
             )
@@ -361,12 +481,15 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
     @classmethod
     def from_backbones_pretrained(
         cls,
-        text: str | None = None,
-        vision: str | None = None,
-        audio: str | None = None,
+        text: str | PretrainedConfig | None = None,
+        vision: str | PretrainedConfig | None = None,
+        audio: str | PretrainedConfig | None = None,
         **kwargs,
     ) -> "DMILForMultimodalClassification":
         """Build a model around pretrained backbones (Hub ids or local paths); DMIL's own heads start fresh.
+
+        A backbone given as a config instead of a path is built from it with random weights (a pretrained text
+        encoder next to small vision and audio encoders trained from scratch, say).
 
         Keyword arguments prefixed with `text_`, `vision_` or `audio_` go to that backbone's `from_pretrained`
         (e.g. `vision_revision="main"`); the rest go to [`DMILConfig`] (e.g. `num_labels`, `latent_dim`,
@@ -382,6 +505,12 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         backbones = {}
         for modality, path in paths.items():
             if path is None:
+                continue
+            if isinstance(path, PretrainedConfig):
+                config = _as_backbone_config(path, modality)
+                spec = backbone_spec(config.model_type, modality)
+                pooling = (kwargs.get("pooling") or {}).get(modality) or spec.pooling
+                backbones[modality] = _build_backbone(config, spec, pooling)
                 continue
             extra = dict(per_backbone[modality])
             hub_kwargs = load_kwargs_config(extra)
@@ -652,9 +781,16 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         config = self.config
         with_losses = labels is not None
         level1_losses = with_losses and stage in (1, 3)  # stage 2 trains nothing of level 1 and reads none of its terms
-        level1 = {m: self.intra_decomposition[m](z[m], with_losses=level1_losses) for m in self.modalities}
+        level1 = {
+            m: self.intra_decomposition[m](z[m], with_losses=level1_losses, sample_n=self.training)
+            for m in self.modalities
+        }
         modality_logits = torch.stack([level1[m]["logits"] for m in self.modalities], dim=1)
         present_f = present.to(modality_logits.dtype)
+        n_present = present.sum(dim=1, keepdim=True)
+        synergy_ok = n_present.squeeze(1) >= 2
+        synergy_source = {m: level1[m]["n"] for m in self.modalities} if config.synergy_input == "n" else z
+        n_inputs = [synergy_source[m] * present_f[:, k : k + 1] for k, m in enumerate(self.modalities)]
 
         terms: dict[str, torch.Tensor] = {}
         if level1_losses:
@@ -670,31 +806,47 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         if stage == 1:
             # No fusion exists yet: the stage-1 prediction is the mean of the unimodal heads on the modalities present.
             logits = (modality_logits * present_f.unsqueeze(-1)).sum(1) / present_f.sum(1, keepdim=True).clamp(min=1.0)
+            if with_losses and config.stage1_synergy_weight:
+                synergy_logits = self.component_classifiers["synergy"](self.synergy_fusion(n_inputs))
+                ce = F.cross_entropy(synergy_logits.float(), labels, reduction="none")
+                terms["ce_synergy"] = masked_mean(ce, synergy_ok)
             loss = self._weighted_loss(terms, stage) if labels is not None else None
             return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms or None)
 
         m_means = {m: level1[m]["m_mu"] for m in self.modalities}
-        level2 = self.consistency_decomposition(m_means, present, with_losses=with_losses, all_given=all_given)
-        n_inputs = [level1[m]["n"] * present_f[:, k : k + 1] for k, m in enumerate(self.modalities)]
+        level2 = self.consistency_decomposition(
+            m_means, present, with_losses=with_losses, all_given=all_given,
+            need_predictors=config.redundancy_readout != "joint",
+        )
         synergy = self.synergy_fusion(n_inputs)
         components = [level2["r"], *[level2["uniqueness"][m][0] for m in self.modalities], synergy]
-        component_logits = torch.stack(
-            [self.component_classifiers[name](c) for name, c in zip(config.interaction_components, components)], dim=1
+        names = config.interaction_components
+        redundancy_logits = REDUNDANCY_READOUTS[config.redundancy_readout](
+            self.component_classifiers[names[0]], level2, present
         )
-        n_present = present.sum(dim=1, keepdim=True)
-        available = torch.cat([torch.ones_like(present[:, :1]), present, n_present >= 2], dim=1)
+        component_logits = torch.stack(
+            [redundancy_logits, *[self.component_classifiers[name](c) for name, c in zip(names[1:], components[1:])]],
+            dim=1,
+        )
+        available = torch.cat([torch.ones_like(present[:, :1]), present, synergy_ok.unsqueeze(1)], dim=1)
         # An unavailable component is zeroed in the gate's input too: otherwise the U_m of a masked-out modality
         # (computed from whatever its input held) would still steer the weights of the components present.
         gate_input = [c * available[:, k : k + 1].to(c.dtype) for k, c in enumerate(components)]
         weights = self.interaction_gate(gate_input, available)
-        logits = (weights.unsqueeze(-1) * component_logits.float()).sum(dim=1)
-
-        if labels is not None:
+        gate = GateInputs(weights, component_logits, modality_logits, available, present)
+        if labels is None:
+            # Every gate objective predicts with the same mixture; they differ only in what trains the gate.
+            logits = (weights.unsqueeze(-1) * component_logits.float()).sum(dim=1)
+        else:
+            logits, gate_terms = GATE_OBJECTIVES[config.gate_objective](gate, labels)
             terms["ce_final"] = F.cross_entropy(logits, labels)
+            terms.update(gate_terms)
             ce = lambda idx: F.cross_entropy(component_logits[:, idx].float(), labels, reduction="none")  # noqa: E731
-            terms["ce_redundancy"] = ce(0).mean()
-            terms["kl_R"] = kl_per_dim(level2["r_mu"], level2["r_logvar"]).mean()
             joint_ok = level2["all_present"]
+            terms["ce_redundancy"] = ce(0).mean()
+            # Only the joint posterior q(R | M_1..M_K) is regularised here; a sample lacking a modality takes R from
+            # the predictors, whose own pull is the alignment term.
+            terms["kl_R"] = masked_mean(kl_per_dim(level2["r_mu"], level2["r_logvar"]), joint_ok)
             for k, m in enumerate(self.modalities):
                 p = present[:, k]
                 terms[f"ce_uniqueness_{m}"] = masked_mean(ce(1 + k), p)
@@ -706,7 +858,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 terms[f"align_R_{m}"] = masked_mean(align, joint_ok)
                 rec = (level2["reconstructions"][m].float() - m_means[m].detach().float()).pow(2).mean(-1)
                 terms[f"rec_M_{m}"] = masked_mean(rec, p)
-            terms["ce_synergy"] = masked_mean(ce(len(self.modalities) + 1), n_present.squeeze(1) >= 2)
+            terms["ce_synergy"] = masked_mean(ce(len(self.modalities) + 1), synergy_ok)
         loss = self._weighted_loss(terms, stage) if labels is not None else None
         return DMILOutput(
             loss=loss, logits=logits, interaction_weights=weights, component_logits=component_logits,
@@ -714,29 +866,9 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         )
 
     def _weighted_loss(self, terms: dict[str, torch.Tensor], stage: int) -> torch.Tensor:
-        """Combine the unweighted terms with the config's weights, as the reference implementation does."""
-        c = self.config
-
-        def total(prefix: str) -> torch.Tensor:
-            return sum(v for k, v in terms.items() if k.startswith(prefix))
-
-        stage1 = lambda ce_weight, rec_weight: (  # noqa: E731
-            ce_weight * total("ce_modality_") + c.kl_weight * (total("kl_M_") + total("kl_N_")) + rec_weight * total("rec_Z_")
-        )
-        consistency_kl = total("kl_R") + total("kl_U_") + c.alignment_weight * total("align_R_")
-        components = terms.get("ce_redundancy", 0) + total("ce_uniqueness_") + terms.get("ce_synergy", 0)
-        if stage == 1:
-            return stage1(1.0, c.stage1_reconstruction_weight)
-        if stage == 2:
-            return (
-                terms["ce_final"] + c.stage2_component_weight * components + c.kl_weight * consistency_kl
-                + c.stage2_reconstruction_weight * total("rec_M_")
-            )
-        return (
-            terms["ce_final"] + stage1(c.stage3_modality_weight, c.stage3_reconstruction_z_weight)
-            + c.kl_weight * c.stage3_consistency_kl_scale * consistency_kl
-            + c.stage3_reconstruction_m_weight * total("rec_M_") + c.stage3_component_weight * components
-        )
+        """The stage's loss: each term it counts times its weight from the stage table (`stages_dmil.STAGE_PLANS`)."""
+        weights = stage_term_weights(self.config, stage, terms)
+        return sum(weight * terms[name] for name, weight in weights.items() if weight)
 
 
 def load_kwargs_config(load_kwargs: dict) -> dict:

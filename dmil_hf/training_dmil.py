@@ -26,12 +26,9 @@ from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from .backbones_dmil import backbone_spec
 from .modeling_dmil import DMILForMultimodalClassification
+from .stages_dmil import EVERYTHING, STAGE_PLANS
 
 STAGE_MARKER = "dmil_stage.json"
-
-# Modules trained in each stage; everything else is frozen (and held in eval mode, so dropout and sampling stop).
-_STAGE1_MODULES = ("backbones", "projections", "intra_decomposition")
-_STAGE2_MODULES = ("consistency_decomposition", "synergy_fusion", "component_classifiers", "interaction_gate")
 
 
 @dataclass
@@ -147,14 +144,15 @@ def prepare_model_for_stage(
     """Set what trains in a stage; returns the model to train (peft-wrapped for a LoRA stage 3) and the frozen
     modules, which the caller must hold in eval mode.
 
-    Stage 1 trains the backbones, projections and level 1; stage 2 only level 2, synergy, component heads and gate;
-    stage 3 everything, the backbones through LoRA adapters when `finetune_method="lora"` (the heads then train
-    fully as peft `modules_to_save`). Baselines train everything in their single stage.
+    What trains is `stages_dmil.STAGE_PLANS[stage].trained_modules(config)`; in stage 3 (everything) the backbones
+    train through LoRA adapters when `finetune_method="lora"` (the heads then train fully as peft
+    `modules_to_save`). Baselines train everything in their single stage.
     """
     model.requires_grad_(True)
     frozen: list[torch.nn.Module] = []
-    if model.config.paradigm == "dmil" and stage in (1, 2):
-        trained = _STAGE1_MODULES if stage == 1 else _STAGE2_MODULES
+    # The stage table says what trains; everything else is frozen and held in eval mode (dropout off).
+    trained = STAGE_PLANS[stage].trained_modules(model.config) if model.config.paradigm == "dmil" else (EVERYTHING,)
+    if EVERYTHING not in trained:
         for name, module in model.named_children():
             if name not in trained:
                 module.requires_grad_(False)

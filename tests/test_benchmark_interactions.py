@@ -32,19 +32,27 @@ def test_benchmark_writes_the_documented_json(bench, tmp_path):
     rows = report["rows"]
     allowed = {"accuracy", "accuracy_R", "accuracy_U_text", "accuracy_U_vision", "accuracy_S", "synergy_indicator",
                "robust_accuracy_R"}
-    assert {r["paradigm"] for r in rows} == {"joint", "ensemble", "dmil"}
+    gates = {f"gate_{c}_{t}" for c in report["components"] for t in ("R", "U_text", "U_vision", "S")}
+    assert {r["method"] for r in rows} == {"joint", "ensemble", "dmil_reference", "dmil"}
     assert {r["mixture"] for r in rows} == {"half_U_half_R", "synergy_heavy"}
-    assert {r["metric"] for r in rows} == allowed
+    assert {r["metric"] for r in rows if r["method"] in ("joint", "ensemble")} == allowed
+    # DMIL methods also report the gate's mean weight of each component per interaction type.
+    assert {r["metric"] for r in rows if r["method"] == "dmil"} == allowed | gates
+    assert set(report["gate_summary"]) <= gates
     for row in rows:
-        assert set(row) == {"paradigm", "mixture", "metric", "mean", "std", "n_seeds"}
+        assert set(row) == {"method", "mixture", "metric", "mean", "std", "n_seeds"}
         assert row["n_seeds"] == 1
         if not math.isnan(row["mean"]):  # accuracy_S is undefined where a mixture has no S sample
             assert 0.0 <= row["mean"] <= 1.0 and row["std"] == 0.0
-    by_key = {(r["paradigm"], r["mixture"], r["metric"]): r for r in rows}
+    by_key = {(r["method"], r["mixture"], r["metric"]): r for r in rows}
     assert math.isnan(by_key[("joint", "half_U_half_R", "accuracy_S")]["mean"])
     assert not math.isnan(by_key[("joint", "synergy_heavy", "accuracy_S")]["mean"])
-    # Equal budget: DMIL's three stages together take the baselines' step count.
-    assert sum(bench.BenchmarkSettings(total_steps=4).stage_steps()) == 4
+    # Equal budget: DMIL's three stages together take the baselines' step count, for every DMIL method.
+    for name in ("dmil", "dmil_reference", "dmil:stages=0.2/0.2/0.6"):
+        assert sum(bench.parse_method(name).stage_steps(4)) == 4
+    assert bench.parse_method("dmil:gate_objective=mixture+stage1_synergy_weight=0").config == {
+        "gate_objective": "mixture", "stage1_synergy_weight": 0}
+    assert "| half_U_half_R | dmil |" in bench.gate_table(report)
     # The chart is an optional extra (matplotlib, `.[bench]`): without it the run must still write its JSON.
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "chart.png").stat().st_size > 0
@@ -57,4 +65,4 @@ def test_quick_preset_is_small(bench):
     settings, _ = bench.parse_settings(["--quick"])
     assert len(settings.seeds) == 3 and "synergy_heavy" in settings.mixtures
     assert any("U" in m for m in settings.mixtures)
-    assert settings.total_steps * len(settings.seeds) * len(settings.mixtures) * 3 <= 8000
+    assert settings.total_steps * len(settings.seeds) * len(settings.mixtures) * len(settings.methods) <= 10000

@@ -10,6 +10,7 @@ from torch import nn
 from transformers import AutoModel
 
 from dmil_hf import DMILForMultimodalClassification
+from dmil_hf.configuration_dmil import REFERENCE_PRESET
 from dmil_hf.modeling_dmil import DiagonalGaussianHead, InteractionGate, SynergyFusion, gaussian_kl
 from dmil_hf.tiny_backbones import random_inputs, tiny_audio_config, tiny_text_config, tiny_vision_config
 
@@ -617,48 +618,58 @@ WEIGHTS = dict(
     kl_weight=0.07, alignment_weight=1.7, stage1_reconstruction_weight=0.3, stage2_component_weight=0.45,
     stage2_reconstruction_weight=0.11, stage3_modality_weight=0.55, stage3_component_weight=0.85,
     stage3_consistency_kl_scale=0.35, stage3_reconstruction_z_weight=0.13, stage3_reconstruction_m_weight=0.17,
+    stage1_kl_weight=0.09, stage1_synergy_weight=0.6, gate_composition_weight=0.7,
 )
+# The reference preset's stage-1 weights are per modality; the rest of WEIGHTS applies on top of it.
+REFERENCE_WEIGHTS = {**REFERENCE_PRESET, **{k: v for k, v in WEIGHTS.items() if not k.startswith(("stage1_", "gate_"))}}
 
 
-def _stage_terms(modalities):
+def _stage_terms(modalities, config):
     stage1 = {f"{p}_{m}" for m in modalities for p in ("ce_modality", "kl_M", "kl_N", "rec_Z")}
     stage2 = {"ce_final", "ce_redundancy", "ce_synergy", "kl_R"} | {
         f"{p}_{m}" for m in modalities for p in ("ce_uniqueness", "kl_U", "align_R", "rec_M")
     }
-    return {1: stage1, 2: stage2, 3: stage1 | stage2}
+    if config.gate_objective == "composition":
+        stage2 |= {"gate_composition"}
+    return {1: stage1 | ({"ce_synergy"} if config.stage1_synergy_weight else set()), 2: stage2, 3: stage1 | stage2}
 
 
 def _expected_loss(t, c, stage, modalities):
-    """The stage losses of reference/dmil-method.md §4, written out again from the config's weights."""
+    """The stage losses of reference/dmil-method.md §4 (plus the default's two extra terms), written out again from
+    the config's weights."""
 
-    def s(prefix):
-        return sum(t[f"{prefix}_{m}"] for m in modalities)
+    def s(prefix, weight=None):
+        per = (lambda m: weight.get(m)) if isinstance(weight, dict) else (lambda m: 1.0 if weight is None else weight)
+        return sum(per(m) * t[f"{prefix}_{m}"] for m in modalities)
 
-    if stage != 2:
-        kl_level1 = s("kl_M") + s("kl_N")
+    gate = c.gate_composition_weight * t.get("gate_composition", 0.0)
     if stage == 1:
-        return s("ce_modality") + c.kl_weight * kl_level1 + c.stage1_reconstruction_weight * s("rec_Z")
+        return (
+            s("ce_modality") + s("kl_M", c.stage1_kl_weight) + s("kl_N", c.stage1_kl_weight)
+            + s("rec_Z", c.stage1_reconstruction_weight) + c.stage1_synergy_weight * t.get("ce_synergy", 0.0)
+        )
     kl_level2 = t["kl_R"] + s("kl_U") + c.alignment_weight * s("align_R")
     components = t["ce_redundancy"] + s("ce_uniqueness") + t["ce_synergy"]
     if stage == 2:
         return (
             t["ce_final"] + c.stage2_component_weight * components + c.kl_weight * kl_level2
-            + c.stage2_reconstruction_weight * s("rec_M")
+            + c.stage2_reconstruction_weight * s("rec_M") + gate
         )
     return (
-        t["ce_final"] + c.stage3_modality_weight * s("ce_modality") + c.kl_weight * kl_level1
+        t["ce_final"] + c.stage3_modality_weight * s("ce_modality") + c.kl_weight * (s("kl_M") + s("kl_N"))
         + c.stage3_reconstruction_z_weight * s("rec_Z") + c.kl_weight * c.stage3_consistency_kl_scale * kl_level2
-        + c.stage3_reconstruction_m_weight * s("rec_M") + c.stage3_component_weight * components
+        + c.stage3_reconstruction_m_weight * s("rec_M") + c.stage3_component_weight * components + gate
     )
 
 
+@pytest.mark.parametrize("preset", ["default", "reference"])
 @pytest.mark.parametrize("modalities", MODALITY_SETS, ids=len)
-def test_loss_terms_per_stage_and_weighted_loss(modalities):
-    config = make_config(modalities, **WEIGHTS)
+def test_loss_terms_per_stage_and_weighted_loss(modalities, preset):
+    config = make_config(modalities, **(WEIGHTS if preset == "default" else REFERENCE_WEIGHTS))
     model = build(config)
     inputs = random_inputs(config, batch_size=6)
     labels = inputs["labels"]
-    for stage, names in _stage_terms(modalities).items():
+    for stage, names in _stage_terms(modalities, config).items():
         with torch.no_grad():
             out = model(**inputs, stage=stage)
         assert set(out.loss_terms) == names, f"stage {stage}"

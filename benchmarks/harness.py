@@ -1,0 +1,323 @@
+"""What the interaction benchmarks share: the methods compared, one training run through `DMILTrainer` at an equal
+step budget, per-type scoring (accuracy, synergy indicator, robust R, gate weights), aggregation over seeds, the
+markdown table and the chart.
+
+A *method* is a paradigm plus DMIL config values and, for DMIL, the split of the step budget over its stages:
+
+* ``joint``, ``ensemble``: the baselines (one stage, the whole budget);
+* ``dmil_reference``: `DMILConfig.reference()` with the reference code's epoch split (10/5/55 of 70 epochs);
+* ``dmil``: the library's default DMIL;
+* ``dmil:field=value+field=value``: the default with some fields changed (ablations), e.g.
+  ``dmil:gate_objective=mixture``; ``stages=0.5/0.25/0.25`` sets the split of the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+from transformers import EvalPrediction, PrinterCallback, set_seed  # noqa: E402
+
+from dmil_hf.configuration_dmil import REFERENCE_PRESET  # noqa: E402
+from dmil_hf.metrics_dmil import make_compute_metrics  # noqa: E402
+from dmil_hf.training_dmil import DMILTrainer, DMILTrainingArguments  # noqa: E402
+
+UNIMODAL_REFERENCE = (
+    "synergy_indicator uses the ensemble run's per-modality heads (same mixture, same seed) as the unimodal "
+    "reference for every method"
+)
+# The reference code trains 10 / 5 / 55 epochs (stage 3 is 'the remaining epochs' of 70).
+REFERENCE_STAGE_FRACTIONS = (10 / 70, 5 / 70, 55 / 70)
+# The library default's split, chosen on the synthetic benchmark (README, "Method").
+DEFAULT_STAGE_FRACTIONS = (0.5, 0.25, 0.25)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    paradigm: str
+    config: dict[str, Any] = field(default_factory=dict)
+    stage_fractions: tuple[float, float, float] | None = None
+
+    def stage_steps(self, total_steps: int) -> tuple[int, int, int]:
+        """DMIL's steps per stage: the three add up to the baselines' `total_steps` (equal budget)."""
+        f1, f2, _ = self.stage_fractions or DEFAULT_STAGE_FRACTIONS
+        s1 = max(1, round(f1 * total_steps))
+        s2 = max(1, round(f2 * total_steps))
+        return s1, s2, max(1, total_steps - s1 - s2)
+
+
+BASE_METHODS = {
+    "joint": Method("joint", "joint"),
+    "ensemble": Method("ensemble", "ensemble"),
+    "dmil_reference": Method("dmil_reference", "dmil", dict(REFERENCE_PRESET), REFERENCE_STAGE_FRACTIONS),
+    "dmil": Method("dmil", "dmil", {}, DEFAULT_STAGE_FRACTIONS),
+}
+
+
+def parse_method(name: str) -> Method:
+    """A method by name; `base:field=value+field=value` changes config fields (and `stages=a/b/c`) of a DMIL base."""
+    base_name, _, overrides = name.partition(":")
+    if base_name not in BASE_METHODS:
+        raise ValueError(f"unknown method {base_name!r}; choose from {sorted(BASE_METHODS)} (optionally with ':field=value')")
+    base = BASE_METHODS[base_name]
+    if not overrides:
+        return base
+    if base.paradigm != "dmil":
+        raise ValueError(f"only DMIL methods take overrides, got {name!r}")
+    config, fractions = dict(base.config), base.stage_fractions
+    for item in overrides.split("+"):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} of method {name!r} is not field=value")
+        if key == "stages":
+            fractions = tuple(float(x) for x in value.split("/"))
+            if len(fractions) != 3:
+                raise ValueError(f"stages= takes three fractions a/b/c, got {value!r}")
+        else:
+            config[key] = yaml.safe_load(value)
+    return Method(name, "dmil", config, fractions)
+
+
+# ---------------------------------------------------------------------- one training run
+
+
+@dataclass
+class RunSettings:
+    """The budget and optimizer shared by every method of a benchmark."""
+
+    total_steps: int
+    batch_size: int
+    # DMIL's peak rates per stage; the baselines take stage 1's (the stage that trains the backbones).
+    stage_learning_rates: tuple[float, float, float]
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    finetune_method: str = "full"
+    eval_batch_size: int = 256
+
+
+def training_arguments(settings: RunSettings, method: Method, seed: int, output_dir: str) -> DMILTrainingArguments:
+    lr1, lr2, lr3 = settings.stage_learning_rates
+    if method.paradigm == "dmil":
+        s1, s2, s3 = method.stage_steps(settings.total_steps)
+        stage_args: dict[str, Any] = dict(
+            stage1_max_steps=s1, stage2_max_steps=s2, stage3_max_steps=s3,
+            stage1_learning_rate=lr1, stage2_learning_rate=lr2, stage3_learning_rate=lr3,
+        )
+    else:
+        stage_args = dict(max_steps=settings.total_steps, learning_rate=lr1)
+    return DMILTrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size, finetune_method=settings.finetune_method,
+        warmup_steps=settings.warmup_ratio, weight_decay=settings.weight_decay, lr_scheduler_type="linear",
+        seed=seed, data_seed=seed, use_cpu=True, report_to=[], save_strategy="no", eval_strategy="no",
+        logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, **stage_args,
+    )
+
+
+def train_and_predict(
+    settings: RunSettings, method: Method, build_model: Callable[[Method], Any], seed: int, train, tests: dict
+) -> dict[str, Any]:
+    """Train one method from `build_model(method)` and return its predictions on each of `tests` (name -> data)."""
+    set_seed(seed)
+    model = build_model(method)
+    with tempfile.TemporaryDirectory(prefix=f"dmil-bench-{method.paradigm}-") as tmp:
+        trainer = DMILTrainer(model=model, args=training_arguments(settings, method, seed, tmp), train_dataset=train)
+        trainer.remove_callback(PrinterCallback)  # its end-of-stage metric dicts would bury the progress lines
+        start = time.perf_counter()
+        trainer.train()
+        train_time = time.perf_counter() - start
+        predictions = {name: trainer.predict(data).predictions for name, data in tests.items()}
+    return {"config": trainer.model.config, "train_time_s": train_time, **predictions}
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def metric_names(interaction_types: list[str], components: list[str] | None = None) -> list[str]:
+    names = ["accuracy", *[f"accuracy_{t}" for t in interaction_types], "synergy_indicator", "robust_accuracy_R"]
+    if components:
+        names += [f"gate_{c}_{t}" for t in interaction_types for c in components]
+    return names
+
+
+def gate_summary_names(interaction_types: list[str], modalities: list[str]) -> list[str]:
+    """The gate weights the acceptance criteria read: synergy on R and S samples, uniqueness_m on U_m samples."""
+    return ["gate_synergy_R", *[f"gate_uniqueness_{m}_U_{m}" for m in modalities], "gate_synergy_S"]
+
+
+def score_runs(
+    interaction_types: list[str], runs: dict[str, dict[str, Any]], test, test_corrupted
+) -> dict[str, dict[str, float]]:
+    """Per-method metrics of one (mixture, seed), with the ensemble's heads as the unimodal reference."""
+    labels, types = np.asarray(test["labels"]), list(test["interaction_type"])
+    reference = runs["ensemble"]["clean"]["modality_logits"] if "ensemble" in runs else None
+    r_labels = np.asarray(test_corrupted["labels"])
+    scores: dict[str, dict[str, float]] = {}
+    for name, run in runs.items():
+        compute_metrics = make_compute_metrics(run["config"], interaction_types=types, unimodal_predictions=reference)
+        metrics = compute_metrics(EvalPrediction(predictions=run["clean"], label_ids=labels))
+        corrupted_prediction = np.asarray(run["corrupted"]["logits"]).argmax(-1)
+        metrics["robust_accuracy_R"] = float(np.mean(corrupted_prediction == r_labels)) if len(r_labels) else math.nan
+        components = run["config"].interaction_components if run["config"].paradigm == "dmil" else None
+        scores[name] = {k: metrics.get(k, math.nan) for k in metric_names(interaction_types, components)}
+    return scores
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan, math.nan
+    mean = float(np.mean(finite))
+    return mean, float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+
+
+def aggregate(per_seed: list[dict[str, Any]], methods: list[str], mixtures: list[str]) -> list[dict[str, Any]]:
+    """Rows of mean ± std over seeds, one per (method, mixture, metric)."""
+    rows = []
+    for mixture in mixtures:
+        for method in methods:
+            entries = [e for e in per_seed if e["method"] == method and e["mixture"] == mixture]
+            metrics = [k for k in entries[0] if k not in ("method", "mixture", "seed", "train_time_s")] if entries else []
+            for metric in metrics:
+                mean, std = mean_std([e[metric] for e in entries])
+                rows.append({"method": method, "mixture": mixture, "metric": metric, "mean": mean, "std": std,
+                             "n_seeds": len(entries)})
+    return rows
+
+
+def run_seeds(
+    *,
+    settings: RunSettings,
+    methods: list[Method],
+    mixtures: list[str],
+    seeds: list[int],
+    make_splits: Callable[[str, int], dict[str, Any]],
+    build_model: Callable[[str, Method], Any],
+    interaction_types: Callable[[str], list[str]],
+    num_labels: int,
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Train every method on every (mixture, seed); `make_splits(mixture, seed)` gives train / test / test_corrupted.
+    Returns the per-seed metric rows and the synergy indicator's chance level per mixture."""
+    if "ensemble" not in [m.name for m in methods]:
+        raise ValueError("the ensemble run is the synergy indicator's unimodal reference: keep it in the methods")
+    start = time.perf_counter()
+    per_seed: list[dict[str, Any]] = []
+    chance_synergy: dict[str, list[float]] = {}
+    order = sorted(methods, key=lambda m: m.name != "ensemble")  # ensemble first: the others are scored against it
+    for mixture in mixtures:
+        for seed in seeds:
+            splits = make_splits(mixture, seed)
+            tests = {"clean": splits["test"], "corrupted": splits["test_corrupted"]}
+            runs = {
+                m.name: train_and_predict(settings, m, lambda method: build_model(mixture, method), seed,
+                                          splits["train"], tests)
+                for m in order
+            }
+            scores = score_runs(interaction_types(mixture), runs, splits["test"], splits["test_corrupted"])
+            unimodal = np.asarray(runs["ensemble"]["clean"]["modality_logits"]).argmax(-1)
+            every_wrong = (unimodal != np.asarray(splits["test"]["labels"])[:, None]).all(1)
+            chance_synergy.setdefault(mixture, []).append(float(every_wrong.mean()) / num_labels)
+            for m in order:
+                s = scores[m.name]
+                per_seed.append({"method": m.name, "mixture": mixture, "seed": seed,
+                                 "train_time_s": round(runs[m.name]["train_time_s"], 2), **s})
+                gate = "  ".join(f"{k} {s[k]:.2f}" for k in s if k in ("gate_synergy_R", "gate_synergy_S"))
+                log(f"[{time.perf_counter() - start:6.0f}s] {mixture:>14} seed {seed} {m.name:>16}: "
+                    f"acc {s['accuracy']:.3f}  S {s.get('accuracy_S', math.nan):.3f}  syn {s['synergy_indicator']:.3f}"
+                    f"  robust_R {s['robust_accuracy_R']:.3f}  {gate}")
+    return per_seed, {m: float(np.mean(v)) for m, v in chance_synergy.items()}
+
+
+# ---------------------------------------------------------------------- output
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    return "n/a" if math.isnan(row["mean"]) else f"{row['mean']:.3f} ± {row['std']:.3f}"
+
+
+def markdown_table(report: dict[str, Any], metrics: list[str] | None = None) -> str:
+    """One row per (mixture, method), one column per metric (default: every non-gate metric), cells "mean ± std"."""
+    rows = report["rows"]
+    metrics = metrics or [m for m in dict.fromkeys(r["metric"] for r in rows) if not m.startswith("gate_")]
+    by_key = {(r["mixture"], r["method"], r["metric"]): r for r in rows}
+    pairs = list(dict.fromkeys((r["mixture"], r["method"]) for r in rows))
+    lines = ["| mixture | method | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for mixture, method in pairs:
+        lines.append(f"| {mixture} | {method} | " + " | ".join(_cell(by_key.get((mixture, method, m))) for m in metrics) + " |")
+    for mixture, ceiling in report.get("bayes_ceilings", {}).items():
+        ceiling = {**ceiling, "synergy_indicator": report.get("synergy_indicator_chance", {}).get(mixture)}
+        lines.append(f"| {mixture} | *Bayes ceiling (syn: chance level)* | " + " | ".join(
+            f"{ceiling[m]:.3f}" if ceiling.get(m) is not None else "-" for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def gate_table(report: dict[str, Any]) -> str:
+    """Mean gate weight of each component per interaction type, per DMIL method and mixture."""
+    rows = [r for r in report["rows"] if r["metric"].startswith("gate_")]
+    if not rows:
+        return ""
+    lines = ["| mixture | method | type | " + " | ".join(report["components"]) + " |",
+             "|---|---|---|" + "---|" * len(report["components"])]
+    by_key = {(r["mixture"], r["method"], r["metric"]): r for r in rows}
+    for mixture, method in dict.fromkeys((r["mixture"], r["method"]) for r in rows):
+        for t in report["interaction_types"][mixture]:
+            cells = [by_key.get((mixture, method, f"gate_{c}_{t}")) for c in report["components"]]
+            if all(c is None or math.isnan(c["mean"]) for c in cells):
+                continue
+            lines.append(f"| {mixture} | {method} | {t} | " + " | ".join(
+                "-" if c is None or math.isnan(c["mean"]) else f"{c['mean']:.2f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def write_chart(report: dict[str, Any], path: str, metrics: list[str] | None = None) -> str | None:
+    """Grouped bars of accuracy per type per method (one panel per mixture), or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in report["rows"] if not r["metric"].startswith("gate_")]
+    mixtures = list(dict.fromkeys(r["mixture"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(len(mixtures), 1, figsize=(12, 3.4 * len(mixtures)), squeeze=False)
+    for ax, mixture in zip(axes[:, 0], mixtures):
+        mixture_rows = [r for r in rows if r["mixture"] == mixture]
+        names = metrics or list(dict.fromkeys(r["metric"] for r in mixture_rows))
+        width = 0.8 / len(methods)
+        for i, method in enumerate(methods):
+            found = {r["metric"]: r for r in mixture_rows if r["method"] == method}
+            means = [found[m]["mean"] if m in found else np.nan for m in names]
+            stds = [found[m]["std"] if m in found else 0 for m in names]
+            ax.bar(np.arange(len(names)) + (i - (len(methods) - 1) / 2) * width, means, width, yerr=stds,
+                   label=method, capsize=2)
+        ceiling = report.get("bayes_ceilings", {}).get(mixture, {})
+        marks = [(i, ceiling[m]) for i, m in enumerate(names) if m in ceiling]
+        if marks:
+            ax.scatter(*zip(*marks), marker="_", s=900, color="black", zorder=3, label="Bayes ceiling")
+        ax.set_xticks(np.arange(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{report.get('benchmark', '')}: mixture {mixture} (mean ± std over seeds)", fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
+    fig.text(0.01, 0.005, UNIMODAL_REFERENCE, fontsize=7)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

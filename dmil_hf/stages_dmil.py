@@ -1,0 +1,160 @@
+"""DMIL's stage table: per training stage, which modules train and which loss terms count with which weights.
+
+This is the single place that says it. The model's loss (`DMILForMultimodalClassification`), the trainer's freezing
+(`prepare_model_for_stage`) and the model card all read `STAGE_PLANS`; nothing else restates it.
+
+A loss term's weight is the product of the config fields it names (none: weight 1). A field may hold one float or a
+dict per modality (the reference code weighs stage 1 per modality); for a per-modality term such as `kl_M_audio` the
+modality's entry is used. A term whose weight is 0 is not computed into the loss, and a module listed only under
+such terms does not train.
+
+    >>> from dmil_hf.stages_dmil import STAGE_PLANS
+    >>> STAGE_PLANS[2].trains
+    ('consistency_decomposition', 'synergy_fusion', 'component_classifiers', 'interaction_gate')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EVERYTHING = "*"
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One loss term of a stage: a term name, or a per-modality family `name_*`, and the weight fields it takes."""
+
+    name: str
+    weights: tuple[str, ...] = ()
+    # Modules that train in this stage only because this term is on (its weight is not 0).
+    modules: tuple[str, ...] = ()
+
+    def matches(self, term: str) -> str | None:
+        """The modality suffix (or "" for a plain term) when `term` belongs to this entry, else None."""
+        if self.name.endswith("_*"):
+            prefix = self.name[:-1]
+            return term[len(prefix):] if term.startswith(prefix) else None
+        return "" if term == self.name else None
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    stage: int
+    title: str
+    trains: tuple[str, ...]
+    terms: tuple[LossTerm, ...]
+
+    def term_weight(self, config, term: str) -> float | None:
+        """The weight of a loss term in this stage, or None when the stage does not count it."""
+        for entry in self.terms:
+            modality = entry.matches(term)
+            if modality is None:
+                continue
+            weight = 1.0
+            for field in entry.weights:
+                value = getattr(config, field)
+                if isinstance(value, dict):
+                    value = value.get(modality, value.get("default", 0.0))
+                weight *= float(value)
+            return weight
+        return None
+
+    def trained_modules(self, config) -> tuple[str, ...]:
+        """Top-level modules that train in this stage under `config` (`("*",)`: every module)."""
+        extra = [
+            module
+            for entry in self.terms
+            if entry.modules and _any_weight(config, entry)
+            for module in entry.modules
+        ]
+        return tuple(dict.fromkeys((*self.trains, *extra)))
+
+    def describe_weights(self, config) -> list[tuple[str, str]]:
+        """(term, weight as written) pairs for the model card and the docs."""
+        rows = []
+        for entry in self.terms:
+            parts = []
+            for field in entry.weights:
+                value = getattr(config, field)
+                parts.append(f"{field}={value}" if not isinstance(value, dict) else f"{field}={dict(value)}")
+            rows.append((entry.name, " x ".join(parts) or "1"))
+        return rows
+
+
+def _any_weight(config, entry: LossTerm) -> bool:
+    for field in entry.weights:
+        value = getattr(config, field)
+        values = value.values() if isinstance(value, dict) else [value]
+        if not any(float(v) for v in values):
+            return False
+    return True
+
+
+_LEVEL1 = (
+    LossTerm("kl_M_*", ("stage1_kl_weight",)),
+    LossTerm("kl_N_*", ("stage1_kl_weight",)),
+    LossTerm("rec_Z_*", ("stage1_reconstruction_weight",)),
+)
+
+STAGE_PLANS: dict[int, StagePlan] = {
+    1: StagePlan(
+        1,
+        "decomposition pretraining, intra-modal",
+        trains=("backbones", "projections", "intra_decomposition"),
+        terms=(
+            LossTerm("ce_modality_*"),
+            *_LEVEL1,
+            # Our default: synergy learns from N while the backbones still train (the reference starts it in stage 2,
+            # on a frozen N that no label loss has shaped).
+            LossTerm("ce_synergy", ("stage1_synergy_weight",), modules=("synergy_fusion", "component_classifiers")),
+        ),
+    ),
+    2: StagePlan(
+        2,
+        "decomposition pretraining, consistency",
+        trains=("consistency_decomposition", "synergy_fusion", "component_classifiers", "interaction_gate"),
+        terms=(
+            LossTerm("ce_final"),
+            LossTerm("ce_redundancy", ("stage2_component_weight",)),
+            LossTerm("ce_uniqueness_*", ("stage2_component_weight",)),
+            LossTerm("ce_synergy", ("stage2_component_weight",)),
+            LossTerm("kl_R", ("kl_weight",)),
+            LossTerm("kl_U_*", ("kl_weight",)),
+            LossTerm("align_R_*", ("kl_weight", "alignment_weight")),
+            LossTerm("rec_M_*", ("stage2_reconstruction_weight",)),
+            LossTerm("gate_composition", ("gate_composition_weight",)),
+        ),
+    ),
+    3: StagePlan(
+        3,
+        "interaction fine-tuning",
+        trains=(EVERYTHING,),
+        terms=(
+            LossTerm("ce_final"),
+            LossTerm("ce_modality_*", ("stage3_modality_weight",)),
+            LossTerm("kl_M_*", ("kl_weight",)),
+            LossTerm("kl_N_*", ("kl_weight",)),
+            LossTerm("rec_Z_*", ("stage3_reconstruction_z_weight",)),
+            LossTerm("ce_redundancy", ("stage3_component_weight",)),
+            LossTerm("ce_uniqueness_*", ("stage3_component_weight",)),
+            LossTerm("ce_synergy", ("stage3_component_weight",)),
+            LossTerm("kl_R", ("kl_weight", "stage3_consistency_kl_scale")),
+            LossTerm("kl_U_*", ("kl_weight", "stage3_consistency_kl_scale")),
+            LossTerm("align_R_*", ("kl_weight", "stage3_consistency_kl_scale", "alignment_weight")),
+            LossTerm("rec_M_*", ("stage3_reconstruction_m_weight",)),
+            LossTerm("gate_composition", ("gate_composition_weight",)),
+        ),
+    ),
+}
+STAGES = tuple(STAGE_PLANS)
+
+
+def stage_term_weights(config, stage: int, terms) -> dict[str, float]:
+    """Weight of each of `terms` (names) in `stage`; terms the stage does not count are left out."""
+    plan = STAGE_PLANS[stage]
+    weights = {}
+    for name in terms:
+        weight = plan.term_weight(config, name)
+        if weight is not None:
+            weights[name] = weight
+    return weights
