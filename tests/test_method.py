@@ -1,0 +1,252 @@
+"""DMIL's method mechanisms: the stage table, the reference preset, the swappable variants, consistent N sampling,
+presence masking of kl_R, the interaction-composition estimate and the composition gate. Accuracy on the benchmarks
+is measured by `benchmarks/`, not asserted here."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_config
+from torch import nn
+
+from dmil_hf import DMILConfig, DMILForMultimodalClassification
+from dmil_hf.configuration_dmil import REFERENCE_PRESET
+from dmil_hf.modeling_dmil import (
+    MLPSynergyFusion,
+    SynergyFusion,
+    interaction_composition,
+)
+from dmil_hf.stages_dmil import STAGE_PLANS
+from dmil_hf.tiny_backbones import random_inputs
+from dmil_hf.training_dmil import prepare_model_for_stage
+
+TEXT_VISION = ("text", "vision")
+
+
+def _trained(model):
+    return sorted({name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad})
+
+
+# ------------------------------------------------------------------------------------------- the stage table
+
+
+def test_stage_table_drives_the_trainers_freezing():
+    default = DMILForMultimodalClassification(make_config(TEXT_VISION))
+    reference = DMILForMultimodalClassification(DMILConfig.reference(**_backbones(make_config(TEXT_VISION))))
+    stage1 = ["backbones", "intra_decomposition", "projections"]
+    prepare_model_for_stage(reference, 1, "full")
+    assert _trained(reference) == stage1
+    # The default trains synergy from stage 1 on (its CE has weight stage1_synergy_weight there).
+    prepare_model_for_stage(default, 1, "full")
+    assert _trained(default) == sorted([*stage1, "component_classifiers", "synergy_fusion"])
+    for model in (default, reference):
+        prepare_model_for_stage(model, 2, "full")
+        assert _trained(model) == sorted(STAGE_PLANS[2].trains)
+        prepare_model_for_stage(model, 3, "full")
+        assert all(p.requires_grad for p in model.parameters())
+
+
+def test_stage_table_weights_per_modality_and_zero_weights_leave_modules_frozen():
+    config = make_config(TEXT_VISION, stage1_kl_weight={"text": 0.5, "vision": 0.25}, stage1_synergy_weight=0.0)
+    plan = STAGE_PLANS[1]
+    assert plan.term_weight(config, "kl_M_text") == 0.5 and plan.term_weight(config, "kl_N_vision") == 0.25
+    assert plan.term_weight(config, "ce_modality_text") == 1.0
+    assert plan.term_weight(config, "ce_final") is None  # stage 1 has no fused prediction
+    assert "synergy_fusion" not in plan.trained_modules(config)
+    assert STAGE_PLANS[3].term_weight(config, "align_R_text") == pytest.approx(
+        config.kl_weight * config.stage3_consistency_kl_scale * config.alignment_weight
+    )
+    with pytest.raises(ValueError, match="stage1_kl_weight"):
+        make_config(TEXT_VISION, stage1_kl_weight={"video": 1.0})
+
+
+def _backbones(config):
+    return {f"{m}_config": config.backbone_config(m) for m in config.modalities}
+
+
+# ------------------------------------------------------------------------------------------- presets
+
+
+def test_reference_preset_values():
+    # bjlfzs/DMIL (dmil-method.md §3-4): lamb 0.2 x internal 0.1; stage-1 weights per modality; 0.5 / 0.8 CE weights.
+    assert REFERENCE_PRESET == {
+        "synergy_fusion": "linear", "synergy_input": "n", "redundancy_readout": "joint", "gate_objective": "mixture",
+        "stage1_synergy_weight": 0.0, "gate_composition_weight": 0.0, "kl_weight": 0.02, "alignment_weight": 1.0,
+        "stage1_kl_weight": {"text": 0.008, "vision": 0.008, "audio": 0.04},
+        "stage1_reconstruction_weight": {"text": 0.002, "vision": 0.002, "audio": 0.01},
+        "stage2_component_weight": 0.5, "stage2_reconstruction_weight": 0.005, "stage3_modality_weight": 0.5,
+        "stage3_component_weight": 0.8, "stage3_consistency_kl_scale": 0.4, "stage3_reconstruction_z_weight": 0.003,
+        "stage3_reconstruction_m_weight": 0.001,
+    }
+    config = DMILConfig.reference(**_backbones(make_config(TEXT_VISION)), num_labels=4)
+    assert config.num_labels == 4 and config.synergy_fusion == "linear"
+    assert DMILConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+    model = DMILForMultimodalClassification(config)
+    assert type(model.synergy_fusion) is SynergyFusion
+
+
+def test_default_differs_from_reference_only_in_documented_fields():
+    default, reference = DMILConfig(), DMILConfig.reference()
+    differing = sorted(k for k in REFERENCE_PRESET if getattr(default, k) != getattr(reference, k))
+    assert differing == sorted([
+        "synergy_fusion", "redundancy_readout", "gate_objective", "gate_composition_weight", "stage1_synergy_weight",
+        "stage1_kl_weight", "stage1_reconstruction_weight",
+    ])
+    for name in differing:  # every departure has its reason in the config's docstring
+        assert f"{name} (" in DMILConfig.__doc__
+
+
+def test_configs_saved_before_the_variants_load_with_their_modules(tmp_path):
+    config = make_config(TEXT_VISION)
+    legacy = {k: v for k, v in config.to_dict().items() if k not in REFERENCE_PRESET or k == "kl_weight"}
+    loaded = DMILConfig.from_dict(legacy)
+    assert (loaded.synergy_fusion, loaded.redundancy_readout, loaded.gate_objective) == ("linear", "joint", "mixture")
+    assert loaded.stage1_synergy_weight == 0.0 and loaded.stage1_kl_weight == config.kl_weight
+
+
+@pytest.mark.parametrize("field, value", [("synergy_fusion", "bilinear"), ("gate_objective", "oracle"),
+                                          ("redundancy_readout", "max"), ("synergy_input", "x")])
+def test_unknown_variant_is_an_error(field, value):
+    with pytest.raises(ValueError, match=field):
+        make_config(TEXT_VISION, **{field: value})
+
+
+# ------------------------------------------------------------------------------------------- variants
+
+
+def test_mlp_fusion_learns_a_sum_modulo_c_that_the_linear_fusion_cannot():
+    # y = (a + b) mod 3 from random embeddings of a and b: diagonal products plus one Linear are not enough.
+    torch.manual_seed(0)
+    c, d = 3, 8
+    a, b = torch.arange(c).repeat_interleave(c), torch.arange(c).repeat(c)
+    y = (a + b) % c
+    emb_a, emb_b = torch.randn(c, d), torch.randn(c, d)
+    x = [emb_a[a], emb_b[b]]
+
+    def fit(fusion):
+        head = nn.Linear(d, c)
+        opt = torch.optim.Adam([*fusion.parameters(), *head.parameters()], lr=1e-2)
+        for _ in range(400):
+            opt.zero_grad()
+            F.cross_entropy(head(fusion(x)), y).backward()
+            opt.step()
+        with torch.no_grad():
+            return (head(fusion(x)).argmax(-1) == y).float().mean().item()
+
+    assert fit(MLPSynergyFusion(2, d)) == 1.0
+    assert fit(SynergyFusion(2, d)) <= fit(MLPSynergyFusion(2, d))
+
+
+def test_per_modality_redundancy_readout_averages_the_predictor_logits():
+    config = make_config(TEXT_VISION, redundancy_readout="per_modality")
+    model = DMILForMultimodalClassification(config).eval()
+    inputs = random_inputs(config)
+    captured = {}
+    model.consistency_decomposition.register_forward_hook(lambda m, i, out: captured.update(out))
+    with torch.no_grad():
+        out = model(**{k: v for k, v in inputs.items() if k != "labels"})
+    head = model.component_classifiers["redundancy"]
+    expected = torch.stack([head(captured["predictors"][m][1]) for m in config.modalities]).mean(0)
+    torch.testing.assert_close(out.component_logits[:, 0], expected)
+
+
+def test_synergy_input_z_reads_the_projected_features():
+    config = make_config(TEXT_VISION, synergy_input="z")
+    model = DMILForMultimodalClassification(config).eval()
+    seen = []
+    model.synergy_fusion.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    projected = []
+    for m in config.modalities:
+        model.projections[m].register_forward_hook(lambda mod, i, o: projected.append(o))
+    with torch.no_grad():
+        model(**{k: v for k, v in random_inputs(config).items() if k != "labels"})
+    for fused, z in zip(seen[0], projected):
+        torch.testing.assert_close(fused, z)
+
+
+# ------------------------------------------------------------------------------------------- sampling and masks
+
+
+def test_n_is_sampled_whenever_the_model_trains_even_with_level1_frozen():
+    """Stage 2 holds level 1 in eval mode; N must still be sampled there, as in stage 3 (the reference does so)."""
+    config = make_config(TEXT_VISION, synergy_fusion="linear")
+    model = DMILForMultimodalClassification(config)
+    inputs = random_inputs(config)
+    seen = []
+    model.synergy_fusion.register_forward_hook(lambda m, i, o: seen.append([n.clone() for n in i[0]]))
+    model.train()
+    for name in ("backbones", "projections", "intra_decomposition"):  # what the trainer does in stage 2
+        getattr(model, name).eval()
+    with torch.no_grad():
+        first, second = model(**inputs, stage=2), model(**inputs, stage=2)
+    assert not torch.equal(seen[0][0], seen[1][0])  # sampled: two draws differ
+    torch.testing.assert_close(first.modality_logits, second.modality_logits)  # M's head reads the mean (eval module)
+    model.eval()
+    with torch.no_grad():
+        model(**inputs), model(**inputs)
+    assert torch.equal(seen[2][0], seen[3][0])  # evaluation reads the mean
+
+
+def test_kl_R_counts_only_samples_with_the_joint_posterior():
+    config = make_config(TEXT_VISION)
+    model = DMILForMultimodalClassification(config).eval()
+    inputs = random_inputs(config, batch_size=6)
+    mask = torch.ones(6, 2, dtype=torch.bool)
+    mask[:3, 1] = False  # three samples lack vision: their R comes from the text predictor
+    captured = {}
+    model.consistency_decomposition.register_forward_hook(lambda m, i, out: captured.update(out))
+    with torch.no_grad():
+        out = model(**inputs, modality_mask=mask, stage=2)
+    full = captured["all_present"]
+    assert full.tolist() == [False] * 3 + [True] * 3
+    kl = 0.5 * (captured["r_mu"].pow(2) + captured["r_logvar"].exp() - 1 - captured["r_logvar"]).mean(-1)
+    torch.testing.assert_close(out.loss_terms["kl_R"], kl[full].mean())
+
+
+# ------------------------------------------------------------------------------------------- the composition gate
+
+
+def test_interaction_composition_on_fixed_logits():
+    # Three samples, two modalities, 4 classes; label 0. Confident = logit 10 on a class.
+    def onehot(k, scale=10.0):
+        v = torch.zeros(4)
+        v[k] = scale
+        return v
+
+    flat = torch.zeros(4)
+    modality_logits = torch.stack([
+        torch.stack([onehot(0), onehot(0)]),  # R: both modalities know
+        torch.stack([onehot(0), onehot(2)]),  # U_1: only the first knows
+        torch.stack([onehot(3), onehot(1)]),  # S: neither knows ...
+    ])
+    synergy_logits = torch.stack([onehot(0), flat, onehot(0)])  # ... the synergy head does on S (and R)
+    labels = torch.zeros(3, dtype=torch.long)
+    present = torch.ones(3, 2, dtype=torch.bool)
+    composition, informative = interaction_composition(modality_logits, synergy_logits, labels, present)
+    assert composition.shape == (3, 4)
+    torch.testing.assert_close(composition.sum(1), torch.ones(3))
+    assert composition[0].argmax() == 0 and composition[0, 0] > 0.99  # redundancy
+    assert composition[1].argmax() == 1 and composition[1, 1] > 0.99  # uniqueness of modality 1
+    assert composition[2].argmax() == 3 and composition[2, 3] > 0.99  # synergy
+    torch.testing.assert_close(informative, torch.ones(3), atol=1e-3, rtol=0)
+    # A sample nobody predicts carries no routing information; an absent modality carries none either.
+    nobody, weight = interaction_composition(modality_logits[2:], flat[None], labels[:1], present[:1])
+    assert weight.item() == 0.0
+    masked, _ = interaction_composition(modality_logits[:1], flat[None], labels[:1], torch.tensor([[True, False]]))
+    assert masked[0, 2] == 0.0  # no uniqueness for the absent modality
+    assert math.isclose(masked[0, 0].item(), 1.0, abs_tol=1e-6)  # the one present modality's information is R
+
+
+def test_composition_gate_trains_from_its_own_loss_not_from_the_final_ce():
+    config = make_config(TEXT_VISION)
+    model = DMILForMultimodalClassification(config).train()
+    out = model(**random_inputs(config), stage=2)
+    out.loss_terms["ce_final"].backward(retain_graph=True)
+    assert all(p.grad is None or not p.grad.any() for p in model.interaction_gate.parameters())
+    out.loss_terms["gate_composition"].backward()
+    assert any(p.grad is not None and p.grad.any() for p in model.interaction_gate.parameters())
+    # The mixture objective (reference) trains the gate through the final CE.
+    reference = DMILForMultimodalClassification(make_config(TEXT_VISION, gate_objective="mixture")).train()
+    reference(**random_inputs(config), stage=2).loss_terms["ce_final"].backward()
+    assert any(p.grad is not None and p.grad.any() for p in reference.interaction_gate.parameters())
