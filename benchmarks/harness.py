@@ -8,7 +8,8 @@ A *method* is a paradigm plus DMIL config values and, for DMIL, the split of the
 * ``dmil_reference``: `DMILConfig.reference()` with the reference code's epoch split (10/5/55 of 70 epochs);
 * ``dmil``: the library's default DMIL;
 * ``dmil:field=value+field=value``: the default with some fields changed (ablations), e.g.
-  ``dmil:gate_objective=mixture``; ``stages=0.5/0.25/0.25`` sets the split of the budget.
+  ``dmil:gate_objective=mixture``; ``stages=0.5/0.25/0.25`` sets the split of the budget and ``lrs=a/b/c`` the
+  peak learning rate of each stage.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Method:
     paradigm: str
     config: dict[str, Any] = field(default_factory=dict)
     stage_fractions: tuple[float, float, float] | None = None
+    # DMIL's peak learning rate per stage; None: the benchmark's shared stage_learning_rates.
+    stage_learning_rates: tuple[float, float, float] | None = None
 
     def stage_steps(self, total_steps: int) -> tuple[int, int, int]:
         """DMIL's steps per stage: the three add up to the baselines' `total_steps` (equal budget)."""
@@ -77,18 +80,18 @@ def parse_method(name: str) -> Method:
         return base
     if base.paradigm != "dmil":
         raise ValueError(f"only DMIL methods take overrides, got {name!r}")
-    config, fractions = dict(base.config), base.stage_fractions
+    config, schedule = dict(base.config), {"stages": base.stage_fractions, "lrs": base.stage_learning_rates}
     for item in overrides.split("+"):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} of method {name!r} is not field=value")
-        if key == "stages":
-            fractions = tuple(float(x) for x in value.split("/"))
-            if len(fractions) != 3:
-                raise ValueError(f"stages= takes three fractions a/b/c, got {value!r}")
+        if key in schedule:
+            schedule[key] = tuple(float(x) for x in value.split("/"))
+            if len(schedule[key]) != 3:
+                raise ValueError(f"{key}= takes three values a/b/c (stages 1, 2, 3), got {value!r}")
         else:
             config[key] = yaml.safe_load(value)
-    return Method(name, "dmil", config, fractions)
+    return Method(name, "dmil", config, schedule["stages"], schedule["lrs"])
 
 
 # ---------------------------------------------------------------------- one training run
@@ -109,7 +112,7 @@ class RunSettings:
 
 
 def training_arguments(settings: RunSettings, method: Method, seed: int, output_dir: str) -> DMILTrainingArguments:
-    lr1, lr2, lr3 = settings.stage_learning_rates
+    lr1, lr2, lr3 = method.stage_learning_rates or settings.stage_learning_rates
     if method.paradigm == "dmil":
         s1, s2, s3 = method.stage_steps(settings.total_steps)
         stage_args: dict[str, Any] = dict(

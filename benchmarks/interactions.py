@@ -99,7 +99,7 @@ class BenchmarkSettings:
     total_steps: int = 1500
     batch_size: int = 32
     # synthetic_tiny.yaml's rates; the baselines take stage 1's (the stage that trains the backbones).
-    stage_learning_rates: tuple[float, float, float] = (1e-3, 3e-3, 5e-4)
+    stage_learning_rates: tuple[float, float, float] = (1e-3, 3e-3, 1e-3)
     warmup_ratio: float = 0.05  # of each stage's steps (transformers 5 takes a float < 1 in warmup_steps)
     weight_decay: float = 0.01
     latent_dim: int = 32

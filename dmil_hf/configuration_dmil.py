@@ -25,6 +25,7 @@ REFERENCE_PRESET: dict[str, Any] = {
     "gate_objective": "mixture",
     "stage1_synergy_weight": 0.0,
     "gate_composition_weight": 0.0,
+    "gate_reads_predictions": False,
     "kl_weight": 0.02,
     "alignment_weight": 1.0,
     "stage1_kl_weight": {"text": 0.008, "vision": 0.008, "audio": 0.04},
@@ -41,7 +42,7 @@ REFERENCE_PRESET: dict[str, Any] = {
 # Configs saved before the variants existed (no `synergy_fusion` key) load with the behaviour they were trained with.
 _LEGACY_VALUES = {
     "synergy_fusion": "linear", "synergy_input": "n", "redundancy_readout": "joint", "gate_objective": "mixture",
-    "stage1_synergy_weight": 0.0, "gate_composition_weight": 0.0,
+    "stage1_synergy_weight": 0.0, "gate_composition_weight": 0.0, "gate_reads_predictions": False,
 }
 
 # Backbone config used when a sub-config dict carries no ``model_type``.
@@ -89,23 +90,27 @@ class DMILConfig(PretrainedConfig):
             Posterior log-variances are clamped to [-logvar_clamp, logvar_clamp] so that exp() cannot overflow in
             bf16/fp16.
         synergy_fusion (`str`, defaults to `"mlp"`):
-            How S is fused from the N's and their pairwise products: `"linear"` (the reference code: one Linear, which
-            separates XOR but not a sum modulo C) or `"mlp"` (one hidden layer).
-        redundancy_readout (`str`, defaults to `"per_modality"`):
+            How S is fused from its inputs and their pairwise products: `"linear"` (the reference code: one Linear,
+            which separates XOR but not a sum modulo C) or `"mlp"` (that Linear plus a hidden-layer path).
+        synergy_input (`str`, defaults to `"z"`):
+            What synergy fuses: `"n"` (the reference: the sampled N_m, which only a KL to the prior and a
+            reconstruction shape, so it carries little and is noisy) or `"z"` (the projected features Z_m, all that
+            the backbones extract). Measured in the README's "Method" section.
+        redundancy_readout (`str`, defaults to `"joint"`):
             What the redundancy head reads: `"joint"` (the reference: R ~ q(R | M_1..M_K)) or `"per_modality"` (each
-            predictor v_m(R | M_m) alone, logits averaged over the modalities present: redundancy is what every
-            modality predicts alone, and the average keeps the ensemble's robustness to one corrupted modality).
+            predictor v_m(R | M_m) alone, logits averaged over the modalities present, as an ensemble would).
         gate_objective (`str`, defaults to `"composition"`):
             What trains the gate: `"mixture"` (the reference: the CE of the gate-weighted logits, which hands every
             sample to the most expressive component) or `"composition"` (the gate learns each training sample's
-            interaction composition, estimated from the component heads as in `interaction_composition`, and the
-            final CE trains the components only).
+            interaction composition, estimated from the heads by `interaction_composition`, and the final CE trains
+            the components only), so that the gate says which kind of information a sample rests on.
         gate_composition_weight (`float`, defaults to 1.0):
             Weight of the gate's composition loss in stages 2 and 3 (used by `gate_objective="composition"`).
-        stage1_synergy_weight (`float`, defaults to 1.0):
-            Weight of the synergy head's CE in stage 1. Above 0, synergy trains with the backbones, so the N's
-            learn what the combination of modalities says about the label; the reference (0) starts synergy in stage 2
-            on a frozen N that no label loss has shaped, and it learns nothing there.
+        gate_reads_predictions (`bool`, defaults to `False`):
+            Whether the gate also reads the component heads' log-probabilities (detached) next to the latents.
+        stage1_synergy_weight (`float`, defaults to 0.0):
+            Weight of the synergy head's CE in stage 1 (the reference: 0, synergy starts in stage 2). Above 0,
+            synergy trains with the backbones.
         kl_weight (`float`, defaults to 0.02):
             Weight of the level-2 KL terms and of the level-1 KLs in stage 3 (the reference code's lamb=0.2 times its
             internal 0.1). KL terms are the exact diagonal-Gaussian KL divided by `latent_dim` (per-dimension, the
@@ -170,11 +175,12 @@ class DMILConfig(PretrainedConfig):
         pooling: dict[str, str] | None = None,
         logvar_clamp: float = 8.0,
         synergy_fusion: str = "mlp",
-        synergy_input: str = "n",
-        redundancy_readout: str = "per_modality",
+        synergy_input: str = "z",
+        redundancy_readout: str = "joint",
         gate_objective: str = "composition",
         gate_composition_weight: float = 1.0,
-        stage1_synergy_weight: float = 1.0,
+        gate_reads_predictions: bool = False,
+        stage1_synergy_weight: float = 0.0,
         kl_weight: float = 0.02,
         alignment_weight: float = 1.0,
         stage1_kl_weight: float | dict[str, float] = 0.02,
@@ -219,6 +225,7 @@ class DMILConfig(PretrainedConfig):
         self.redundancy_readout = redundancy_readout
         self.gate_objective = gate_objective
         self.gate_composition_weight = float(gate_composition_weight)
+        self.gate_reads_predictions = bool(gate_reads_predictions)
         self.stage1_synergy_weight = float(stage1_synergy_weight)
         self.kl_weight = float(kl_weight)
         self.alignment_weight = float(alignment_weight)

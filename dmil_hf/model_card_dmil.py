@@ -8,13 +8,37 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from .metrics_dmil import per_type_summary
+from .stages_dmil import EVERYTHING, STAGE_PLANS
 
 _DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "dmil.md"
-_STAGE_TRAINS = {
-    1: "backbones, projections, intra-modal decomposition (M/N)",
-    2: "consistency decomposition (R/U), synergy, component heads, gate",
-    3: "everything (backbones via {method})",
-}
+
+
+def _stage_trains(config, stage: int, method: str) -> str:
+    """What trains in a stage, read from the stage table."""
+    modules = STAGE_PLANS[stage].trained_modules(config)
+    if EVERYTHING in modules:
+        return f"everything (backbones via {method})"
+    return ", ".join(m.replace("_", " ") for m in modules)
+
+
+def _stage_loss(config, stage: int) -> str:
+    """The stage's loss terms with their weights, read from the stage table (terms of weight 0 left out)."""
+    plan = STAGE_PLANS[stage]
+    parts = []
+    for term, weight in plan.describe_weights(config):
+        if weight != "1" and all(float(v) == 0 for v in _weight_values(config, term, plan)):
+            continue
+        parts.append(term if weight == "1" else f"{weight} · {term}")
+    return " + ".join(parts)
+
+
+def _weight_values(config, term: str, plan) -> list[float]:
+    entry = next(e for e in plan.terms if e.name == term)
+    values = []
+    for field in entry.weights:
+        value = getattr(config, field)
+        values.extend(value.values() if isinstance(value, dict) else [value])
+    return values
 _EXAMPLE = {"text": '"text": "a sentence"', "vision": '"image": "photo.png"', "audio": '"audio": "clip.wav"'}
 
 
@@ -47,7 +71,8 @@ def render_model_card(model, args, stage_results: dict[int, dict[str, float]], t
     stages = [
         {
             "stage": k,
-            "trains": _STAGE_TRAINS[k].format(method=args.finetune_method) if paradigm == "dmil" else "everything",
+            "trains": _stage_trains(config, k, args.finetune_method) if paradigm == "dmil" else "everything",
+            "loss": _stage_loss(config, k) if paradigm == "dmil" else "ce_final" if paradigm == "joint" else "ce_modality_*",
             "epochs": f"{args.stage_value('num_train_epochs', k):g}",
             "max_steps": "-" if args.stage_value("max_steps", k) in (None, -1) else args.stage_value("max_steps", k),
             "learning_rate": args.stage_value("learning_rate", k),

@@ -233,9 +233,9 @@ SYNERGY_FUSIONS: dict[str, type[SynergyFusion]] = {"linear": SynergyFusion, "mlp
 class InteractionGate(nn.Module):
     """g = softmax(MLP([R, U_1..U_K, S])) over the K + 2 components, with unavailable components masked out."""
 
-    def __init__(self, num_components: int, dim: int):
+    def __init__(self, num_components: int, dim: int, extra_inputs: int = 0):
         super().__init__()
-        self.mlp = MLP(num_components * dim, dim, num_components)
+        self.mlp = MLP(num_components * dim + extra_inputs, dim, num_components)
 
     def forward(self, components: list[torch.Tensor], available: torch.Tensor) -> torch.Tensor:
         scores = self.mlp(torch.cat(components, dim=-1)).float()
@@ -271,7 +271,11 @@ def interaction_composition(
     """A per-sample, label-aware estimate of the interaction composition, in the spirit of the first author's
     pointwise estimator (LSMI, ICML 2025): with i(x; y) = log C + log p(y | x) clipped at 0 (nats),
 
-        r = min_m i(x_m; y),   u_m = i(x_m; y) - r,   s = max(0, i(x_1..x_K; y) - max_m i(x_m; y)),
+        r = min_m i(x_m; y),   u_m = i(x_m; y) - r,   s = max(0, i(x_1..x_K; y) - sum_m i(x_m; y)).
+
+    Synergy is the positive part of the interaction information: what the modalities say together beyond the sum of
+    what each says alone. (Beyond the *max* would also count two agreeing noisy modalities, whose combination is
+    more confident than either, as synergy; that is redundancy.)
 
     where the unimodal i come from `modality_logits` (`(B, K, C)`, the level-1 heads) and the joint one from the
     synergy head. Returns the normalised composition `(B, K + 2)` over [R, U_1..U_K, S] and each sample's total
@@ -290,7 +294,7 @@ def interaction_composition(
     redundancy = unimodal.masked_fill(~present, float("inf")).min(dim=1).values
     redundancy = torch.where(torch.isinf(redundancy), torch.zeros_like(redundancy), redundancy)
     uniqueness = (unimodal - redundancy.unsqueeze(1)).clamp(min=0.0) * present.float()
-    synergy = (information(synergy_logits) - unimodal.max(dim=1).values).clamp(min=0.0)
+    synergy = (information(synergy_logits) - unimodal.sum(dim=1)).clamp(min=0.0)
     composition = torch.cat([redundancy.unsqueeze(1), uniqueness, synergy.unsqueeze(1)], dim=1)
     total = composition.sum(dim=1)
     return composition / total.clamp(min=1e-6).unsqueeze(1), (total / log_c).clamp(max=1.0)
@@ -460,7 +464,10 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             self.component_classifiers = nn.ModuleDict(
                 {name: nn.Linear(dim, num_labels) for name in config.interaction_components}
             )
-            self.interaction_gate = InteractionGate(len(config.interaction_components), dim)
+            components = len(config.interaction_components)
+            # Reading the heads' log-probabilities too lets the gate see which component is confident.
+            extra = components * num_labels if config.gate_reads_predictions else 0
+            self.interaction_gate = InteractionGate(components, dim, extra_inputs=extra)
         elif config.paradigm == "joint":
             # A hidden layer matters: a linear head on a concatenation is a sum of per-modality scores, an ensemble
             # in disguise that cannot represent synergy.
@@ -832,6 +839,9 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         # An unavailable component is zeroed in the gate's input too: otherwise the U_m of a masked-out modality
         # (computed from whatever its input held) would still steer the weights of the components present.
         gate_input = [c * available[:, k : k + 1].to(c.dtype) for k, c in enumerate(components)]
+        if config.gate_reads_predictions:
+            log_probs = F.log_softmax(component_logits.detach().float(), dim=-1).to(gate_input[0].dtype)
+            gate_input.append((log_probs * available.unsqueeze(-1).to(log_probs.dtype)).flatten(1))
         weights = self.interaction_gate(gate_input, available)
         gate = GateInputs(weights, component_logits, modality_logits, available, present)
         if labels is None:

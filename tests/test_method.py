@@ -32,12 +32,12 @@ def _trained(model):
 
 
 def test_stage_table_drives_the_trainers_freezing():
-    default = DMILForMultimodalClassification(make_config(TEXT_VISION))
+    default = DMILForMultimodalClassification(make_config(TEXT_VISION, stage1_synergy_weight=1.0))
     reference = DMILForMultimodalClassification(DMILConfig.reference(**_backbones(make_config(TEXT_VISION))))
     stage1 = ["backbones", "intra_decomposition", "projections"]
     prepare_model_for_stage(reference, 1, "full")
     assert _trained(reference) == stage1
-    # The default trains synergy from stage 1 on (its CE has weight stage1_synergy_weight there).
+    # With stage1_synergy_weight > 0, synergy trains from stage 1 on (its CE counts there).
     prepare_model_for_stage(default, 1, "full")
     assert _trained(default) == sorted([*stage1, "component_classifiers", "synergy_fusion"])
     for model in (default, reference):
@@ -72,7 +72,8 @@ def test_reference_preset_values():
     # bjlfzs/DMIL (dmil-method.md §3-4): lamb 0.2 x internal 0.1; stage-1 weights per modality; 0.5 / 0.8 CE weights.
     assert REFERENCE_PRESET == {
         "synergy_fusion": "linear", "synergy_input": "n", "redundancy_readout": "joint", "gate_objective": "mixture",
-        "stage1_synergy_weight": 0.0, "gate_composition_weight": 0.0, "kl_weight": 0.02, "alignment_weight": 1.0,
+        "stage1_synergy_weight": 0.0, "gate_composition_weight": 0.0, "gate_reads_predictions": False,
+        "kl_weight": 0.02, "alignment_weight": 1.0,
         "stage1_kl_weight": {"text": 0.008, "vision": 0.008, "audio": 0.04},
         "stage1_reconstruction_weight": {"text": 0.002, "vision": 0.002, "audio": 0.01},
         "stage2_component_weight": 0.5, "stage2_reconstruction_weight": 0.005, "stage3_modality_weight": 0.5,
@@ -90,8 +91,8 @@ def test_default_differs_from_reference_only_in_documented_fields():
     default, reference = DMILConfig(), DMILConfig.reference()
     differing = sorted(k for k in REFERENCE_PRESET if getattr(default, k) != getattr(reference, k))
     assert differing == sorted([
-        "synergy_fusion", "redundancy_readout", "gate_objective", "gate_composition_weight", "stage1_synergy_weight",
-        "stage1_kl_weight", "stage1_reconstruction_weight",
+        "synergy_fusion", "synergy_input", "gate_objective", "gate_composition_weight", "stage1_kl_weight",
+        "stage1_reconstruction_weight",
     ])
     for name in differing:  # every departure has its reason in the config's docstring
         assert f"{name} (" in DMILConfig.__doc__
@@ -170,7 +171,7 @@ def test_synergy_input_z_reads_the_projected_features():
 
 def test_n_is_sampled_whenever_the_model_trains_even_with_level1_frozen():
     """Stage 2 holds level 1 in eval mode; N must still be sampled there, as in stage 3 (the reference does so)."""
-    config = make_config(TEXT_VISION, synergy_fusion="linear")
+    config = make_config(TEXT_VISION, synergy_fusion="linear", synergy_input="n")
     model = DMILForMultimodalClassification(config)
     inputs = random_inputs(config)
     seen = []

@@ -255,8 +255,11 @@ def test_model_card_reports_stages_and_per_type_figures(tmp_path):
             "eval_gate_synergy_U_text": 0.05, "eval_component_accuracy_synergy": 0.3, "eval_runtime": 2.0},
     }
     card = render_model_card(two_modality_model(), args, results).content
-    assert "| 1 | backbones, projections, intra-modal decomposition (M/N) | 6 | 2 |" in card
-    assert "| 3 | everything (backbones via lora) | 3 | 40 | 0.0005 |" in card
+    # The stage rows come from the stage table: what trains, and each counted term with its weight field.
+    assert "| 1 | backbones, projections, intra decomposition | ce_modality_* + stage1_kl_weight=0.02 · kl_M_* +" in card
+    assert "| 6 | 2 |" in card
+    row3 = next(line for line in card.splitlines() if line.startswith("| 3 | everything (backbones via lora) |"))
+    assert "stage3_component_weight=0.8 · ce_synergy" in row3 and row3.endswith("| 3 | 40 | 0.0005 |")
     assert "| 3 | eval_accuracy | 0.9000 |" in card and "| 1 | eval_loss | 1.2000 |" in card
     assert "| type | accuracy | gate redundancy | gate uniqueness_text | gate uniqueness_vision | gate synergy |" in card
     assert "| R | 1.0000 | 0.7000 | - | - | - |" in card and "| U_text | 0.8000 | - | - | - | 0.0500 |" in card

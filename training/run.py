@@ -35,6 +35,10 @@ class ModelArguments:
     audio_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the audio backbone."})
     init_from: str | None = field(default=None, metadata={"help": "A saved DMIL model to start from instead."})
     paradigm: str = field(default="dmil", metadata={"help": "'dmil', 'joint' or 'ensemble'."})
+    dmil_preset: str = field(
+        default="default",
+        metadata={"help": "'default' (the library's DMIL) or 'reference' (DMILConfig.reference(): the authors' code)."},
+    )
     latent_dim: int = field(default=64, metadata={"help": "Dimension of the decomposition's latents."})
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa' or 'eager' for the backbones."})
     check_inputs: bool = field(default=True, metadata={"help": "NaN/label-range checks (one host sync per step)."})
@@ -102,6 +106,16 @@ def parse_arguments(argv: list[str]):
     return (*parser.parse_args_into_dataclasses(args=file_args + argv), config_file)
 
 
+def preset_kwargs(model_args: ModelArguments) -> dict:
+    """DMILConfig values of the chosen DMIL preset (the library default needs none)."""
+    from dmil_hf.configuration_dmil import REFERENCE_PRESET
+
+    presets = {"default": {}, "reference": dict(REFERENCE_PRESET)}
+    if model_args.dmil_preset not in presets:
+        raise ValueError(f"--dmil_preset must be one of {sorted(presets)}, got {model_args.dmil_preset!r}")
+    return presets[model_args.dmil_preset]
+
+
 def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: int):
     from dmil_hf.synthetic_dmil import SyntheticInteractionSpec, make_interaction_splits, tiny_config_for
 
@@ -113,7 +127,7 @@ def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: i
     )
     splits = make_interaction_splits(data_args.synthetic_train_size, data_args.synthetic_eval_size, seed=seed, spec=spec)
     config = tiny_config_for(spec, paradigm=model_args.paradigm, latent_dim=model_args.latent_dim,
-                             check_inputs=model_args.check_inputs)
+                             check_inputs=model_args.check_inputs, **preset_kwargs(model_args))
     return splits["train"], splits["test"], config
 
 
@@ -167,6 +181,7 @@ def build_user_model_and_processor(model_args: ModelArguments, data_args: DataAr
     model = DMILForMultimodalClassification.from_backbones_pretrained(
         **backbones, num_labels=len(id2label), id2label=id2label, label2id=label2id,
         paradigm=model_args.paradigm, latent_dim=model_args.latent_dim, check_inputs=model_args.check_inputs,
+        **preset_kwargs(model_args),
         **{f"{m}_{k}": v for m, path in backbones.items() if path for k, v in extra.items()},
     )
     processor = DMILProcessor(
