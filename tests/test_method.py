@@ -251,3 +251,12 @@ def test_composition_gate_trains_from_its_own_loss_not_from_the_final_ce():
     reference = DMILForMultimodalClassification(make_config(TEXT_VISION, gate_objective="mixture")).train()
     reference(**random_inputs(config), stage=2).loss_terms["ce_final"].backward()
     assert any(p.grad is not None and p.grad.any() for p in reference.interaction_gate.parameters())
+
+
+def test_gate_can_read_the_heads_predictions():
+    config = make_config(TEXT_VISION, gate_reads_predictions=True)
+    model = DMILForMultimodalClassification(config).eval()
+    assert model.interaction_gate.mlp.fc1.in_features == 4 * config.latent_dim + 4 * config.num_labels
+    with torch.no_grad():
+        out = model(**{k: v for k, v in random_inputs(config).items() if k != "labels"})
+    torch.testing.assert_close(out.interaction_weights.sum(-1), torch.ones(4))
