@@ -211,7 +211,8 @@ class SynergyFusion(nn.Module):
 
 
 class MLPSynergyFusion(SynergyFusion):
-    """S = Linear(x) + MLP(x) with x = [N_1, ..., N_K, N_i * N_j] (`"mlp"`, the library default).
+    """S = Linear(x) + MLP(x) with x = [N_1, ..., N_K, N_i * N_j] (`"mlp"`, the library default; with
+    `synergy_input="z"` the Z_m take the N_m's place).
 
     Diagonal bilinear terms followed by one linear map express XOR of two bits, but not a sum modulo C of two
     digits; a hidden layer does (the joint baseline's MLP head learns it on the same features). The linear path
@@ -253,10 +254,10 @@ def joint_redundancy_logits(classifier: nn.Module, level2: dict, present: torch.
 
 
 def per_modality_redundancy_logits(classifier: nn.Module, level2: dict, present: torch.Tensor) -> torch.Tensor:
-    """`"per_modality"` (default): the redundancy head reads each predictor v_m(R | M_m) alone and the logits are
-    averaged over the modalities present. Redundancy is by definition what every modality predicts alone; read this
-    way the component keeps the ensemble's robustness when one modality is corrupted, where a head on the joint
-    posterior follows whichever modality dominates it."""
+    """`"per_modality"`: the redundancy head reads each predictor v_m(R | M_m) alone and the logits are averaged over
+    the modalities present, as an ensemble would. Redundancy is by definition what every modality predicts alone; the
+    hope was the ensemble's robustness to one corrupted modality, which the real-signal benchmark did not show (README,
+    "Method")."""
     logits = torch.stack([classifier(level2["predictors"][m][0]) for m in level2["predictors"]], dim=1)
     weights = present.to(logits.dtype).unsqueeze(-1)
     return (logits * weights).sum(1) / weights.sum(1).clamp(min=1.0)
