@@ -8,25 +8,36 @@ and starts from the previous stage's saved result. Devices, mixed precision and 
 (and so Accelerate's) business; nothing here is home-made.
 
 The joint and ensemble baselines have a single stage (saved as `stage-1`) trained with the stage-1 settings.
+
+Checkpoints are read back the way `from_pretrained` reads them (the Trainer's own raw `load_state_dict` misses the
+keys that transformers renames on load, e.g. ViT's), and a missing or unexpected key is an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers.utils import is_sagemaker_mp_enabled
 
 from .backbones_dmil import backbone_spec
 from .modeling_dmil import DMILForMultimodalClassification
 from .stages_dmil import EVERYTHING, STAGE_PLANS
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+logger = logging.getLogger(__name__)
 
 STAGE_MARKER = "dmil_stage.json"
 
@@ -170,6 +181,56 @@ def add_lora(model: DMILForMultimodalClassification, **lora_kwargs: Any) -> torc
     lora_kwargs.setdefault("target_modules", lora_target_regex(model))
     lora = LoraConfig(modules_to_save=head_module_names(model), task_type=None, **lora_kwargs)
     return get_peft_model(model, lora)
+
+
+# -------------------------------------------------------------------- checkpoints
+
+
+def load_checkpoint_exactly(model: torch.nn.Module, checkpoint: str) -> None:
+    """Load a checkpoint written by `save_pretrained` (a full model, or a peft adapter for a peft model) into `model`
+    in place, every tensor of it, or raise `ValueError` naming the missing / unexpected keys."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        _load_adapter_exactly(model, checkpoint)
+    elif isinstance(model, PreTrainedModel):
+        _load_model_exactly(model, checkpoint)
+    else:
+        raise TypeError(f"cannot load {checkpoint} into a {type(model).__name__}: not a PreTrainedModel or peft model")
+
+
+def _load_model_exactly(model: PreTrainedModel, checkpoint: str) -> None:
+    # save_pretrained writes some backbones under their legacy key names (transformers 5.x ViT, DINOv2, AST: the
+    # `revert_weight_conversion` of modeling_utils), and only from_pretrained maps them back to the modules' names. So
+    # the checkpoint is read by from_pretrained into a model of the same class (float32 holds any float16/bfloat16/
+    # float32 weight exactly), and copied from there into `model`, which keeps its device, dtype and optimizer. The
+    # price is a second copy of the weights in CPU memory while this runs.
+    # (from_pretrained raises by itself on shape mismatches and conversion errors, but only logs missing and
+    # unexpected keys.)
+    loaded, info = type(model).from_pretrained(checkpoint, dtype=torch.float32, output_loading_info=True)
+    _raise_on_bad_keys(checkpoint, info["missing_keys"], info["unexpected_keys"])
+    model.load_state_dict(loaded.state_dict(), strict=True)
+
+
+def _load_adapter_exactly(model: PeftModel, checkpoint: str) -> None:
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    adapter = model.active_adapter
+    result = set_peft_model_state_dict(model, load_peft_weights(checkpoint, device="cpu"), adapter_name=adapter)
+    # An adapter file holds only the adapter's own tensors (LoRA factors, modules_to_save copies): every base weight
+    # is "missing" by design, but none of the adapter's may be.
+    missing = [key for key in result.missing_keys if f".{adapter}." in key]
+    _raise_on_bad_keys(checkpoint, missing, result.unexpected_keys)
+
+
+def _raise_on_bad_keys(checkpoint: str, missing: Iterable[str], unexpected: Iterable[str]) -> None:
+    problems = {kind: sorted(keys) for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys}
+    if problems:
+        details = "; ".join(f"{len(keys)} {kind} keys, e.g. {keys[:5]}" for kind, keys in problems.items())
+        raise ValueError(
+            f"checkpoint {checkpoint} does not match the model being trained ({details}); refusing to continue with "
+            "part of the model left at other weights"
+        )
 
 
 class DMILTrainer(Trainer):
@@ -342,6 +403,27 @@ class DMILTrainer(Trainer):
         model = type(_unwrap(self.model)).from_pretrained(stage_dir, dtype=torch.float32)
         self._install_model(model)
         self.stage = stage
+
+    # ---------------------------------------------------------------- loading checkpoints
+
+    def _uses_native_checkpoint_format(self) -> bool:
+        """DeepSpeed, FSDP and SageMaker MP checkpoints have formats of their own: the Trainer loads those."""
+        return self.is_deepspeed_enabled or self.is_fsdp_enabled or is_sagemaker_mp_enabled()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        # Trainer's version loads the weights with load_state_dict(strict=False) and only logs the keys it missed:
+        # a ViT checkpoint (legacy key names on disk) resumed with its vision encoder at the starting weights.
+        if self._uses_native_checkpoint_format():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_checkpoint_exactly(self.model if model is None else model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        # Same as _load_from_checkpoint: Trainer's version left the last checkpoint's ViT in the "best" model.
+        if self._uses_native_checkpoint_format():
+            return super()._load_best_model()
+        best = self.state.best_model_checkpoint
+        logger.info("Loading the best model from %s (score: %s).", best, self.state.best_metric)
+        load_checkpoint_exactly(self.model, best)
 
     # ---------------------------------------------------------------- loss, prediction, logging
 

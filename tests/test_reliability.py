@@ -1,0 +1,134 @@
+"""DMILTrainer never gives a silently wrong result: checkpoints load back exactly (ViT's legacy key names included),
+a folder holding an earlier run is not reused by accident, and resuming survives incomplete checkpoints."""
+
+import json
+import logging
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+from conftest import make_config
+from safetensors.torch import load_file, save_file
+from test_training import REPO, _Interrupt, _InterruptAt, make_args, make_data, two_modality_model, weights
+
+from dmil_hf import DMILForMultimodalClassification, DMILTrainer
+from dmil_hf.training_dmil import STAGE_MARKER, add_lora
+
+
+def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_tensors(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    different = [k for k in expected if not torch.equal(actual[k], expected[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:5]}"
+
+
+def run_interrupted(tmp_path, out: str, stage: int, at_step: int = 3, **kwargs) -> None:
+    """Train into `out` and stop (as a kill would) at `at_step` of `stage`, after the checkpoint of step 2."""
+    settings = dict(output_dir=str(tmp_path / out), max_steps=4, save_strategy="steps", save_steps=2)
+    args = make_args(tmp_path, **settings, **kwargs)
+    trainer = DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data())
+    trainer.add_callback(_InterruptAt([trainer], stage, at_step))
+    with pytest.raises(_Interrupt):
+        trainer.train()
+
+
+def run_to_end(tmp_path, out: str, resume=None, **kwargs) -> DMILTrainer:
+    settings = dict(output_dir=str(tmp_path / out), max_steps=4, save_strategy="steps", save_steps=2)
+    trainer = DMILTrainer(model=two_modality_model(), args=make_args(tmp_path, **{**settings, **kwargs}),
+                          train_dataset=make_data())
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+# ------------------------------------------------------------------ 1. checkpoints load back exactly
+
+
+def test_best_model_at_end_restores_every_weight_of_the_best_checkpoint(tmp_path):
+    # Evaluated on its own training data, the model's loss falls epoch after epoch; asking for the *highest* loss
+    # makes the first epoch's checkpoint the best one, so the best checkpoint is not the last.
+    args = make_args(
+        tmp_path, stages="1", max_steps=-1, num_train_epochs=3, learning_rate=1e-3, eval_strategy="epoch",
+        save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True,
+    )
+    trainer = DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data(), eval_dataset=make_data())
+    trainer.train()
+    stage1 = tmp_path / "run" / "stage-1"
+    best, last = trainer.state.best_model_checkpoint, str(stage1 / "checkpoint-12")
+    assert best == str(stage1 / "checkpoint-4") and os.path.isdir(last)
+
+    expected = state(DMILForMultimodalClassification.from_pretrained(best))
+    last_weights = state(DMILForMultimodalClassification.from_pretrained(last))
+    # The test means something only if the vision encoder moved between the best and the last checkpoint.
+    assert any(not torch.equal(expected[k], last_weights[k]) for k in expected if k.startswith("backbones.vision."))
+    assert_same_tensors(state(DMILForMultimodalClassification.from_pretrained(stage1)), expected)
+
+
+@pytest.mark.parametrize("stage, finetune_method", [(1, "lora"), (3, "full")])
+def test_resume_inside_a_stage_that_trains_vit_matches_uninterrupted_run(tmp_path, stage, finetune_method):
+    stages = "1" if stage == 1 else "1,2,3"
+    run_to_end(tmp_path, "straight", stages=stages, finetune_method=finetune_method)
+    run_interrupted(tmp_path, "interrupted", stage, stages=stages, finetune_method=finetune_method)
+    assert (tmp_path / "interrupted" / f"stage-{stage}" / "checkpoint-2").is_dir()
+    run_to_end(tmp_path, "interrupted", resume=True, stages=stages, finetune_method=finetune_method)
+    straight = weights(tmp_path / "straight" / f"stage-{stage}")
+    resumed = weights(tmp_path / "interrupted" / f"stage-{stage}")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+FAMILIES = [
+    dict(text="bert", vision="vit", audio="wav2vec2"),
+    dict(text="roberta", vision="clip_vision_model", audio="hubert"),
+    dict(text="bert", vision="dinov2", audio="audio-spectrogram-transformer"),
+    dict(text="bert", vision="vit", audio="whisper"),
+]
+
+
+@pytest.mark.parametrize("families", FAMILIES, ids=lambda f: "-".join(f.values()))
+def test_a_saved_checkpoint_loads_back_exactly_for_every_backbone_family(tmp_path, families):
+    torch.manual_seed(0)
+    saved = DMILForMultimodalClassification(make_config(**families))
+    trainer = DMILTrainer(model=saved, args=make_args(tmp_path))
+    trainer.save_model(str(tmp_path / "checkpoint-1"))
+    torch.manual_seed(1)  # a differently initialised model of the same class takes the checkpoint
+    trainer.model = DMILForMultimodalClassification(make_config(**families))
+    trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
+    assert_same_tensors(state(trainer.model), state(saved))
+
+
+def test_a_lora_checkpoint_loads_back_exactly(tmp_path):
+    def lora_model():
+        torch.manual_seed(0)  # the same base model on both sides, as when stage 3 starts from stage 2
+        return add_lora(DMILForMultimodalClassification(make_config(("text", "vision"), vision="dinov2")), r=4)
+
+    saved = lora_model()
+    with torch.no_grad():  # adapters and heads away from their initial values
+        for name, parameter in saved.named_parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter))
+    trainer = DMILTrainer(model=saved, args=make_args(tmp_path))
+    trainer.save_model(str(tmp_path / "checkpoint-1"))
+    trainer.model = lora_model()
+    trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
+    assert_same_tensors(state(trainer.model), state(saved))
+
+
+@pytest.mark.parametrize("damage", ["missing", "unexpected"])
+def test_a_checkpoint_with_missing_or_unexpected_keys_is_an_error(tmp_path, damage):
+    trainer = DMILTrainer(model=two_modality_model(), args=make_args(tmp_path))
+    folder = tmp_path / "checkpoint-1"
+    trainer.save_model(str(folder))
+    tensors = load_file(folder / "model.safetensors")
+    if damage == "missing":
+        tensors.pop(next(k for k in tensors if k.startswith("interaction_gate.")))
+    else:
+        tensors["interaction_gate.stray.weight"] = torch.zeros(2)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=damage):
+        trainer._load_from_checkpoint(str(folder))
