@@ -85,6 +85,15 @@ class DMILTrainingArguments(TrainingArguments):
     model_card_template: str | None = field(
         default=None, metadata={"help": "Jinja model-card template (default: model_cards/dmil.md of the repo)."}
     )
+    # transformers 5 removed this field from TrainingArguments; DMILTrainer needs it to tell a fresh start into a used
+    # folder (an error unless this is set) from a resume.
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Delete the stage folders and final/ an earlier run left in output_dir before training. Without "
+            "it (or resume_from_checkpoint), training into a folder that holds a run is an error."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -238,7 +247,10 @@ class DMILTrainer(Trainer):
 
     `train()` runs the stages of `args.stages` in order; `train(stage=k)` runs one. Under `resume_from_checkpoint=True`
     finished stages are loaded from `output_dir/stage-k` and the interrupted one resumes from its last checkpoint;
-    a checkpoint path resumes inside the stage it belongs to. After a LoRA stage 3, `output_dir/stage-3` holds the
+    a checkpoint path resumes inside the stage it belongs to. Without resuming, training into an `output_dir` that already holds a run
+    (a folder of a stage to run or of a later one, or `final/`) is an error unless `args.overwrite_output_dir`, which
+    deletes those folders first; the folders of stages before the first one run are the run's starting point and are
+    kept (`train(stage=3)` continues from `stage-2`). After a LoRA stage 3, `output_dir/stage-3` holds the
     merged model (loads with `AutoModel.from_pretrained`) and `output_dir/stage-3/adapter` the adapter (loads with
     peft onto the stage-2 model). The unweighted loss terms are logged next to the loss.
 
@@ -274,6 +286,9 @@ class DMILTrainer(Trainer):
         self._base_output_dir = self.args.output_dir
         self._shared_args = {k: getattr(self.args, k) for k in ("num_train_epochs", "max_steps", "learning_rate")}
         self._frozen_modules: list[torch.nn.Module] = []
+        # The LoRA adapter of the last stage this trainer finished or loaded, if that stage trained through one:
+        # save_final copies this one and no other (a folder can hold an adapter another run left there).
+        self._adapter_dir: str | None = None
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
 
@@ -303,6 +318,8 @@ class DMILTrainer(Trainer):
                     f"{self._base_output_dir}/stage-k/ for one of the stages run ({stages})"
                 )
             resume_stage, resume_path = int(match.group(1)), resume_from_checkpoint
+        if not resume_from_checkpoint:
+            self._claim_output_dir(stages)
 
         push = self.args.push_to_hub
         self.args.push_to_hub = False  # the Trainer would push each stage's checkpoints to the repo root; we push per stage
@@ -332,6 +349,34 @@ class DMILTrainer(Trainer):
             output = TrainOutput(global_step=0, training_loss=0.0, metrics={})
         metrics = {**output.metrics, "stages": {str(k): v for k, v in self.stage_results.items()}}
         return TrainOutput(output.global_step, output.training_loss, metrics)
+
+    def _claim_output_dir(self, stages: list[int]) -> None:
+        """Make sure a fresh (not resumed) run does not continue or mix with an earlier run's results: refuse a folder
+        that holds them, or delete them under `overwrite_output_dir`."""
+        stale = self._earlier_run_folders(stages)
+        if not stale:
+            return
+        if not self.args.overwrite_output_dir:
+            raise ValueError(
+                f"output_dir {self._base_output_dir} already holds a run ({', '.join(map(os.path.basename, stale))}). "
+                "Pass resume_from_checkpoint=True (--resume_from_checkpoint true) to continue it, or "
+                "overwrite_output_dir=True (--overwrite_output_dir true) to delete those folders and start again."
+            )
+        # Every process must have looked before the main one deletes (or a late one would find nothing, skip the
+        # barrier below and desynchronise), and the deletion must be over before any process writes.
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            for folder in stale:
+                logger.warning("overwrite_output_dir: deleting %s, left by an earlier run", folder)
+                shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()
+
+    def _earlier_run_folders(self, stages: list[int]) -> list[str]:
+        """The folders in output_dir that a run of `stages` would write or that would outlive it and be taken for its
+        results: `stage-k` from the first stage run on, and `final/`."""
+        names = [f"stage-{k}" for k in sorted(STAGE_PLANS) if k >= min(stages)] + ["final"]
+        folders = [os.path.join(self._base_output_dir, name) for name in names]
+        return [folder for folder in folders if os.path.exists(folder)]
 
     def _run_stage(self, stage: int, checkpoint: str | None, **kwargs):
         model = self._model_for_stage(stage)
@@ -379,9 +424,11 @@ class DMILTrainer(Trainer):
     def _finish_stage(self, stage: int, output) -> None:
         """Save the stage's result (under LoRA: adapter and merged model), evaluate it, and mark the stage done."""
         stage_dir = self.stage_dir(stage)
+        self._adapter_dir = None
         if hasattr(self.model, "merge_and_unload"):
+            self._adapter_dir = os.path.join(stage_dir, "adapter")
             if self.is_world_process_zero():
-                self.model.save_pretrained(os.path.join(stage_dir, "adapter"))
+                self.model.save_pretrained(self._adapter_dir)
             self._install_model(self.model.merge_and_unload())
         self._frozen_modules = []
         self.save_model(stage_dir, _internal_call=True)
@@ -391,7 +438,9 @@ class DMILTrainer(Trainer):
         self.stage_results[stage] = metrics
         if self.is_world_process_zero():
             with open(os.path.join(stage_dir, STAGE_MARKER), "w") as f:
-                json.dump({"stage": stage, "metrics": metrics}, f, indent=2, default=float)
+                # "adapter" records that this stage wrote stage-k/adapter, for a later resume to know it is this run's.
+                json.dump({"stage": stage, "metrics": metrics, "adapter": self._adapter_dir is not None}, f, indent=2,
+                          default=float)
         self.accelerator.wait_for_everyone()
 
     def _load_finished_stage(self, stage: int) -> None:
@@ -399,7 +448,11 @@ class DMILTrainer(Trainer):
         if not self.stage_is_complete(stage):
             raise ValueError(f"cannot skip stage {stage}: {stage_dir} holds no finished stage ({STAGE_MARKER} missing)")
         with open(os.path.join(stage_dir, STAGE_MARKER)) as f:
-            self.stage_results[stage] = json.load(f)["metrics"]
+            marker = json.load(f)
+        self.stage_results[stage] = marker["metrics"]
+        # Markers written before the "adapter" entry existed count as adapter-less: copying an adapter of unknown
+        # origin into the final model is the worse mistake.
+        self._adapter_dir = os.path.join(stage_dir, "adapter") if marker.get("adapter") else None
         model = type(_unwrap(self.model)).from_pretrained(stage_dir, dtype=torch.float32)
         self._install_model(model)
         self.stage = stage
@@ -478,9 +531,12 @@ class DMILTrainer(Trainer):
                 from .pipeline_dmil import save_for_pipeline
 
                 save_for_pipeline(_unwrap(self.model), self.processing_class, path)
-            adapter = os.path.join(self.stage_dir(3), "adapter")
-            if os.path.isdir(adapter):
-                shutil.copytree(adapter, os.path.join(path, "adapter"), dirs_exist_ok=True)
+            # final/adapter is this run's adapter or nothing, whatever an earlier save into this folder left.
+            target = os.path.join(path, "adapter")
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            if self._adapter_dir is not None:
+                shutil.copytree(self._adapter_dir, target)
             self.write_model_card(path)
         return path
 

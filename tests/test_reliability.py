@@ -132,3 +132,47 @@ def test_a_checkpoint_with_missing_or_unexpected_keys_is_an_error(tmp_path, dama
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=damage):
         trainer._load_from_checkpoint(str(folder))
+
+
+# ------------------------------------------------------------------ 2. a folder holding a run is not reused by accident
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    trainer = run_to_end(tmp_path, "run", save_strategy="no")  # LoRA stage 3: writes stage-3/adapter
+    trainer.save_final()
+    run = tmp_path / "run"
+    assert (run / "final" / "adapter").is_dir()
+    before = (run / "stage-1" / STAGE_MARKER).read_text()
+
+    for stage in (None, 1, 3):  # the whole schedule, or a stage whose folder is there
+        again = DMILTrainer(model=two_modality_model(), args=make_args(tmp_path, finetune_method="full"),
+                            train_dataset=make_data())
+        with pytest.raises(ValueError, match="overwrite_output_dir"):
+            again.train(stage=stage)
+    assert (run / "stage-1" / STAGE_MARKER).read_text() == before and (run / "stage-3" / "adapter").is_dir()
+
+    # Asked to overwrite, the old stages and final model are removed first: nothing of the LoRA run survives.
+    args = make_args(tmp_path, finetune_method="full", overwrite_output_dir=True)
+    fresh = DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data())
+    fresh.train()
+    fresh.save_final()
+    assert not (run / "stage-3" / "adapter").exists() and not (run / "final" / "adapter").exists()
+    assert sorted(p.name for p in run.iterdir()) == ["final", "stage-1", "stage-2", "stage-3"]
+
+
+def test_save_final_copies_only_an_adapter_of_this_run(tmp_path):
+    # A finished LoRA run resumed: its stage-3 adapter is this run's, and the final model gets it.
+    run_to_end(tmp_path, "lora", save_strategy="no")
+    resumed = run_to_end(tmp_path, "lora", resume=True, save_strategy="no")
+    assert resumed.stage_results and (tmp_path / "lora" / "stage-3" / "adapter").is_dir()
+    assert (tmp_path / resumed.save_final() / "adapter" / "adapter_config.json").is_file()
+
+    # A finished full fine-tuning run next to an adapter it did not write (left by another run), and a final
+    # folder that already holds one: the final model must not get or keep either.
+    run_to_end(tmp_path, "full", save_strategy="no", finetune_method="full")
+    full = tmp_path / "full"
+    shutil.copytree(tmp_path / "lora" / "stage-3" / "adapter", full / "stage-3" / "adapter")
+    shutil.copytree(tmp_path / "lora" / "stage-3" / "adapter", full / "final" / "adapter")
+    resumed = run_to_end(tmp_path, "full", resume=True, save_strategy="no", finetune_method="full")
+    final = resumed.save_final()
+    assert not os.path.exists(os.path.join(final, "adapter"))
