@@ -27,8 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
-from transformers.trainer_utils import TrainOutput, get_last_checkpoint
-from transformers.utils import is_sagemaker_mp_enabled
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
+from transformers.utils import (
+    ADAPTER_SAFE_WEIGHTS_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    is_sagemaker_mp_enabled,
+)
 
 from .backbones_dmil import backbone_spec
 from .modeling_dmil import DMILForMultimodalClassification
@@ -40,6 +48,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STAGE_MARKER = "dmil_stage.json"
+# Names the Trainer gives to a checkpoint's files (transformers.trainer; spelled out here because they are a file
+# format, while where transformers keeps the constants is not).
+TRAINER_STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAMES = ("optimizer.pt", "optimizer.bin")
+SCHEDULER_NAME = "scheduler.pt"
+# The model weights of a checkpoint, in any of the forms save_pretrained writes (whole, sharded, or a peft adapter).
+WEIGHT_NAMES = (
+    SAFE_WEIGHTS_NAME, WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME,
+    ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME,
+)
+_CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
 
 @dataclass
@@ -195,6 +214,53 @@ def add_lora(model: DMILForMultimodalClassification, **lora_kwargs: Any) -> torc
 # -------------------------------------------------------------------- checkpoints
 
 
+def checkpoint_is_complete(checkpoint: str) -> bool:
+    """Whether a Trainer checkpoint was written to the end: model weights and a readable trainer state.
+
+    `Trainer._save_checkpoint` writes the weights, then optimizer, scheduler and RNG state, and the trainer state last,
+    so a checkpoint whose trainer state is there was not cut short by a kill.
+    """
+    if not any(os.path.isfile(os.path.join(checkpoint, name)) for name in WEIGHT_NAMES):
+        return False
+    try:
+        with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(folder: str) -> str | None:
+    """The newest complete `checkpoint-N` in `folder` (None if there is none), warning about each newer incomplete
+    one it passes over."""
+    if not os.path.isdir(folder):
+        return None
+    steps = sorted(
+        ((int(match.group(1)), name) for name in os.listdir(folder)
+         if (match := _CHECKPOINT_NAME.fullmatch(name)) and os.path.isdir(os.path.join(folder, name))),
+        reverse=True,
+    )
+    for _, name in steps:
+        checkpoint = os.path.join(folder, name)
+        if checkpoint_is_complete(checkpoint):
+            return checkpoint
+        logger.warning(
+            "Skipping the incomplete checkpoint %s (no model weights or no readable %s: its write was interrupted); "
+            "resuming from the last complete checkpoint before it, if any.", checkpoint, TRAINER_STATE_NAME,
+        )
+    return None
+
+
+def missing_optimizer_files(checkpoint: str) -> list[str]:
+    """The optimizer and scheduler state files a checkpoint lacks (empty when it can restore both)."""
+    missing = []
+    if not any(os.path.isfile(os.path.join(checkpoint, name)) for name in OPTIMIZER_NAMES):
+        missing.append(OPTIMIZER_NAMES[0])
+    if not os.path.isfile(os.path.join(checkpoint, SCHEDULER_NAME)):
+        missing.append(SCHEDULER_NAME)
+    return missing
+
+
 def load_checkpoint_exactly(model: torch.nn.Module, checkpoint: str) -> None:
     """Load a checkpoint written by `save_pretrained` (a full model, or a peft adapter for a peft model) into `model`
     in place, every tensor of it, or raise `ValueError` naming the missing / unexpected keys."""
@@ -246,8 +312,9 @@ class DMILTrainer(Trainer):
     """A `Trainer` that runs DMIL's decomposition pretraining (stages 1-2) and interaction fine-tuning (stage 3).
 
     `train()` runs the stages of `args.stages` in order; `train(stage=k)` runs one. Under `resume_from_checkpoint=True`
-    finished stages are loaded from `output_dir/stage-k` and the interrupted one resumes from its last checkpoint;
-    a checkpoint path resumes inside the stage it belongs to. Without resuming, training into an `output_dir` that already holds a run
+    finished stages are loaded from `output_dir/stage-k` and the interrupted one resumes from its last complete
+    checkpoint (an incomplete one, left by a kill during its write, is skipped with a warning); a checkpoint path
+    resumes inside the stage it belongs to. Without resuming, training into an `output_dir` that already holds a run
     (a folder of a stage to run or of a later one, or `final/`) is an error unless `args.overwrite_output_dir`, which
     deletes those folders first; the folders of stages before the first one run are the run's starting point and are
     kept (`train(stage=3)` continues from `stage-2`). After a LoRA stage 3, `output_dir/stage-3` holds the
@@ -317,6 +384,11 @@ class DMILTrainer(Trainer):
                     f"resume_from_checkpoint={resume_from_checkpoint!r} must be a checkpoint inside "
                     f"{self._base_output_dir}/stage-k/ for one of the stages run ({stages})"
                 )
+            if not checkpoint_is_complete(resume_from_checkpoint):
+                raise ValueError(
+                    f"resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint (it needs model "
+                    f"weights and {TRAINER_STATE_NAME}; its write may have been interrupted)"
+                )
             resume_stage, resume_path = int(match.group(1)), resume_from_checkpoint
         if not resume_from_checkpoint:
             self._claim_output_dir(stages)
@@ -332,7 +404,7 @@ class DMILTrainer(Trainer):
                     continue
                 checkpoint = resume_path if k == resume_stage else None
                 if resume_from_checkpoint is True:
-                    checkpoint = get_last_checkpoint(self.stage_dir(k)) if os.path.isdir(self.stage_dir(k)) else None
+                    checkpoint = last_complete_checkpoint(self.stage_dir(k))
                 output = self._run_stage(k, checkpoint, **kwargs)
                 if push:
                     self._upload(self.stage_dir(k), path_in_repo=f"stage-{k}", message=f"DMIL stage {k}")
@@ -477,6 +549,18 @@ class DMILTrainer(Trainer):
         best = self.state.best_model_checkpoint
         logger.info("Loading the best model from %s (score: %s).", best, self.state.best_metric)
         load_checkpoint_exactly(self.model, best)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        # Trainer restores the optimizer and the schedule together, and silently neither when a file is missing.
+        if checkpoint is not None and not self._uses_native_checkpoint_format():
+            missing = missing_optimizer_files(checkpoint)
+            if missing:
+                logger.warning(
+                    "Checkpoint %s has no %s: resuming with a fresh optimizer and learning-rate schedule (the Trainer "
+                    "restores both or neither), so the continued run will not match an uninterrupted one.",
+                    checkpoint, " or ".join(missing),
+                )
+        super()._load_optimizer_and_scheduler(checkpoint)
 
     # ---------------------------------------------------------------- loss, prediction, logging
 

@@ -176,3 +176,63 @@ def test_save_final_copies_only_an_adapter_of_this_run(tmp_path):
     resumed = run_to_end(tmp_path, "full", resume=True, save_strategy="no", finetune_method="full")
     final = resumed.save_final()
     assert not os.path.exists(os.path.join(final, "adapter"))
+
+
+# ------------------------------------------------------------------ 3. resuming
+
+
+def test_resume_skips_an_incomplete_checkpoint_with_a_warning(tmp_path, caplog):
+    run_to_end(tmp_path, "straight", stages="1")
+    run_interrupted(tmp_path, "interrupted", 1, stages="1")
+    stage1 = tmp_path / "interrupted" / "stage-1"
+    # A kill while checkpoint-4 was being written: weights cut short, no trainer state yet.
+    (stage1 / "checkpoint-4").mkdir()
+    weights_file = (stage1 / "checkpoint-2" / "model.safetensors").read_bytes()
+    (stage1 / "checkpoint-4" / "model.safetensors").write_bytes(weights_file[:1000])
+    with caplog.at_level(logging.WARNING, logger="dmil_hf"):
+        run_to_end(tmp_path, "interrupted", resume=True, stages="1")
+    assert any("checkpoint-4" in r.getMessage() and "incomplete" in r.getMessage() for r in caplog.records)
+    straight, resumed = weights(tmp_path / "straight" / "stage-1"), weights(stage1)
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("lost", ["optimizer.pt", "scheduler.pt"])
+def test_resume_without_optimizer_or_scheduler_state_warns(tmp_path, caplog, lost):
+    run_interrupted(tmp_path, "run", 1, stages="1")
+    (tmp_path / "run" / "stage-1" / "checkpoint-2" / lost).unlink()
+    with caplog.at_level(logging.WARNING, logger="dmil_hf"):
+        run_to_end(tmp_path, "run", resume=True, stages="1")
+    assert any(lost in r.getMessage() and "checkpoint-2" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "run" / "stage-1" / STAGE_MARKER).is_file()
+
+
+@pytest.fixture
+def cli():
+    sys.path.insert(0, os.path.join(REPO, "training"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+    return run
+
+
+def test_cli_resume_true_skips_finished_stages_and_overwrite_is_exposed(tmp_path, cli):
+    out = tmp_path / "out"
+    argv = [
+        "--synthetic_train_size", "32", "--synthetic_eval_size", "16", "--synthetic_modalities", "text,vision",
+        "--max_steps", "1", "--per_device_train_batch_size", "16", "--save_strategy", "no", "--report_to", "none",
+        "--use_cpu", "true", "--disable_tqdm", "true", "--output_dir", str(out),
+    ]
+    cli.main(argv)
+    markers = {k: (out / f"stage-{k}" / STAGE_MARKER).read_text() for k in (1, 2, 3)}
+    _, _, args, _ = cli.parse_arguments([*argv, "--resume_from_checkpoint", "true"])
+    assert args.resume_from_checkpoint is True
+    metrics = cli.main([*argv, "--resume_from_checkpoint", "true"])
+    # Every stage was finished: each is loaded, none retrained.
+    assert sorted(metrics["stages"]) == ["1", "2", "3"]
+    assert all((out / f"stage-{k}" / STAGE_MARKER).read_text() == markers[k] for k in (1, 2, 3))
+    with pytest.raises(ValueError, match="overwrite_output_dir"):
+        cli.main(argv)
+    cli.main([*argv, "--overwrite_output_dir", "true"])
+    assert json.loads((out / "stage-1" / STAGE_MARKER).read_text())["stage"] == 1

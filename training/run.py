@@ -13,6 +13,10 @@ Data: the built-in synthetic interaction benchmark (`--dataset synthetic`), a Hu
 `datasets.save_to_disk`, or local csv/json/parquet files (`--train_file`, `--validation_file`) with text, image-path
 and audio-path columns (names set by `--text_column`, `--image_column`, `--audio_column`, `--label_column`).
 Raw columns are turned into model inputs by a `DMILProcessor` built from the backbones' own processors.
+
+Runs: an `--output_dir` that already holds a run is refused. `--resume_from_checkpoint true` continues it (finished
+stages are loaded, the interrupted one resumes from its last complete checkpoint), `--resume_from_checkpoint PATH`
+resumes from that checkpoint, and `--overwrite_output_dir true` deletes the earlier run's stages and final model first.
 """
 
 from __future__ import annotations
@@ -103,7 +107,18 @@ def parse_arguments(argv: list[str]):
             file_args = _to_cli(yaml.safe_load(f) or {})  # YAML is a superset of JSON
     parser = HfArgumentParser((ModelArguments, DataArguments, DMILTrainingArguments))
     # Later flags win in argparse, so command-line overrides follow the file's values.
-    return (*parser.parse_args_into_dataclasses(args=file_args + argv), config_file)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=file_args + argv)
+    training_args.resume_from_checkpoint = resume_value(training_args.resume_from_checkpoint)
+    return model_args, data_args, training_args, config_file
+
+
+def resume_value(flag: str | None) -> str | bool | None:
+    """What `--resume_from_checkpoint` asks DMILTrainer.train for: `true` is its resume of the whole run (skip
+    finished stages), `false` no resume, anything else a checkpoint path. TrainingArguments types the field as a
+    string, so without this `true` would reach the trainer as a path named "true"."""
+    if flag is None or flag.strip().lower() == "false":
+        return None
+    return True if flag.strip().lower() == "true" else flag
 
 
 def preset_kwargs(model_args: ModelArguments) -> dict:
