@@ -177,7 +177,8 @@ def test_logged_loss_under_gradient_accumulation(tmp_path):
             for k, v in no_dropout.items():
                 setattr(sub, k, v)
         model = DMILForMultimodalClassification(config)
-        args = make_args(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
+        args = make_args(tmp_path, output_dir=str(tmp_path / f"run-{batch}x{accumulation}"), max_steps=1,
+                         per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
         trainer = DMILTrainer(model=model, args=args, train_dataset=make_data())
         trainer.train()
         return next(r["loss"] for r in trainer.state.log_history if "loss" in r)
