@@ -361,6 +361,37 @@ def _check_tensor(name: str, value: object, floating: bool) -> torch.Tensor:
     return value
 
 
+# Inputs are normalised (images and waveforms of unit scale, spectrograms of tens at most); a magnitude beyond this is
+# a unit mistake (raw 16-bit samples, unscaled pixels) or garbage, and overflows attention to NaN logits in half
+# precision long before it overflows float32.
+MAX_INPUT_MAGNITUDE = 1e4
+
+
+def _check_values(name: str, value: torch.Tensor) -> None:
+    """NaN, infinite and absurdly large values, in one host sync."""
+    magnitude = value.detach().abs().amax()
+    if bool(magnitude <= MAX_INPUT_MAGNITUDE):
+        return
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    raise ValueError(
+        f"{name} has values up to {float(magnitude):.3g}; the backbones expect normalised inputs (|x| <= "
+        f"{MAX_INPUT_MAGNITUDE:g}): was a processor's normalisation skipped?"
+    )
+
+
+def _receptive_field(config) -> int | None:
+    """Fewest waveform samples a convolutional feature encoder (wav2vec2, HuBERT, WavLM) turns into one frame."""
+    kernels, strides = getattr(config, "conv_kernel", None), getattr(config, "conv_stride", None)
+    if not kernels or not strides:
+        return None
+    field, jump = 1, 1
+    for kernel, stride in zip(kernels, strides):
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field
+
+
 def _check_rank(name: str, value: torch.Tensor, rank: int | None, layout: str) -> None:
     if rank is not None and value.dim() != rank:
         raise ValueError(f"{name} must have shape {layout} ({rank} dims), got shape {tuple(value.shape)}")
@@ -573,8 +604,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 return
             value = _check_tensor(name, value, floating)
             _check_rank(name, value, rank, layout)
-            if config.check_inputs and floating and not bool(torch.isfinite(value).all()):
-                raise ValueError(f"{name} contains NaN or infinite values")
+            if config.check_inputs and floating:
+                _check_values(name, value)
             grouped.setdefault(modality, {})[key] = value
             batch_sizes[name] = value.shape[0]
 
@@ -586,6 +617,15 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             add("text", "token_type_ids", "token_type_ids", False, 2, "(batch, sequence_length)")
             if "input_ids" in grouped.get("text", {}):
                 ids = grouped["text"]["input_ids"]
+                if ids.dtype in (torch.bool, torch.uint8):
+                    raise TypeError(f"input_ids must be integer token ids (int64 or int32), got dtype {ids.dtype}")
+                limit = getattr(config.text_config, "max_position_embeddings", None)
+                if ids.shape[1] == 0 or (limit and ids.shape[1] > limit):
+                    raise ValueError(
+                        f"input_ids must have between 1 and {limit or 'any number of'} tokens per sample for this "
+                        f"{config.text_config.model_type} backbone, got shape {tuple(ids.shape)}; truncate the text "
+                        "(the processor does with truncation=True)"
+                    )
                 for extra in ("attention_mask", "token_type_ids"):
                     if extra in grouped["text"] and grouped["text"][extra].shape != ids.shape:
                         raise ValueError(
@@ -615,6 +655,13 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             add("audio", main, name, True, spec.input_rank, layout)
             if "audio" in grouped:
                 audio = grouped["audio"][main]
+                shortest = _receptive_field(config.audio_config) if spec.input_rank == 2 else None
+                if shortest and audio.shape[1] < shortest:
+                    raise ValueError(
+                        f"{name} must have at least {shortest} samples per clip (the receptive field of this "
+                        f"{config.audio_config.model_type} feature encoder), got shape {tuple(audio.shape)}; pad short "
+                        "clips (the processor does)"
+                    )
                 expected = expected_input_shape(config.audio_config, spec)
                 if expected and tuple(audio.shape[1:]) != expected:
                     raise ValueError(
@@ -652,6 +699,10 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                     f"modality_mask must be a tensor of shape (batch, {len(self.modalities)}) with columns "
                     f"{self.modalities}, got {getattr(modality_mask, 'shape', type(modality_mask).__name__)}"
                 )
+            if modality_mask.dtype != torch.bool and self.config.check_inputs:
+                # A float mask like 0.5 would silently count as present: only 0 and 1 mean something.
+                if not bool(((modality_mask == 0) | (modality_mask == 1)).all()):
+                    raise ValueError("modality_mask must hold only 0/1 or False/True, got other values")
             present = present & modality_mask.to(device=device, dtype=torch.bool)
         if self.config.check_inputs and not bool(present.any(dim=1).all()):
             raise ValueError("every sample needs at least one modality; modality_mask leaves a sample with none")
@@ -675,7 +726,10 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         """Pooled backbone features of one modality, `(batch, hidden_size)`."""
         backbone = self.backbones[modality]
         mask = inputs.get("attention_mask")
-        kwargs = dict(inputs)
+        # Floating inputs follow the backbone's dtype (float64 audio, float32 images into a bf16 model); ids and masks
+        # stay integer.
+        dtype = backbone.dtype
+        kwargs = {k: v.to(dtype) if v.is_floating_point() and k != "attention_mask" else v for k, v in inputs.items()}
         if mask is not None and not self._forward_takes_mask[modality]:
             kwargs.pop("attention_mask")
         output = backbone(**kwargs)
