@@ -408,6 +408,22 @@ class DMILPreTrainedModel(PreTrainedModel):
     # forward has no **kwargs and returns a per-batch mean: the Trainer must scale it for gradient accumulation.
     accepts_loss_kwargs = False
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, except that a checkpoint whose weights do not cover the model its config
+        describes (a paradigm or variant changed in config.json, a head or backbone tensor missing) is an error:
+        transformers would log the missing keys and initialise those modules at random."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        problems = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys")}
+        if any(problems.values()):
+            details = "; ".join(f"{len(keys)} {kind.replace('_', ' ')}, e.g. {keys[:4]}" for kind, keys in problems.items() if keys)
+            raise ValueError(
+                f"the weights in {pretrained_model_name_or_path} do not match the model its config describes "
+                f"({details}); was config.json edited, or the folder assembled from different runs?"
+            )
+        return (model, info) if want_info else model
+
     def _init_weights(self, module: nn.Module) -> None:
         # Backbones are dispatched to their own _init_weights by transformers; only DMIL's heads land here. They keep
         # PyTorch's default (Kaiming-uniform) init, which trains the small MLPs from scratch better than N(0, 0.02).

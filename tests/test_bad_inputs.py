@@ -81,3 +81,23 @@ def test_float64_and_float32_inputs_are_cast_to_the_backbones_dtype():
         model.to(torch.bfloat16)
         out = model(**inputs)  # float32 images and audio into a bf16 model
     assert torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("edit", ["paradigm", "synergy_fusion", "drop_gate"])
+def test_a_folder_whose_config_disagrees_with_its_weights_refuses_to_load(tmp_path, edit):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    DMILForMultimodalClassification(make_config(("text", "vision"))).save_pretrained(tmp_path)
+    config_path, weights_path = tmp_path / "config.json", tmp_path / "model.safetensors"
+    if edit == "drop_gate":
+        weights = {k: v for k, v in load_file(weights_path).items() if not k.startswith("interaction_gate.")}
+        save_file(weights, weights_path, metadata={"format": "pt"})
+    else:
+        config = json.loads(config_path.read_text())
+        config[edit] = {"paradigm": "joint", "synergy_fusion": "linear"}[edit]
+        config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not match the model its config describes"):
+        DMILForMultimodalClassification.from_pretrained(tmp_path)
