@@ -31,11 +31,12 @@ class MultimodalClassificationPipeline(Pipeline):
     r"""Classify samples made of any of text, an image and an audio clip with a DMIL model (or its joint / ensemble
     baselines), and report how much each prediction rests on redundant, unique and synergistic information.
 
-    Inputs: a dict with any of the keys `"text"` (str), `"image"` (PIL image, numpy array, torch tensor or file path)
-    and `"audio"` (1-D waveform at the feature extractor's rate, `(waveform, sampling_rate)` tuple,
-    `{"array", "sampling_rate"}` dict or file path), or a list of such dicts. A modality left out of a sample (or
-    given as None) is handled as missing: the model renormalises its gate over what the sample has. `batch_size > 1`
-    batches samples with different modalities together; each modality is padded on its own.
+    Inputs: a dict with any of the keys `"text"` (str; "" or whitespace counts as missing), `"image"` (PIL image,
+    numpy array, torch tensor or file path; uint8 arrays are 0..255, float arrays [0, 1]) and `"audio"` (1-D
+    waveform at the feature extractor's rate, `(waveform, sampling_rate)` tuple, `{"array", "sampling_rate"}` dict
+    or file path), or a list of such dicts. A modality left out of a sample (or given as None) is handled as
+    missing: the model renormalises its gate over what the sample has. `batch_size > 1` batches samples with
+    different modalities together; each modality is padded on its own.
 
     Output, per input: a list of the `top_k` best labels, best first, each
     `{"label": str, "score": float, "interactions": {component: weight}}`. `score` is the softmax probability;
@@ -83,6 +84,20 @@ class MultimodalClassificationPipeline(Pipeline):
             raise ValueError(
                 f"the model has the modalities {modalities}, but the processor has no sub-processor for {lacking}"
             )
+        # Checked here, once: a processor with a modality the model lacks would add a modality_mask column the
+        # model refuses on every call.
+        extra = [m for m in self.processor.modalities if m not in modalities]
+        if extra:
+            raise ValueError(
+                f"the processor has the modalities {self.processor.modalities}, but the model only {modalities}: "
+                f"build the processor without the sub-processor(s) for {extra}"
+            )
+        # The text backbone's own limit, so that a tokenizer saved without model_max_length cannot send it longer
+        # texts than its position embeddings cover.
+        self._text_max_length = (
+            self.processor.text_length_limit(self.processor.backbone_text_length(self.model.config.text_config))
+            if "text" in modalities else None
+        )
         # A model built in this process may still be in train mode (dropout on); from_pretrained ones are in eval.
         self.model.eval()
 
@@ -183,7 +198,8 @@ class MultimodalClassificationPipeline(Pipeline):
             values = [example.get(key) for example in examples]
             if any(value is not None for value in values):
                 arguments[argument] = values
-        batch = self.processor(**arguments, return_tensors="pt")
+        text_kwargs = {"max_length": self._text_max_length} if "text" in arguments else None
+        batch = self.processor(**arguments, return_tensors="pt", text_kwargs=text_kwargs)
         # Float inputs follow the model's dtype (a bf16 model gets bf16 pixels); masks and ids stay as they are.
         return batch.to(self.dtype) if self.dtype is not None else batch
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -30,6 +31,21 @@ MODALITY_ARGUMENTS = {"text": "text", "vision": "images", "audio": "audio"}
 TEXT_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 # The audio mask is renamed so that it never overwrites the tokenizer's `attention_mask` in the flat batch.
 AUDIO_MASK_NAME = "audio_attention_mask"
+# Text length when neither the tokenizer nor the text backbone gives one: the BERT/RoBERTa families' 512.
+DEFAULT_TEXT_MAX_LENGTH = 512
+# A tokenizer saved without a length limit gets transformers' "no limit" sentinel (1e20 or 1e30) as model_max_length.
+_NO_TOKENIZER_LIMIT = int(1e20)
+# Text families whose position ids start after the padding index (RoBERTa's `create_position_ids_from_input_ids`):
+# the first `pad_token_id + 1` rows of their position embeddings are never used by a token.
+_PADDING_OFFSET_FAMILIES = frozenset({
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text", "longformer",
+})
+# PIL modes that hold 16-bit samples (16-bit greyscale PNG and TIFF files); PIL's convert("RGB") clips them at 255.
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+# Float values a hair outside [0, 1] (rounding in earlier arithmetic) are clipped rather than refused.
+_UNIT_RANGE_TOLERANCE = 1e-3
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -120,8 +136,43 @@ def _read_audio_file(path: str | os.PathLike, name: str) -> tuple[np.ndarray, in
         data, sampling_rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
     except Exception as err:
         raise ValueError(f"{name}: cannot read audio file {os.fspath(path)!r} ({type(err).__name__}: {err})") from err
+    # libsndfile decodes a truncated WAV without a word (it shortens the length to what is left), so the length
+    # its header declares is compared here. (A truncated FLAC is a decoding error, reported above.)
+    declared = _wav_header_frames(path)
+    if declared is not None and len(data) < declared:
+        logger.warning(
+            "%s: %r is truncated: decoded %d of the %d samples its header declares (%.3f s at %d Hz); using the "
+            "decoded part", name, os.fspath(path), len(data), declared, len(data) / sampling_rate, sampling_rate,
+        )
     # Multi-channel files are down-mixed: the backbones take mono audio.
     return data.mean(axis=1), int(sampling_rate)
+
+
+def _wav_header_frames(path: str | os.PathLike) -> int | None:
+    """Frames a RIFF/WAVE file's `data` chunk header declares; None for other files, unreadable headers and
+    streamed WAVs whose writer did not know the length (size 0 or 0xFFFFFFFF)."""
+    try:
+        with open(os.fspath(path), "rb") as f:
+            riff = f.read(12)
+            if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+                return None
+            block_align = None
+            while True:
+                header = f.read(8)
+                if len(header) < 8:
+                    return None
+                chunk, size = header[:4], int.from_bytes(header[4:], "little")
+                if chunk == b"fmt ":
+                    fmt = f.read(size + (size & 1))
+                    block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else None
+                elif chunk == b"data":
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    f.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to an even size
+    except OSError:
+        return None
 
 
 def _open_image(source: Any, name: str):
@@ -131,10 +182,15 @@ def _open_image(source: Any, name: str):
         raise ImportError(f"{name}: reading image files needs the `Pillow` package (pip install pillow)") from err
     label = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>"
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)) as image:
-            return image.convert("RGB")
+        opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source))
     except Exception as err:
         raise ValueError(f"{name}: cannot read image file {label!r} ({type(err).__name__}: {err})") from err
+    with opened as image:
+        try:
+            image.load()  # decodes now, so that a corrupt file is reported as one
+        except Exception as err:
+            raise ValueError(f"{name}: cannot read image file {label!r} ({type(err).__name__}: {err})") from err
+        return _to_rgb(image, name)
 
 
 def _is_pil_image(value: Any) -> bool:
@@ -143,6 +199,83 @@ def _is_pil_image(value: Any) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(value, Image.Image)
+
+
+def _to_rgb(image: Any, name: str) -> Any:
+    """Any PIL image as 8-bit RGB: the one conversion every image goes through, from a file, a PIL image or an array.
+
+    16-bit greyscale is scaled from 0..65535 and float ("F") images are taken as [0, 1], by the rules of
+    `_pixels_as_uint8`; every other mode (L, LA, P, RGBA, CMYK, YCbCr, ...) is converted by PIL, alpha dropped.
+    """
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"{name} is an empty image (size {image.size})")
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+        image = _array_to_image(np.asarray(image), name, sixteen_bit=image.mode != "F")
+    try:
+        return image.convert("RGB")
+    except Exception as err:
+        raise ValueError(f"{name}: cannot convert a mode {image.mode!r} image to RGB ({err})") from err
+
+
+def _array_to_image(array: np.ndarray, name: str, sixteen_bit: bool = False, channels_first: bool = False) -> Any:
+    """An image array as a PIL image of its channel count: 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA.
+
+    The layout is (H, W), (H, W, C) or (C, H, W), C in 1..4; an array that reads both ways is taken channels-last
+    (numpy's and PIL's layout) unless `channels_first` (torch's layout, for tensors).
+    """
+    from PIL import Image
+
+    layouts = ("first", "last") if channels_first else ("last", "first")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    else:
+        fits = {"last": array.shape[-1] in (1, 2, 3, 4), "first": array.shape[0] in (1, 2, 3, 4)}
+        layout = next((side for side in layouts if fits[side]), None)
+        if layout is None:
+            raise ValueError(
+                f"{name} must have 1 to 4 channels (grey, grey + alpha, RGB, RGBA) in an (H, W, C) or (C, H, W) "
+                f"array, got shape {array.shape}"
+            )
+        if layout == "first":
+            array = np.moveaxis(array, 0, -1)
+    pixels = np.ascontiguousarray(_pixels_as_uint8(array, name, sixteen_bit))
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[pixels.shape[-1]]
+    return Image.fromarray(pixels[:, :, 0] if mode == "L" else pixels, mode=mode)
+
+
+def _pixels_as_uint8(values: np.ndarray, name: str, sixteen_bit: bool = False) -> np.ndarray:
+    """Pixel values as uint8 0..255, by one rule: uint8 arrays are 0..255, bool arrays 0/255, uint16 arrays (and
+    16-bit images) 0..65535, other integer arrays must hold 0..255, and float arrays are taken as [0, 1]."""
+    dtype = values.dtype
+    if dtype == np.uint8:
+        return values
+    if dtype == np.bool_:
+        return values.astype(np.uint8) * 255
+    if np.issubdtype(dtype, np.integer):
+        low, high = int(values.min()), int(values.max())
+        if sixteen_bit or (dtype.kind == "u" and dtype.itemsize == 2):
+            if low < 0 or high > 65535:
+                raise ValueError(f"{name}: 16-bit image values must lie in 0..65535, got values in [{low}, {high}]")
+            return np.round(values.astype(np.float64) / 257.0).astype(np.uint8)  # 65535 / 257 = 255
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"{name}: integer image arrays must hold 0..255 (or be uint16 for 0..65535), got values in "
+                f"[{low}, {high}] with dtype {dtype}"
+            )
+        return values.astype(np.uint8)
+    if np.issubdtype(dtype, np.floating):
+        values = values.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"{name} contains NaN or infinite pixel values")
+        low, high = float(values.min()), float(values.max())
+        if low < -_UNIT_RANGE_TOLERANCE or high > 1 + _UNIT_RANGE_TOLERANCE:
+            raise ValueError(
+                f"{name}: float image arrays are taken as [0, 1], got values in [{low:.4g}, {high:.4g}]; pass 0..255 "
+                "pixels as uint8 (array.astype(np.uint8)) or divide them by 255"
+            )
+        # Converted once here, so the image processor's rescale (1/255 of uint8) is the only one applied.
+        return np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
+    raise TypeError(f"{name} must be a real-valued (integer, float or bool) image array, got dtype {dtype}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -180,15 +313,27 @@ def _as_batch(value: Any, argument: str) -> list:
     return [value]
 
 
+def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    # numpy has no bfloat16 (nor the float8 types): those are widened to float32 first.
+    if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
+        tensor = tensor.float()
+    return tensor.detach().cpu().numpy()
+
+
 def _check_text(item: Any, name: str) -> str | None:
+    """The text, or None when missing: None, "" and whitespace-only strings carry no text, so they are a missing
+    modality (placeholder and a False modality_mask) rather than an empty sequence the model would have to read."""
     if item is None or isinstance(item, str):
-        return item
+        return item if item and item.strip() else None
     raise TypeError(f"{name} must be a str (or None for a missing text), got {type(item).__name__}")
 
 
 def _check_image(item: Any, name: str) -> Any:
-    if item is None or _is_pil_image(item):
-        return item
+    """The image as an 8-bit RGB PIL image (see `_to_rgb`), or None when missing."""
+    if item is None:
+        return None
+    if _is_pil_image(item):
+        return _to_rgb(item, name)
     if isinstance(item, (str, os.PathLike, bytes)):
         return _open_image(item, name)
     if isinstance(item, dict):  # the undecoded form of a `datasets.Image` column
@@ -197,14 +342,15 @@ def _check_image(item: Any, name: str) -> Any:
         if item.get("path") is not None:
             return _open_image(item["path"], name)
         raise ValueError(f"{name} is a dict without 'bytes' or 'path' (keys: {sorted(item)})")
-    if isinstance(item, torch.Tensor):
-        item = item.detach().cpu().numpy()
+    channels_first = isinstance(item, torch.Tensor)
+    if channels_first:
+        item = _tensor_to_numpy(item)
     if isinstance(item, np.ndarray):
         if item.ndim not in (2, 3) or item.size == 0:
             raise ValueError(f"{name} must be an image array of shape (H, W), (H, W, C) or (C, H, W), got {item.shape}")
         if not (np.issubdtype(item.dtype, np.number) or item.dtype == np.bool_):
             raise TypeError(f"{name} must be a numeric image array, got dtype {item.dtype}")
-        return item
+        return _to_rgb(_array_to_image(item, name, channels_first=channels_first), name)
     raise TypeError(
         f"{name} must be a PIL image, a numpy array, a torch tensor or an image file path (None for a missing image), "
         f"got {type(item).__name__}"
@@ -214,22 +360,24 @@ def _check_image(item: Any, name: str) -> Any:
 def _check_audio(item: Any, name: str, sampling_rate: int | None, target_rate: int) -> np.ndarray | None:
     if item is None:
         return None
-    rate, unpacked = sampling_rate, False
+    # A bare waveform is at the call's `sampling_rate`; a clip with its own rate (tuple, dict, file) at that one.
+    rate, own_rate, unpacked = sampling_rate, False, False
     if isinstance(item, (str, os.PathLike)):
         item, rate = _read_audio_file(item, name)
     elif isinstance(item, tuple):
         if not _is_clip_with_rate(item):
             raise TypeError(f"{name}: a tuple must be (waveform, sampling_rate) with an int rate, got {item!r:.80}")
-        item, rate, unpacked = item[0], int(item[1]), True
+        item, rate, own_rate, unpacked = item[0], int(item[1]), True, True
     elif isinstance(item, dict):  # the decoded form of a `datasets.Audio` column
         if "array" in item:
+            own_rate = item.get("sampling_rate") is not None
             item, rate, unpacked = item["array"], item.get("sampling_rate", sampling_rate), True
         elif item.get("path") is not None:
             item, rate = _read_audio_file(item["path"], name)
         else:
             raise ValueError(f"{name} is a dict without 'array' or 'path' (keys: {sorted(item)})")
     if isinstance(item, torch.Tensor):
-        item = item.detach().cpu().numpy()
+        item = _tensor_to_numpy(item)
     elif unpacked and isinstance(item, list) and all(isinstance(x, (int, float, np.number)) for x in item):
         item = np.asarray(item, dtype=np.float32)  # a waveform stored as a list, unpacked from a tuple or a dict
     if not isinstance(item, np.ndarray):
@@ -249,7 +397,12 @@ def _check_audio(item: Any, name: str, sampling_rate: int | None, target_rate: i
     item = item.astype(np.float32, copy=False)
     if not np.isfinite(item).all():
         raise ValueError(f"{name} contains NaN or infinite samples")
-    return resample_audio(item, rate, target_rate) if rate is not None and int(rate) != target_rate else item
+    if rate is None:
+        return item
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer, float)) or rate <= 0 or rate != int(rate):
+        source = "its sampling rate" if own_rate else "sampling_rate"
+        raise ValueError(f"{name}: {source} must be a positive whole number of Hz, got {rate!r}")
+    return resample_audio(item, int(rate), target_rate) if int(rate) != target_rate else item
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,10 +440,24 @@ class DMILProcessor(ProcessorMixin):
     no keys at all. `modality_mask` is returned whenever some sample lacks one of the processor's modalities (or
     always with `return_modality_mask=True`).
 
+    Missing text: None, "" and whitespace-only strings are all a missing text (an empty string carries nothing
+    for the model to read).
+
+    Images: files, PIL images of any mode and arrays of 1 to 4 channels all become 8-bit RGB the same way before the
+    image processor. Pixel values follow one rule: uint8 arrays are 0..255, float arrays (and float tensors) are
+    taken as [0, 1] (other values are an error, not a guess), uint16 arrays and 16-bit images (PNG mode "I;16"/"I")
+    are 0..65535, bool arrays are black/white, other integer arrays must hold 0..255.
+
+    Text length: texts are truncated to the smallest known limit: the tokenizer's `model_max_length` (unless it is
+    transformers' "no limit" sentinel) and `text_max_length` (the text backbone's positions); 512 when neither is
+    known. `text_kwargs={"max_length": ...}` overrides it.
+
     Args:
         tokenizer ([`PreTrainedTokenizerBase`], *optional*): the text backbone's tokenizer.
         image_processor ([`BaseImageProcessor`], *optional*): the vision backbone's image processor.
         feature_extractor ([`SequenceFeatureExtractor`], *optional*): the audio backbone's feature extractor.
+        text_max_length (`int`, *optional*): tokens the text backbone takes per text (see
+            `DMILProcessor.backbone_text_length(model.config.text_config)`); saved with the processor.
 
     Saving writes the tokenizer files and one `processor_config.json` holding the image and audio configs under
     their own keys (an empty slot is saved as `null`), so the two never overwrite each other, and
@@ -315,10 +482,18 @@ class DMILProcessor(ProcessorMixin):
 
     get_attributes = _PresentSubProcessors()
 
-    def __init__(self, tokenizer=None, image_processor=None, feature_extractor=None):
+    def __init__(
+        self, tokenizer=None, image_processor=None, feature_extractor=None, text_max_length: int | None = None
+    ):
         given = {"tokenizer": tokenizer, "image_processor": image_processor, "feature_extractor": feature_extractor}
         if all(value is None for value in given.values()):
             raise ValueError("DMILProcessor needs at least one of tokenizer, image_processor and feature_extractor")
+        if text_max_length is not None and (
+            isinstance(text_max_length, bool) or not isinstance(text_max_length, int) or text_max_length < 1
+        ):
+            raise ValueError(f"text_max_length must be a positive int or None, got {text_max_length!r}")
+        # Not a sub-processor: ProcessorMixin saves it (an __init__ argument) in processor_config.json.
+        self.text_max_length = text_max_length
         # Filling the slots first makes the instance's get_attributes() list exactly the given sub-processors, which
         # is what ProcessorMixin.__init__ then checks (class of each) and sets.
         for attribute, value in given.items():
@@ -340,6 +515,27 @@ class DMILProcessor(ProcessorMixin):
         if self.feature_extractor is not None:
             names += [self._audio_input_name, AUDIO_MASK_NAME]
         return names + ["modality_mask"]
+
+    @staticmethod
+    def backbone_text_length(text_config: Any) -> int | None:
+        """Tokens a text backbone takes per text: its `max_position_embeddings`, less the positions RoBERTa-style
+        backbones keep before the first token (`pad_token_id + 1`); None when the config does not say."""
+        positions = getattr(text_config, "max_position_embeddings", None)
+        if not isinstance(positions, int) or positions < 1:
+            return None
+        if getattr(text_config, "model_type", None) in _PADDING_OFFSET_FAMILIES:
+            positions -= (getattr(text_config, "pad_token_id", None) or 0) + 1
+        return positions
+
+    def text_length_limit(self, backbone_length: int | None = None) -> int:
+        """The most tokens a text is given: the smallest of the tokenizer's `model_max_length` (when it is a real
+        limit), `text_max_length` and `backbone_length`; `DEFAULT_TEXT_MAX_LENGTH` (512) when none is known."""
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        limits = [
+            limit for limit in (tokenizer_limit, self.text_max_length, backbone_length)
+            if isinstance(limit, int) and 0 < limit < _NO_TOKENIZER_LIMIT
+        ]
+        return min(limits) if limits else DEFAULT_TEXT_MAX_LENGTH
 
     @property
     def _audio_input_name(self) -> str:
@@ -397,9 +593,11 @@ class DMILProcessor(ProcessorMixin):
         """Process a sample or a batch into the model's inputs.
 
         Args:
-            text: a string, or a list with a string (or None) per sample.
-            images: a PIL image, numpy array (HWC or CHW), torch tensor, file path or bytes, or a list of those
-                (None for a missing image).
+            text: a string, or a list with a string (or None) per sample; "" and whitespace-only strings count as
+                a missing text.
+            images: a PIL image (any mode), numpy array ((H, W), HWC or CHW, 1 to 4 channels; uint8 0..255,
+                float [0, 1], uint16 0..65535), torch tensor, file path or bytes, or a list of those (None for a
+                missing image).
             audio: a 1-D waveform, a `(waveform, sampling_rate)` tuple, a `{"array", "sampling_rate"}` dict or a
                 file path (decoded with soundfile, channels averaged), or a list of those (None for a missing clip).
                 Audio at another rate than the feature extractor's is resampled.
@@ -408,8 +606,9 @@ class DMILProcessor(ProcessorMixin):
             return_modality_mask: True to always return `modality_mask`, False never; by default only when some
                 sample lacks a modality.
             text_kwargs, images_kwargs, audio_kwargs: extra arguments of the tokenizer, image processor and feature
-                extractor (they override the defaults: text padding to the longest and truncation, audio padding to
-                the longest where the extractor does not pad to a fixed length itself).
+                extractor (they override the defaults: text padding to the longest and truncation to
+                `text_length_limit()`, audio padding to the longest where the extractor does not pad to a fixed
+                length itself).
         """
         given = {"text": text, "vision": images, "audio": audio}
         for modality, value in given.items():
@@ -446,7 +645,10 @@ class DMILProcessor(ProcessorMixin):
         present = {m: [x is not None for x in items] for m, items in checked.items()}
         for i in range(batch_size):
             if not any(present[m][i] for m in present):
-                raise ValueError(f"sample {i} has no input in any modality (all of {', '.join(sizes)} are None)")
+                raise ValueError(
+                    f"sample {i} has no input in any modality ({', '.join(sizes)} "
+                    f"{'is' if len(sizes) == 1 else 'are'} None or empty)"
+                )
 
         data: dict[str, Any] = {}
         for modality, items in checked.items():
@@ -465,7 +667,9 @@ class DMILProcessor(ProcessorMixin):
         return BatchFeature(data, tensor_type=return_tensors)
 
     def _process_text(self, items: list[str | None], return_tensors, kwargs) -> dict[str, Any]:
-        kwargs = {"padding": True, "truncation": True, **(kwargs or {})}
+        # Truncation needs a length: a tokenizer saved without model_max_length would otherwise let any length
+        # through, and the model refuses texts longer than its position embeddings.
+        kwargs = {"padding": True, "truncation": True, "max_length": self.text_length_limit(), **(kwargs or {})}
         encoded = self.tokenizer(["" if x is None else x for x in items], return_tensors=return_tensors, **kwargs)
         return {k: v for k, v in encoded.items() if k in TEXT_INPUT_NAMES}
 
