@@ -1,6 +1,7 @@
 """Inputs the processor and the pipeline used to get wrong without a word: 16-bit and float images, images in other
 PIL modes or channel counts, truncated WAV files, blank text, tokenizers without a length limit, a processor with
-more modalities than its model."""
+more modalities than its model; and a property-based test that no generated input ends in anything but a
+well-formed result or a ValueError/TypeError naming the input."""
 
 import logging
 import re
@@ -11,6 +12,8 @@ import pytest
 import soundfile
 import torch
 from conftest import make_config
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from test_pipeline import make_model_and_processor, make_tokenizer
 from test_processing import image_processor
@@ -224,3 +227,159 @@ def test_pipeline_refuses_a_processor_with_modalities_the_model_lacks(tmp_path):
         "the processor has the modalities ['text', 'vision', 'audio'], but the model only ['text', 'vision']"
     )):
         MultimodalClassificationPipeline(model=model, processor=processor, device="cpu")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 8. Property: a well-formed, finite result, or a ValueError/TypeError naming the input
+# ----------------------------------------------------------------------------------------------------------------
+
+# How errors name the inputs: a processor argument with the sample's index, a sample, the whole call, the
+# pipeline's input, or the model's input that the processor could not make valid (audio shorter than the encoder).
+INPUT_NAME = re.compile(
+    r"(text|images|audio)\[\d+\]|sampling_rate|sample \d+ has no input|no input given|the input has"
+    r"|\binput_values\b"
+)
+PIL_MODES = ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "HSV", "I", "I;16", "F"]
+GOOD_RATES = [8000, 11025, 16000, 22050, 44100, 48000]
+SETTINGS = settings(
+    max_examples=40, deadline=None, database=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def rarely(common, rare):
+    """`rare` one draw in six: bad values often enough to be tried, not so often that they hide everything else."""
+    # Shrinking goes towards the first choice, so a failing example keeps only the bad values it needs.
+    return st.sampled_from([True] * 5 + [False]).flatmap(lambda is_common: common if is_common else rare)
+
+
+rates = rarely(st.sampled_from([None, *GOOD_RATES]), st.sampled_from([0, -8000]))
+
+
+@st.composite
+def image_inputs(draw):
+    """A PIL image of any mode, or an array/tensor of any layout, channel count and dtype, with values in or out of
+    the dtype's documented range."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    height, width = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    kind = draw(st.sampled_from(["pil", "array", "tensor"]))
+    if kind == "pil":
+        mode = draw(st.sampled_from(PIL_MODES))
+        if mode in ("I", "I;16"):
+            return Image.fromarray(rng.integers(0, 65536, (height, width)).astype(np.uint16)).convert(mode)
+        if mode == "F":
+            scale = draw(rarely(st.just(1.0), st.just(300.0)))
+            return Image.fromarray((rng.random((height, width)) * scale).astype(np.float32))
+        return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
+    channels = draw(rarely(st.integers(1, 4), st.just(5)))
+    shape = draw(st.sampled_from([(height, width), (height, width, channels), (channels, height, width)]))
+    dtype = draw(rarely(st.sampled_from(["uint8", "uint16", "int64", "float32", "float64", "bool"]),
+                        st.just("complex64")))
+    if dtype in ("float32", "float64"):
+        scale = draw(rarely(st.just(1.0), st.sampled_from([255.0, float("nan")])))
+    elif dtype in ("int64", "complex64"):
+        scale = draw(rarely(st.just(255.0), st.just(70000.0)))
+    else:
+        scale = float(np.iinfo(dtype).max) if dtype != "bool" else 1.0
+    values = rng.random(shape) * scale
+    integer = dtype in ("uint8", "uint16", "int64", "bool")
+    array = np.round(np.nan_to_num(values)).astype(dtype) if integer else values.astype(dtype)
+    return torch.from_numpy(array) if kind == "tensor" and dtype != "uint16" else array
+
+
+@st.composite
+def clips(draw):
+    """A waveform of any length and dtype, bare or with a sampling rate in a tuple or a dict."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    length = draw(rarely(st.integers(1, 3000), st.just(0)))
+    dtype = draw(rarely(st.sampled_from(["float32", "float64", "int16", "int32"]), st.just("uint8")))
+    wave = rng.standard_normal(length) * 0.1
+    if draw(rarely(st.just(False), st.just(True))) and length:
+        wave[rng.integers(length)] = draw(st.sampled_from([np.nan, np.inf]))
+    if dtype in ("int16", "int32", "uint8"):
+        wave = np.nan_to_num(wave * 1000, posinf=0)
+    wave = wave.astype(dtype)
+    rate = draw(rates)
+    form = draw(st.sampled_from(["bare", "tuple", "dict", "list"]))
+    if form == "bare" or rate is None:
+        return wave
+    if form == "tuple":
+        return (wave, rate)
+    return {"array": wave.tolist() if form == "list" else wave, "sampling_rate": rate}
+
+
+texts = rarely(
+    st.one_of(st.text(max_size=40), st.integers(1, 2000).map(lambda n: "the cat " * n)),
+    st.one_of(st.just(""), st.sampled_from([" ", "\n\t "]), st.integers()),
+)
+MODALITY_STRATEGIES = {"text": texts, "image": image_inputs(), "audio": clips()}
+PROCESSOR_ARGUMENTS = {"text": "text", "image": "images", "audio": "audio"}
+# A non-empty subset of the modalities, so that most draws reach the processing.
+modality_subsets = st.sets(st.sampled_from(sorted(MODALITY_STRATEGIES)), min_size=1)
+
+
+def assert_finite_batch(batch, batch_size):
+    for key, value in batch.items():
+        assert isinstance(value, torch.Tensor), key
+        assert value.shape[0] == batch_size, key
+        if value.is_floating_point():
+            assert torch.isfinite(value).all(), key
+    if "pixel_values" in batch:
+        assert batch["pixel_values"].shape[1:] == (3, 16, 16)
+    if "input_ids" in batch:
+        assert 0 < batch["input_ids"].shape[1] <= 64
+
+
+def assert_names_the_input(error):
+    assert isinstance(error, (ValueError, TypeError)), f"{type(error).__name__}: {error}"
+    assert INPUT_NAME.search(str(error)), f"the error does not name the input: {error}"
+
+
+@pytest.fixture(scope="module")
+def model_and_processor(tmp_path_factory):
+    model, processor = make_model_and_processor(tmp_path_factory.mktemp("prop"), TVA)
+    return model.eval(), processor
+
+
+@SETTINGS
+@given(data=st.data(), batch_size=st.integers(1, 3))
+def test_property_processor(model_and_processor, data, batch_size):
+    _, processor = model_and_processor
+    arguments = {
+        PROCESSOR_ARGUMENTS[key]: [data.draw(rarely(MODALITY_STRATEGIES[key], st.none()), label=key)
+                                   for _ in range(batch_size)]
+        for key in sorted(data.draw(modality_subsets, label="modalities"))
+    }
+    sampling_rate = data.draw(rates, label="sampling_rate")
+    try:
+        batch = processor(**arguments, sampling_rate=sampling_rate)
+    except Exception as error:  # noqa: BLE001 - the property is about which exceptions escape
+        event(f"error: {str(error)[:40]}")
+        assert_names_the_input(error)
+        return
+    event("processed")
+    assert_finite_batch(batch, batch_size)
+    if "modality_mask" in batch:
+        assert batch["modality_mask"].dtype == torch.bool and batch["modality_mask"].shape == (batch_size, 3)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_property_pipeline(model_and_processor, data):
+    model, processor = model_and_processor
+    pipe = MultimodalClassificationPipeline(model=model, processor=processor, device="cpu")
+    # Keys left out and keys given as None are both missing modalities.
+    inputs = {key: data.draw(rarely(MODALITY_STRATEGIES[key], st.none()), label=key)
+              for key in sorted(data.draw(modality_subsets, label="modalities"))}
+    try:
+        result = pipe(inputs, top_k=None)
+    except Exception as error:  # noqa: BLE001
+        event(f"error: {str(error)[:40]}")
+        assert_names_the_input(error)
+        return
+    event("classified")
+    assert len(result) == 3
+    scores = [entry["score"] for entry in result]
+    assert all(np.isfinite(scores)) and sum(scores) == pytest.approx(1.0, abs=1e-4)
+    weights = list(result[0]["interactions"].values())
+    assert all(np.isfinite(weights)) and sum(weights) == pytest.approx(1.0, abs=1e-4)
