@@ -12,7 +12,10 @@ precision (`--bf16 true`) and distribution (DDP/FSDP/DeepSpeed) come from `accel
 Data: the built-in synthetic interaction benchmark (`--dataset synthetic`), a Hub dataset name, a folder written by
 `datasets.save_to_disk`, or local csv/json/parquet files (`--train_file`, `--validation_file`) with text, image-path
 and audio-path columns (names set by `--text_column`, `--image_column`, `--audio_column`, `--label_column`).
-Raw columns are turned into model inputs by a `DMILProcessor` built from the backbones' own processors.
+Raw columns are turned into model inputs by a `DMILProcessor` built from the backbones' own processors. Each of the
+model's modalities must have its column (a column of a modality without a backbone is left unused). The model's
+label2id is the one label map: built from the training labels for a new model, the saved one with `--init_from`; every
+label must be one of its classes, and every validation label must occur in the training data.
 
 Runs: an `--output_dir` that already holds a run is refused. `--resume_from_checkpoint true` continues it (finished
 stages are loaded, the interrupted one resumes from its last complete checkpoint), `--resume_from_checkpoint PATH`
@@ -22,14 +25,22 @@ resumes from that checkpoint, and `--overwrite_output_dir true` deletes the earl
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
+if TYPE_CHECKING:  # imported where used, so that parsing arguments stays quick
+    from datasets import Dataset
+    from transformers import PretrainedConfig
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "synthetic_tiny.yaml"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -168,6 +179,8 @@ def load_user_data(data_args: DataArguments):
 
 
 def label_maps(train, label_column: str) -> dict[int, str]:
+    """id2label of a model trained from scratch on `train`: a ClassLabel's names, sorted string labels, or
+    `0..max` for integer labels."""
     feature = train.features.get(label_column)
     if feature is None:
         raise ValueError(f"label column {label_column!r} not in the dataset (columns: {train.column_names})")
@@ -179,32 +192,153 @@ def label_maps(train, label_column: str) -> dict[int, str]:
     return dict(enumerate(map(str, values)))
 
 
-def build_user_model_and_processor(model_args: ModelArguments, data_args: DataArguments, train):
+def select_samples(
+    train: Dataset, evaluation: Dataset | None, data_args: DataArguments
+) -> tuple[Dataset, Dataset | None]:
+    """The `--max_train_samples` / `--max_eval_samples` subsets: taken before labels are checked, so that the
+    checks see the data that is trained and evaluated on."""
+    if data_args.max_train_samples:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    if evaluation is not None and data_args.max_eval_samples:
+        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
+    return train, evaluation
+
+
+# The DataArguments field that names each modality's column.
+MODALITY_COLUMN_FIELDS = {"text": "text_column", "vision": "image_column", "audio": "audio_column"}
+
+
+def check_columns(data_args: DataArguments, fields: dict[str, str], splits: dict[str, Dataset | None]) -> None:
+    """Every split must have the column of each DataArguments field in `fields` (field -> what it is read for). A
+    modality's missing column would otherwise leave the collator without values for it, and the run would train on
+    fewer modalities without a word."""
+    for split, dataset in splits.items():
+        if dataset is None:
+            continue
+        for field_name, purpose in fields.items():
+            column = getattr(data_args, field_name)
+            if column not in dataset.column_names:
+                raise ValueError(
+                    f"the {split} data has no {column!r} column for {purpose} (columns: {dataset.column_names}); "
+                    f"set --{field_name} to the column that holds it"
+                )
+
+
+def drop_unused_modality_columns(data_args: DataArguments, modalities: list[str], dataset: Dataset) -> Dataset:
+    """The dataset without the columns of modalities the model has no backbone for: the collator would hand them to
+    a processor without that sub-processor. A warning says so, as the data had them."""
+    unused = [
+        getattr(data_args, field_name) for modality, field_name in MODALITY_COLUMN_FIELDS.items()
+        if modality not in modalities and getattr(data_args, field_name) in dataset.column_names
+    ]
+    if not unused:
+        return dataset
+    logger.warning("not using the data's column(s) %s: the model has no backbone for them (its modalities: %s)",
+                   unused, ", ".join(modalities))
+    return dataset.remove_columns(unused)
+
+
+def labels_as_names(dataset: Dataset) -> Dataset:
+    """A ClassLabel "label" column as its class names, so that they are mapped through the model's label2id like
+    string labels (a model loaded with --init_from may number the same classes differently)."""
+    import datasets
+
+    feature = dataset.features["label"]
+    if not isinstance(feature, datasets.ClassLabel):
+        return dataset
+    features = dataset.features.copy()
+    features["label"] = datasets.Value("string")
+    return dataset.map(
+        lambda labels: {"label": feature.int2str(labels)}, input_columns="label", batched=True, features=features
+    )
+
+
+def _is_model_label(value: object, config: PretrainedConfig) -> bool:
+    if isinstance(value, str):
+        return value in config.label2id
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < config.num_labels
+
+
+def check_labels(config: PretrainedConfig, train: Dataset, evaluation: Dataset | None) -> None:
+    """The data's labels against the model's: every label must be one of the model's classes (a name in its
+    label2id, or an id below num_labels), and every validation label must occur in the training data. Checked
+    before training, so that a bad label is not first met by the collator at evaluation, after stage 1."""
+    for split, dataset in (("training", train), ("validation", evaluation)):
+        if dataset is None:
+            continue
+        unknown = sorted((v for v in set(dataset["label"]) if not _is_model_label(v, config)), key=str)
+        if unknown:
+            raise ValueError(
+                f"{split} label(s) {unknown} are not classes of the model (its labels: {sorted(config.label2id)}, "
+                f"ids 0..{config.num_labels - 1})"
+            )
+    seen = set(train["label"])
+    unseen = sorted(set(evaluation["label"]) - seen, key=str) if evaluation is not None else []
+    if unseen:
+        raise ValueError(
+            f"validation label(s) {unseen} do not occur in the training data (training labels: "
+            f"{sorted(seen, key=str)}); the model cannot learn them"
+        )
+
+
+def build_user_model_and_processor(model_args: ModelArguments, data_args: DataArguments, train: Dataset):
+    """The model and its processor: loaded from --init_from (labels and all), or built from the backbones with the
+    training data's labels (`label_maps`)."""
     from transformers import AutoFeatureExtractor, AutoTokenizer
 
     from dmil_hf import DMILForMultimodalClassification, DMILProcessor
     from dmil_hf.processing_dmil import load_image_processor
 
-    id2label = label_maps(train, data_args.label_column)
-    label2id = {v: k for k, v in id2label.items()}
     extra = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     if model_args.init_from:
         model = DMILForMultimodalClassification.from_pretrained(model_args.init_from, **extra)
         processor = DMILProcessor.from_pretrained(model_args.init_from)
-        return model, processor, label2id
-    backbones = {"text": model_args.text_model, "vision": model_args.vision_model, "audio": model_args.audio_model}
-    model = DMILForMultimodalClassification.from_backbones_pretrained(
-        **backbones, num_labels=len(id2label), id2label=id2label, label2id=label2id,
-        paradigm=model_args.paradigm, latent_dim=model_args.latent_dim, check_inputs=model_args.check_inputs,
-        **preset_kwargs(model_args),
-        **{f"{m}_{k}": v for m, path in backbones.items() if path for k, v in extra.items()},
+    else:
+        id2label = label_maps(train, data_args.label_column)
+        backbones = {"text": model_args.text_model, "vision": model_args.vision_model, "audio": model_args.audio_model}
+        model = DMILForMultimodalClassification.from_backbones_pretrained(
+            **backbones, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            paradigm=model_args.paradigm, latent_dim=model_args.latent_dim, check_inputs=model_args.check_inputs,
+            **preset_kwargs(model_args),
+            **{f"{m}_{k}": v for m, path in backbones.items() if path for k, v in extra.items()},
+        )
+        processor = DMILProcessor(
+            tokenizer=AutoTokenizer.from_pretrained(backbones["text"]) if backbones["text"] else None,
+            image_processor=load_image_processor(backbones["vision"]) if backbones["vision"] else None,
+            feature_extractor=AutoFeatureExtractor.from_pretrained(backbones["audio"]) if backbones["audio"] else None,
+        )
+    if processor.text_max_length is None:
+        # A tokenizer saved without model_max_length would otherwise be truncated at 512, maybe past the backbone.
+        processor.text_max_length = DMILProcessor.backbone_text_length(model.config.text_config)
+    return model, processor
+
+
+def prepare_user_data(model_args: ModelArguments, data_args: DataArguments):
+    """Model, processor, collator and splits for user data, every check that can fail done before training."""
+    from dmil_hf import DMILDataCollator
+
+    train, evaluation = select_samples(*load_user_data(data_args), data_args)
+    splits = {"training": train, "validation": evaluation}
+    check_columns(data_args, {"label_column": "the labels"}, splits)
+    model, processor = build_user_model_and_processor(model_args, data_args, train)
+    modalities = model.config.modalities
+    check_columns(data_args, {MODALITY_COLUMN_FIELDS[m]: f"the model's {m} backbone" for m in modalities}, splits)
+    train = drop_unused_modality_columns(data_args, modalities, train)
+    evaluation = drop_unused_modality_columns(data_args, modalities, evaluation) if evaluation is not None else None
+    if data_args.label_column != "label":  # the collator reads the class from a "label" column
+        train = train.rename_column(data_args.label_column, "label")
+        if evaluation is not None:
+            evaluation = evaluation.rename_column(data_args.label_column, "label")
+    # From here on the model's label2id is the only label map: the data's labels are checked against it and the
+    # collator maps string labels through it.
+    train = labels_as_names(train)
+    evaluation = labels_as_names(evaluation) if evaluation is not None else None
+    check_labels(model.config, train, evaluation)
+    collator = DMILDataCollator(
+        processor, label2id=dict(model.config.label2id), text_key=data_args.text_column,
+        image_key=data_args.image_column, audio_key=data_args.audio_column,
     )
-    processor = DMILProcessor(
-        tokenizer=AutoTokenizer.from_pretrained(backbones["text"]) if backbones["text"] else None,
-        image_processor=load_image_processor(backbones["vision"]) if backbones["vision"] else None,
-        feature_extractor=AutoFeatureExtractor.from_pretrained(backbones["audio"]) if backbones["audio"] else None,
-    )
-    return model, processor, label2id
+    return model, processor, collator, train, evaluation
 
 
 def print_report(trainer, final_metrics: dict) -> None:
@@ -240,27 +374,12 @@ def main(argv: list[str] | None = None) -> dict:
     with training_args.main_process_first(desc="dataset preparation"):
         if data_args.train_file is None and data_args.dataset == "synthetic":
             train, evaluation, config = load_synthetic(data_args, model_args, training_args.seed)
+            train, evaluation = select_samples(train, evaluation, data_args)
             model = DMILForMultimodalClassification(config)
         else:
-            from dmil_hf import DMILDataCollator
-
-            train, evaluation = load_user_data(data_args)
-            model, processor, label2id = build_user_model_and_processor(model_args, data_args, train)
-            if data_args.label_column != "label":  # the collator reads the class from a "label" column
-                train = train.rename_column(data_args.label_column, "label")
-                if evaluation is not None:
-                    evaluation = evaluation.rename_column(data_args.label_column, "label")
-            string_labels = isinstance(train[0]["label"], str)
-            collator = DMILDataCollator(
-                processor, label2id=label2id if string_labels else None, text_key=data_args.text_column,
-                image_key=data_args.image_column, audio_key=data_args.audio_column,
-            )
+            model, processor, collator, train, evaluation = prepare_user_data(model_args, data_args)
             # The collator reads the raw columns; the Trainer must not drop them.
             training_args.remove_unused_columns = False
-    if data_args.max_train_samples:
-        train = train.select(range(min(data_args.max_train_samples, len(train))))
-    if evaluation is not None and data_args.max_eval_samples:
-        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
     types = (
         evaluation[data_args.interaction_type_column]
         if evaluation is not None and data_args.interaction_type_column in evaluation.column_names
