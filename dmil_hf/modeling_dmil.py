@@ -676,7 +676,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                     raise ValueError(
                         f"{name} must have at least {shortest} samples per clip (the receptive field of this "
                         f"{config.audio_config.model_type} feature encoder), got shape {tuple(audio.shape)}; pad short "
-                        "clips (the processor does)"
+                        "clips with silence"
                     )
                 expected = expected_input_shape(config.audio_config, spec)
                 if expected and tuple(audio.shape[1:]) != expected:
