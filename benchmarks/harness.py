@@ -14,11 +14,14 @@ A *method* is a paradigm plus DMIL config values and, for DMIL, the split of the
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +31,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 import yaml  # noqa: E402
 from transformers import EvalPrediction, PrinterCallback, set_seed  # noqa: E402
 
@@ -62,6 +66,7 @@ class Method:
         return s1, s2, max(1, total_steps - s1 - s2)
 
 
+METHODS = ("joint", "ensemble", "dmil_reference", "dmil")  # what the benchmarks compare by default
 BASE_METHODS = {
     "joint": Method("joint", "joint"),
     "ensemble": Method("ensemble", "ensemble"),
@@ -245,7 +250,60 @@ def run_seeds(
     return per_seed, {m: float(np.mean(v)) for m, v in chance_synergy.items()}
 
 
+def build_report(
+    *, benchmark: str, settings: Any, methods: list[Method], mixtures: list[str], modalities: list[str],
+    interaction_types: dict[str, list[str]], per_seed: list[dict[str, Any]], chance: dict[str, float],
+    robustness: str, started: float, **extra: Any,
+) -> dict[str, Any]:
+    """The JSON report every interaction benchmark writes (schema shared, so the tables and chart read both)."""
+    return {
+        "benchmark": benchmark,
+        "unimodal_reference": UNIMODAL_REFERENCE,
+        "budget": (
+            f"{settings.total_steps} optimizer steps of batch {settings.batch_size} per method; DMIL stages 1/2/3: "
+            + "; ".join(f"{m.name} {'/'.join(map(str, m.stage_steps(settings.total_steps)))}"
+                        for m in methods if m.paradigm == "dmil")
+        ),
+        "robustness": robustness,
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
+        "methods": {m.name: {"paradigm": m.paradigm, "config": m.config, "stage_fractions": m.stage_fractions,
+                             "stage_learning_rates": m.stage_learning_rates} for m in methods},
+        "components": ["redundancy", *[f"uniqueness_{m}" for m in modalities], "synergy"],
+        "interaction_types": interaction_types,
+        "gate_summary": gate_summary_names(interaction_types[mixtures[0]], modalities),
+        "rows": aggregate(per_seed, [m.name for m in methods], mixtures),
+        **extra,
+        "synergy_indicator_chance": chance,
+        "per_seed": per_seed,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": settings.threads,
+                        "machine": platform.machine()},
+    }
+
+
+def comma_tuple(kind: Callable[[str], Any]) -> Callable[[str], tuple]:
+    """argparse type: "a,b,c" -> (kind(a), kind(b), kind(c))."""
+    return lambda text: tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+
+
 # ---------------------------------------------------------------------- output
+
+
+def emit(report: dict[str, Any], out: str | None, chart: str | None = None) -> None:
+    """Print the tables; write the JSON to `out` and the chart to `chart` (default: `out` with .png)."""
+    print()
+    print(markdown_table(report))
+    print()
+    print(gate_table(report))
+    print(f"\n{UNIMODAL_REFERENCE}.\n{report['budget']}.\n{report['robustness']}.\n"
+          f"wall time {report['wall_time_s']:.0f} s")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2))
+        print(f"wrote {out}")
+    chart = chart or (str(Path(out).with_suffix(".png")) if out else None)
+    if chart and write_chart(report, chart):
+        print(f"wrote {chart}")
 
 
 def _cell(row: dict[str, Any] | None) -> str:

@@ -33,12 +33,10 @@ to the results.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +64,17 @@ from dmil_hf.synthetic_dmil import (  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
-    UNIMODAL_REFERENCE,
+    METHODS,
     Method,
     RunSettings,
-    aggregate,
-    gate_summary_names,
-    gate_table,
-    markdown_table,
+    build_report,
+    comma_tuple,
+    emit,
+    gate_table,  # noqa: F401  (re-exported: the tables are part of this script's interface)
+    markdown_table,  # noqa: F401
     parse_method,
     run_seeds,
-    write_chart,
 )
-
-METHODS = ("joint", "ensemble", "dmil_reference", "dmil")
-
 
 @dataclass
 class BenchmarkSettings:
@@ -186,36 +181,14 @@ def run_benchmark(settings: BenchmarkSettings, log=print) -> dict[str, Any]:
         interaction_types=lambda mixture: settings.spec(mixture).interaction_types,
         num_labels=settings.num_labels, log=log,
     )
-    modalities = list(settings.spec(settings.mixtures[0]).modalities)
-    return {
-        "benchmark": "interactions (synthetic)",
-        "unimodal_reference": UNIMODAL_REFERENCE,
-        "budget": (
-            f"{settings.total_steps} optimizer steps of batch {settings.batch_size} per method; DMIL stages 1/2/3: "
-            + "; ".join(f"{m.name} {'/'.join(map(str, m.stage_steps(settings.total_steps)))}"
-                        for m in methods if m.paradigm == "dmil")
-        ),
-        "robustness": (
-            f"robust_accuracy_R: accuracy on R test samples with {settings.dominant_modality} corrupted (blank)"
-        ),
-        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
-        "methods": {m.name: {"paradigm": m.paradigm, "config": m.config, "stage_fractions": m.stage_fractions}
-                    for m in methods},
-        "components": ["redundancy", *[f"uniqueness_{m}" for m in modalities], "synergy"],
-        "interaction_types": {mixture: settings.spec(mixture).interaction_types for mixture in settings.mixtures},
-        "gate_summary": gate_summary_names(settings.spec(settings.mixtures[0]).interaction_types, modalities),
-        "rows": aggregate(per_seed, [m.name for m in methods], list(settings.mixtures)),
-        "bayes_ceilings": {m: {k: float(np.mean(v)) for k, v in c.items()} for m, c in ceilings.items()},
-        "synergy_indicator_chance": chance,
-        "per_seed": per_seed,
-        "wall_time_s": round(time.perf_counter() - start, 1),
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": settings.threads,
-                        "machine": platform.machine()},
-    }
-
-
-def _tuple(kind):
-    return lambda text: tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+    return build_report(
+        benchmark="interactions (synthetic)", settings=settings, methods=methods, mixtures=list(settings.mixtures),
+        modalities=list(settings.spec(settings.mixtures[0]).modalities),
+        interaction_types={mixture: settings.spec(mixture).interaction_types for mixture in settings.mixtures},
+        per_seed=per_seed, chance=chance, started=start,
+        robustness=f"robust_accuracy_R: accuracy on R test samples with {settings.dominant_modality} corrupted (blank)",
+        bayes_ceilings={m: {k: float(np.mean(v)) for k, v in c.items()} for m, c in ceilings.items()},
+    )
 
 
 def parse_settings(argv: list[str] | None = None) -> tuple[BenchmarkSettings, argparse.Namespace]:
@@ -223,10 +196,10 @@ def parse_settings(argv: list[str] | None = None) -> tuple[BenchmarkSettings, ar
     parser.add_argument("--quick", action="store_true", help="2 mixtures, 400 steps: < 5 min on 2 CPU cores")
     parser.add_argument("--out", default=None, help="write the JSON report here (and the chart next to it as .png)")
     parser.add_argument("--chart", default=None, help="PNG path of the chart (default: --out with .png)")
-    parser.add_argument("--modalities", type=_tuple(str))
-    parser.add_argument("--mixtures", type=_tuple(str))
-    parser.add_argument("--seeds", type=_tuple(int))
-    parser.add_argument("--methods", type=_tuple(str), help="comma-separated methods (harness.py): joint, ensemble, "
+    parser.add_argument("--modalities", type=comma_tuple(str))
+    parser.add_argument("--mixtures", type=comma_tuple(str))
+    parser.add_argument("--seeds", type=comma_tuple(int))
+    parser.add_argument("--methods", type=comma_tuple(str), help="comma-separated methods (harness.py): joint, ensemble, "
                         "dmil_reference, dmil, or ablations like dmil:gate_objective=mixture+stages=0.4/0.2/0.4")
     parser.add_argument("--steps", dest="total_steps", type=int, help="optimizer steps per paradigm")
     parser.add_argument("--batch-size", dest="batch_size", type=int)
@@ -257,20 +230,7 @@ def parse_settings(argv: list[str] | None = None) -> tuple[BenchmarkSettings, ar
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings, args = parse_settings(argv)
     report = run_benchmark(settings, log=lambda line: print(line, flush=True))
-    print()
-    print(markdown_table(report))
-    print()
-    print(gate_table(report))
-    print(f"\n{UNIMODAL_REFERENCE}.\n{report['budget']}.\n{report['robustness']}.\n"
-          f"wall time {report['wall_time_s']:.0f} s")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {out}")
-    chart_path = args.chart or (str(Path(args.out).with_suffix(".png")) if args.out else None)
-    if chart_path and write_chart(report, chart_path):
-        print(f"wrote {chart_path}")
+    emit(report, args.out, args.chart)
     return report
 
 

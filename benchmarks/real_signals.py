@@ -21,11 +21,9 @@ vision (tiny ViT) and audio (tiny wav2vec2) built from configs and trained from 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402  (sets HF_HUB_OFFLINE before transformers is imported)
-    UNIMODAL_REFERENCE,
+    METHODS,
     Method,
     RunSettings,
-    aggregate,
-    gate_summary_names,
-    gate_table,
-    markdown_table,
+    build_report,
+    comma_tuple,
+    emit,
     parse_method,
     run_seeds,
-    write_chart,
 )
 
 import torch  # noqa: E402
@@ -55,9 +51,6 @@ from real_signals_data import (  # noqa: E402
     interaction_types_for,
     make_real_signal_splits,
 )
-
-METHODS = ("joint", "ensemble", "dmil_reference", "dmil")
-
 
 @dataclass
 class RealSignalSettings:
@@ -121,43 +114,23 @@ def run_benchmark(settings: RealSignalSettings, log=print) -> dict[str, Any]:
         num_labels=NUM_CLASSES, log=log,
     )
     modalities = [m for m in ("text", "vision", "audio") if m in settings.modalities]
-    types = interaction_types_for(modalities)
-    return {
-        "benchmark": f"real signals ({'+'.join(modalities)})",
-        "unimodal_reference": UNIMODAL_REFERENCE,
-        "budget": (
-            f"{settings.total_steps} optimizer steps of batch {settings.batch_size} per method; DMIL stages 1/2/3: "
-            + "; ".join(f"{m.name} {'/'.join(map(str, m.stage_steps(settings.total_steps)))}"
-                        for m in methods if m.paradigm == "dmil")
-        ),
-        "robustness": f"robust_accuracy_R: accuracy on R test samples with {settings.corrupt_modality} replaced by noise",
-        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
-        "methods": {m.name: {"paradigm": m.paradigm, "config": m.config, "stage_fractions": m.stage_fractions}
-                    for m in methods},
-        "components": ["redundancy", *[f"uniqueness_{m}" for m in modalities], "synergy"],
-        "interaction_types": {mixture: types for mixture in settings.mixtures},
-        "gate_summary": gate_summary_names(types, modalities),
-        "rows": aggregate(per_seed, [m.name for m in methods], list(settings.mixtures)),
-        "synergy_indicator_chance": chance,
-        "per_seed": per_seed,
-        "wall_time_s": round(time.perf_counter() - start, 1),
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": settings.threads,
-                        "machine": platform.machine()},
-    }
-
-
-def _tuple(kind):
-    return lambda text: tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+    return build_report(
+        benchmark=f"real signals ({'+'.join(modalities)})", settings=settings, methods=methods,
+        mixtures=list(settings.mixtures), modalities=modalities,
+        interaction_types={mixture: interaction_types_for(modalities) for mixture in settings.mixtures},
+        per_seed=per_seed, chance=chance, started=start,
+        robustness=f"robust_accuracy_R: accuracy on R test samples with {settings.corrupt_modality} replaced by noise",
+    )
 
 
 def parse_settings(argv: list[str] | None = None) -> tuple[RealSignalSettings, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="vision + audio, one mixture, 800 steps, 3 seeds")
     parser.add_argument("--out", default=None, help="write the JSON report here (and the chart next to it as .png)")
-    parser.add_argument("--modalities", type=_tuple(str))
-    parser.add_argument("--mixtures", type=_tuple(str))
-    parser.add_argument("--seeds", type=_tuple(int))
-    parser.add_argument("--methods", type=_tuple(str), help="as in harness.py, e.g. dmil:synergy_input=z")
+    parser.add_argument("--modalities", type=comma_tuple(str))
+    parser.add_argument("--mixtures", type=comma_tuple(str))
+    parser.add_argument("--seeds", type=comma_tuple(int))
+    parser.add_argument("--methods", type=comma_tuple(str), help="as in harness.py, e.g. dmil:synergy_input=z")
     parser.add_argument("--corrupt-modality", dest="corrupt_modality")
     parser.add_argument("--steps", dest="total_steps", type=int)
     parser.add_argument("--batch-size", dest="batch_size", type=int)
@@ -182,18 +155,7 @@ def parse_settings(argv: list[str] | None = None) -> tuple[RealSignalSettings, a
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings, args = parse_settings(argv)
     report = run_benchmark(settings, log=lambda line: print(line, flush=True))
-    print()
-    print(markdown_table(report))
-    print()
-    print(gate_table(report))
-    print(f"\n{UNIMODAL_REFERENCE}.\n{report['budget']}.\n{report['robustness']}.\nwall time {report['wall_time_s']:.0f} s")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {out}")
-        if write_chart(report, str(out.with_suffix(".png"))):
-            print(f"wrote {out.with_suffix('.png')}")
+    emit(report, args.out)
     return report
 
 

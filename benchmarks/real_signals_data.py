@@ -74,6 +74,8 @@ import pyarrow as pa
 from datasets import Array3D, Dataset, DatasetInfo, Features, List, Value
 from datasets.features.features import Array3DExtensionType
 
+from dmil_hf.synthetic_dmil import _exact_counts  # the synthetic benchmark's largest-remainder split of n samples
+
 MODALITIES = ("text", "vision", "audio")
 NUM_CLASSES = 10
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -213,14 +215,6 @@ def resolve_mixture(mixture: Mapping[str, float] | str, modalities: Sequence[str
     if total <= 0:
         raise ValueError("the mixture must give some type a positive proportion")
     return {t: v / total for t, v in out.items()}
-
-
-def _exact_counts(proportions: Sequence[float], n: int) -> np.ndarray:
-    raw = np.asarray(proportions, dtype=float) * n
-    counts = np.floor(raw).astype(int)
-    order = np.argsort(-(raw - counts), kind="stable")
-    counts[order[: n - counts.sum()]] += 1
-    return counts
 
 
 # ---------------------------------------------------------------------------------------------------- MiniLM
