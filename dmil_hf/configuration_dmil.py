@@ -13,7 +13,7 @@ PARADIGMS = ("dmil", "joint", "ensemble")
 SYNERGY_FUSION_NAMES = ("linear", "mlp")
 REDUNDANCY_READOUT_NAMES = ("joint", "per_modality")
 GATE_OBJECTIVE_NAMES = ("mixture", "composition")
-SYNERGY_INPUT_NAMES = ("n", "z")
+SYNERGY_INPUT_NAMES = ("n", "z", "z_detached")
 
 # The reference implementation (bjlfzs/DMIL, CREMA-D config) as config values; see `DMILConfig.reference`. Its stage-1
 # weights are per modality (visual beta_kl 0.4 / beta_rec 0.1, audio 2.0 / 0.5, times lamb 0.2 and its internal 0.1

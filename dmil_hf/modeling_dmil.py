@@ -867,7 +867,12 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         present_f = present.to(modality_logits.dtype)
         n_present = present.sum(dim=1, keepdim=True)
         synergy_ok = n_present.squeeze(1) >= 2
-        synergy_source = {m: level1[m]["n"] for m in self.modalities} if config.synergy_input == "n" else z
+        synergy_source = {
+            "n": lambda: {m: level1[m]["n"] for m in self.modalities},
+            "z": lambda: z,
+            # Synergy fuses what the backbones learned without pulling them jointly (no modality competition).
+            "z_detached": lambda: {m: z[m].detach() for m in self.modalities},
+        }[config.synergy_input]()
         n_inputs = [synergy_source[m] * present_f[:, k : k + 1] for k, m in enumerate(self.modalities)]
 
         terms: dict[str, torch.Tensor] = {}
