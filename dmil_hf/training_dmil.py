@@ -139,6 +139,21 @@ class DMILTrainingArguments(TrainingArguments):
         return getattr(self, name) if value is None else value
 
 
+def _is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP (1 or 2) holds the model's parameters sharded across processes."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return any(isinstance(module, (FSDPModule, FullyShardedDataParallel)) for module in model.modules())
+
+
+def _own_class(model: torch.nn.Module) -> type:
+    """The model's own class: FSDP2's `fully_shard` swaps it for a generated subclass (`FSDP<name>`), which
+    save_pretrained would record in `auto_map` (with torch's FSDP modules copied as remote code)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+
+
 def _unwrap(model: torch.nn.Module) -> DMILForMultimodalClassification:
     """The DMIL model under DDP / peft wrappers."""
     while not isinstance(model, DMILForMultimodalClassification):
@@ -349,6 +364,7 @@ class DMILTrainer(Trainer):
         if args is not None and not isinstance(args, DMILTrainingArguments):
             raise TypeError("DMILTrainer needs DMILTrainingArguments (TrainingArguments plus the stage schedule)")
         super().__init__(model=model, args=args, **kwargs)
+        self._check_distribution()
         self.model_accepts_loss_kwargs = False
         self.stage: int | None = None
         self.stage_results: dict[int, dict[str, float]] = {}
@@ -360,6 +376,25 @@ class DMILTrainer(Trainer):
         self._adapter_dir: str | None = None
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
+
+    def _check_distribution(self) -> None:
+        """Refuse a launch that Accelerate did not turn into one distributed run, and say when FSDP was asked for but
+        not set up. `accelerate launch --num_processes 2` on a machine without GPUs, without `--use_cpu true` (or
+        ACCELERATE_USE_CPU=1), starts independent single-process runs that all write output_dir as main process; and
+        Accelerate (1.15) has no FSDP on CPU: a CPU run launched with `--use_fsdp` trains with DDP."""
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.accelerator.num_processes != launched:
+            raise RuntimeError(
+                f"launched as {launched} processes, but Accelerate set up {self.accelerator.num_processes} "
+                f"({self.accelerator.distributed_type}): each process would train alone and overwrite the others' "
+                "output. On CPU, pass --use_cpu true (or set ACCELERATE_USE_CPU=1) for DDP over gloo."
+            )
+        fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        if fsdp_asked and not self.is_fsdp_enabled and self.is_world_process_zero():
+            logger.warning(
+                "FSDP was asked for (ACCELERATE_USE_FSDP) but Accelerate runs %s: it has no FSDP on CPU, so the model "
+                "is replicated in each process (DDP), not sharded.", self.accelerator.distributed_type,
+            )
 
     # ---------------------------------------------------------------- stage orchestration
 
@@ -498,14 +533,29 @@ class DMILTrainer(Trainer):
     def _finish_stage(self, stage: int, output) -> None:
         """Save the stage's result (under LoRA: adapter and merged model), evaluate it, and mark the stage done."""
         stage_dir = self.stage_dir(stage)
-        self._adapter_dir = None
-        if hasattr(self.model, "merge_and_unload"):
-            self._adapter_dir = os.path.join(stage_dir, "adapter")
-            if self.is_world_process_zero():
-                self.model.save_pretrained(self._adapter_dir)
-            self._install_model(self.model.merge_and_unload())
+        is_peft = hasattr(self.model, "merge_and_unload")
+        self._adapter_dir = os.path.join(stage_dir, "adapter") if is_peft else None
+        if self.is_fsdp_enabled and _is_sharded(self.model):
+            # FSDP: the weights are sharded across processes (a peft model cannot be merged or saved like that), and
+            # Trainer.save_model writes nothing under a SHARDED_STATE_DICT setting. The main process saves a gathered
+            # copy; under LoRA every process then continues with the merged model read back.
+            plain = self._gathered_model()
+            if plain is not None:
+                if is_peft:
+                    plain.save_pretrained(self._adapter_dir)
+                    plain = plain.merge_and_unload()
+                self._save_unsharded(plain, stage_dir)
+            self.accelerator.wait_for_everyone()
+            if is_peft:
+                model = _own_class(_unwrap(self.model)).from_pretrained(stage_dir, dtype=torch.float32)
+                self._install_model(model)
+        else:
+            if is_peft:
+                if self.is_world_process_zero():
+                    self.model.save_pretrained(self._adapter_dir)
+                self._install_model(self.model.merge_and_unload())
+            self.save_model(stage_dir, _internal_call=True)
         self._frozen_modules = []
-        self.save_model(stage_dir, _internal_call=True)
         metrics = {k: v for k, v in output.metrics.items() if isinstance(v, (int, float))}
         if self.eval_dataset is not None:
             metrics.update(self.evaluate(metric_key_prefix="eval"))
@@ -607,7 +657,16 @@ class DMILTrainer(Trainer):
     def save_final(self, path: str | None = None) -> str:
         """Save the trained model (with remote code and processor), the LoRA adapter if any, and a model card."""
         path = path or os.path.join(self._base_output_dir, "final")
-        self.save_model(path, _internal_call=True)
+        if self.is_fsdp_enabled:
+            # Trainer.save_model writes nothing under a SHARDED_STATE_DICT setting; the main process saves the model
+            # itself, gathered first if it is still sharded (a collective: every process takes part).
+            model = self._gathered_model() if _is_sharded(self.model) else _unwrap(self.model)
+            if self.is_world_process_zero():
+                model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+                self._save_unsharded(model, path)
+        else:
+            model = _unwrap(self.model)
+            self.save_model(path, _internal_call=True)
         if self.is_world_process_zero():
             from .processing_dmil import DMILProcessor
 
@@ -616,7 +675,7 @@ class DMILTrainer(Trainer):
                 # pipeline(..., trust_remote_code=True) where dmil_hf is not installed.
                 from .pipeline_dmil import save_for_pipeline
 
-                save_for_pipeline(_unwrap(self.model), self.processing_class, path)
+                save_for_pipeline(model, self.processing_class, path)
             # final/adapter is this run's adapter or nothing, whatever an earlier save into this folder left.
             target = os.path.join(path, "adapter")
             if os.path.isdir(target):
@@ -625,6 +684,31 @@ class DMILTrainer(Trainer):
                 shutil.copytree(self._adapter_dir, target)
             self.write_model_card(path)
         return path
+
+    def _gathered_model(self) -> torch.nn.Module | None:
+        """Under FSDP, an unsharded copy of the model being trained (peft-wrapped like it, if it is) on the main
+        process, None on the others. Every process must call this: gathering the weights is a collective."""
+        state_dict = self.accelerator.get_state_dict(self.model)  # FSDP1 and FSDP2: the full weights on rank 0 only
+        if not self.is_world_process_zero():
+            return None
+        base = _unwrap(self.model)
+        # Building the copy draws random initial weights: on rank 0 only, so outside the training RNG stream (which
+        # would otherwise move on rank 0 alone and change the dropout of the stages that follow).
+        with torch.random.fork_rng(devices=[]):
+            model = _own_class(base)(base.config)
+            if hasattr(self.model, "merge_and_unload"):
+                model = add_lora(model, **self._lora_kwargs(model))
+        model.load_state_dict(state_dict, strict=True)
+        return model
+
+    def _save_unsharded(self, model: PreTrainedModel, output_dir: str) -> None:
+        """What Trainer._save writes (weights, config, processor, training arguments), for `model` in place of the
+        trained one; on the main process."""
+        trained, self.model = self.model, model
+        try:
+            self._save(output_dir)
+        finally:
+            self.model = trained
 
     def write_model_card(self, path: str) -> None:
         from .model_card_dmil import render_model_card
