@@ -39,10 +39,12 @@ REFERENCE_PRESET: dict[str, Any] = {
     "stage3_reconstruction_m_weight": 0.001,
 }
 
-# Configs saved before the variants existed (no `synergy_fusion` key) load with the behaviour they were trained with.
+# Configs saved before the variants existed (no `synergy_fusion` key) load with the behaviour they were trained with:
+# release 0.1.0 had exactly the reference's variants.
 _LEGACY_VALUES = {
-    "synergy_fusion": "linear", "synergy_input": "n", "redundancy_readout": "joint", "gate_objective": "mixture",
-    "stage1_synergy_weight": 0.0, "gate_composition_weight": 0.0, "gate_reads_predictions": False,
+    k: REFERENCE_PRESET[k]
+    for k in ("synergy_fusion", "synergy_input", "redundancy_readout", "gate_objective", "stage1_synergy_weight",
+              "gate_composition_weight", "gate_reads_predictions")
 }
 
 # Backbone config used when a sub-config dict carries no ``model_type``.
@@ -94,8 +96,9 @@ class DMILConfig(PretrainedConfig):
             which separates XOR but not a sum modulo C) or `"mlp"` (that Linear plus a hidden-layer path).
         synergy_input (`str`, defaults to `"z"`):
             What synergy fuses: `"n"` (the reference: the sampled N_m, which only a KL to the prior and a
-            reconstruction shape, so it carries little and is noisy) or `"z"` (the projected features Z_m, all that
-            the backbones extract). Measured in the README's "Method" section.
+            reconstruction shape, so it carries little and is noisy), `"z"` (the projected features Z_m, all that
+            the backbones extract) or `"z_detached"` (Z_m without a gradient into the backbones). Measured in the
+            README's "Method" section.
         redundancy_readout (`str`, defaults to `"joint"`):
             What the redundancy head reads: `"joint"` (the reference: R ~ q(R | M_1..M_K)) or `"per_modality"` (each
             predictor v_m(R | M_m) alone, logits averaged over the modalities present, as an ensemble would).
