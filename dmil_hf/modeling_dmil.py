@@ -272,14 +272,12 @@ def interaction_composition(
     """A per-sample, label-aware estimate of the interaction composition, in the spirit of the first author's
     pointwise estimator (LSMI, ICML 2025): with i(x; y) = log C + log p(y | x) clipped at 0 (nats),
 
-        r = min_m i(x_m; y),   u_m = i(x_m; y) - r,   s = max(0, i(x_1..x_K; y) - sum_m i(x_m; y)).
-
-    Synergy is the positive part of the interaction information: what the modalities say together beyond the sum of
-    what each says alone. (Beyond the *max* would also count two agreeing noisy modalities, whose combination is
-    more confident than either, as synergy; that is redundancy.)
+        r = min_m i(x_m; y),   u_m = i(x_m; y) - r,   s = max(0, i(x_1..x_K; y) - sum_m i(x_m; y)),
 
     where the unimodal i come from `modality_logits` (`(B, K, C)`, the level-1 heads) and the joint one from the
-    synergy head. Returns the normalised composition `(B, K + 2)` over [R, U_1..U_K, S] and each sample's total
+    synergy head. Synergy is the positive part of the interaction information: what the modalities say together
+    beyond the sum of what each says alone (beyond the *max* would also count two agreeing noisy modalities, whose
+    combination is more confident than either, as synergy; that is redundancy). Returns the normalised composition `(B, K + 2)` over [R, U_1..U_K, S] and each sample's total
     information in units of log C (0: nobody predicts the label, the sample says nothing about routing).
     Modalities absent from a sample carry no information.
     """

@@ -297,10 +297,8 @@ def _load_model_exactly(model: PreTrainedModel, checkpoint: str) -> None:
     # the checkpoint is read by from_pretrained into a model of the same class (float32 holds any float16/bfloat16/
     # float32 weight exactly), and copied from there into `model`, which keeps its device, dtype and optimizer. The
     # price is a second copy of the weights in CPU memory while this runs.
-    # (from_pretrained raises by itself on shape mismatches and conversion errors, but only logs missing and
-    # unexpected keys.)
-    loaded, info = type(model).from_pretrained(checkpoint, dtype=torch.float32, output_loading_info=True)
-    _raise_on_bad_keys(checkpoint, info["missing_keys"], info["unexpected_keys"])
+    # DMILPreTrainedModel.from_pretrained raises on missing or unexpected keys (transformers' own only logs them).
+    loaded = type(model).from_pretrained(checkpoint, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
 
 
