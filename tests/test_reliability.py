@@ -236,3 +236,40 @@ def test_cli_resume_true_skips_finished_stages_and_overwrite_is_exposed(tmp_path
         cli.main(argv)
     cli.main([*argv, "--overwrite_output_dir", "true"])
     assert json.loads((out / "stage-1" / STAGE_MARKER).read_text())["stage"] == 1
+
+
+def _tiny(model_type: str, **extra):
+    from transformers import AutoConfig
+
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    return AutoConfig.for_model(model_type, **sizes, **extra)
+
+
+TEXT = dict(vocab_size=99, max_position_embeddings=64)
+IMAGE = dict(image_size=16, patch_size=4)
+WAVEFORM = dict(conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                num_conv_pos_embedding_groups=2)
+# The table's families that the tiny backbones of the other tests do not cover.
+MORE_FAMILIES = [
+    dict(text=("xlm-roberta", {**TEXT, "pad_token_id": 1}), vision=("deit", IMAGE), audio=("wavlm", WAVEFORM)),
+    dict(text=("distilbert", {**TEXT, "hidden_dim": 37}), vision=("siglip_vision_model", IMAGE)),
+    dict(text=("deberta-v2", TEXT), vision=("deit", IMAGE)),
+]
+
+
+@pytest.mark.parametrize("families", MORE_FAMILIES, ids=lambda f: "-".join(t for t, _ in f.values()))
+def test_a_saved_checkpoint_loads_back_exactly_for_the_other_table_families(tmp_path, families):
+    from dmil_hf import DMILConfig
+
+    def config():
+        sub = {f"{m}_config": _tiny(model_type, **extra) for m, (model_type, extra) in families.items()}
+        return DMILConfig(**sub, num_labels=3, latent_dim=16)
+
+    torch.manual_seed(0)
+    saved = DMILForMultimodalClassification(config())
+    trainer = DMILTrainer(model=saved, args=make_args(tmp_path))
+    trainer.save_model(str(tmp_path / "checkpoint-1"))
+    torch.manual_seed(1)
+    trainer.model = DMILForMultimodalClassification(config())
+    trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
+    assert_same_tensors(state(trainer.model), state(saved))
