@@ -20,7 +20,8 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+import argparse
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -284,6 +285,37 @@ def build_report(
 def comma_tuple(kind: Callable[[str], Any]) -> Callable[[str], tuple]:
     """argparse type: "a,b,c" -> (kind(a), kind(b), kind(c))."""
     return lambda text: tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+
+
+def benchmark_parser(description: str, quick_help: str) -> argparse.ArgumentParser:
+    """The command-line options every interaction benchmark has; each settings field of the same name is set by one."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", default=None, help="write the JSON report here (and the chart next to it as .png)")
+    parser.add_argument("--modalities", type=comma_tuple(str))
+    parser.add_argument("--mixtures", type=comma_tuple(str))
+    parser.add_argument("--seeds", type=comma_tuple(int))
+    parser.add_argument("--methods", type=comma_tuple(str), help="comma-separated methods: joint, ensemble, "
+                        "dmil_reference, dmil, or ablations like dmil:gate_objective=mixture+stages=0.4/0.2/0.4")
+    parser.add_argument("--steps", dest="total_steps", type=int, help="optimizer steps per method")
+    parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--n-train", dest="n_train", type=int)
+    parser.add_argument("--n-test", dest="n_test", type=int)
+    parser.add_argument("--finetune-method", dest="finetune_method", choices=("full", "lora"))
+    parser.add_argument("--threads", type=int, help="torch threads (default 1: tiny models gain nothing from more, "
+                        "and on a shared 2-core machine 2 threads run several times slower)")
+    return parser
+
+
+def apply_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Any) -> Any:
+    """`settings` (a dataclass) with every field given on the command line replaced; unknown methods are an error."""
+    given = {f.name: getattr(args, f.name) for f in fields(settings) if getattr(args, f.name, None) is not None}
+    settings = replace(settings, **given)
+    try:
+        [parse_method(name) for name in settings.methods]
+    except ValueError as err:
+        parser.error(str(err))
+    return settings
 
 
 # ---------------------------------------------------------------------- output

@@ -36,7 +36,7 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,9 @@ from harness import (  # noqa: E402
     METHODS,
     Method,
     RunSettings,
+    apply_arguments,
+    benchmark_parser,
     build_report,
-    comma_tuple,
     emit,
     gate_table,  # noqa: F401  (re-exported: the tables are part of this script's interface)
     markdown_table,  # noqa: F401
@@ -192,38 +193,16 @@ def run_benchmark(settings: BenchmarkSettings, log=print) -> dict[str, Any]:
 
 
 def parse_settings(argv: list[str] | None = None) -> tuple[BenchmarkSettings, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 mixtures, 400 steps: < 5 min on 2 CPU cores")
-    parser.add_argument("--out", default=None, help="write the JSON report here (and the chart next to it as .png)")
+    parser = benchmark_parser(__doc__, "2 mixtures, 400 steps: < 5 min on 2 CPU cores")
     parser.add_argument("--chart", default=None, help="PNG path of the chart (default: --out with .png)")
-    parser.add_argument("--modalities", type=comma_tuple(str))
-    parser.add_argument("--mixtures", type=comma_tuple(str))
-    parser.add_argument("--seeds", type=comma_tuple(int))
-    parser.add_argument("--methods", type=comma_tuple(str), help="comma-separated methods (harness.py): joint, ensemble, "
-                        "dmil_reference, dmil, or ablations like dmil:gate_objective=mixture+stages=0.4/0.2/0.4")
-    parser.add_argument("--steps", dest="total_steps", type=int, help="optimizer steps per paradigm")
-    parser.add_argument("--batch-size", dest="batch_size", type=int)
-    parser.add_argument("--n-train", dest="n_train", type=int)
-    parser.add_argument("--n-test", dest="n_test", type=int)
     parser.add_argument("--dominant-modality", dest="dominant_modality")
     parser.add_argument("--dominance", type=float)
-    parser.add_argument("--finetune-method", dest="finetune_method", choices=("full", "lora"))
-    parser.add_argument("--threads", type=int, help="torch threads (default 1: tiny models gain nothing from more, "
-                        "and on a shared 2-core machine 2 threads run several times slower)")
     args = parser.parse_args(argv)
-    settings = QUICK if args.quick else BenchmarkSettings()
-    overrides = {
-        f.name: getattr(args, f.name) for f in fields(BenchmarkSettings) if getattr(args, f.name, None) is not None
-    }
-    settings = replace(settings, **overrides)
+    settings = apply_arguments(parser, args, QUICK if args.quick else BenchmarkSettings())
     if settings.dominant_modality not in settings.modalities:
         if args.dominant_modality is not None:
             parser.error(f"--dominant-modality {args.dominant_modality} is not one of {settings.modalities}")
         settings = replace(settings, dominant_modality=settings.modalities[0])
-    try:
-        [parse_method(name) for name in settings.methods]
-    except ValueError as err:
-        parser.error(str(err))
     return settings, args
 
 

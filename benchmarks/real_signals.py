@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,9 @@ from harness import (  # noqa: E402  (sets HF_HUB_OFFLINE before transformers is
     METHODS,
     Method,
     RunSettings,
+    apply_arguments,
+    benchmark_parser,
     build_report,
-    comma_tuple,
     emit,
     parse_method,
     run_seeds,
@@ -124,31 +125,13 @@ def run_benchmark(settings: RealSignalSettings, log=print) -> dict[str, Any]:
 
 
 def parse_settings(argv: list[str] | None = None) -> tuple[RealSignalSettings, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="vision + audio, one mixture, 800 steps, 3 seeds")
-    parser.add_argument("--out", default=None, help="write the JSON report here (and the chart next to it as .png)")
-    parser.add_argument("--modalities", type=comma_tuple(str))
-    parser.add_argument("--mixtures", type=comma_tuple(str))
-    parser.add_argument("--seeds", type=comma_tuple(int))
-    parser.add_argument("--methods", type=comma_tuple(str), help="as in harness.py, e.g. dmil:synergy_input=z")
+    parser = benchmark_parser(__doc__, "vision + audio, one mixture, 800 steps, 3 seeds")
     parser.add_argument("--corrupt-modality", dest="corrupt_modality")
-    parser.add_argument("--steps", dest="total_steps", type=int)
-    parser.add_argument("--batch-size", dest="batch_size", type=int)
-    parser.add_argument("--n-train", dest="n_train", type=int)
-    parser.add_argument("--n-test", dest="n_test", type=int)
-    parser.add_argument("--finetune-method", dest="finetune_method", choices=("full", "lora"))
     parser.add_argument("--text-layers", dest="text_layers", type=int, help="MiniLM layers kept (1-6)")
-    parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
-    settings = QUICK if args.quick else RealSignalSettings()
-    overrides = {f.name: getattr(args, f.name) for f in fields(RealSignalSettings) if getattr(args, f.name, None) is not None}
-    settings = replace(settings, **overrides)
+    settings = apply_arguments(parser, args, QUICK if args.quick else RealSignalSettings())
     if settings.corrupt_modality not in settings.modalities:
         settings = replace(settings, corrupt_modality=settings.modalities[0])
-    try:
-        [parse_method(name) for name in settings.methods]
-    except ValueError as err:
-        parser.error(str(err))
     return settings, args
 
 
