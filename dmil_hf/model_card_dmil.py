@@ -22,23 +22,12 @@ def _stage_trains(config, stage: int, method: str) -> str:
 
 
 def _stage_loss(config, stage: int) -> str:
-    """The stage's loss terms with their weights, read from the stage table (terms of weight 0 left out)."""
-    plan = STAGE_PLANS[stage]
-    parts = []
-    for term, weight in plan.describe_weights(config):
-        if weight != "1" and all(float(v) == 0 for v in _weight_values(config, term, plan)):
-            continue
-        parts.append(term if weight == "1" else f"{weight} · {term}")
-    return " + ".join(parts)
+    """The stage's loss terms with their weights, read from the stage table."""
+    return " + ".join(
+        term if weight == "1" else f"{weight} · {term}" for term, weight in STAGE_PLANS[stage].describe_weights(config)
+    )
 
 
-def _weight_values(config, term: str, plan) -> list[float]:
-    entry = next(e for e in plan.terms if e.name == term)
-    values = []
-    for field in entry.weights:
-        value = getattr(config, field)
-        values.extend(value.values() if isinstance(value, dict) else [value])
-    return values
 _EXAMPLE = {"text": '"text": "a sentence"', "vision": '"image": "photo.png"', "audio": '"audio": "clip.wav"'}
 
 

@@ -28,6 +28,11 @@ class LossTerm:
     weights: tuple[str, ...] = ()
     # Modules that train in this stage only because this term is on (its weight is not 0).
     modules: tuple[str, ...] = ()
+    # (config field, value) pairs under which the model computes this term at all.
+    only_if: tuple[tuple[str, object], ...] = ()
+
+    def applies(self, config) -> bool:
+        return all(getattr(config, field) == value for field, value in self.only_if)
 
     def matches(self, term: str) -> str | None:
         """The modality suffix (or "" for a plain term) when `term` belongs to this entry, else None."""
@@ -64,15 +69,18 @@ class StagePlan:
         extra = [
             module
             for entry in self.terms
-            if entry.modules and _any_weight(config, entry)
+            if entry.modules and entry.applies(config) and _any_weight(config, entry)
             for module in entry.modules
         ]
         return tuple(dict.fromkeys((*self.trains, *extra)))
 
     def describe_weights(self, config) -> list[tuple[str, str]]:
-        """(term, weight as written) pairs for the model card and the docs."""
+        """(term, weight as written) pairs of the terms this stage counts under `config` (applicable, weight not 0),
+        for the model card and the docs."""
         rows = []
         for entry in self.terms:
+            if not entry.applies(config) or not _any_weight(config, entry):
+                continue
             parts = []
             for field in entry.weights:
                 value = getattr(config, field)
@@ -90,6 +98,7 @@ def _any_weight(config, entry: LossTerm) -> bool:
     return True
 
 
+_COMPOSITION_GATE = (("gate_objective", "composition"),)
 _LEVEL1 = (
     LossTerm("kl_M_*", ("stage1_kl_weight",)),
     LossTerm("kl_N_*", ("stage1_kl_weight",)),
@@ -122,7 +131,7 @@ STAGE_PLANS: dict[int, StagePlan] = {
             LossTerm("kl_U_*", ("kl_weight",)),
             LossTerm("align_R_*", ("kl_weight", "alignment_weight")),
             LossTerm("rec_M_*", ("stage2_reconstruction_weight",)),
-            LossTerm("gate_composition", ("gate_composition_weight",)),
+            LossTerm("gate_composition", ("gate_composition_weight",), only_if=_COMPOSITION_GATE),
         ),
     ),
     3: StagePlan(
@@ -142,7 +151,7 @@ STAGE_PLANS: dict[int, StagePlan] = {
             LossTerm("kl_U_*", ("kl_weight", "stage3_consistency_kl_scale")),
             LossTerm("align_R_*", ("kl_weight", "stage3_consistency_kl_scale", "alignment_weight")),
             LossTerm("rec_M_*", ("stage3_reconstruction_m_weight",)),
-            LossTerm("gate_composition", ("gate_composition_weight",)),
+            LossTerm("gate_composition", ("gate_composition_weight",), only_if=_COMPOSITION_GATE),
         ),
     ),
 }

@@ -260,3 +260,12 @@ def test_gate_can_read_the_heads_predictions():
     with torch.no_grad():
         out = model(**{k: v for k, v in random_inputs(config).items() if k != "labels"})
     torch.testing.assert_close(out.interaction_weights.sum(-1), torch.ones(4))
+
+
+def test_model_card_loss_lists_only_terms_the_model_computes():
+    from dmil_hf.model_card_dmil import _stage_loss
+
+    default, mixture = make_config(TEXT_VISION), make_config(TEXT_VISION, gate_objective="mixture")
+    assert "gate_composition" in _stage_loss(default, 2) and "gate_composition" not in _stage_loss(mixture, 2)
+    assert "ce_synergy" not in _stage_loss(default, 1)  # stage1_synergy_weight is 0 by default
+    assert "stage1_synergy_weight=1.0 · ce_synergy" in _stage_loss(make_config(TEXT_VISION, stage1_synergy_weight=1.0), 1)
