@@ -14,6 +14,16 @@ from transformers import AutoModel, BertTokenizer, ViTImageProcessorPil, Wav2Vec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(REPO, "training", "run.py")
+
+
+def import_cli():
+    """The CLI module `training/run.py` (a script, not part of the package), imported in-process."""
+    sys.path.insert(0, os.path.join(REPO, "training"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+    return run
 # A short synthetic run: every stage, a handful of steps.
 SHORT = [
     "--synthetic_train_size", "64", "--synthetic_eval_size", "32", "--synthetic_modalities", "text,vision",
@@ -31,11 +41,7 @@ def run_cli(args, tmp_path, launcher=(), timeout=400):
 
 
 def test_config_file_and_overrides_are_one_parser(tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "training"))
-    try:
-        import run
-    finally:
-        sys.path.pop(0)
+    run = import_cli()
     config = tmp_path / "c.yaml"
     config.write_text("paradigm: joint\nstage1_learning_rate: 0.5\nlora_target_modules: [query, value]\nbf16: false\n")
     model_args, data_args, args, used = run.parse_arguments([str(config), "--stage1_learning_rate", "0.25"])
@@ -47,11 +53,7 @@ def test_config_file_and_overrides_are_one_parser(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(REPO, "training", "configs"))))
 def test_every_shipped_config_parses(name):
-    sys.path.insert(0, os.path.join(REPO, "training"))
-    try:
-        import run
-    finally:
-        sys.path.pop(0)
+    run = import_cli()
     # bf16 is refused without a GPU (rightly); every other key must parse as written.
     model_args, data_args, args, _ = run.parse_arguments(
         [os.path.join(REPO, "training", "configs", name), "--bf16", "false"]
@@ -62,11 +64,7 @@ def test_every_shipped_config_parses(name):
 def test_user_data_from_disk_and_label_maps(tmp_path):
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-    sys.path.insert(0, os.path.join(REPO, "training"))
-    try:
-        import run
-    finally:
-        sys.path.pop(0)
+    run = import_cli()
     features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
     data = Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 1]}, features=features)
     DatasetDict(train=data, test=data.select([0])).save_to_disk(tmp_path / "ds")

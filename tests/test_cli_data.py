@@ -3,12 +3,10 @@ is an error, and a validation label unseen in training is reported before anythi
 
 `main` runs in this process up to the trainer, which is replaced by one that records what it was given and stops."""
 
-import os
-import sys
 
 import pytest
 import torch
-from test_cli import REPO, _write_user_dataset
+from test_cli import _write_user_dataset, import_cli
 from transformers import AutoFeatureExtractor, AutoTokenizer
 
 import dmil_hf
@@ -17,15 +15,6 @@ from dmil_hf.processing_dmil import load_image_processor
 
 # The model's classes in the opposite order to the data's sorted labels (happy, sad).
 MODEL_LABELS = {0: "sad", 1: "happy"}
-
-
-def import_run():
-    sys.path.insert(0, os.path.join(REPO, "training"))
-    try:
-        import run
-    finally:
-        sys.path.pop(0)
-    return run
 
 
 class StopBeforeTraining(Exception):
@@ -85,7 +74,7 @@ def backbone_flags(backbones, modalities=("text", "vision", "audio")):
 
 
 def run_until_training(tmp_path, *args):
-    run = import_run()
+    run = import_cli()
     argv = [*args, "--latent_dim", "16", "--output_dir", str(tmp_path / "out"), "--report_to", "none",
             "--use_cpu", "true", "--save_strategy", "no"]
     with pytest.raises(StopBeforeTraining):

@@ -5,13 +5,13 @@ import json
 import logging
 import os
 import shutil
-import sys
 
 import pytest
 import torch
 from conftest import make_config
 from safetensors.torch import load_file, save_file
-from test_training import REPO, _Interrupt, _InterruptAt, make_args, make_data, two_modality_model, weights
+from test_cli import import_cli
+from test_training import _Interrupt, _InterruptAt, make_args, make_data, two_modality_model, weights
 
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer
 from dmil_hf.training_dmil import STAGE_MARKER, add_lora
@@ -209,12 +209,7 @@ def test_resume_without_optimizer_or_scheduler_state_warns(tmp_path, caplog, los
 
 @pytest.fixture
 def cli():
-    sys.path.insert(0, os.path.join(REPO, "training"))
-    try:
-        import run
-    finally:
-        sys.path.pop(0)
-    return run
+    return import_cli()
 
 
 def test_cli_resume_true_skips_finished_stages_and_overwrite_is_exposed(tmp_path, cli):
