@@ -25,3 +25,22 @@ def test_release_0_1_0_checkpoints_give_identical_outputs(paradigm):
     if paradigm == "dmil":
         assert model.config.synergy_fusion == "linear" and model.config.synergy_input == "n"
         torch.testing.assert_close(out.interaction_weights, expected["interaction_weights"], rtol=0, atol=0)
+
+
+# Saved by the last code with three fixed modality slots (commit ca35480, before the modality table and the head
+# registry): text + vision + wav2vec2 audio for each paradigm, and a DMIL with a Whisper encoder, a per-modality
+# pooling override and a gate that reads predictions. Inputs include a modality_mask with missing modalities.
+THREE_SLOT = Path(__file__).resolve().parent / "fixtures" / "three_slot"
+
+
+@pytest.mark.parametrize("name", ["dmil", "joint", "ensemble", "dmil_whisper"])
+def test_three_slot_checkpoints_give_identical_outputs(name):
+    folder = THREE_SLOT / name
+    model, info = AutoModel.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), info
+    expected = torch.load(folder / "expected.pt")
+    with torch.no_grad():
+        out = model.eval()(**expected["inputs"])
+    torch.testing.assert_close(out.logits, expected["logits"], rtol=0, atol=0)
+    if "interaction_weights" in expected:
+        torch.testing.assert_close(out.interaction_weights, expected["interaction_weights"], rtol=0, atol=0)
