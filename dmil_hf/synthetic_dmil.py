@@ -80,7 +80,7 @@ from datasets.features.features import Array2DExtensionType, Array3DExtensionTyp
 
 from .backbones_dmil import MODALITIES
 from .configuration_dmil import DMILConfig
-from .tiny_backbones import tiny_audio_config, tiny_text_config, tiny_vision_config
+from .testing_utils import tiny_audio_config, tiny_text_config, tiny_vision_config
 
 PAD_TOKEN_ID, CLS_TOKEN_ID, SEP_TOKEN_ID = 0, 1, 2
 _FIRST_CONTENT_ID = 3

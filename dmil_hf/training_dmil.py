@@ -342,7 +342,7 @@ class DMILTrainer(Trainer):
     >>> import torch
     >>> from datasets import Dataset
     >>> from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
-    >>> from dmil_hf.tiny_backbones import tiny_text_config, tiny_vision_config
+    >>> from dmil_hf.testing_utils import tiny_text_config, tiny_vision_config
     >>> config = DMILConfig(text_config=tiny_text_config(), vision_config=tiny_vision_config(), num_labels=2)
     >>> data = Dataset.from_dict({"input_ids": torch.randint(3, 99, (8, 6)).tolist(),
     ...                           "pixel_values": torch.randn(8, 3, 16, 16).tolist(), "labels": [0, 1] * 4})

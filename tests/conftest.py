@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dmil_hf import DMILConfig  # noqa: E402
-from dmil_hf.tiny_backbones import tiny_audio_config, tiny_text_config, tiny_vision_config  # noqa: E402
+from dmil_hf.testing_utils import tiny_audio_config, tiny_text_config, tiny_vision_config  # noqa: E402
 
 # One thread: tiny models gain nothing from two, and two threads slow to a crawl when the cores are shared.
 torch.set_num_threads(1)

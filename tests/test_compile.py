@@ -6,7 +6,7 @@ import torch
 from conftest import make_config
 
 from dmil_hf import DMILForMultimodalClassification
-from dmil_hf.tiny_backbones import random_inputs
+from dmil_hf.testing_utils import random_inputs
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

@@ -18,7 +18,7 @@ from dmil_hf.modeling_dmil import (
     interaction_composition,
 )
 from dmil_hf.stages_dmil import STAGE_PLANS
-from dmil_hf.tiny_backbones import random_inputs
+from dmil_hf.testing_utils import random_inputs
 from dmil_hf.training_dmil import prepare_model_for_stage
 
 TEXT_VISION = ("text", "vision")

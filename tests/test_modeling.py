@@ -12,7 +12,7 @@ from transformers import AutoModel
 from dmil_hf import DMILForMultimodalClassification
 from dmil_hf.configuration_dmil import REFERENCE_PRESET
 from dmil_hf.modeling_dmil import DiagonalGaussianHead, InteractionGate, SynergyFusion, gaussian_kl
-from dmil_hf.tiny_backbones import random_inputs, tiny_audio_config, tiny_text_config, tiny_vision_config
+from dmil_hf.testing_utils import random_inputs, tiny_audio_config, tiny_text_config, tiny_vision_config
 
 PARADIGMS = ("dmil", "joint", "ensemble")
 MODALITY_SETS = (("text", "vision"), ("text", "vision", "audio"))

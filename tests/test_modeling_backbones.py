@@ -7,7 +7,7 @@ from conftest import make_config
 from transformers import AutoModel, CLIPConfig, CLIPModel, WhisperForConditionalGeneration
 
 from dmil_hf import DMILForMultimodalClassification
-from dmil_hf.tiny_backbones import (
+from dmil_hf.testing_utils import (
     AUDIO_FAMILIES,
     TEXT_FAMILIES,
     VISION_FAMILIES,

@@ -20,7 +20,7 @@ from test_processing import image_processor
 from transformers import BertTokenizer, Wav2Vec2FeatureExtractor
 
 from dmil_hf import DMILForMultimodalClassification, DMILProcessor, MultimodalClassificationPipeline
-from dmil_hf.tiny_backbones import tiny_text_config
+from dmil_hf.testing_utils import tiny_text_config
 
 TVA = ("text", "vision", "audio")
 

@@ -10,7 +10,7 @@ import torch
 from conftest import BLOCK_DMIL_HF, make_config
 
 from dmil_hf import DMILForMultimodalClassification
-from dmil_hf.tiny_backbones import random_inputs
+from dmil_hf.testing_utils import random_inputs
 
 # Run with `python -I` (no PYTHONPATH, no user site, no script/cwd entry on sys.path) from a temporary cwd. The
 # package may still be importable through site-packages (an editable install's .pth or finder), so the script

@@ -196,7 +196,7 @@ def test_push_to_hub_and_load_back_with_remote_code(tmp_path):
         import torch
         from datasets import Dataset
         from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
-        from dmil_hf.tiny_backbones import tiny_text_config, tiny_vision_config
+        from dmil_hf.testing_utils import tiny_text_config, tiny_vision_config
         def data(n, seed):
             g = torch.Generator().manual_seed(seed)
             return Dataset.from_dict({{"input_ids": torch.randint(3, 99, (n, 6), generator=g).tolist(),
