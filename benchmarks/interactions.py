@@ -3,7 +3,7 @@
 
 For each mixture and seed, every method (`harness.py`: joint, ensemble, DMIL-reference, DMIL-default, or ablations
 such as ``dmil:gate_objective=mixture``) trains on the SAME generated data, from the same tiny random backbones
-(`dmil_hf.synthetic_dmil.tiny_config_for`), through the project's `DMILTrainer`, with the same budget: the same
+(`dmil_hf.data.tiny_config_for`), through the project's `DMILTrainer`, with the same budget: the same
 number of optimizer steps at the same batch size. DMIL's three stages share that budget (DMIL-default 50% / 25% / 25%,
 DMIL-reference the reference code's 10 / 5 / 55 epochs); the baselines spend it in their single stage. Learning rates
 are those of `training/configs/synthetic_tiny.yaml` (baselines use DMIL's stage-1 rate, the stage that trains the
@@ -54,7 +54,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from dmil_hf import DMILForMultimodalClassification  # noqa: E402
-from dmil_hf.synthetic_dmil import (  # noqa: E402
+from dmil_hf.data import (  # noqa: E402
     SyntheticInteractionSpec,
     corrupt,
     decode_slots,

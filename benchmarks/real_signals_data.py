@@ -74,7 +74,7 @@ import pyarrow as pa
 from datasets import Array3D, Dataset, DatasetInfo, Features, List, Value
 from datasets.features.features import Array3DExtensionType
 
-from dmil_hf.synthetic_dmil import _exact_counts  # the synthetic benchmark's largest-remainder split of n samples
+from dmil_hf.data.synthetic import _exact_counts  # the synthetic benchmark's largest-remainder split of n samples
 
 MODALITIES = ("text", "vision", "audio")
 NUM_CLASSES = 10

@@ -101,7 +101,7 @@ def make_compute_metrics(
     >>> import numpy as np
     >>> from transformers import EvalPrediction
     >>> from dmil_hf.metrics_dmil import make_compute_metrics
-    >>> from dmil_hf.synthetic_dmil import SyntheticInteractionSpec, tiny_config_for
+    >>> from dmil_hf.data import SyntheticInteractionSpec, tiny_config_for
     >>> config = tiny_config_for(SyntheticInteractionSpec(modalities=("text", "vision"), num_labels=2), "ensemble")
     >>> compute_metrics = make_compute_metrics(config, interaction_types=["R", "S"])
     >>> logits = np.array([[2.0, 0.0], [0.0, 2.0]])

@@ -139,7 +139,7 @@ def test_accelerate_runs_an_fsdp_launch_on_cpu_as_ddp(tmp_path):
 def test_dmil_stages_under_fsdp2_on_two_cpu_processes(tmp_path):
     from safetensors.torch import load_file
 
-    from dmil_hf.synthetic_dmil import SyntheticInteractionSpec, make_interaction_splits, model_columns
+    from dmil_hf.data import SyntheticInteractionSpec, make_interaction_splits, model_columns
 
     (tmp_path / "shim.py").write_text(SHIM)
     fsdp, ddp = tmp_path / "fsdp", tmp_path / "ddp"

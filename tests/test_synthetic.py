@@ -9,7 +9,7 @@ import torch
 from transformers import default_data_collator
 
 from dmil_hf import DMILForMultimodalClassification
-from dmil_hf.synthetic_dmil import (
+from dmil_hf.data import (
     MIXTURES,
     SyntheticInteractionSpec,
     corrupt,

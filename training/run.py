@@ -143,7 +143,7 @@ def preset_kwargs(model_args: ModelArguments) -> dict:
 
 
 def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: int):
-    from dmil_hf.synthetic_dmil import SyntheticInteractionSpec, make_interaction_splits, tiny_config_for
+    from dmil_hf.data import SyntheticInteractionSpec, make_interaction_splits, tiny_config_for
 
     spec = SyntheticInteractionSpec(
         modalities=tuple(m.strip() for m in data_args.synthetic_modalities.split(",") if m.strip()),

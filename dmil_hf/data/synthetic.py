@@ -78,9 +78,9 @@ import pyarrow as pa
 from datasets import Array2D, Array3D, Dataset, DatasetDict, DatasetInfo, Features, List, Value
 from datasets.features.features import Array2DExtensionType, Array3DExtensionType
 
-from .backbones_dmil import MODALITIES
-from .configuration_dmil import DMILConfig
-from .testing_utils import tiny_audio_config, tiny_text_config, tiny_vision_config
+from ..backbones_dmil import MODALITIES
+from ..configuration_dmil import DMILConfig
+from ..testing_utils import tiny_audio_config, tiny_text_config, tiny_vision_config
 
 PAD_TOKEN_ID, CLS_TOKEN_ID, SEP_TOKEN_ID = 0, 1, 2
 _FIRST_CONTENT_ID = 3
@@ -160,7 +160,7 @@ class SyntheticInteractionSpec:
     Example:
 
     ```python
-    >>> from dmil_hf.synthetic_dmil import SyntheticInteractionSpec
+    >>> from dmil_hf.data import SyntheticInteractionSpec
     >>> spec = SyntheticInteractionSpec(modalities=("text", "vision"), mixture="synergy_heavy")
     >>> ds = spec.generate(100, seed=0)
     >>> sorted(set(ds["interaction_type"]))
@@ -283,7 +283,7 @@ class SyntheticInteractionSpec:
             payload = json.loads(dataset.info.description or "")
             return cls.from_dict(payload["synthetic_interaction_spec"])
         except (ValueError, KeyError, TypeError) as err:
-            raise ValueError("this dataset was not made by dmil_hf.synthetic_dmil (no spec in its info)") from err
+            raise ValueError("this dataset was not made by dmil_hf.data.synthetic (no spec in its info)") from err
 
     def replace(self, **changes: Any) -> "SyntheticInteractionSpec":
         return replace(self, **changes)
@@ -494,7 +494,7 @@ def make_interaction_dataset(
     Example:
 
     ```python
-    >>> from dmil_hf.synthetic_dmil import make_interaction_dataset
+    >>> from dmil_hf.data import make_interaction_dataset
     >>> ds = make_interaction_dataset(200, seed=1, modalities=("vision", "audio"), mixture={"R": 0.5, "S": 0.5})
     >>> ds.column_names[:3], ds[0]["input_values"].shape
     (['pixel_values', 'input_values', 'labels'], torch.Size([1600]))
@@ -549,7 +549,7 @@ def corrupt(
     Example:
 
     ```python
-    >>> from dmil_hf.synthetic_dmil import corrupt, make_interaction_dataset
+    >>> from dmil_hf.data import corrupt, make_interaction_dataset
     >>> ds = make_interaction_dataset(50, modalities=("text", "vision"), mixture="half_U_half_R")
     >>> set(corrupt(ds, "vision")["slot_a_vision"])
     {-1}
@@ -675,7 +675,7 @@ def tiny_config_for(
     Example:
 
     ```python
-    >>> from dmil_hf.synthetic_dmil import SyntheticInteractionSpec, tiny_config_for
+    >>> from dmil_hf.data import SyntheticInteractionSpec, tiny_config_for
     >>> config = tiny_config_for(SyntheticInteractionSpec(modalities=("text", "audio")), paradigm="joint")
     >>> config.modalities, config.num_labels, config.paradigm
     (['text', 'audio'], 4, 'joint')
