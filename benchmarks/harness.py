@@ -37,7 +37,7 @@ import yaml  # noqa: E402
 from transformers import EvalPrediction, PrinterCallback, set_seed  # noqa: E402
 
 from dmil_hf.configuration_dmil import REFERENCE_PRESET  # noqa: E402
-from dmil_hf.metrics_dmil import make_compute_metrics  # noqa: E402
+from dmil_hf.metrics import make_compute_metrics  # noqa: E402
 from dmil_hf.training_dmil import DMILTrainer, DMILTrainingArguments  # noqa: E402
 
 UNIMODAL_REFERENCE = (

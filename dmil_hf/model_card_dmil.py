@@ -7,7 +7,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .metrics_dmil import per_type_summary
+from .metrics import per_type_summary
 from .stages_dmil import EVERYTHING, STAGE_PLANS
 
 _DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "dmil.md"

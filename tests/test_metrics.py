@@ -9,7 +9,7 @@ import pytest
 from transformers import EvalPrediction
 
 from dmil_hf.metrics import METRICS_DIR, available_metrics, load_metric, metric_path
-from dmil_hf.metrics_dmil import make_compute_metrics, split_predictions
+from dmil_hf.metrics import make_compute_metrics, split_predictions
 
 # 6 samples, 3 classes, 2 modalities.
 Y = np.array([0, 1, 2, 0, 1, 2])
@@ -38,12 +38,23 @@ def test_metric_is_shipped_and_loads_offline(metric):
     assert load_metric("interaction_metrics").compute(predictions=[1, 0], references=[1, 1])["accuracy"] == 0.5
 
 
+def test_one_public_home_for_metrics():
+    # The evaluate loader and the compute_metrics helpers are both public names of dmil_hf.metrics.
+    import dmil_hf.metrics as metrics
+
+    names = {"METRICS_DIR", "available_metrics", "load_metric", "metric_path", "PREDICTION_KEYS",
+             "make_compute_metrics", "per_type_summary", "split_predictions"}
+    assert names <= set(metrics.__all__) and all(hasattr(metrics, name) for name in names)
+
+
 def test_metric_scripts_have_one_import_per_line():
     # evaluate scans imports with a regex: `import a, b` makes it demand a package called "a,".
     for script in METRICS_DIR.glob("*/*.py"):
         for line in script.read_text().splitlines():
             assert not re.match(r"^\s*import\s+\S+\s*,", line), f"{script}: {line}"
             assert not line.startswith("from __future__"), script
+            # evaluate copies the script and imports it alone: it cannot reach the package it ships in.
+            assert not re.match(r"^\s*(from|import)\s+(dmil_hf|\.)", line), f"{script}: {line}"
 
 
 def test_accuracy_f1_and_synergy_by_hand(metric):

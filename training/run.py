@@ -342,7 +342,7 @@ def prepare_user_data(model_args: ModelArguments, data_args: DataArguments):
 
 
 def print_report(trainer, final_metrics: dict) -> None:
-    from dmil_hf.metrics_dmil import per_type_summary
+    from dmil_hf.metrics import per_type_summary
 
     print("\n== DMIL run: per-stage results ==")
     print("| stage | train loss | eval loss | eval accuracy | eval macro-F1 |")
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import set_seed
 
     from dmil_hf import DMILForMultimodalClassification, DMILTrainer
-    from dmil_hf.metrics_dmil import make_compute_metrics
+    from dmil_hf.metrics import make_compute_metrics
 
     set_seed(training_args.seed)
     processor = collator = None

@@ -1,6 +1,6 @@
 """`compute_metrics` for `Trainer` / `DMILTrainer`: accuracy, macro-F1, synergy indicator, accuracy per interaction
 type, mean gate weights per type, and per-component / per-modality accuracy, computed by the shipped
-``interaction_metrics`` evaluate module (``dmil_hf/metrics``).
+``interaction_metrics`` evaluate module (``dmil_hf/metrics/interaction_metrics``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .configuration_dmil import DMILConfig
-from .metrics import load_metric
+from ..configuration_dmil import DMILConfig
+from .loading import load_metric
 
 PREDICTION_KEYS = ("logits", "interaction_weights", "component_logits", "modality_logits")
 
@@ -100,7 +100,7 @@ def make_compute_metrics(
     ```python
     >>> import numpy as np
     >>> from transformers import EvalPrediction
-    >>> from dmil_hf.metrics_dmil import make_compute_metrics
+    >>> from dmil_hf.metrics import make_compute_metrics
     >>> from dmil_hf.data import SyntheticInteractionSpec, tiny_config_for
     >>> config = tiny_config_for(SyntheticInteractionSpec(modalities=("text", "vision"), num_labels=2), "ensemble")
     >>> compute_metrics = make_compute_metrics(config, interaction_types=["R", "S"])
