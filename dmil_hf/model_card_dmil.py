@@ -1,7 +1,9 @@
-"""Model cards for trained DMIL models, rendered from the Jinja template in `model_cards/` with huggingface_hub."""
+"""Model cards for trained DMIL models, rendered with huggingface_hub from the Jinja template shipped as package data
+(`dmil_hf/templates/model_card.md`)."""
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,26 @@ from huggingface_hub import ModelCard, ModelCardData
 from .metrics import per_type_summary
 from .stages_dmil import EVERYTHING, STAGE_PLANS
 
-_DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "dmil.md"
+# Read through importlib.resources, so that an installed wheel finds it as well as a source checkout (it is listed in
+# pyproject.toml's [tool.setuptools.package-data]).
+_DEFAULT_TEMPLATE = files(__package__) / "templates" / "model_card.md"
+
+
+def _template_text(template: str | None) -> str:
+    """The Jinja source of the model card: `template` (a file path) if given, else the template shipped with dmil_hf.
+    A missing file is an error, never a silent switch to another template."""
+    if template:
+        path = Path(template)
+        if not path.is_file():
+            raise FileNotFoundError(f"model card template {str(path)!r} (model_card_template) is not a file")
+        return path.read_text(encoding="utf-8")
+    if not _DEFAULT_TEMPLATE.is_file():
+        raise FileNotFoundError(
+            f"dmil_hf's model card template is missing ({_DEFAULT_TEMPLATE}): this installation of dmil_hf lacks its "
+            "package data dmil_hf/templates/model_card.md (see [tool.setuptools.package-data] in pyproject.toml). "
+            "Reinstall dmil_hf, or pass model_card_template=<path to a Jinja template>."
+        )
+    return _DEFAULT_TEMPLATE.read_text(encoding="utf-8")
 
 
 def _stage_trains(config, stage: int, method: str) -> str:
@@ -92,7 +113,7 @@ def render_model_card(model, args, stage_results: dict[int, dict[str, float]], t
         model_name=repo_id,
     )
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-    template_path = Path(template) if template else _DEFAULT_TEMPLATE
+    template_str = _template_text(template)
     kwargs = dict(
         model_name=repo_id, repo_id=repo_id, paradigm=paradigm, components=config.interaction_components,
         backbones=backbones, num_labels=config.num_labels,
@@ -104,8 +125,4 @@ def render_model_card(model, args, stage_results: dict[int, dict[str, float]], t
         per_type=_per_type_rows(final_metrics, components), gate_components=components,
         example_input=", ".join(_EXAMPLE[m] for m in config.modalities),
     )
-    if template_path.is_file():
-        return ModelCard.from_template(card_data, template_path=str(template_path), **kwargs)
-    # Installed without the repository's model_cards/ folder: huggingface_hub's default template still records
-    # the metadata.
-    return ModelCard.from_template(card_data, **kwargs)
+    return ModelCard.from_template(card_data, template_str=template_str, **kwargs)

@@ -104,7 +104,7 @@ class DMILTrainingArguments(TrainingArguments):
         metadata={"help": "Leaf module names that get LoRA in every backbone, overriding the backbone table."},
     )
     model_card_template: str | None = field(
-        default=None, metadata={"help": "Jinja model-card template (default: model_cards/dmil.md of the repo)."}
+        default=None, metadata={"help": "Jinja model-card template (default: the package's dmil_hf/templates/model_card.md)."}
     )
     # transformers 5 removed this field from TrainingArguments; DMILTrainer needs it to tell a fresh start into a used
     # folder (an error unless this is set) from a resume.
