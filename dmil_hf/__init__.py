@@ -7,16 +7,24 @@ Importing the package registers `DMILConfig` and `DMILForMultimodalClassificatio
 from transformers import AutoConfig, AutoModel
 
 from .configuration_dmil import DMILConfig
+from .feature_encoder_dmil import DMILFeatureEncoder, DMILFeatureEncoderConfig
+from .modalities_dmil import Modality
 from .modeling_dmil import DMILForMultimodalClassification, DMILOutput, DMILPreTrainedModel
 
 AutoConfig.register("dmil", DMILConfig, exist_ok=True)
 AutoModel.register(DMILConfig, DMILForMultimodalClassification, exist_ok=True)
+# The encoder of `features` modalities, loadable on its own with the Auto classes too.
+AutoConfig.register(DMILFeatureEncoderConfig.model_type, DMILFeatureEncoderConfig, exist_ok=True)
+AutoModel.register(DMILFeatureEncoderConfig, DMILFeatureEncoder, exist_ok=True)
 # Saved folders and Hub repos carry the code too (auto_map), so they load with trust_remote_code=True where the
 # package is not installed.
 DMILConfig.register_for_auto_class()
 DMILForMultimodalClassification.register_for_auto_class("AutoModel")
 
-__all__ = ["DMILConfig", "DMILForMultimodalClassification", "DMILOutput", "DMILPreTrainedModel"]
+__all__ = [
+    "DMILConfig", "DMILForMultimodalClassification", "DMILOutput", "DMILPreTrainedModel", "Modality",
+    "DMILFeatureEncoder", "DMILFeatureEncoderConfig",
+]
 __version__ = "0.1.0"
 
 # Processor and pipeline. Without the AutoProcessor entry a pipeline built from a saved folder loads only the

@@ -1,9 +1,10 @@
-"""One table of backbone-specific facts (pooling, build kwargs, input layout, LoRA targets).
+"""One table of backbone-specific facts (width, pooling, build kwargs, input layout, LoRA targets), and the registries
+of poolers that turn a backbone's output into one vector per sample.
 
 Everything that differs between backbone families lives here, in the style of open_clip's ``arch_dict`` and
 timm's pretrained configs, so the model and the trainer never branch on ``model_type``. An unknown
-``model_type`` gets the defaults of its modality slot, which work for any encoder whose output has a
-``last_hidden_state``.
+``model_type`` gets the defaults of its modality's kind, which work for any encoder whose output has a
+``last_hidden_state`` and whose config has a ``hidden_size``.
 
 This module is copied next to ``modeling_dmil.py`` when a model is saved with remote code, so it imports only
 torch and transformers.
@@ -11,9 +12,13 @@ torch and transformers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+# The three-slot API's modalities, in their fixed order (kept for code written against it).
 MODALITIES = ("text", "vision", "audio")
 
 # Leaf names of attention projections before and after transformers 5.9 renamed ViT/AST's
@@ -22,31 +27,46 @@ MODALITIES = ("text", "vision", "audio")
 _QV_BOTH = ("query", "value", "q_proj", "v_proj")
 
 
+def config_dims(*names: str) -> Callable[[Any], tuple[int, ...]]:
+    """An input-shape rule reading the trailing input dims from config attributes (a list value gives its first)."""
+
+    def dims(config: Any) -> tuple[int, ...]:
+        values = [getattr(config, name) for name in names]
+        return tuple(v if isinstance(v, int) else v[0] for v in values)
+
+    return dims
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """How DMIL wraps one backbone family.
 
     Attributes:
-        pooling: ``"cls"`` (first token of ``last_hidden_state``), ``"mean"`` (mean over valid positions, using the
-            attention mask when there is one) or ``"pooler"`` (the backbone's own ``pooler_output``).
+        pooling: a name in `POOLERS`: ``"cls"`` (first token of ``last_hidden_state``), ``"mean"`` (mean over valid
+            positions, using the attention mask when there is one) or ``"pooler"`` (the backbone's own
+            ``pooler_output``).
+        width: the config attribute that holds the pooled vector's size.
         init_kwargs: extra constructor kwargs, e.g. ``add_pooling_layer=False`` so that no parameter goes unused
             (DDP raises on unused parameters).
-        input_rank: the rank of the backbone's main input tensor (text ids 2, images 4, waveforms 2, spectrograms 3).
-        fixed_input_shape: config attribute names that fix the trailing input dims, checked before the backbone runs
-            so that a wrong size is a clear error rather than a crash inside the position embeddings.
+        input_rank: the rank of the backbone's main input tensor (text ids 2, images 4, video clips 5, waveforms 2,
+            spectrograms and feature sequences 3).
+        input_shape: the trailing input dims the backbone requires, read from its config (None: any size), checked
+            before the backbone runs so that a wrong size is a clear error rather than a crash inside it.
         lora_targets: leaf module names that receive LoRA adapters by default.
         model_class: dotted path of a class to build instead of ``AutoModel`` (Whisper: the encoder alone).
     """
 
     pooling: str = "mean"
+    width: str = "hidden_size"
     init_kwargs: dict[str, Any] = field(default_factory=dict)
     input_rank: int | None = None
-    fixed_input_shape: tuple[str, ...] = ()
+    input_shape: Callable[[Any], tuple[int, ...]] | None = None
     lora_targets: tuple[str, ...] = _QV_BOTH
     model_class: str | None = None
 
 
 _NO_POOLER = {"add_pooling_layer": False}
+_IMAGE_SHAPE = config_dims("num_channels", "image_size", "image_size")
 
 BACKBONES: dict[str, BackboneSpec] = {
     # text: masked mean pooling. BERT's [CLS] vector is only trained through the NSP pooler we drop, so the mean of
@@ -54,23 +74,20 @@ BACKBONES: dict[str, BackboneSpec] = {
     "bert": BackboneSpec(pooling="mean", init_kwargs=_NO_POOLER, input_rank=2, lora_targets=("query", "value")),
     "roberta": BackboneSpec(pooling="mean", init_kwargs=_NO_POOLER, input_rank=2, lora_targets=("query", "value")),
     "xlm-roberta": BackboneSpec(pooling="mean", init_kwargs=_NO_POOLER, input_rank=2, lora_targets=("query", "value")),
-    "distilbert": BackboneSpec(pooling="mean", input_rank=2, lora_targets=("q_lin", "v_lin")),
+    "distilbert": BackboneSpec(pooling="mean", width="dim", input_rank=2, lora_targets=("q_lin", "v_lin")),
     "deberta-v2": BackboneSpec(pooling="mean", input_rank=2, lora_targets=("query_proj", "value_proj")),
     # vision: the [CLS] token of the final (layer-normed) sequence.
-    "vit": BackboneSpec(
-        pooling="cls", init_kwargs=_NO_POOLER, input_rank=4, fixed_input_shape=("num_channels", "image_size", "image_size")
-    ),
-    "deit": BackboneSpec(
-        pooling="cls", init_kwargs=_NO_POOLER, input_rank=4, fixed_input_shape=("num_channels", "image_size", "image_size")
-    ),
+    "vit": BackboneSpec(pooling="cls", init_kwargs=_NO_POOLER, input_rank=4, input_shape=_IMAGE_SHAPE),
+    "deit": BackboneSpec(pooling="cls", init_kwargs=_NO_POOLER, input_rank=4, input_shape=_IMAGE_SHAPE),
     # DINOv2 interpolates its position embeddings, so any image size works.
-    "dinov2": BackboneSpec(pooling="cls", input_rank=4, fixed_input_shape=("num_channels",)),
+    "dinov2": BackboneSpec(pooling="cls", input_rank=4, input_shape=config_dims("num_channels")),
     # CLIP's pooled output goes through post_layernorm; pooling it keeps that layer in use.
-    "clip_vision_model": BackboneSpec(
-        pooling="pooler", input_rank=4, fixed_input_shape=("num_channels", "image_size", "image_size")
-    ),
-    "siglip_vision_model": BackboneSpec(
-        pooling="pooler", input_rank=4, fixed_input_shape=("num_channels", "image_size", "image_size")
+    "clip_vision_model": BackboneSpec(pooling="pooler", input_rank=4, input_shape=_IMAGE_SHAPE),
+    "siglip_vision_model": BackboneSpec(pooling="pooler", input_rank=4, input_shape=_IMAGE_SHAPE),
+    # video: a clip of a fixed number of frames (batch, frames, channels, height, width), mean over its tokens.
+    "videomae": BackboneSpec(
+        pooling="mean", input_rank=5,
+        input_shape=config_dims("num_frames", "num_channels", "image_size", "image_size"),
     ),
     # audio: waveforms, mean over the frames that are not padding.
     "wav2vec2": BackboneSpec(pooling="mean", input_rank=2, lora_targets=("q_proj", "v_proj")),
@@ -78,37 +95,122 @@ BACKBONES: dict[str, BackboneSpec] = {
     "wavlm": BackboneSpec(pooling="mean", input_rank=2, lora_targets=("q_proj", "v_proj")),
     # audio: fixed-size spectrograms. AST's pooler output is the mean of its two summary tokens (no parameters).
     "audio-spectrogram-transformer": BackboneSpec(
-        pooling="pooler", input_rank=3, fixed_input_shape=("max_length", "num_mel_bins")
+        pooling="pooler", input_rank=3, input_shape=config_dims("max_length", "num_mel_bins")
     ),
+    # Whisper's encoder alone, which takes exactly twice max_source_positions mel frames.
     "whisper": BackboneSpec(
         pooling="mean",
+        width="d_model",
         input_rank=3,
-        fixed_input_shape=("num_mel_bins", "__whisper_frames__"),
+        input_shape=lambda config: (config.num_mel_bins, 2 * config.max_source_positions),
         lora_targets=("q_proj", "v_proj"),
         model_class="transformers.models.whisper.modeling_whisper.WhisperEncoder",
     ),
+    # features: dmil_hf's own encoder of pre-extracted feature sequences (feature_encoder_dmil).
+    "dmil_feature_encoder": BackboneSpec(
+        pooling="mean", lora_targets=("projection", "out_proj", "linear1", "linear2"),
+    ),
 }
 
-# Fallback per modality slot for a model_type the table does not know.
+# Fallback per modality kind for a model_type the table does not know.
 DEFAULT_SPECS: dict[str, BackboneSpec] = {
     "text": BackboneSpec(pooling="mean", input_rank=2),
-    "vision": BackboneSpec(pooling="cls", input_rank=4),
+    "image": BackboneSpec(pooling="cls", input_rank=4),
+    "video": BackboneSpec(pooling="cls", input_rank=4),
     "audio": BackboneSpec(pooling="mean"),
+    "features": BackboneSpec(pooling="mean"),
 }
+# The three-slot API called the image kind "vision".
+_KIND_OF_SLOT = {"vision": "image"}
 
 
-def backbone_spec(model_type: str, modality: str) -> BackboneSpec:
-    """The spec of a backbone family, or the modality's default for an unknown one."""
-    return BACKBONES.get(model_type, DEFAULT_SPECS[modality])
+def backbone_spec(model_type: str, kind: str) -> BackboneSpec:
+    """The spec of a backbone family, or the default of the modality's kind (`"vision"` is read as `"image"`)."""
+    return BACKBONES.get(model_type, DEFAULT_SPECS[_KIND_OF_SLOT.get(kind, kind)])
+
+
+def backbone_width(config: Any, spec: BackboneSpec) -> int:
+    """The size of the backbone's pooled vector, from the config attribute the table names."""
+    width = getattr(config, spec.width, None)
+    if isinstance(width, bool) or not isinstance(width, int):
+        raise ValueError(
+            f"cannot read the width of the {config.model_type} backbone: its config has no integer {spec.width!r}; "
+            f"add the family to dmil_hf.backbones_dmil.BACKBONES with its width attribute"
+        )
+    return width
 
 
 def expected_input_shape(config: Any, spec: BackboneSpec) -> tuple[int, ...]:
     """The trailing input dims a backbone requires, read from its config (empty when it takes any size)."""
-    dims = []
-    for name in spec.fixed_input_shape:
-        if name == "__whisper_frames__":  # Whisper's encoder needs exactly twice max_source_positions frames
-            dims.append(2 * config.max_source_positions)
-        else:
-            value = getattr(config, name)
-            dims.append(value if isinstance(value, int) else value[0])
-    return tuple(dims)
+    return spec.input_shape(config) if spec.input_shape is not None else ()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Poolers: backbone output -> one vector per sample. A pooler takes (output, attention_mask or None, backbone).
+# ----------------------------------------------------------------------------------------------------------------
+
+Pooler = Callable[[Any, "torch.Tensor | None", Any], torch.Tensor]
+POOLERS: dict[str, Pooler] = {}
+
+
+def register_pooler(name: str) -> Callable[[Pooler], Pooler]:
+    """Add a pooler to `POOLERS` under `name` (a config's `pooling` may then name it)."""
+
+    def register(function: Pooler) -> Pooler:
+        POOLERS[name] = function
+        return function
+
+    return register
+
+
+@register_pooler("cls")
+def cls_pooler(output: Any, mask: torch.Tensor | None, backbone: Any) -> torch.Tensor:
+    """The first position of `last_hidden_state` ([CLS])."""
+    return output.last_hidden_state[:, 0]
+
+
+@register_pooler("mean")
+def mean_pooler(output: Any, mask: torch.Tensor | None, backbone: Any) -> torch.Tensor:
+    """The mean of `last_hidden_state` over the positions the mask keeps (all of them without a mask)."""
+    hidden = output.last_hidden_state
+    if mask is not None and mask.shape[1] != hidden.shape[1]:
+        # Waveform masks count samples; the encoder's frames are fewer. Let the backbone map one to the other.
+        to_frames = getattr(backbone, "_get_feature_vector_attention_mask", None)
+        mask = to_frames(hidden.shape[1], mask) if to_frames is not None else None
+    return masked_time_mean(hidden, mask)
+
+
+@register_pooler("pooler")
+def backbone_pooler(output: Any, mask: torch.Tensor | None, backbone: Any) -> torch.Tensor:
+    """The backbone's own `pooler_output`."""
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is None:
+        raise ValueError(
+            f"pooling 'pooler' was chosen for a {backbone.config.model_type} backbone, which returns no "
+            "pooler_output; use 'cls' or 'mean'"
+        )
+    return pooled
+
+
+def masked_time_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over dim 1 of `(batch, time, dim)` values, over the steps `mask` keeps."""
+    if mask is None:
+        return values.mean(dim=1)
+    mask = mask.to(values.dtype).unsqueeze(-1)
+    return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def masked_time_max(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Max over dim 1 of `(batch, time, dim)` values, over the steps `mask` keeps (0 where it keeps none)."""
+    if mask is None:
+        return values.amax(dim=1)
+    keep = mask.bool().unsqueeze(-1)
+    pooled = values.masked_fill(~keep, torch.finfo(values.dtype).min).amax(dim=1)
+    return torch.where(keep.any(dim=1), pooled, torch.zeros_like(pooled))
+
+
+# How a video's per-frame vectors `(batch, frames, dim)` become one, with the frame mask.
+TEMPORAL_POOLERS: dict[str, Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]] = {
+    "mean": masked_time_mean,
+    "max": masked_time_max,
+}

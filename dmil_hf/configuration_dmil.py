@@ -6,7 +6,9 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .backbones_dmil import MODALITIES
+from .backbones_dmil import POOLERS, backbone_spec
+from .feature_encoder_dmil import DMILFeatureEncoderConfig
+from .modalities_dmil import KINDS, LEGACY_MODALITIES, Modality, validate_table
 
 PARADIGMS = ("dmil", "joint", "ensemble")
 # Registries of DMIL's swappable parts (the modules live in modeling_dmil; the names are checked here).
@@ -47,28 +49,92 @@ _LEGACY_VALUES = {
               "gate_composition_weight", "gate_reads_predictions")
 }
 
-# Backbone config used when a sub-config dict carries no ``model_type``.
-_DEFAULT_MODEL_TYPE = {"text": "bert", "vision": "vit", "audio": "wav2vec2"}
 
-
-def _as_backbone_config(value: Any, modality: str) -> PretrainedConfig | None:
+def _as_backbone_config(value: Any, kind: str, what: str | None = None) -> PretrainedConfig | None:
+    """A modality's encoder config from a config object, a dict (its `model_type`, else the kind's default family) or
+    None. `kind` may be a three-slot name (`"vision"` for images)."""
+    kind = LEGACY_MODALITIES.get(kind, kind)
     if value is None or isinstance(value, PretrainedConfig):
         # A full CLIP/CLAP config holds the tower we want as a nested sub-config (as VisionTextDualEncoder does).
-        nested = getattr(value, f"{modality}_config", None)
+        slot = {"image": "vision", "video": "vision"}.get(kind, kind)
+        nested = getattr(value, f"{slot}_config", None)
         return nested if isinstance(nested, PretrainedConfig) else value
     if isinstance(value, dict):
         value = dict(value)
-        return AutoConfig.for_model(value.pop("model_type", _DEFAULT_MODEL_TYPE[modality]), **value)
-    raise TypeError(f"{modality}_config must be a PretrainedConfig, a dict or None, got {type(value).__name__}")
+        model_type = value.pop("model_type", KINDS[kind].default_model_type)
+        if model_type == DMILFeatureEncoderConfig.model_type:
+            # Built directly: as Hub remote code, dmil_hf's own encoder is not in AutoConfig's registry.
+            return DMILFeatureEncoderConfig(**value)
+        return AutoConfig.for_model(model_type, **value)
+    raise TypeError(f"{what or f'the {kind} backbone config'} must be a PretrainedConfig, a dict or None, got {type(value).__name__}")
 
 
 def _weight(name: str, value: float | dict[str, float]) -> float | dict[str, float]:
     if isinstance(value, dict):
-        unknown = set(value) - {*MODALITIES, "default"}
-        if unknown:
-            raise ValueError(f"{name} maps modalities {MODALITIES} (or 'default') to weights, got keys {sorted(unknown)}")
         return {k: float(v) for k, v in value.items()}
     return float(value)
+
+
+def _table_rows(
+    table: list[Modality | dict] | None, slots: dict[str, Any], kwargs: dict[str, Any]
+) -> list[Modality]:
+    """The modality table as rows with encoder configs: from `table` (encoder configs from each row's `backbone` or
+    the `<name>_config` entry of `kwargs`, which is consumed), or from the three-slot configs. Empty when neither is
+    given (transformers builds a default `DMILConfig()`; the model refuses it)."""
+    if table is None:
+        rows = [Modality(name, kind, _as_backbone_config(slots[name], kind, f"{name}_config"))
+                for name, kind in LEGACY_MODALITIES.items() if slots[name] is not None]
+        if rows:
+            validate_table(rows)
+        return rows
+    table_names = {row["name"] if isinstance(row, dict) else getattr(row, "name", None) for row in table}
+    stray = [f"{name}_config" for name, value in slots.items() if value is not None and name not in table_names]
+    if stray:
+        raise ValueError(f"{', '.join(stray)} name no row of modality_table; give each encoder config in its row")
+    rows = []
+    for row in table:
+        if isinstance(row, dict):
+            row = Modality(**{k: v for k, v in row.items() if k != "backbone"}, backbone=row.get("backbone"))
+        elif not isinstance(row, Modality):
+            raise TypeError(f"modality_table rows must be Modality or dict, got {type(row).__name__}")
+        backbone = row.backbone
+        key = f"{row.name}_config"
+        saved = slots.get(row.name) if row.name in slots else kwargs.get(key)
+        kwargs.pop(key, None)
+        if backbone is None:
+            backbone = saved
+        backbone = _as_backbone_config(backbone if backbone is not None else {}, row.kind, f"modality {row.name!r}'s backbone")
+        row = Modality(row.name, row.kind, backbone, row.pooling, row.temporal_pooling,
+                       _clip_length(row, backbone))
+        rows.append(row)
+    validate_table(rows)
+    return rows
+
+
+def _clip_length(row: Modality, backbone: PretrainedConfig) -> int | None:
+    """A video row's frame count: a video backbone of a fixed clip length (VideoMAE) sets it."""
+    fixed = getattr(backbone, "num_frames", None) if backbone_spec(backbone.model_type, row.kind).input_rank == 5 else None
+    if fixed is None:
+        return row.num_frames
+    if row.num_frames not in (None, fixed):
+        raise ValueError(
+            f"modality {row.name!r}: num_frames={row.num_frames}, but its {backbone.model_type} backbone takes clips of "
+            f"exactly {fixed} frames"
+        )
+    return fixed
+
+
+class _SubConfigs:
+    """`sub_configs` that lists the three-slot keys on the class and each modality's `<name>_config` on an instance.
+
+    transformers walks `config.sub_configs` to set the attention implementation and dtype on every backbone config;
+    a modality table has its own keys (`rgb_config`, `flow_config`), so the instance answers with those.
+    """
+
+    def __get__(self, instance: Any, owner: type) -> dict[str, type]:
+        if instance is None or "modality_table" not in instance.__dict__:
+            return {f"{m}_config": AutoConfig for m in LEGACY_MODALITIES}
+        return {f"{row['name']}_config": AutoConfig for row in instance.__dict__["modality_table"]}
 
 
 class DMILConfig(PretrainedConfig):
@@ -79,15 +145,23 @@ class DMILConfig(PretrainedConfig):
     (``reference/dmil-method.md`` §3-4); every term they weight is reported by name in the model output.
 
     Args:
+        modality_table (`list[Modality | dict]`, *optional*):
+            The modalities, two to four rows of [`Modality`]: a name (any identifier), a kind (`text`, `image`,
+            `video`, `audio`, `features`), an encoder config and its pooling. Each row's encoder config is kept as
+            the attribute `<name>_config` (saved beside the table in `config.json`). See `dmil_hf.modalities_dmil`
+            for the input names each row gives the model.
         text_config, vision_config, audio_config (`PretrainedConfig` or `dict`, *optional*):
-            Backbone configs; give any two or three. A dict is turned into a config with `AutoConfig.for_model`.
+            The three-slot form (release 0.1): backbone configs of the modalities `text` (kind text), `vision` (kind
+            image) and `audio` (kind audio); give any two or three, or use `modality_table`. A dict is turned into a
+            config with `AutoConfig.for_model`.
         latent_dim (`int`, defaults to 64):
             Dimension d of the projected features Z_m and of every latent (M, N, R, U, S).
         paradigm (`str`, defaults to `"dmil"`):
             `"dmil"` (decomposition + gate), `"joint"` (concatenated features, MLP head, one CE) or `"ensemble"`
             (one head per modality, each with its own CE, logits averaged).
         pooling (`dict[str, str]`, *optional*):
-            Per-modality override of the pooling from the backbone table (`"cls"`, `"mean"` or `"pooler"`).
+            Per-modality override of the pooling from the backbone table (a name in `backbones_dmil.POOLERS`:
+            `"cls"`, `"mean"` or `"pooler"`); a row's own `pooling` lands here too.
         logvar_clamp (`float`, defaults to 8.0):
             Posterior log-variances are clamped to [-logvar_clamp, logvar_clamp] so that exp() cannot overflow in
             bf16/fp16.
@@ -164,7 +238,7 @@ class DMILConfig(PretrainedConfig):
     """
 
     model_type = "dmil"
-    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig, "audio_config": AutoConfig}
+    sub_configs = _SubConfigs()
     # Loss pieces are scalars per batch: the Trainer must not try to concatenate them across eval batches.
     keys_to_ignore_at_inference = ["loss_terms"]
 
@@ -173,6 +247,7 @@ class DMILConfig(PretrainedConfig):
         text_config: PretrainedConfig | dict | None = None,
         vision_config: PretrainedConfig | dict | None = None,
         audio_config: PretrainedConfig | dict | None = None,
+        modality_table: list[Modality | dict] | None = None,
         latent_dim: int = 64,
         paradigm: str = "dmil",
         pooling: dict[str, str] | None = None,
@@ -198,18 +273,34 @@ class DMILConfig(PretrainedConfig):
         check_inputs: bool = True,
         **kwargs,
     ):
-        self.text_config = _as_backbone_config(text_config, "text")
-        self.vision_config = _as_backbone_config(vision_config, "vision")
-        self.audio_config = _as_backbone_config(audio_config, "audio")
+        rows = _table_rows(modality_table, {"text": text_config, "vision": vision_config, "audio": audio_config}, kwargs)
+        pooling = dict(pooling or {})
+        for row in rows:
+            if row.pooling is not None:
+                pooling[row.name] = row.pooling
+        # The table (JSON rows) and each row's encoder config as `<name>_config`, as transformers' composite configs
+        # keep their sub-configs. The three-slot attributes always exist (None when unused) for code that reads them.
+        self.text_config = self.vision_config = self.audio_config = None
+        for row in rows:
+            setattr(self, f"{row.name}_config", row.backbone)
+        self.modality_table = [row.to_row() for row in rows]
         if paradigm not in PARADIGMS:
             raise ValueError(f"paradigm must be one of {PARADIGMS}, got {paradigm!r}")
         if int(latent_dim) < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
-        pooling = dict(pooling or {})
+        names = [row.name for row in rows]
         for modality, mode in pooling.items():
-            if modality not in MODALITIES or mode not in ("cls", "mean", "pooler"):
+            if modality not in names or mode not in POOLERS:
                 raise ValueError(
-                    f"pooling must map a modality in {MODALITIES} to 'cls', 'mean' or 'pooler', got {modality!r}: {mode!r}"
+                    f"pooling must map one of the modalities {names} to a pooler in {sorted(POOLERS)}, "
+                    f"got {modality!r}: {mode!r}"
+                )
+        for field_name, value in (("stage1_kl_weight", stage1_kl_weight),
+                                  ("stage1_reconstruction_weight", stage1_reconstruction_weight)):
+            unknown = set(value) - {*names, *LEGACY_MODALITIES, "default"} if isinstance(value, dict) else set()
+            if unknown:
+                raise ValueError(
+                    f"{field_name} maps modalities {names} (or 'default') to weights, got keys {sorted(unknown)}"
                 )
         for name, value, choices in (
             ("synergy_fusion", synergy_fusion, SYNERGY_FUSION_NAMES),
@@ -262,13 +353,6 @@ class DMILConfig(PretrainedConfig):
                 if getattr(self, key) is not None
             }
         super().__init__(**kwargs)
-        # A config with no backbone at all is allowed so that transformers can build default instances (older
-        # versions diff against DMILConfig() when saving); the model refuses to be built from it.
-        if 0 < len(self.modalities) < 2:
-            raise ValueError(
-                f"DMIL combines two or three modalities; the config has only {self.modalities}. "
-                "Give at least two of text_config, vision_config and audio_config."
-            )
 
     @classmethod
     def reference(cls, **kwargs) -> "DMILConfig":
@@ -288,11 +372,23 @@ class DMILConfig(PretrainedConfig):
 
     @property
     def modalities(self) -> list[str]:
-        """The configured modalities, always in the order text, vision, audio."""
-        return [m for m in MODALITIES if getattr(self, f"{m}_config", None) is not None]
+        """The modalities' names, in table order (the three-slot form: text, vision, audio)."""
+        return [row["name"] for row in self.modality_table]
+
+    @property
+    def modality_specs(self) -> list[Modality]:
+        """The modality table as typed rows, each with its encoder config and pooling override."""
+        return [self.modality(row["name"]) for row in self.modality_table]
+
+    def modality(self, name: str) -> Modality:
+        """One row of the modality table, with its encoder config and pooling override."""
+        for row in self.modality_table:
+            if row["name"] == name:
+                return Modality(**row, backbone=self.backbone_config(name), pooling=self.pooling.get(name))
+        raise ValueError(f"this DMIL config has no modality {name!r} (configured: {', '.join(self.modalities)})")
 
     def backbone_config(self, modality: str) -> PretrainedConfig:
-        config = getattr(self, f"{modality}_config", None)
+        config = getattr(self, f"{modality}_config", None) if modality in self.modalities else None
         if config is None:
             raise ValueError(f"this DMIL config has no {modality} backbone (configured: {', '.join(self.modalities)})")
         return config

@@ -19,10 +19,9 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 TASK = "multimodal-classification"
-# Input dict key -> model modality (the model's config.modalities use "vision" for images).
+# The three-slot modalities' input keys (the model's config.modalities call images "vision"); every modality is also
+# its own key (`rgb`, `flow`, `facs`, `vision`).
 INPUT_KEYS = {"text": "text", "image": "vision", "audio": "audio"}
-# Processor argument for each input key.
-_PROCESSOR_ARGUMENTS = {"text": "text", "image": "images", "audio": "audio"}
 # "Not given" for top_k, which None cannot mean since top_k=None asks for every label (as in text-classification).
 _UNSET = object()
 
@@ -34,7 +33,8 @@ class MultimodalClassificationPipeline(Pipeline):
     Inputs: a dict with any of the keys `"text"` (str; "" or whitespace counts as missing), `"image"` (PIL image,
     numpy array, torch tensor or file path; uint8 arrays are 0..255, float arrays [0, 1]) and `"audio"` (1-D
     waveform at the feature extractor's rate, `(waveform, sampling_rate)` tuple, `{"array", "sampling_rate"}` dict
-    or file path), or a list of such dicts. A modality left out of a sample (or given as None) is handled as
+    or file path), and any modality of the model's table by its name (`"rgb"`: a video as a list of frames, an
+    array (frames, H, W, C) or a video file path; `"facs"`: features (steps, dim)), or a list of such dicts. A modality left out of a sample (or given as None) is handled as
     missing: the model renormalises its gate over what the sample has. `batch_size > 1` batches samples with
     different modalities together; each modality is padded on its own.
 
@@ -82,21 +82,24 @@ class MultimodalClassificationPipeline(Pipeline):
         lacking = [m for m in modalities if m not in self.processor.modalities]
         if lacking:
             raise ValueError(
-                f"the model has the modalities {modalities}, but the processor has no sub-processor for {lacking}"
+                f"the model has the modalities {modalities}, but the processor has no sub-processor for {lacking}; "
+                "build it for the model's modality table (DMILProcessor.for_model(model.config, ...))"
             )
         # Checked here, once: a processor with a modality the model lacks would add a modality_mask column the
         # model refuses on every call.
-        extra = [m for m in self.processor.modalities if m not in modalities]
-        if extra:
+        if list(self.processor.modalities) != list(modalities):
             raise ValueError(
-                f"the processor has the modalities {self.processor.modalities}, but the model only {modalities}: "
-                f"build the processor without the sub-processor(s) for {extra}"
+                f"the processor has the modalities {self.processor.modalities}, but the model only {modalities}: build "
+                "the processor for the model's modality table (DMILProcessor.for_model(model.config, ...))"
             )
+        # Input key -> modality: every modality's name, and the three-slot keys of the three-slot modalities.
+        self._input_keys = {m: m for m in modalities}
+        self._input_keys.update({key: m for key, m in INPUT_KEYS.items() if m in modalities})
         # The text backbone's own limit, so that a tokenizer saved without model_max_length cannot send it longer
         # texts than its position embeddings cover.
+        text = next((m for m in self.model.config.modality_specs if m.kind == "text"), None)
         self._text_max_length = (
-            self.processor.text_length_limit(self.processor.backbone_text_length(self.model.config.text_config))
-            if "text" in modalities else None
+            self.processor.text_length_limit(self.processor.backbone_text_length(text.backbone)) if text else None
         )
         # A model built in this process may still be in train mode (dropout on); from_pretrained ones are in eval.
         self.model.eval()
@@ -171,34 +174,40 @@ class MultimodalClassificationPipeline(Pipeline):
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 
     def _check_input(self, inputs: Any) -> dict[str, Any]:
+        keys = list(self._input_keys)
         if not isinstance(inputs, dict):
             raise TypeError(
-                f"{TASK} inputs must be a dict with any of the keys {list(INPUT_KEYS)} (or a list of such dicts), "
+                f"{TASK} inputs must be a dict with any of the keys {keys} (or a list of such dicts), "
                 f"got {type(inputs).__name__}"
             )
-        unknown = sorted(set(inputs) - set(INPUT_KEYS))
-        if unknown:
-            raise ValueError(
-                f"unknown input key(s) {unknown}; a {TASK} input may only have the keys {list(INPUT_KEYS)}"
-            )
         modalities = self.model.config.modalities
-        for key, value in inputs.items():
-            if value is not None and INPUT_KEYS[key] not in modalities:
+        unknown = sorted(set(inputs) - set(self._input_keys))
+        for key in unknown:
+            if key in INPUT_KEYS:
                 raise ValueError(
                     f"the input has {key!r}, but this model has no {INPUT_KEYS[key]} backbone "
                     f"(its modalities: {', '.join(modalities)})"
                 )
-        if all(value is None for value in inputs.values()):
+        if unknown:
+            raise ValueError(f"unknown input key(s) {unknown}; a {TASK} input may only have the keys {keys}")
+        by_modality: dict[str, Any] = {}
+        for key, value in inputs.items():
+            modality = self._input_keys[key]
+            if value is not None and by_modality.get(modality) is not None:
+                raise ValueError(f"the input gives the {modality} modality twice ({sorted(k for k in inputs if self._input_keys[k] == modality)})")
+            if value is not None or modality not in by_modality:
+                by_modality[modality] = value
+        if all(value is None for value in by_modality.values()):
             raise ValueError(f"the input has none of the model's modalities ({', '.join(modalities)})")
-        return dict(inputs)
+        return by_modality
 
     def _collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         arguments = {}
-        for key, argument in _PROCESSOR_ARGUMENTS.items():
-            values = [example.get(key) for example in examples]
+        for modality in self.model.config.modalities:
+            values = [example.get(modality) for example in examples]
             if any(value is not None for value in values):
-                arguments[argument] = values
-        text_kwargs = {"max_length": self._text_max_length} if "text" in arguments else None
+                arguments[modality] = values
+        text_kwargs = {"max_length": self._text_max_length} if self._text_max_length is not None else None
         batch = self.processor(**arguments, return_tensors="pt", text_kwargs=text_kwargs)
         # Float inputs follow the model's dtype (a bf16 model gets bf16 pixels); masks and ids stay as they are.
         return batch.to(self.dtype) if self.dtype is not None else batch

@@ -23,9 +23,12 @@ from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-# Modality name -> processor attribute, in the order of the model's `modality_mask` columns.
+from .modalities_dmil import KINDS, LEGACY_MODALITIES, Modality, input_names
+
+# The three-slot modalities' processor attributes, in the order of the model's `modality_mask` columns.
 SUB_PROCESSORS = {"text": "tokenizer", "vision": "image_processor", "audio": "feature_extractor"}
-# Processor argument that carries each modality (the names transformers' processors use).
+# The processor arguments of the three-slot modalities (the names transformers' processors use); every modality can
+# also be given by its name.
 MODALITY_ARGUMENTS = {"text": "text", "vision": "images", "audio": "audio"}
 # Text keys the model's forward accepts; any other key a tokenizer emits is dropped.
 TEXT_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -291,26 +294,105 @@ def _is_clip_with_rate(value: Any) -> bool:
     )
 
 
-def _as_batch(value: Any, argument: str) -> list:
+def _as_batch(value: Any, kind: str) -> list:
     """A modality argument as a list of items; a single item becomes a batch of one."""
-    if argument == "text":
+    if kind == "text":
         if isinstance(value, str):
             return [value]
         if isinstance(value, (list, tuple)):
             return list(value)
         raise TypeError(f"text must be a str or a list of str (None for a missing text), got {type(value).__name__}")
-    if argument == "images":
+    if kind == "image":
         if isinstance(value, (list, tuple)):
             return list(value)
         if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 4:
             return list(value)  # a stacked batch of images
         return [value]
+    if kind == "video":
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            return list(value) if value.ndim == 5 else [value]  # a stacked batch of clips, or one clip
+        if isinstance(value, (list, tuple)) and value and (
+            _is_pil_image(value[0]) or (isinstance(value[0], (np.ndarray, torch.Tensor)) and value[0].ndim in (2, 3))
+        ):
+            return [list(value)]  # the frames of one clip
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    if kind == "features":
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            return list(value) if value.ndim == 3 else [value]  # a stacked batch of sequences, or one sequence
+        return list(value) if isinstance(value, (list, tuple)) else [value]
     # audio: a tuple (waveform, sampling_rate) is one clip, any other list or tuple is a batch
     if _is_clip_with_rate(value):
         return [value]
     if isinstance(value, (list, tuple)):
         return list(value)
     return [value]
+
+
+def _read_video_file(path: str | os.PathLike, name: str) -> list[Any]:
+    """Every frame of a video file as an RGB PIL image, decoded with PyAV (`pip install av`, which bundles FFmpeg)."""
+    try:
+        import av
+    except ImportError as err:
+        raise ImportError(f"{name}: reading video files needs the `av` package (pip install av)") from err
+    try:
+        with av.open(os.fspath(path)) as container:
+            frames = [frame.to_image() for frame in container.decode(video=0)]
+    except Exception as err:
+        raise ValueError(f"{name}: cannot read video file {os.fspath(path)!r} ({type(err).__name__}: {err})") from err
+    if not frames:
+        raise ValueError(f"{name}: video file {os.fspath(path)!r} has no frames")
+    return frames
+
+
+def _check_video(item: Any, name: str) -> list[Any] | None:
+    """A clip as a list of RGB PIL frames, or None when missing: a list of frames (anything `_check_image` takes),
+    an array (T, H, W, C) or tensor (T, C, H, W), or a video file path."""
+    if item is None:
+        return None
+    if isinstance(item, (str, os.PathLike)):
+        return _read_video_file(item, name)
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        if item.ndim != 4:
+            raise ValueError(
+                f"{name} must be a clip of shape (frames, H, W, C) (a tensor: (frames, C, H, W)), got shape "
+                f"{tuple(item.shape)}"
+            )
+        item = list(item)
+    if not isinstance(item, (list, tuple)):
+        raise TypeError(
+            f"{name} must be a list of frames, an array (frames, H, W, C) or a video file path (None for a missing "
+            f"clip), got {type(item).__name__}"
+        )
+    if not item:
+        raise ValueError(f"{name} is a clip without frames")
+    return [_check_image(frame, f"{name}[{t}]") for t, frame in enumerate(item)]
+
+
+def _check_features(item: Any, name: str) -> np.ndarray | None:
+    """Pre-extracted features as a float32 (steps, dim) array (a (dim,) vector is one step), or None when missing."""
+    if item is None:
+        return None
+    if isinstance(item, torch.Tensor):
+        item = _tensor_to_numpy(item)
+    if isinstance(item, (list, tuple)):
+        item = np.asarray(item)
+    if not isinstance(item, np.ndarray) or not (np.issubdtype(item.dtype, np.number) and item.dtype.kind != "c"):
+        raise TypeError(f"{name} must be a real numeric array of shape (steps, dim) or (dim,), got {type(item).__name__}")
+    if item.ndim == 1:
+        item = item[None]
+    if item.ndim != 2 or item.size == 0:
+        raise ValueError(f"{name} must have shape (steps, dim) or (dim,) with values, got shape {item.shape}")
+    item = item.astype(np.float32)
+    if not np.isfinite(item).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return item
+
+
+def _sample_frames(frames: list[Any], num_frames: int | None) -> list[Any]:
+    """`num_frames` frames spread uniformly over the clip (every frame when None or when the clip is shorter)."""
+    if num_frames is None or len(frames) <= num_frames:
+        return frames
+    return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, num_frames).round()]
 
 
 def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -483,37 +565,64 @@ class DMILProcessor(ProcessorMixin):
     get_attributes = _PresentSubProcessors()
 
     def __init__(
-        self, tokenizer=None, image_processor=None, feature_extractor=None, text_max_length: int | None = None
+        self, tokenizer=None, image_processor=None, feature_extractor=None, text_max_length: int | None = None,
+        modality_table: list[dict[str, Any]] | None = None,
     ):
         given = {"tokenizer": tokenizer, "image_processor": image_processor, "feature_extractor": feature_extractor}
-        if all(value is None for value in given.values()):
-            raise ValueError("DMILProcessor needs at least one of tokenizer, image_processor and feature_extractor")
+        if modality_table is None:
+            if all(value is None for value in given.values()):
+                raise ValueError("DMILProcessor needs at least one of tokenizer, image_processor and feature_extractor")
+            rows = [Modality(m, LEGACY_MODALITIES[m]) for m, slot in SUB_PROCESSORS.items() if given[slot] is not None]
+        else:
+            rows = [row if isinstance(row, Modality) else Modality(**row) for row in modality_table]
+            for row in rows:
+                slot = KINDS[row.kind].processor_slot
+                if slot is not None and given[slot] is None:
+                    raise ValueError(
+                        f"modality {row.name!r} ({row.kind}) needs a {slot.replace('_', ' ')}, which this "
+                        "DMILProcessor was not given"
+                    )
         if text_max_length is not None and (
             isinstance(text_max_length, bool) or not isinstance(text_max_length, int) or text_max_length < 1
         ):
             raise ValueError(f"text_max_length must be a positive int or None, got {text_max_length!r}")
-        # Not a sub-processor: ProcessorMixin saves it (an __init__ argument) in processor_config.json.
+        # Not sub-processors: ProcessorMixin saves them (__init__ arguments) in processor_config.json.
         self.text_max_length = text_max_length
+        self.modality_table = [row.to_row() for row in rows]
+        self._rows = rows
         # Filling the slots first makes the instance's get_attributes() list exactly the given sub-processors, which
         # is what ProcessorMixin.__init__ then checks (class of each) and sets.
         for attribute, value in given.items():
             setattr(self, attribute, value)
         super().__init__(**{attribute: value for attribute, value in given.items() if value is not None})
 
+    @classmethod
+    def for_model(cls, config: Any, tokenizer=None, image_processor=None, feature_extractor=None) -> "DMILProcessor":
+        """The processor of a model's modality table (`config.modality_table`) with the given sub-processors, and
+        the text backbone's length limit."""
+        text = next((m for m in config.modality_specs if m.kind == "text"), None)
+        return cls(
+            tokenizer=tokenizer, image_processor=image_processor, feature_extractor=feature_extractor,
+            text_max_length=cls.backbone_text_length(text.backbone) if text is not None else None,
+            modality_table=[m.to_row() for m in config.modality_specs],
+        )
+
     @property
     def modalities(self) -> list[str]:
-        """The modalities this processor handles, in the model's order (text, vision, audio)."""
-        return [m for m, attribute in SUB_PROCESSORS.items() if getattr(self, attribute, None) is not None]
+        """The modalities this processor handles, in the model's order (its modality table's)."""
+        return [row.name for row in self._rows]
 
     @property
     def model_input_names(self) -> list[str]:
         names = []
-        if self.tokenizer is not None:
-            names += [n for n in self.tokenizer.model_input_names if n in TEXT_INPUT_NAMES]
-        if self.image_processor is not None:
-            names.append("pixel_values")
-        if self.feature_extractor is not None:
-            names += [self._audio_input_name, AUDIO_MASK_NAME]
+        for row in self._rows:
+            row_names = input_names(row, self._audio_input_name if row.kind == "audio" else None)
+            if row.kind == "text":
+                produced = [n for n in self.tokenizer.model_input_names if n in TEXT_INPUT_NAMES]
+                prefix = "" if row.is_legacy_slot else f"{row.name}_"
+                names += [prefix + n for n in produced]
+            else:
+                names += [row_names.main, *([row_names.mask] if row_names.mask else [])]
         return names + ["modality_mask"]
 
     @staticmethod
@@ -589,6 +698,7 @@ class DMILProcessor(ProcessorMixin):
         text_kwargs: dict[str, Any] | None = None,
         images_kwargs: dict[str, Any] | None = None,
         audio_kwargs: dict[str, Any] | None = None,
+        **modalities: Any,
     ) -> BatchFeature:
         """Process a sample or a batch into the model's inputs.
 
@@ -601,27 +711,28 @@ class DMILProcessor(ProcessorMixin):
             audio: a 1-D waveform, a `(waveform, sampling_rate)` tuple, a `{"array", "sampling_rate"}` dict or a
                 file path (decoded with soundfile, channels averaged), or a list of those (None for a missing clip).
                 Audio at another rate than the feature extractor's is resampled.
+            **modalities: any modality by its name (`rgb=`, `flow=`, `facs=`; `text=`, `vision=` and `audio=` for the
+                three-slot ones). A video is a list of frames (anything `images` takes), an array (frames, H, W, C),
+                a tensor (frames, C, H, W) or a video file path (decoded with PyAV: `pip install av`); a batch is a
+                list of those. A video row with `num_frames` keeps that many frames, spread over the clip. Features
+                are arrays (steps, dim) or (dim,), a list of them per batch. `text`, `images` and `audio` go to the
+                modality of that kind (its three-slot name, or the only one of its kind).
             sampling_rate: rate of the bare waveforms (those without their own rate); default: the extractor's.
             return_tensors: `"pt"` (default), `"np"` or None.
             return_modality_mask: True to always return `modality_mask`, False never; by default only when some
                 sample lacks a modality.
-            text_kwargs, images_kwargs, audio_kwargs: extra arguments of the tokenizer, image processor and feature
-                extractor (they override the defaults: text padding to the longest and truncation to
-                `text_length_limit()`, audio padding to the longest where the extractor does not pad to a fixed
-                length itself).
+            text_kwargs, images_kwargs, audio_kwargs: extra arguments of the tokenizer, image processor (images and
+                video frames) and feature extractor (they override the defaults: text padding to the longest and
+                truncation to `text_length_limit()`, audio padding to the longest where the extractor does not pad
+                to a fixed length itself).
         """
-        given = {"text": text, "vision": images, "audio": audio}
-        for modality, value in given.items():
-            if value is not None and modality not in self.modalities:
-                raise ValueError(
-                    f"{MODALITY_ARGUMENTS[modality]} was given, but this DMILProcessor has no "
-                    f"{SUB_PROCESSORS[modality].replace('_', ' ')} (its modalities: {', '.join(self.modalities)})"
-                )
-        batches = {m: _as_batch(v, MODALITY_ARGUMENTS[m]) for m, v in given.items() if v is not None}
+        given = self._by_modality({"text": text, "images": images, "audio": audio}, modalities)
+        rows = {row.name: row for row in self._rows}
+        batches = {m: _as_batch(v, rows[m].kind) for m, v in given.items()}
         if not batches:
-            names = ", ".join(MODALITY_ARGUMENTS[m] for m in self.modalities)
+            names = ", ".join(self._argument_names())
             raise ValueError(f"no input given: pass at least one of {names}")
-        sizes = {MODALITY_ARGUMENTS[m]: len(items) for m, items in batches.items()}
+        sizes = {self._argument_of(rows[m]): len(items) for m, items in batches.items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(
                 f"the inputs disagree on the batch size: {sizes} (use None for a sample's missing modality)"
@@ -632,11 +743,15 @@ class DMILProcessor(ProcessorMixin):
 
         checked = {}
         for modality, items in batches.items():
-            argument = MODALITY_ARGUMENTS[modality]
-            if modality == "text":
-                checked[modality] = [_check_text(x, f"text[{i}]") for i, x in enumerate(items)]
-            elif modality == "vision":
-                checked[modality] = [_check_image(x, f"images[{i}]") for i, x in enumerate(items)]
+            row, argument = rows[modality], self._argument_of(rows[modality])
+            if row.kind == "text":
+                checked[modality] = [_check_text(x, f"{argument}[{i}]") for i, x in enumerate(items)]
+            elif row.kind == "image":
+                checked[modality] = [_check_image(x, f"{argument}[{i}]") for i, x in enumerate(items)]
+            elif row.kind == "video":
+                checked[modality] = [_check_video(x, f"{argument}[{i}]") for i, x in enumerate(items)]
+            elif row.kind == "features":
+                checked[modality] = [_check_features(x, f"{argument}[{i}]") for i, x in enumerate(items)]
             else:
                 target = int(self.feature_extractor.sampling_rate)
                 checked[modality] = [
@@ -651,37 +766,116 @@ class DMILProcessor(ProcessorMixin):
                 )
 
         data: dict[str, Any] = {}
+        kwargs = {"text": text_kwargs, "image": images_kwargs, "video": images_kwargs, "audio": audio_kwargs}
         for modality, items in checked.items():
             if not any(present[modality]):
                 continue  # absent from the whole batch: no keys, the model skips the backbone
-            if modality == "text":
-                data.update(self._process_text(items, return_tensors, text_kwargs))
-            elif modality == "vision":
-                data.update(self._process_images(items, return_tensors, images_kwargs))
-            else:
-                data.update(self._process_audio(items, return_tensors, audio_kwargs))
+            row = rows[modality]
+            process = {
+                "text": self._process_text, "image": self._process_images, "video": self._process_video,
+                "audio": self._process_audio, "features": self._process_features,
+            }[row.kind]
+            outputs = process(row, items, return_tensors, kwargs.get(row.kind))
+            data.update(outputs)
 
         mask = [[present.get(m, [False] * batch_size)[i] for m in self.modalities] for i in range(batch_size)]
         if return_modality_mask or (return_modality_mask is None and not all(all(row) for row in mask)):
             data["modality_mask"] = np.array(mask, dtype=bool) if return_tensors is not None else mask
         return BatchFeature(data, tensor_type=return_tensors)
 
-    def _process_text(self, items: list[str | None], return_tensors, kwargs) -> dict[str, Any]:
+    # ------------------------------------------------------------------ arguments
+
+    def _argument_of(self, row: Modality) -> str:
+        """The argument name a modality is reported under: the three-slot argument, else its name."""
+        return MODALITY_ARGUMENTS[row.name] if row.is_legacy_slot else row.name
+
+    def _argument_names(self) -> list[str]:
+        return [self._argument_of(row) for row in self._rows]
+
+    def _by_modality(self, legacy: dict[str, Any], named: dict[str, Any]) -> dict[str, Any]:
+        """The given inputs keyed by modality name: `text=`/`images=`/`audio=` go to the modality of that kind (its
+        three-slot name, or the only one of its kind); any other keyword must name a modality."""
+        unknown = sorted(set(named) - set(self.modalities))
+        if unknown:
+            raise TypeError(
+                f"DMILProcessor got unexpected argument(s) {unknown}; its modalities are {self.modalities} "
+                f"(arguments: {', '.join(self._argument_names())})"
+            )
+        given = {m: v for m, v in named.items() if v is not None}
+        for argument, value in legacy.items():
+            if value is None:
+                continue
+            kind = {"text": "text", "images": "image", "audio": "audio"}[argument]
+            slot = next(m for m, a in MODALITY_ARGUMENTS.items() if a == argument)
+            candidates = [row.name for row in self._rows if row.kind == kind]
+            target = slot if slot in candidates else (candidates[0] if len(candidates) == 1 else None)
+            if target is None:
+                what = SUB_PROCESSORS[slot].replace("_", " ")
+                raise ValueError(
+                    f"{argument} was given, but this DMILProcessor has "
+                    + (f"no {what} (its modalities: {', '.join(self.modalities)})" if not candidates else
+                       f"several {kind} modalities ({', '.join(candidates)}): pass each by its name")
+                )
+            if target in given:
+                raise ValueError(f"the {target} modality was given twice (as {argument}= and {target}=)")
+            given[target] = value
+        return given
+
+    # ------------------------------------------------------------------ one modality
+
+    def _names(self, row: Modality) -> Any:
+        return input_names(row, self._audio_input_name if row.kind == "audio" else None)
+
+    def _process_text(self, row: Modality, items: list[str | None], return_tensors, kwargs) -> dict[str, Any]:
         # Truncation needs a length: a tokenizer saved without model_max_length would otherwise let any length
         # through, and the model refuses texts longer than its position embeddings.
         kwargs = {"padding": True, "truncation": True, "max_length": self.text_length_limit(), **(kwargs or {})}
         encoded = self.tokenizer(["" if x is None else x for x in items], return_tensors=return_tensors, **kwargs)
-        return {k: v for k, v in encoded.items() if k in TEXT_INPUT_NAMES}
+        prefix = "" if row.is_legacy_slot else f"{row.name}_"
+        return {prefix + k: v for k, v in encoded.items() if k in TEXT_INPUT_NAMES}
 
-    def _process_images(self, items: list, return_tensors, kwargs) -> dict[str, Any]:
+    def _process_images(self, row: Modality, items: list, return_tensors, kwargs) -> dict[str, Any]:
         first = next(x for x in items if x is not None)
         placeholder = np.zeros_like(np.asarray(first))  # a black image shaped like the batch's first one
         encoded = self.image_processor(
             [placeholder if x is None else x for x in items], return_tensors=return_tensors, **(kwargs or {})
         )
-        return {"pixel_values": encoded["pixel_values"]}
+        return {self._names(row).main: encoded["pixel_values"]}
 
-    def _process_audio(self, items: list[np.ndarray | None], return_tensors, kwargs) -> dict[str, Any]:
+    def _process_video(self, row: Modality, clips: list, return_tensors, kwargs) -> dict[str, Any]:
+        """Frames of every clip through the image processor, as (batch, frames, C, H, W) zero-padded to the longest
+        clip (or `num_frames`) with a (batch, frames) mask; a missing clip is all padding."""
+        clips = [None if clip is None else _sample_frames(clip, row.num_frames) for clip in clips]
+        length = row.num_frames or max(len(clip) for clip in clips if clip is not None)
+        frames = [frame for clip in clips if clip is not None for frame in clip]
+        pixels = np.asarray(self.image_processor(frames, return_tensors="np", **(kwargs or {}))["pixel_values"])
+        video = np.zeros((len(clips), length, *pixels.shape[1:]), dtype=pixels.dtype)
+        mask = np.zeros((len(clips), length), dtype=np.int64)
+        start = 0
+        for i, clip in enumerate(clips):
+            if clip is None:
+                continue
+            video[i, : len(clip)] = pixels[start : start + len(clip)]
+            mask[i, : len(clip)] = 1
+            start += len(clip)
+        names = self._names(row)
+        return {names.main: video, names.mask: mask}
+
+    def _process_features(self, row: Modality, items: list, return_tensors, kwargs) -> dict[str, Any]:
+        """Feature sequences zero-padded to the longest, as (batch, steps, dim) with a (batch, steps) mask."""
+        dims = {x.shape[1] for x in items if x is not None}
+        if len(dims) > 1:
+            raise ValueError(f"{row.name}: the samples' feature sizes differ ({sorted(dims)}); each step needs one size")
+        dim, length = dims.pop(), max(len(x) for x in items if x is not None)
+        values = np.zeros((len(items), length, dim), dtype=np.float32)
+        mask = np.zeros((len(items), length), dtype=np.int64)
+        for i, x in enumerate(items):
+            if x is not None:
+                values[i, : len(x)], mask[i, : len(x)] = x, 1
+        names = self._names(row)
+        return {names.main: values, names.mask: mask}
+
+    def _process_audio(self, row: Modality, items: list[np.ndarray | None], return_tensors, kwargs) -> dict[str, Any]:
         extractor = self.feature_extractor
         # Silence as long as the longest clip, so that the placeholder never lengthens the padded batch.
         longest = max(len(x) for x in items if x is not None)
@@ -697,9 +891,10 @@ class DMILProcessor(ProcessorMixin):
             **{**defaults, **(kwargs or {})},
         )
         main = self._audio_input_name if self._audio_input_name in encoded else next(iter(encoded))
-        out = {main: encoded[main]}
+        names = input_names(row, main)
+        out = {names.main: encoded[main]}
         if encoded.get("attention_mask") is not None:
-            out[AUDIO_MASK_NAME] = encoded["attention_mask"]
+            out[names.mask] = encoded["attention_mask"]
         return out
 
 
@@ -712,7 +907,8 @@ class DMILProcessor(ProcessorMixin):
 class DMILDataCollator:
     r"""Turns a list of raw examples into a model batch with `labels`, for `Trainer(data_collator=...)`.
 
-    Each example is a dict with any of `"text"`, `"image"` and `"audio"` (None or absent for a missing modality) and
+    Each example is a dict with any of `"text"`, `"image"` and `"audio"` (the three-slot modalities), or each
+    modality's name (`"rgb"`, `"facs"`; see `columns`), None or absent for a missing modality, and
     `"label"` (or `"labels"`): a class id, or a class name when `label2id` is given. An audio value may be a waveform
     with its rate in a `"sampling_rate"` field of the example, or anything [`DMILProcessor`] accepts. Other fields
     are ignored, so run the Trainer with `remove_unused_columns=False` (it would otherwise drop the raw columns).
@@ -741,6 +937,15 @@ class DMILDataCollator:
     audio_key: str = "audio"
     sampling_rate_key: str = "sampling_rate"
     return_modality_mask: bool | None = None
+    # Modality name -> example field, for the modalities of a modality table (default: the modality's name).
+    columns: dict[str, str] | None = None
+
+    def column_of(self, modality: str) -> str:
+        """The example field that holds a modality: `text_key` / `image_key` / `audio_key` for the three-slot
+        modalities, `columns[modality]` or the modality's name for the others."""
+        if self.columns and modality in self.columns:
+            return self.columns[modality]
+        return {"text": self.text_key, "vision": self.image_key, "audio": self.audio_key}.get(modality, modality)
 
     def __call__(self, examples: list[dict[str, Any]]) -> BatchFeature:
         if not isinstance(examples, (list, tuple)) or not examples:
@@ -748,14 +953,14 @@ class DMILDataCollator:
         for i, example in enumerate(examples):
             if not isinstance(example, dict):
                 raise TypeError(f"examples[{i}] must be a dict, got {type(example).__name__}")
-        columns = {"text": self.text_key, "vision": self.image_key, "audio": self.audio_key}
+        kinds = {row["name"]: row["kind"] for row in self.processor.modality_table}
         inputs: dict[str, list] = {}
-        for modality, key in columns.items():
-            values = [example.get(key) for example in examples]
-            if modality == "audio":
+        for modality, kind in kinds.items():
+            values = [example.get(self.column_of(modality)) for example in examples]
+            if kind == "audio":
                 values = [self._audio_item(v, example) for v, example in zip(values, examples)]
             if any(v is not None for v in values):
-                inputs[MODALITY_ARGUMENTS[modality]] = values
+                inputs[modality] = values
         batch = self.processor(**inputs, return_modality_mask=self.return_modality_mask)
         labels = [example.get("label", example.get("labels")) for example in examples]
         if any(label is not None for label in labels):

@@ -38,7 +38,6 @@ from transformers.utils import (
     is_sagemaker_mp_enabled,
 )
 
-from .backbones_dmil import backbone_spec
 from .modeling_dmil import DMILForMultimodalClassification
 from .stages_dmil import EVERYTHING, STAGE_PLANS
 
@@ -170,8 +169,7 @@ def lora_target_regex(model: DMILForMultimodalClassification, leaf_names: list[s
     """A regex that peft full-matches against module names: each backbone's LoRA targets, scoped to that backbone."""
     parts = []
     for modality in model.modalities:
-        spec = backbone_spec(model.config.backbone_config(modality).model_type, modality)
-        names = leaf_names or spec.lora_targets
+        names = leaf_names or model.specs[modality].lora_targets
         parts.append(rf"backbones\.{modality}\..*\.({'|'.join(map(re.escape, names))})")
     return rf"^({'|'.join(parts)})$"
 
@@ -209,7 +207,7 @@ def prepare_model_for_stage(
     # The stage table says what trains; everything else is frozen and held in eval mode (dropout off).
     trained = STAGE_PLANS[stage].trained_modules(model.config) if model.config.paradigm == "dmil" else (EVERYTHING,)
     if EVERYTHING not in trained:
-        for name, module in model.named_children():
+        for name, module in model.stage_modules().items():
             if name not in trained:
                 module.requires_grad_(False)
                 frozen.append(module)
@@ -613,6 +611,13 @@ class DMILTrainer(Trainer):
         super()._load_optimizer_and_scheduler(checkpoint)
 
     # ---------------------------------------------------------------- loss, prediction, logging
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # The model's forward takes its modalities' inputs as **kwargs (their names come from the modality table), so
+        # the Trainer's signature inspection would keep none of them and drop every input column.
+        if self._signature_columns is None:
+            names = _unwrap(self.model).input_names
+            self._signature_columns = [*names, "modality_mask", "label", "label_ids", *(self.label_names or ["labels"])]
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         if model.training:

@@ -93,7 +93,7 @@ def test_a_folder_whose_config_disagrees_with_its_weights_refuses_to_load(tmp_pa
     DMILForMultimodalClassification(make_config(("text", "vision"))).save_pretrained(tmp_path)
     config_path, weights_path = tmp_path / "config.json", tmp_path / "model.safetensors"
     if edit == "drop_gate":
-        weights = {k: v for k, v in load_file(weights_path).items() if not k.startswith("interaction_gate.")}
+        weights = {k: v for k, v in load_file(weights_path).items() if not k.startswith("head.interaction_gate.")}
         save_file(weights, weights_path, metadata={"format": "pt"})
     else:
         config = json.loads(config_path.read_text())

@@ -25,7 +25,7 @@ TEXT_VISION = ("text", "vision")
 
 
 def _trained(model):
-    return sorted({name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad})
+    return sorted({name.removeprefix("head.").split(".")[0] for name, p in model.named_parameters() if p.requires_grad})
 
 
 # ------------------------------------------------------------------------------------------- the stage table
@@ -84,7 +84,7 @@ def test_reference_preset_values():
     assert config.num_labels == 4 and config.synergy_fusion == "linear"
     assert DMILConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
     model = DMILForMultimodalClassification(config)
-    assert type(model.synergy_fusion) is SynergyFusion
+    assert type(model.head.synergy_fusion) is SynergyFusion
 
 
 def test_default_differs_from_reference_only_in_documented_fields():
@@ -144,11 +144,11 @@ def test_per_modality_redundancy_readout_averages_the_predictor_logits():
     model = DMILForMultimodalClassification(config).eval()
     inputs = random_inputs(config)
     captured = {}
-    model.consistency_decomposition.register_forward_hook(lambda m, i, out: captured.update(out))
+    model.head.consistency_decomposition.register_forward_hook(lambda m, i, out: captured.update(level2=out))
     with torch.no_grad():
         out = model(**{k: v for k, v in inputs.items() if k != "labels"})
-    head = model.component_classifiers["redundancy"]
-    expected = torch.stack([head(captured["predictors"][m][1]) for m in config.modalities]).mean(0)
+    head = model.head.component_classifiers["redundancy"]
+    expected = torch.stack([head(captured["level2"].predictors[m].mu) for m in config.modalities]).mean(0)
     torch.testing.assert_close(out.component_logits[:, 0], expected)
 
 
@@ -156,7 +156,7 @@ def test_synergy_input_z_reads_the_projected_features():
     config = make_config(TEXT_VISION, synergy_input="z")
     model = DMILForMultimodalClassification(config).eval()
     seen = []
-    model.synergy_fusion.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    model.head.synergy_fusion.register_forward_hook(lambda m, i, o: seen.append(i[0]))
     projected = []
     for m in config.modalities:
         model.projections[m].register_forward_hook(lambda mod, i, o: projected.append(o))
@@ -175,10 +175,10 @@ def test_n_is_sampled_whenever_the_model_trains_even_with_level1_frozen():
     model = DMILForMultimodalClassification(config)
     inputs = random_inputs(config)
     seen = []
-    model.synergy_fusion.register_forward_hook(lambda m, i, o: seen.append([n.clone() for n in i[0]]))
+    model.head.synergy_fusion.register_forward_hook(lambda m, i, o: seen.append([n.clone() for n in i[0]]))
     model.train()
     for name in ("backbones", "projections", "intra_decomposition"):  # what the trainer does in stage 2
-        getattr(model, name).eval()
+        model.stage_modules()[name].eval()
     with torch.no_grad():
         first, second = model(**inputs, stage=2), model(**inputs, stage=2)
     assert not torch.equal(seen[0][0], seen[1][0])  # sampled: two draws differ
@@ -196,12 +196,12 @@ def test_kl_R_counts_only_samples_with_the_joint_posterior():
     mask = torch.ones(6, 2, dtype=torch.bool)
     mask[:3, 1] = False  # three samples lack vision: their R comes from the text predictor
     captured = {}
-    model.consistency_decomposition.register_forward_hook(lambda m, i, out: captured.update(out))
+    model.head.consistency_decomposition.register_forward_hook(lambda m, i, out: captured.update(level2=out))
     with torch.no_grad():
         out = model(**inputs, modality_mask=mask, stage=2)
-    full = captured["all_present"]
+    r, full = captured["level2"].r, captured["level2"].all_present
     assert full.tolist() == [False] * 3 + [True] * 3
-    kl = 0.5 * (captured["r_mu"].pow(2) + captured["r_logvar"].exp() - 1 - captured["r_logvar"]).mean(-1)
+    kl = 0.5 * (r.mu.pow(2) + r.logvar.exp() - 1 - r.logvar).mean(-1)
     torch.testing.assert_close(out.loss_terms["kl_R"], kl[full].mean())
 
 
@@ -244,19 +244,19 @@ def test_composition_gate_trains_from_its_own_loss_not_from_the_final_ce():
     model = DMILForMultimodalClassification(config).train()
     out = model(**random_inputs(config), stage=2)
     out.loss_terms["ce_final"].backward(retain_graph=True)
-    assert all(p.grad is None or not p.grad.any() for p in model.interaction_gate.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in model.head.interaction_gate.parameters())
     out.loss_terms["gate_composition"].backward()
-    assert any(p.grad is not None and p.grad.any() for p in model.interaction_gate.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.head.interaction_gate.parameters())
     # The mixture objective (reference) trains the gate through the final CE.
     reference = DMILForMultimodalClassification(make_config(TEXT_VISION, gate_objective="mixture")).train()
     reference(**random_inputs(config), stage=2).loss_terms["ce_final"].backward()
-    assert any(p.grad is not None and p.grad.any() for p in reference.interaction_gate.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in reference.head.interaction_gate.parameters())
 
 
 def test_gate_can_read_the_heads_predictions():
     config = make_config(TEXT_VISION, gate_reads_predictions=True)
     model = DMILForMultimodalClassification(config).eval()
-    assert model.interaction_gate.mlp.fc1.in_features == 4 * config.latent_dim + 4 * config.num_labels
+    assert model.head.interaction_gate.mlp.fc1.in_features == 4 * config.latent_dim + 4 * config.num_labels
     with torch.no_grad():
         out = model(**{k: v for k, v in random_inputs(config).items() if k != "labels"})
     torch.testing.assert_close(out.interaction_weights.sum(-1), torch.ones(4))

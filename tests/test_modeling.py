@@ -185,7 +185,7 @@ def test_alignment_kl_is_zero_when_joint_posterior_equals_predictor():
     config = make_config(("text", "vision"), latent_dim=8)
     model = build(config)
     d = config.latent_dim
-    level2 = model.consistency_decomposition
+    level2 = model.head.consistency_decomposition
     with torch.no_grad():
         joint, predictor = level2.redundancy.linear, level2.redundancy_predictors["text"].linear
         # q(R | M_text, M_vision) ignores M_vision and equals v_text(R | M_text).
@@ -591,7 +591,7 @@ def test_label_ids_of_any_integer_dtype():
 
 
 def test_model_from_bad_config_is_rejected():
-    with pytest.raises(ValueError, match="two or three"):
+    with pytest.raises(ValueError, match="two to four"):
         DMILForMultimodalClassification(make_config(()))
     with pytest.raises(ValueError, match="paradigm"):
         make_config(paradigm="stacking")

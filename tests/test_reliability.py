@@ -126,7 +126,7 @@ def test_a_checkpoint_with_missing_or_unexpected_keys_is_an_error(tmp_path, dama
     trainer.save_model(str(folder))
     tensors = load_file(folder / "model.safetensors")
     if damage == "missing":
-        tensors.pop(next(k for k in tensors if k.startswith("interaction_gate.")))
+        tensors.pop(next(k for k in tensors if k.startswith("head.interaction_gate.")))
     else:
         tensors["interaction_gate.stray.weight"] = torch.zeros(2)
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})

@@ -69,8 +69,8 @@ def test_three_stages_freeze_save_and_lora(tmp_path):
     assert sorted(output.metrics["stages"]) == ["1", "2", "3"]
     run = tmp_path / "run"
     s1, s2, s3 = (weights(run / f"stage-{k}") for k in (1, 2, 3))
-    stage1_keys = [k for k in s1 if k.startswith(("backbones.", "projections.", "intra_decomposition."))]
-    stage2_keys = [k for k in s1 if k.startswith(("consistency_decomposition.", "synergy_fusion.", "interaction_gate."))]
+    stage1_keys = [k for k in s1 if k.startswith(("backbones.", "projections.", "head.intra_decomposition."))]
+    stage2_keys = [k for k in s1 if k.startswith(("head.consistency_decomposition.", "head.synergy_fusion.", "head.interaction_gate."))]
     assert stage1_keys and stage2_keys
     # Stage 2 leaves every stage-1 module bit-for-bit unchanged and trains its own modules.
     assert all(torch.equal(s1[k], s2[k]) for k in stage1_keys)
@@ -88,7 +88,7 @@ def test_three_stages_freeze_save_and_lora(tmp_path):
     adapter = load_file(adapter_dir / "adapter_model.safetensors")
     # No base backbone weight travels in the adapter: backbone entries are LoRA factors only.
     assert all("lora_" in k for k in adapter if k.startswith("base_model.model.backbones."))
-    assert any(k.startswith("base_model.model.interaction_gate.") for k in adapter)
+    assert any(k.startswith("base_model.model.head.interaction_gate.") for k in adapter)
     assert any("backbones.text" in k and "lora_B" in k for k in adapter)
     assert any("backbones.vision" in k and "lora_B" in k for k in adapter)
     assert json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(run / "stage-2")
@@ -129,7 +129,7 @@ def test_full_finetuning_and_single_stage(tmp_path):
     assert not (run / "stage-3" / "adapter").exists()
     s2, s3 = weights(run / "stage-2"), weights(run / "stage-3")
     assert any(not torch.equal(s2[k], s3[k]) for k in s2 if k.startswith("backbones."))
-    assert any(not torch.equal(s2[k], s3[k]) for k in s2 if k.startswith("interaction_gate."))
+    assert any(not torch.equal(s2[k], s3[k]) for k in s2 if k.startswith("head.interaction_gate."))
 
 
 class _Interrupt(Exception):

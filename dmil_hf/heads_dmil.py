@@ -1,0 +1,578 @@
+"""DMIL's heads, one per paradigm, and the small swappable modules they are built from.
+
+A head takes the projected features Z_m of every modality (`ModalityFeatures`) and returns the prediction and the
+stage's loss (`DMILOutput`). `HEADS` maps `config.paradigm` to its head: `DMILHead` (the two-level variational
+decomposition, synergy fusion and the per-sample interaction gate), and the baselines on the same features,
+`JointHead` and `EnsembleHead`. Latents are typed (`GaussianLatent`, `IntraModalLatents`, `ConsistencyLatents`).
+
+Read top-down: the output dataclass, the Gaussian and loss helpers, the small fusion modules, the registries of
+DMIL's variants, then the heads.
+
+This module is copied next to ``modeling_dmil.py`` when a model is saved with remote code, so it imports only torch
+and transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import combinations
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .configuration_dmil import DMILConfig
+from .stages_dmil import stage_term_weights
+
+
+@dataclass
+class DMILOutput(ModelOutput):
+    """Output of [`DMILForMultimodalClassification`].
+
+    Attributes:
+        loss: the weighted loss of the requested stage (when `labels` are given).
+        logits: `(batch, num_labels)` final prediction. For DMIL, the gate-weighted sum of the component logits
+            (stage 1: the mean of the unimodal heads, as the gate does not exist yet).
+        interaction_weights: `(batch, K + 2)` the per-sample gate over `config.interaction_components`
+            (DMIL only); a missing modality's uniqueness, and synergy when fewer than two modalities are present,
+            get weight 0.
+        component_logits: `(batch, K + 2, num_labels)` logits of the redundancy, uniqueness and synergy heads.
+        modality_logits: `(batch, K, num_labels)` unimodal predictions (DMIL: heads on M_m; ensemble: the
+            per-modality heads; joint: none). Used for the synergy indicator.
+        loss_terms: every unweighted term of the requested stage by name, e.g. `kl_M_text`, `align_R_vision`,
+            `ce_synergy`; weights are the config's `*_weight` fields.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    interaction_weights: torch.FloatTensor | None = None
+    component_logits: torch.FloatTensor | None = None
+    modality_logits: torch.FloatTensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
+
+
+def gaussian_kl(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    prior_mu: torch.Tensor | None = None,
+    prior_logvar: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Exact KL(N(mu, e^logvar) || N(prior_mu, e^prior_logvar)) of diagonal Gaussians, summed over the last dim.
+
+    With no prior given, the prior is N(0, I). Computed in float32 whatever the autocast dtype.
+    """
+    mu, logvar = mu.float(), logvar.float()
+    if prior_mu is None:
+        return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+    prior_mu, prior_logvar = prior_mu.float(), prior_logvar.float()
+    return 0.5 * (
+        prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0
+    ).sum(-1)
+
+
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor, prior_mu=None, prior_logvar=None) -> torch.Tensor:
+    """The exact KL of `gaussian_kl` divided by the latent dimension: the scale of every KL loss term.
+
+    The reference implementation averages its KLs over the latent dimensions (and its reconstructions over
+    features), and its loss weights (`kl_weight=0.02`) are tuned for that scale; a KL summed over 64 dimensions
+    with the same weight is 64 times stronger and collapses N onto the prior.
+    """
+    return gaussian_kl(mu, logvar, prior_mu, prior_logvar) / mu.shape[-1]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of per-sample values over the samples where `mask` is true (0 when none is), without a host sync."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class GaussianLatent(NamedTuple):
+    """A latent drawn from a diagonal Gaussian posterior: the value used downstream (a reparameterised sample in
+    training, the mean in eval), and the posterior's mean and log-variance."""
+
+    sample: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+
+
+class DiagonalGaussianHead(nn.Module):
+    """q(z | x) = N(mu(x), diag(exp(logvar(x)))): a reparameterised sample in training, the mean in eval."""
+
+    def __init__(self, in_dim: int, out_dim: int, logvar_clamp: float):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, 2 * out_dim)
+        self.logvar_clamp = logvar_clamp
+
+    def forward(self, x: torch.Tensor, sample: bool | None = None) -> GaussianLatent:
+        """`sample` overrides the module's own training flag (the default) for whether the latent is sampled."""
+        mu, logvar = self.linear(x).chunk(2, dim=-1)
+        # Clamped so that exp(logvar) stays finite in bf16/fp16.
+        logvar = logvar.clamp(-self.logvar_clamp, self.logvar_clamp)
+        if not (self.training if sample is None else sample):
+            return GaussianLatent(mu, mu, logvar)
+        return GaussianLatent(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar), mu, logvar)
+
+
+class MLP(nn.Module):
+    """Linear -> GELU -> Linear."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+@dataclass
+class IntraModalLatents:
+    """Level 1 of one modality: M (usable alone), N (the rest), the unimodal logits read from M, and the
+    reconstruction of Z from [M, N] (None when no loss is computed)."""
+
+    m: GaussianLatent
+    n: GaussianLatent
+    logits: torch.Tensor
+    reconstruction: torch.Tensor | None
+
+
+@dataclass
+class ConsistencyLatents:
+    """Level 2: R (its joint posterior, or the predictors' average where a modality is missing), each U_m, the
+    per-modality predictors v_m(R | M_m) and the reconstructions of M_m from [R, U_m] (None when not computed),
+    and which samples have every modality (the joint posterior)."""
+
+    r: GaussianLatent
+    uniqueness: dict[str, GaussianLatent]
+    all_present: torch.Tensor
+    predictors: dict[str, GaussianLatent] | None = None
+    reconstructions: dict[str, torch.Tensor] | None = None
+
+
+class IntraModalDecomposition(nn.Module):
+    """Level 1 for one modality: Z_m -> M_m (usable alone, has a classifier) and N_m (the rest, no label loss)."""
+
+    def __init__(self, dim: int, num_labels: int, logvar_clamp: float):
+        super().__init__()
+        self.m_posterior = DiagonalGaussianHead(dim, dim, logvar_clamp)
+        self.n_posterior = DiagonalGaussianHead(dim, dim, logvar_clamp)
+        self.classifier = nn.Linear(dim, num_labels)
+        self.reconstruction = MLP(2 * dim, max(dim // 2, 1), dim)
+
+    def forward(self, z: torch.Tensor, with_losses: bool = True, sample_n: bool | None = None) -> IntraModalLatents:
+        """`sample_n` says whether N is sampled; the model passes its own training flag, so that N is sampled in
+        stage 2 too, where this module is frozen and in eval mode (as the reference code does: its sampling reads
+        the whole model's flag). Otherwise synergy would fit on N's mean in stage 2 and meet samples in stage 3."""
+        m = self.m_posterior(z)
+        n = self.n_posterior(z, sample=sample_n)
+        # The reconstruction serves only the loss.
+        reconstruction = self.reconstruction(torch.cat([m.sample, n.sample], dim=-1)) if with_losses else None
+        return IntraModalLatents(m, n, self.classifier(m.sample), reconstruction)
+
+
+class ConsistencyDecomposition(nn.Module):
+    """Level 2: R ~ q(R | M_1..M_K), U_m ~ q(U | M_m), and the per-modality predictors v_m(R | M_m).
+
+    The alignment KL(q(R|.) || v_m(R|M_m)) forces R to be predictable from every modality alone, so it can hold
+    only what they share. A sample that lacks a modality has no joint posterior; its R is the average of the
+    predictors v_m of the modalities it has, which is what the alignment trains them to approximate.
+    """
+
+    def __init__(self, modalities: list[str], dim: int, logvar_clamp: float):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.redundancy = DiagonalGaussianHead(len(modalities) * dim, dim, logvar_clamp)
+        self.uniqueness = nn.ModuleDict({m: DiagonalGaussianHead(dim, dim, logvar_clamp) for m in modalities})
+        self.redundancy_predictors = nn.ModuleDict(
+            {m: DiagonalGaussianHead(dim, dim, logvar_clamp) for m in modalities}
+        )
+        self.reconstruction = nn.ModuleDict({m: MLP(2 * dim, max(dim // 2, 1), dim) for m in modalities})
+
+    def forward(
+        self, m_means: dict[str, torch.Tensor], present: torch.Tensor, with_losses: bool = True,
+        all_given: bool = False, need_predictors: bool = False,
+    ) -> ConsistencyLatents:
+        """`with_losses=False` skips what only the loss reads (predictors' alignment, reconstructions);
+        `all_given=True` says, statically, that every sample has every modality, so no fallback is needed;
+        `need_predictors=True` computes the predictors v_m anyway (a redundancy readout reads them)."""
+        present_f = present.to(next(iter(m_means.values())).dtype)
+        joint_in = torch.cat([m_means[m] * present_f[:, k : k + 1] for k, m in enumerate(self.modalities)], dim=-1)
+        r = self.redundancy(joint_in)
+        all_present = present.all(dim=1, keepdim=True)
+        predictors = None
+        if with_losses or not all_given or need_predictors:
+            predictors = {m: self.redundancy_predictors[m](m_means[m]) for m in self.modalities}
+        if not all_given:
+            # Computed for every sample and selected with torch.where: no data-dependent branch, no host sync.
+            weights = present_f / present_f.sum(1, keepdim=True).clamp(min=1.0)
+            fallback = [
+                sum(predictors[m][i] * weights[:, k : k + 1] for k, m in enumerate(self.modalities)) for i in range(3)
+            ]
+            r = GaussianLatent(*(torch.where(all_present, joint, fb) for joint, fb in zip(r, fallback)))
+        uniqueness = {m: self.uniqueness[m](m_means[m]) for m in self.modalities}
+        reconstructions = None
+        if with_losses:
+            reconstructions = {
+                m: self.reconstruction[m](torch.cat([r.sample, uniqueness[m].sample], dim=-1)) for m in self.modalities
+            }
+        return ConsistencyLatents(r, uniqueness, all_present.squeeze(1), predictors, reconstructions)
+
+
+class SynergyFusion(nn.Module):
+    """S = Linear([N_1, ..., N_K, N_i * N_j for every pair i < j]): the reference code's fusion (`"linear"`).
+
+    The pairwise products make XOR-like synergy linearly separable: for N_i, N_j in {-1, +1}, XOR is -N_i * N_j.
+    A missing modality's N is zeroed by the caller, so it and its products contribute nothing.
+    """
+
+    def __init__(self, num_modalities: int, dim: int):
+        super().__init__()
+        self.pairs = list(combinations(range(num_modalities), 2))
+        self.fusion = nn.Linear((num_modalities + len(self.pairs)) * dim, dim)
+
+    def fusion_input(self, n: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([*n, *[n[i] * n[j] for i, j in self.pairs]], dim=-1)
+
+    def forward(self, n: list[torch.Tensor]) -> torch.Tensor:
+        return self.fusion(self.fusion_input(n))
+
+
+class MLPSynergyFusion(SynergyFusion):
+    """S = Linear(x) + MLP(x) with x = [N_1, ..., N_K, N_i * N_j] (`"mlp"`, the library default; with
+    `synergy_input="z"` the Z_m take the N_m's place).
+
+    Diagonal bilinear terms followed by one linear map express XOR of two bits, but not a sum modulo C of two
+    digits; a hidden layer does (the joint baseline's MLP head learns it on the same features). The linear path
+    stays: on noisy sampled N's it finds the product features faster than the hidden layer alone.
+    """
+
+    def __init__(self, num_modalities: int, dim: int):
+        super().__init__(num_modalities, dim)
+        self.hidden = MLP((num_modalities + len(self.pairs)) * dim, 2 * dim, dim)
+
+    def forward(self, n: list[torch.Tensor]) -> torch.Tensor:
+        x = self.fusion_input(n)
+        return self.fusion(x) + self.hidden(x)
+
+
+SYNERGY_FUSIONS: dict[str, type[SynergyFusion]] = {"linear": SynergyFusion, "mlp": MLPSynergyFusion}
+
+
+class InteractionGate(nn.Module):
+    """g = softmax(MLP([R, U_1..U_K, S])) over the K + 2 components, with unavailable components masked out."""
+
+    def __init__(self, num_components: int, dim: int, extra_inputs: int = 0):
+        super().__init__()
+        self.mlp = MLP(num_components * dim + extra_inputs, dim, num_components)
+
+    def forward(self, components: list[torch.Tensor], available: torch.Tensor) -> torch.Tensor:
+        scores = self.mlp(torch.cat(components, dim=-1)).float()
+        return scores.masked_fill(~available, float("-inf")).softmax(dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Swappable parts of DMIL, each chosen by a config field from a small registry (see DMILConfig for the reasons).
+# --------------------------------------------------------------------------------------------------------------
+
+
+def joint_redundancy_logits(
+    classifier: nn.Module, level2: ConsistencyLatents, present: torch.Tensor
+) -> torch.Tensor:
+    """`"joint"` (reference): the redundancy head reads R ~ q(R | M_1..M_K)."""
+    return classifier(level2.r.sample)
+
+
+def per_modality_redundancy_logits(
+    classifier: nn.Module, level2: ConsistencyLatents, present: torch.Tensor
+) -> torch.Tensor:
+    """`"per_modality"`: the redundancy head reads each predictor v_m(R | M_m) alone and the logits are averaged over
+    the modalities present, as an ensemble would. Redundancy is by definition what every modality predicts alone; the
+    hope was the ensemble's robustness to one corrupted modality, which the real-signal benchmark did not show (README,
+    "Method")."""
+    logits = torch.stack([classifier(v.sample) for v in level2.predictors.values()], dim=1)
+    weights = present.to(logits.dtype).unsqueeze(-1)
+    return (logits * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+REDUNDANCY_READOUTS = {"joint": joint_redundancy_logits, "per_modality": per_modality_redundancy_logits}
+
+
+def interaction_composition(
+    modality_logits: torch.Tensor, synergy_logits: torch.Tensor, labels: torch.Tensor, present: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-sample, label-aware estimate of the interaction composition, in the spirit of the first author's
+    pointwise estimator (LSMI, ICML 2025): with i(x; y) = log C + log p(y | x) clipped at 0 (nats),
+
+        r = min_m i(x_m; y),   u_m = i(x_m; y) - r,   s = max(0, i(x_1..x_K; y) - sum_m i(x_m; y)),
+
+    where the unimodal i come from `modality_logits` (`(B, K, C)`, the level-1 heads) and the joint one from the
+    synergy head. Synergy is the positive part of the interaction information: what the modalities say together
+    beyond the sum of what each says alone (beyond the *max* would also count two agreeing noisy modalities, whose
+    combination is more confident than either, as synergy; that is redundancy). Returns the normalised composition `(B, K + 2)` over [R, U_1..U_K, S] and each sample's total
+    information in units of log C (0: nobody predicts the label, the sample says nothing about routing).
+    Modalities absent from a sample carry no information.
+    """
+    num_labels = modality_logits.shape[-1]
+    log_c = math.log(num_labels)
+
+    def information(logits: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits.detach().float(), dim=-1)
+        index = labels.view(-1, *([1] * (logits.dim() - 1))).expand(*logits.shape[:-1], 1)
+        return (log_c + log_p.gather(-1, index).squeeze(-1)).clamp(min=0.0)
+
+    unimodal = information(modality_logits) * present.float()  # (B, K)
+    redundancy = unimodal.masked_fill(~present, float("inf")).min(dim=1).values
+    redundancy = torch.where(torch.isinf(redundancy), torch.zeros_like(redundancy), redundancy)
+    uniqueness = (unimodal - redundancy.unsqueeze(1)).clamp(min=0.0) * present.float()
+    synergy = (information(synergy_logits) - unimodal.sum(dim=1)).clamp(min=0.0)
+    composition = torch.cat([redundancy.unsqueeze(1), uniqueness, synergy.unsqueeze(1)], dim=1)
+    total = composition.sum(dim=1)
+    return composition / total.clamp(min=1e-6).unsqueeze(1), (total / log_c).clamp(max=1.0)
+
+
+@dataclass
+class GateInputs:
+    """What a gate objective sees of one batch."""
+
+    weights: torch.Tensor  # (B, K+2) gate output
+    component_logits: torch.Tensor  # (B, K+2, C)
+    modality_logits: torch.Tensor  # (B, K, C) level-1 unimodal heads
+    available: torch.Tensor  # (B, K+2) bool
+    present: torch.Tensor  # (B, K) bool
+
+
+def mixture_gate_objective(inputs: GateInputs, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`"mixture"` (reference): the gate learns only through the CE of the gate-weighted logits. That CE rewards
+    whichever component is most expressive, so an expressive synergy head takes every sample."""
+    logits = (inputs.weights.unsqueeze(-1) * inputs.component_logits.float()).sum(dim=1)
+    return logits, {}
+
+
+def composition_gate_objective(
+    inputs: GateInputs, labels: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`"composition"` (default): the gate is trained to predict the sample's interaction composition
+    (`interaction_composition`, a cross-entropy to its soft target, weighted by how informative the sample is),
+    and the final CE sees the gate's weights detached, so it trains the components, not the routing. The gate
+    then says which kind of information a sample rests on instead of which head is strongest."""
+    logits = (inputs.weights.detach().unsqueeze(-1) * inputs.component_logits.float()).sum(dim=1)
+    target, informative = interaction_composition(
+        inputs.modality_logits, inputs.component_logits[:, -1], labels, inputs.present
+    )
+    log_weights = inputs.weights.clamp(min=1e-12).log().masked_fill(~inputs.available, 0.0)
+    cross_entropy = -(target * log_weights).sum(dim=1)
+    term = (cross_entropy * informative).sum() / informative.sum().clamp(min=1.0)
+    return logits, {"gate_composition": term}
+
+
+GATE_OBJECTIVES = {"mixture": mixture_gate_objective, "composition": composition_gate_objective}
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The heads: what each paradigm does with the projected features of every modality.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModalityFeatures:
+    """What the encoders hand to a head: the projected features Z_m `(batch, latent_dim)` of every modality (zeros
+    for a modality absent from the whole batch), which modalities each sample has `(batch, K)`, and whether that is
+    known statically to be all of them (no `modality_mask`, every modality given), which lets DMIL skip its
+    missing-modality fallback without a data-dependent branch."""
+
+    z: dict[str, torch.Tensor]
+    present: torch.Tensor
+    all_given: bool = False
+
+
+class JointHead(nn.Module):
+    """The joint-fusion baseline: an MLP on the concatenated features (a missing modality's are zeroed), one CE.
+
+    A hidden layer matters: a linear head on a concatenation is a sum of per-modality scores, an ensemble in disguise
+    that cannot represent synergy.
+    """
+
+    def __init__(self, config: DMILConfig):
+        super().__init__()
+        self.modalities = list(config.modalities)
+        self.joint_classifier = MLP(len(self.modalities) * config.latent_dim, config.latent_dim, config.num_labels)
+
+    def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
+        z, present = features.z, features.present
+        fused = torch.cat([z[m] * present[:, k : k + 1].to(z[m].dtype) for k, m in enumerate(self.modalities)], -1)
+        logits = self.joint_classifier(fused)
+        loss = terms = None
+        if labels is not None:
+            terms = {"ce_final": F.cross_entropy(logits.float(), labels)}
+            loss = terms["ce_final"]
+        return DMILOutput(loss=loss, logits=logits, loss_terms=terms)
+
+
+class EnsembleHead(nn.Module):
+    """The ensemble baseline: one MLP head per modality, each with its own CE, logits averaged over the modalities
+    each sample has."""
+
+    def __init__(self, config: DMILConfig):
+        super().__init__()
+        self.modalities = list(config.modalities)
+        dim = config.latent_dim
+        self.ensemble_classifiers = nn.ModuleDict({m: MLP(dim, dim, config.num_labels) for m in self.modalities})
+
+    def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
+        z, present = features.z, features.present
+        modality_logits = torch.stack([self.ensemble_classifiers[m](z[m]) for m in self.modalities], dim=1)
+        weights = present.to(modality_logits.dtype).unsqueeze(-1)
+        logits = (modality_logits * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        loss = terms = None
+        if labels is not None:
+            # Each head has its own CE on its own modality: the sum trains K independent unimodal models.
+            terms = {
+                f"ce_modality_{m}": masked_mean(
+                    F.cross_entropy(modality_logits[:, k].float(), labels, reduction="none"), present[:, k]
+                )
+                for k, m in enumerate(self.modalities)
+            }
+            loss = sum(terms.values())
+        return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms)
+
+
+class DMILHead(nn.Module):
+    """DMIL (paper Fig. 2): level 1 splits each Z_m into M_m (usable alone) and N_m (the rest); level 2 splits the
+    M's into redundancy R and uniquenesses U_m; a fusion of the synergy inputs and their pairwise products gives
+    synergy S; a per-sample gate weighs the heads of R, U_1..U_K and S. The stage decides which losses count
+    (`stages_dmil.STAGE_PLANS`)."""
+
+    def __init__(self, config: DMILConfig):
+        super().__init__()
+        self.config = config
+        self.modalities = list(config.modalities)
+        dim, num_labels = config.latent_dim, config.num_labels
+        self.intra_decomposition = nn.ModuleDict(
+            {m: IntraModalDecomposition(dim, num_labels, config.logvar_clamp) for m in self.modalities}
+        )
+        self.consistency_decomposition = ConsistencyDecomposition(self.modalities, dim, config.logvar_clamp)
+        self.synergy_fusion = SYNERGY_FUSIONS[config.synergy_fusion](len(self.modalities), dim)
+        self.component_classifiers = nn.ModuleDict(
+            {name: nn.Linear(dim, num_labels) for name in config.interaction_components}
+        )
+        components = len(config.interaction_components)
+        # Reading the heads' log-probabilities too lets the gate see which component is confident.
+        extra = components * num_labels if config.gate_reads_predictions else 0
+        self.interaction_gate = InteractionGate(components, dim, extra_inputs=extra)
+
+    def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
+        config, modalities = self.config, self.modalities
+        z, present = features.z, features.present
+        with_losses = labels is not None
+        level1_losses = with_losses and stage in (1, 3)  # stage 2 trains nothing of level 1 and reads none of its terms
+        # N is sampled whenever the head trains, even in stage 2 where level 1 is frozen and held in eval mode.
+        level1 = {
+            m: self.intra_decomposition[m](z[m], with_losses=level1_losses, sample_n=self.training) for m in modalities
+        }
+        modality_logits = torch.stack([level1[m].logits for m in modalities], dim=1)
+        present_f = present.to(modality_logits.dtype)
+        synergy_ok = present.sum(dim=1) >= 2
+        synergy_source = {
+            "n": lambda: {m: level1[m].n.sample for m in modalities},
+            "z": lambda: z,
+            # Synergy fuses what the backbones learned without pulling them jointly (no modality competition).
+            "z_detached": lambda: {m: z[m].detach() for m in modalities},
+        }[config.synergy_input]()
+        synergy_inputs = [synergy_source[m] * present_f[:, k : k + 1] for k, m in enumerate(modalities)]
+
+        terms: dict[str, torch.Tensor] = {}
+        if level1_losses:
+            for k, m in enumerate(modalities):
+                p, out = present[:, k], level1[m]
+                terms[f"ce_modality_{m}"] = masked_mean(F.cross_entropy(out.logits.float(), labels, reduction="none"), p)
+                terms[f"kl_M_{m}"] = masked_mean(kl_per_dim(out.m.mu, out.m.logvar), p)
+                terms[f"kl_N_{m}"] = masked_mean(kl_per_dim(out.n.mu, out.n.logvar), p)
+                # The target is detached: reconstruction asks M and N to keep what Z holds, not Z to shrink.
+                rec = (out.reconstruction.float() - z[m].detach().float()).pow(2).mean(-1)
+                terms[f"rec_Z_{m}"] = masked_mean(rec, p)
+
+        if stage == 1:
+            # No fusion exists yet: the stage-1 prediction is the mean of the unimodal heads on the modalities present.
+            logits = (modality_logits * present_f.unsqueeze(-1)).sum(1) / present_f.sum(1, keepdim=True).clamp(min=1.0)
+            if with_losses and config.stage1_synergy_weight:
+                synergy_logits = self.component_classifiers["synergy"](self.synergy_fusion(synergy_inputs))
+                ce = F.cross_entropy(synergy_logits.float(), labels, reduction="none")
+                terms["ce_synergy"] = masked_mean(ce, synergy_ok)
+            loss = self.weighted_loss(terms, stage) if with_losses else None
+            return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms or None)
+
+        m_means = {m: level1[m].m.mu for m in modalities}
+        level2 = self.consistency_decomposition(
+            m_means, present, with_losses=with_losses, all_given=features.all_given,
+            need_predictors=config.redundancy_readout != "joint",
+        )
+        synergy = self.synergy_fusion(synergy_inputs)
+        components = [level2.r.sample, *[level2.uniqueness[m].sample for m in modalities], synergy]
+        names = config.interaction_components
+        redundancy_logits = REDUNDANCY_READOUTS[config.redundancy_readout](
+            self.component_classifiers[names[0]], level2, present
+        )
+        component_logits = torch.stack(
+            [redundancy_logits, *[self.component_classifiers[name](c) for name, c in zip(names[1:], components[1:])]],
+            dim=1,
+        )
+        available = torch.cat([torch.ones_like(present[:, :1]), present, synergy_ok.unsqueeze(1)], dim=1)
+        # An unavailable component is zeroed in the gate's input too: otherwise the U_m of a masked-out modality
+        # (computed from whatever its input held) would still steer the weights of the components present.
+        gate_input = [c * available[:, k : k + 1].to(c.dtype) for k, c in enumerate(components)]
+        if config.gate_reads_predictions:
+            log_probs = F.log_softmax(component_logits.detach().float(), dim=-1).to(gate_input[0].dtype)
+            gate_input.append((log_probs * available.unsqueeze(-1).to(log_probs.dtype)).flatten(1))
+        weights = self.interaction_gate(gate_input, available)
+        if not with_losses:
+            # Every gate objective predicts with the same mixture; they differ only in what trains the gate.
+            logits = (weights.unsqueeze(-1) * component_logits.float()).sum(dim=1)
+        else:
+            gate = GateInputs(weights, component_logits, modality_logits, available, present)
+            logits, gate_terms = GATE_OBJECTIVES[config.gate_objective](gate, labels)
+            terms["ce_final"] = F.cross_entropy(logits, labels)
+            terms.update(gate_terms)
+            terms.update(self._consistency_terms(level2, m_means, component_logits, present, synergy_ok, labels))
+        loss = self.weighted_loss(terms, stage) if with_losses else None
+        return DMILOutput(
+            loss=loss, logits=logits, interaction_weights=weights, component_logits=component_logits,
+            modality_logits=modality_logits, loss_terms=terms or None,
+        )
+
+    def _consistency_terms(
+        self, level2: ConsistencyLatents, m_means: dict[str, torch.Tensor], component_logits: torch.Tensor,
+        present: torch.Tensor, synergy_ok: torch.Tensor, labels: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The component CEs and level 2's KL, alignment and reconstruction terms."""
+        def ce(index: int) -> torch.Tensor:
+            return F.cross_entropy(component_logits[:, index].float(), labels, reduction="none")
+
+        joint_ok = level2.all_present
+        terms = {"ce_redundancy": ce(0).mean()}
+        # Only the joint posterior q(R | M_1..M_K) is regularised here; a sample lacking a modality takes R from the
+        # predictors, whose own pull is the alignment term.
+        terms["kl_R"] = masked_mean(kl_per_dim(level2.r.mu, level2.r.logvar), joint_ok)
+        for k, m in enumerate(self.modalities):
+            p = present[:, k]
+            terms[f"ce_uniqueness_{m}"] = masked_mean(ce(1 + k), p)
+            u, v = level2.uniqueness[m], level2.predictors[m]
+            terms[f"kl_U_{m}"] = masked_mean(kl_per_dim(u.mu, u.logvar), p)
+            # Alignment only where the joint posterior exists (every modality present).
+            terms[f"align_R_{m}"] = masked_mean(kl_per_dim(level2.r.mu, level2.r.logvar, v.mu, v.logvar), joint_ok)
+            rec = (level2.reconstructions[m].float() - m_means[m].detach().float()).pow(2).mean(-1)
+            terms[f"rec_M_{m}"] = masked_mean(rec, p)
+        terms["ce_synergy"] = masked_mean(ce(len(self.modalities) + 1), synergy_ok)
+        return terms
+
+    def weighted_loss(self, terms: dict[str, torch.Tensor], stage: int) -> torch.Tensor:
+        """The stage's loss: each term it counts times its weight from the stage table (`stages_dmil.STAGE_PLANS`)."""
+        weights = stage_term_weights(self.config, stage, terms)
+        return sum(weight * terms[name] for name, weight in weights.items() if weight)
+
+
+# `config.paradigm` -> the head that reads the modalities' features.
+HEADS: dict[str, type[nn.Module]] = {"dmil": DMILHead, "joint": JointHead, "ensemble": EnsembleHead}
