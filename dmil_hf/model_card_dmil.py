@@ -49,7 +49,19 @@ def _stage_loss(config, stage: int) -> str:
     )
 
 
-_EXAMPLE = {"text": '"text": "a sentence"', "vision": '"image": "photo.png"', "audio": '"audio": "clip.wav"'}
+# An example value of each kind for the card's pipeline call; the three-slot modalities use their input keys.
+_EXAMPLE = {"text": '"a sentence"', "image": '"photo.png"', "video": '"clip.mp4"', "audio": '"clip.wav"',
+            "features": "features"}
+_THREE_SLOT_KEYS = {"text": "text", "vision": "image", "audio": "audio"}
+
+
+def _example_input(config) -> str:
+    """The pipeline input of the card's usage example: one value per modality, keyed as the pipeline takes it."""
+    parts = []
+    for row in config.modality_specs:
+        key = _THREE_SLOT_KEYS[row.name] if row.is_legacy_slot else row.name
+        parts.append(f'"{key}": {_EXAMPLE[row.kind]}')
+    return ", ".join(parts)
 
 
 _RUNTIME_SUFFIXES = ("_runtime", "_per_second")
@@ -71,9 +83,9 @@ def render_model_card(model, args, stage_results: dict[int, dict[str, float]], t
     """Render the card of a trained model: backbones, stages and hyperparameters, evaluation results, usage."""
     config = model.config
     backbones = [
-        {"modality": m, "name": config.backbone_config(m)._name_or_path or "(built from config)",
-         "model_type": config.backbone_config(m).model_type}
-        for m in config.modalities
+        {"modality": m.name, "kind": m.kind, "name": m.backbone._name_or_path or "(built from config)",
+         "model_type": m.backbone.model_type}
+        for m in config.modality_specs
     ]
     base_models = [b["name"] for b in backbones if "/" in b["name"] and not Path(b["name"]).exists()]
     paradigm = config.paradigm
@@ -123,6 +135,6 @@ def render_model_card(model, args, stage_results: dict[int, dict[str, float]], t
         batch_size=args.per_device_train_batch_size, grad_accum=args.gradient_accumulation_steps,
         weight_decay=args.weight_decay, seed=args.seed, precision=precision, results=results, details=details,
         per_type=_per_type_rows(final_metrics, components), gate_components=components,
-        example_input=", ".join(_EXAMPLE[m] for m in config.modalities),
+        example_input=_example_input(config),
     )
     return ModelCard.from_template(card_data, template_str=template_str, **kwargs)

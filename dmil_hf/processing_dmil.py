@@ -959,6 +959,10 @@ class DMILDataCollator:
             values = [example.get(self.column_of(modality)) for example in examples]
             if kind == "audio":
                 values = [self._audio_item(v, example) for v, example in zip(values, examples)]
+            elif kind == "video":
+                # datasets stores each frame as nested lists of pixel values.
+                values = [[np.asarray(f) if isinstance(f, list) else f for f in v] if isinstance(v, list) else v
+                          for v in values]
             if any(v is not None for v in values):
                 inputs[modality] = values
         batch = self.processor(**inputs, return_modality_mask=self.return_modality_mask)

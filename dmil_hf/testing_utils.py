@@ -65,22 +65,53 @@ def tiny_audio_config(family: str = "wav2vec2") -> PretrainedConfig:
     raise ValueError(f"unknown tiny audio family {family!r}; choose from {AUDIO_FAMILIES}")
 
 
-def random_inputs(config, batch_size: int = 4, seq_len: int = 8, num_samples: int = 1600, seed: int = 0) -> dict:
-    """Random model inputs for every modality of a `DMILConfig`, with labels."""
+def tiny_feature_encoder_config(feature_dim: int = 6, num_hidden_layers: int = 1) -> PretrainedConfig:
+    """dmil_hf's encoder of pre-extracted features, hidden 32 (a projection plus `num_hidden_layers` layers)."""
+    from .feature_encoder_dmil import DMILFeatureEncoderConfig
+
+    return DMILFeatureEncoderConfig(
+        feature_dim=feature_dim, hidden_size=32, num_hidden_layers=num_hidden_layers, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=64,
+    )
+
+
+def tiny_video_config(num_frames: int = 4, image_size: int = 16) -> PretrainedConfig:
+    """A tiny VideoMAE (clips of exactly `num_frames` frames)."""
+    from transformers import VideoMAEConfig
+
+    return VideoMAEConfig(image_size=image_size, patch_size=8, num_frames=num_frames, tubelet_size=2, **_LAYERS)
+
+
+def random_inputs(
+    config, batch_size: int = 4, seq_len: int = 8, num_samples: int = 1600, seed: int = 0, num_frames: int = 3,
+) -> dict:
+    """Random model inputs for every modality of a `DMILConfig`, with labels, named as the model takes them."""
+    from .modalities_dmil import input_names
+
     g = torch.Generator().manual_seed(seed)
     inputs = {"labels": torch.randint(0, config.num_labels, (batch_size,), generator=g)}
-    if config.text_config is not None:
-        inputs["input_ids"] = torch.randint(3, config.text_config.vocab_size, (batch_size, seq_len), generator=g)
-        inputs["attention_mask"] = torch.ones(batch_size, seq_len, dtype=torch.long)
-    if config.vision_config is not None:
-        v = config.vision_config
-        inputs["pixel_values"] = torch.randn(batch_size, v.num_channels, v.image_size, v.image_size, generator=g)
-    if config.audio_config is not None:
-        a = config.audio_config
-        if a.model_type == "audio-spectrogram-transformer":
-            inputs["input_features"] = torch.randn(batch_size, a.max_length, a.num_mel_bins, generator=g)
-        elif a.model_type == "whisper":
-            inputs["input_features"] = torch.randn(batch_size, a.num_mel_bins, 2 * a.max_source_positions, generator=g)
+    for row in config.modality_specs:
+        c, prefix = row.backbone, "" if row.is_legacy_slot else f"{row.name}_"
+        if row.kind == "text":
+            inputs[prefix + "input_ids"] = torch.randint(3, c.vocab_size, (batch_size, seq_len), generator=g)
+            inputs[prefix + "attention_mask"] = torch.ones(batch_size, seq_len, dtype=torch.long)
+        elif row.kind == "image":
+            inputs[prefix + "pixel_values"] = torch.randn(batch_size, c.num_channels, c.image_size, c.image_size, generator=g)
+        elif row.kind == "video":
+            frames = row.num_frames or num_frames
+            inputs[prefix + "pixel_values"] = torch.randn(
+                batch_size, frames, c.num_channels, c.image_size, c.image_size, generator=g
+            )
+            inputs[prefix + "attention_mask"] = torch.ones(batch_size, frames, dtype=torch.long)
+        elif row.kind == "features":
+            inputs[prefix + "input_features"] = torch.randn(batch_size, seq_len, c.feature_dim, generator=g)
+            inputs[prefix + "attention_mask"] = torch.ones(batch_size, seq_len, dtype=torch.long)
+        elif c.model_type == "audio-spectrogram-transformer":
+            inputs[prefix + "input_features"] = torch.randn(batch_size, c.max_length, c.num_mel_bins, generator=g)
+        elif c.model_type == "whisper":
+            inputs[prefix + "input_features"] = torch.randn(
+                batch_size, c.num_mel_bins, 2 * c.max_source_positions, generator=g
+            )
         else:
-            inputs["input_values"] = torch.randn(batch_size, num_samples, generator=g)
+            inputs[input_names(row).main] = torch.randn(batch_size, num_samples, generator=g)
     return inputs

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import transformers.trainer as _trainer_module
 from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.processing_utils import ProcessorMixin
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 from transformers.utils import (
     ADAPTER_SAFE_WEIGHTS_NAME,
@@ -58,6 +60,24 @@ WEIGHT_NAMES = (
     ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME,
 )
 _CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+
+
+def _align_special_tokens_if_tokenizer(model, processing_class) -> None:
+    """transformers' `align_special_tokens`, skipped for a processor without a tokenizer.
+
+    `Trainer.train` (5.17 to 5.24 at least) aligns the model config's special tokens with
+    `processing_class.tokenizer` and fails with `'NoneType' object has no attribute 'eos_token_id'` when the processor
+    has none, which is every DMIL model without text (video + audio, rgb + flow + audio). With no tokenizer there is
+    nothing to align.
+    """
+    if isinstance(processing_class, ProcessorMixin) and getattr(processing_class, "tokenizer", None) is None:
+        return
+    _transformers_align_special_tokens(model, processing_class)
+
+
+_transformers_align_special_tokens = _trainer_module.align_special_tokens
+if getattr(_trainer_module.align_special_tokens, "__name__", "") != _align_special_tokens_if_tokenizer.__name__:
+    _trainer_module.align_special_tokens = _align_special_tokens_if_tokenizer
 
 
 @dataclass
@@ -616,8 +636,16 @@ class DMILTrainer(Trainer):
         # The model's forward takes its modalities' inputs as **kwargs (their names come from the modality table), so
         # the Trainer's signature inspection would keep none of them and drop every input column.
         if self._signature_columns is None:
-            names = _unwrap(self.model).input_names
-            self._signature_columns = [*names, "modality_mask", "label", "label_ids", *(self.label_names or ["labels"])]
+            model = _unwrap(self.model)
+            names = [*model.input_names, "modality_mask", "label", "label_ids", *(self.label_names or ["labels"])]
+            from .processing_dmil import DMILDataCollator
+
+            if isinstance(self.data_collator, DMILDataCollator):
+                # A DMILDataCollator reads raw columns (text, image, audio, each modality's name) and the clips'
+                # sampling rate: keep those too, so the default remove_unused_columns=True does not drop them.
+                collator = self.data_collator
+                names += [collator.column_of(m) for m in model.modalities] + [collator.sampling_rate_key]
+            self._signature_columns = names
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         if model.training:
