@@ -39,6 +39,7 @@ from transformers.utils import (
 )
 
 from .backbones_dmil import backbone_spec
+from .hub_dmil import DMILHubPublisher, resolve_repo_id
 from .modeling_dmil import DMILForMultimodalClassification
 from .stages_dmil import EVERYTHING, STAGE_PLANS
 
@@ -442,7 +443,7 @@ class DMILTrainer(Trainer):
                     checkpoint = last_complete_checkpoint(self.stage_dir(k))
                 output = self._run_stage(k, checkpoint, **kwargs)
                 if push:
-                    self._upload(self.stage_dir(k), path_in_repo=f"stage-{k}", message=f"DMIL stage {k}")
+                    self._push_stage(k)
         finally:
             # Each stage wrote its own schedule into the shared args; the caller gets them back as given (the model
             # card and a later train() read the unstaged values).
@@ -714,20 +715,25 @@ class DMILTrainer(Trainer):
         card = render_model_card(_unwrap(self.model), self.args, self.stage_results, template=self.args.model_card_template)
         card.save(os.path.join(path, "README.md"))
 
+    def hub_publisher(self) -> DMILHubPublisher:
+        """Where this run publishes (`hub_dmil`): `args.hub_model_id`, else the name of `output_dir`, with the
+        arguments' token, privacy and revision."""
+        return DMILHubPublisher.from_args(self.args, output_dir=self._base_output_dir)
+
     def _repo_id(self) -> str:
-        return self.args.hub_model_id or Path(self._base_output_dir).name
+        return resolve_repo_id(self.args.hub_model_id, self._base_output_dir)
 
     def _upload(self, folder: str, path_in_repo: str | None = None, message: str = "Upload DMIL model"):
+        """Upload a folder of this run to its repo, from the main process (None on the others)."""
         if not self.is_world_process_zero():
             return None
-        from huggingface_hub import HfApi
+        return self.hub_publisher().upload(folder, path_in_repo=path_in_repo, message=message)
 
-        api = HfApi(token=self.args.hub_token)
-        api.create_repo(self._repo_id(), private=self.args.hub_private_repo, exist_ok=True)
-        return api.upload_folder(
-            repo_id=self._repo_id(), folder_path=folder, path_in_repo=path_in_repo, commit_message=message,
-            revision=self.args.hub_revision, ignore_patterns=["checkpoint-*", "_*"],
-        )
+    def _push_stage(self, stage: int):
+        """Upload a finished stage's folder to `stage-k/` of the repo, from the main process."""
+        if not self.is_world_process_zero():
+            return None
+        return self.hub_publisher().upload_stage(self.stage_dir(stage), stage)
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
         """Push the final model: weights, config, remote-code files, processor, LoRA adapter and the model card."""
