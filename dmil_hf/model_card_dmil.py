@@ -9,6 +9,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .hub_dmil import resolve_repo_id
 from .metrics import per_type_summary
 from .stages_dmil import EVERYTHING, STAGE_PLANS
 
@@ -117,7 +118,7 @@ def render_model_card(model, args, stage_results: dict[int, dict[str, float]], t
         and not name.endswith(_RUNTIME_SUFFIXES) and not name.startswith(("eval_accuracy_", "eval_gate_"))
     ]
     loss_weights = {k: v for k, v in config.to_dict().items() if k.endswith("_weight") or k.endswith("_scale")}
-    repo_id = args.hub_model_id or Path(args.output_dir).name
+    repo_id = resolve_repo_id(args.hub_model_id, args.output_dir)  # the repo DMILTrainer uploads to
     card_data = ModelCardData(
         library_name="transformers",
         tags=["dmil", "multimodal", "multimodal-classification", *config.modalities],

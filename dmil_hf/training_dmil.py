@@ -15,12 +15,16 @@ keys that transformers renames on load, e.g. ViT's), and a missing or unexpected
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +33,7 @@ import torch
 import transformers.trainer as _trainer_module
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.processing_utils import ProcessorMixin
+from transformers.trainer_pt_utils import AcceleratorConfig
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 from transformers.utils import (
     ADAPTER_SAFE_WEIGHTS_NAME,
@@ -40,6 +45,7 @@ from transformers.utils import (
     is_sagemaker_mp_enabled,
 )
 
+from .hub_dmil import DMILHubPublisher, resolve_repo_id
 from .modeling_dmil import DMILForMultimodalClassification
 from .stages_dmil import EVERYTHING, STAGE_PLANS
 
@@ -60,6 +66,8 @@ WEIGHT_NAMES = (
     ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME,
 )
 _CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+# The Trainer fields each stage sets from its own `stageK_*` field (`DMILTrainingArguments.stage_value`).
+STAGE_SCHEDULE_FIELDS = ("num_train_epochs", "max_steps", "learning_rate")
 
 
 def _align_special_tokens_if_tokenizer(model, processing_class) -> None:
@@ -156,6 +164,60 @@ class DMILTrainingArguments(TrainingArguments):
         """The stage's own value of `num_train_epochs`, `max_steps` or `learning_rate`, else the shared one."""
         value = getattr(self, f"stage{stage}_{name}")
         return getattr(self, name) if value is None else value
+
+    def for_stage(self, stage: int, output_dir: str) -> DMILTrainingArguments:
+        """A copy of these arguments that trains `stage`: its own `num_train_epochs`, `max_steps` and `learning_rate`
+        (`stage_value`), `output_dir`, and `push_to_hub=False` (DMILTrainer publishes finished stages itself; the
+        Trainer would push each stage's checkpoints to the repo root). Every other field keeps its value, and these
+        arguments are not changed.
+
+        The copy is made by `dataclasses.replace`, which runs `__post_init__` again on it. That leaves every field's
+        value as it is (they are normalised already: enums, lists, parsed dicts), but would also
+        - set up devices again, which resets Accelerate's global state (`AcceleratorState`) under the running
+          `Accelerator` of a Trainer; the copy reuses the configured state instead (`AcceleratorConfig
+          (use_configured_state=True)`, which its `__post_init__` consumes, so the field reads as before);
+        - repeat the warnings these arguments gave when they were made (FSDP1's deprecation, FSDP with activation
+          checkpointing, torch.compile without a GPU): silenced while the copy is made.
+        Fields holding lists, dicts or the accelerator config are deep-copied: nothing done to the copy's reaches
+        these arguments. (Other objects, e.g. a `parallelism_config`, are shared, as `dataclasses.replace` does.)
+        """
+        changes = {
+            f.name: copy.deepcopy(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.init and isinstance(getattr(self, f.name), (dict, list, set, AcceleratorConfig))
+        }
+        if _accelerate_is_set_up() and isinstance(changes.get("accelerator_config"), AcceleratorConfig):
+            changes["accelerator_config"].use_configured_state = True
+        changes.update({name: self.stage_value(name, stage) for name in STAGE_SCHEDULE_FIELDS})
+        with _quiet_training_args():
+            staged = dataclasses.replace(self, **changes, output_dir=output_dir, push_to_hub=False)
+        if "_n_gpu" in vars(self):
+            # The Trainer pins n_gpu to 1 on the arguments it was given when the model is spread over devices
+            # (model parallel); the copy computed its own from the visible GPUs.
+            staged._n_gpu = self._n_gpu
+        return staged
+
+
+def _accelerate_is_set_up() -> bool:
+    """Whether Accelerate's process state exists (made by any TrainingArguments' device setup): a copy of the arguments
+    can then use it instead of resetting it. (`PartialState()` would create it; transformers checks the same dict.)"""
+    from accelerate.state import PartialState
+
+    return PartialState._shared_state != {}
+
+
+@contextlib.contextmanager
+def _quiet_training_args() -> Iterator[None]:
+    """Silence the warnings `TrainingArguments.__post_init__` gives (its logger's and `warnings.warn`'s)."""
+    training_args_logger = logging.getLogger("transformers.training_args")
+    level = training_args_logger.level
+    training_args_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        training_args_logger.setLevel(level)
 
 
 def _is_sharded(model: torch.nn.Module) -> bool:
@@ -352,7 +414,9 @@ class DMILTrainer(Trainer):
     deletes those folders first; the folders of stages before the first one run are the run's starting point and are
     kept (`train(stage=3)` continues from `stage-2`). After a LoRA stage 3, `output_dir/stage-3` holds the
     merged model (loads with `AutoModel.from_pretrained`) and `output_dir/stage-3/adapter` the adapter (loads with
-    peft onto the stage-2 model). The unweighted loss terms are logged next to the loss.
+    peft onto the stage-2 model). The unweighted loss terms are logged next to the loss. Each stage trains with its own
+    copy of the arguments (`DMILTrainingArguments.for_stage`, which is `self.args` while the stage runs); the object
+    passed as `args` is never changed. Hub uploads go through `hub_dmil.DMILHubPublisher`.
 
     Example:
 
@@ -385,7 +449,6 @@ class DMILTrainer(Trainer):
         self.stage: int | None = None
         self.stage_results: dict[int, dict[str, float]] = {}
         self._base_output_dir = self.args.output_dir
-        self._shared_args = {k: getattr(self.args, k) for k in ("num_train_epochs", "max_steps", "learning_rate")}
         self._frozen_modules: list[torch.nn.Module] = []
         # The LoRA adapter of the last stage this trainer finished or loaded, if that stage trained through one:
         # save_final copies this one and no other (a folder can hold an adapter another run left there).
@@ -446,29 +509,19 @@ class DMILTrainer(Trainer):
         if not resume_from_checkpoint:
             self._claim_output_dir(stages)
 
-        push = self.args.push_to_hub
-        self.args.push_to_hub = False  # the Trainer would push each stage's checkpoints to the repo root; we push per stage
         output = None
-        try:
-            for k in stages:
-                resuming_later_stage = resume_stage is not None and k < resume_stage
-                if resuming_later_stage or (resume_from_checkpoint is True and self.stage_is_complete(k)):
-                    self._load_finished_stage(k)
-                    continue
-                checkpoint = resume_path if k == resume_stage else None
-                if resume_from_checkpoint is True:
-                    checkpoint = last_complete_checkpoint(self.stage_dir(k))
-                output = self._run_stage(k, checkpoint, **kwargs)
-                if push:
-                    self._upload(self.stage_dir(k), path_in_repo=f"stage-{k}", message=f"DMIL stage {k}")
-        finally:
-            # Each stage wrote its own schedule into the shared args; the caller gets them back as given (the model
-            # card and a later train() read the unstaged values).
-            self.args.push_to_hub = push
-            self.args.output_dir = self._base_output_dir
-            for name, value in self._shared_args.items():
-                setattr(self.args, name, value)
-        if push:
+        for k in stages:
+            resuming_later_stage = resume_stage is not None and k < resume_stage
+            if resuming_later_stage or (resume_from_checkpoint is True and self.stage_is_complete(k)):
+                self._load_finished_stage(k)
+                continue
+            checkpoint = resume_path if k == resume_stage else None
+            if resume_from_checkpoint is True:
+                checkpoint = last_complete_checkpoint(self.stage_dir(k))
+            output = self._run_stage(k, checkpoint, **kwargs)
+            if self.args.push_to_hub:
+                self._push_stage(k)
+        if self.args.push_to_hub:
             self.push_to_hub()
         if output is None:  # every stage was already finished and has been loaded
             output = TrainOutput(global_step=0, training_loss=0.0, metrics={})
@@ -507,17 +560,38 @@ class DMILTrainer(Trainer):
         model = self._model_for_stage(stage)
         self._install_model(model)
         self.stage = stage
-        args = self.args
-        args.output_dir = self.stage_dir(stage)
-        for name, shared in self._shared_args.items():
-            own = getattr(args, f"stage{stage}_{name}")
-            setattr(args, name, shared if own is None else own)
         # A fresh optimizer and schedule per stage: the parameters that train differ from stage to stage.
         self.optimizer, self.lr_scheduler = None, None
         self._term_sums, self._term_steps = {}, 0
-        output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
-        self._finish_stage(stage, output)
+        with self._stage_arguments(stage):
+            output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+            self._finish_stage(stage, output)  # its saved training_args.bin and evaluation are the stage's
         return output
+
+    @contextlib.contextmanager
+    def _stage_arguments(self, stage: int) -> Iterator[DMILTrainingArguments]:
+        """Train with the stage's own copy of the arguments (`DMILTrainingArguments.for_stage`) as `self.args`, which
+        the Trainer reads everywhere, and give the caller's object back afterwards, unchanged, also when the stage
+        fails.
+
+        What the Trainer derived from the arguments once, in `__init__`, stays valid for the copy, because only the
+        output folder, the schedule (epochs, steps, learning rate) and the Hub push differ: the Accelerator (devices,
+        distribution, FSDP plugin, mixed precision, gradient accumulation), `_train_batch_size`, the callbacks (which
+        get the arguments with each event) and device placement. The optimizer, the learning-rate schedule and the
+        TrainerState are built by each `Trainer.train` call from the copy.
+        """
+        given = self.args
+        self.args = given.for_stage(stage, self.stage_dir(stage))
+        try:
+            yield self.args
+        finally:
+            self.args = given
+            if getattr(given, "hf_deepspeed_config", None) is not None:
+                # Under DeepSpeed the copy's __post_init__ registered its own config as transformers' global one (a
+                # weak reference, read by is_deepspeed_zero3_enabled): the caller's takes its place again.
+                from transformers.integrations.deepspeed import set_hf_deepspeed_config
+
+                set_hf_deepspeed_config(given.hf_deepspeed_config)
 
     def _model_for_stage(self, stage: int) -> torch.nn.Module:
         """Load the previous stage's saved result (the start of this stage) and set what trains."""
@@ -747,20 +821,25 @@ class DMILTrainer(Trainer):
         card = render_model_card(_unwrap(self.model), self.args, self.stage_results, template=self.args.model_card_template)
         card.save(os.path.join(path, "README.md"))
 
+    def hub_publisher(self) -> DMILHubPublisher:
+        """Where this run publishes (`hub_dmil`): `args.hub_model_id`, else the name of `output_dir`, with the
+        arguments' token, privacy and revision."""
+        return DMILHubPublisher.from_args(self.args, output_dir=self._base_output_dir)
+
     def _repo_id(self) -> str:
-        return self.args.hub_model_id or Path(self._base_output_dir).name
+        return resolve_repo_id(self.args.hub_model_id, self._base_output_dir)
 
     def _upload(self, folder: str, path_in_repo: str | None = None, message: str = "Upload DMIL model"):
+        """Upload a folder of this run to its repo, from the main process (None on the others)."""
         if not self.is_world_process_zero():
             return None
-        from huggingface_hub import HfApi
+        return self.hub_publisher().upload(folder, path_in_repo=path_in_repo, message=message)
 
-        api = HfApi(token=self.args.hub_token)
-        api.create_repo(self._repo_id(), private=self.args.hub_private_repo, exist_ok=True)
-        return api.upload_folder(
-            repo_id=self._repo_id(), folder_path=folder, path_in_repo=path_in_repo, commit_message=message,
-            revision=self.args.hub_revision, ignore_patterns=["checkpoint-*", "_*"],
-        )
+    def _push_stage(self, stage: int):
+        """Upload a finished stage's folder to `stage-k/` of the repo, from the main process."""
+        if not self.is_world_process_zero():
+            return None
+        return self.hub_publisher().upload_stage(self.stage_dir(stage), stage)
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
         """Push the final model: weights, config, remote-code files, processor, LoRA adapter and the model card."""
