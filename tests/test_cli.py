@@ -136,6 +136,33 @@ def test_user_csv_with_file_paths_and_pretrained_backbones(tmp_path):
     assert result[0]["label"] in ("happy", "sad") and set(result[0]["interactions"]) == set(model.config.interaction_components)
 
 
+def test_modality_table_on_the_command_line_rgb_flow_audio(tmp_path):
+    """--modality NAME:KIND:BACKBONE[:FRAMES]: two video modalities of one image backbone and audio, from a JSON file
+    whose video columns hold lists of frame files (one named after its modality, one through --modality_column)."""
+    backbones = _write_user_dataset(tmp_path)
+    rows = []
+    for i in range(12):
+        frames = [str(tmp_path / f"img{(i + t) % 24}.png") for t in range(2 + i % 3)]
+        rows.append({"rgb": frames, "optical_flow": frames[::-1], "audio": str(tmp_path / f"clip{i}.wav"),
+                     "label": ["happy", "sad"][i % 2]})
+    (tmp_path / "video.json").write_text("\n".join(json.dumps(row) for row in rows))
+    out_dir = tmp_path / "out"
+    run_cli([
+        "--modality", f"rgb:video:{backbones['vision']}:3", f"flow:video:{backbones['vision']}",
+        f"audio:audio:{backbones['audio']}", "--modality_column", "flow=optical_flow",
+        "--train_file", str(tmp_path / "video.json"), "--latent_dim", "16", "--output_dir", str(out_dir),
+        "--max_steps", "1", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--report_to", "none",
+        "--use_cpu", "true",
+    ], tmp_path)
+    model = AutoModel.from_pretrained(out_dir / "final")
+    assert model.config.modalities == ["rgb", "flow", "audio"] and model.config.modality("rgb").num_frames == 3
+    from transformers import pipeline
+
+    pipe = pipeline("multimodal-classification", model=str(out_dir / "final"))
+    result = pipe({"rgb": rows[0]["rgb"], "flow": rows[0]["optical_flow"], "audio": rows[0]["audio"]})
+    assert set(result[0]["interactions"]) == set(model.config.interaction_components)
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux CI")
 def test_two_cpu_processes_ddp(tmp_path):
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")

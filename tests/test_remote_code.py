@@ -9,6 +9,9 @@ import textwrap
 import torch
 from conftest import BLOCK_DMIL_HF, make_config
 
+from dmil_hf import DMILConfig, Modality
+from dmil_hf.testing_utils import tiny_feature_encoder_config, tiny_vision_config
+
 from dmil_hf import DMILForMultimodalClassification
 from dmil_hf.testing_utils import random_inputs
 
@@ -66,6 +69,12 @@ def test_remote_code_load_without_the_package(tmp_path):
         "dmil3": make_config(),
         "joint-whisper": make_config(("text", "audio"), paradigm="joint", text="roberta", audio="whisper"),
         "ensemble-clip": make_config(("vision", "audio"), paradigm="ensemble", vision="clip_vision_model"),
+        # A modality table: frames through a per-frame image backbone, and dmil_hf's own feature encoder.
+        "video-features": DMILConfig(
+            modality_table=[Modality("rgb", "video", tiny_vision_config()),
+                            Modality("facs", "features", tiny_feature_encoder_config())],
+            num_labels=3, latent_dim=16,
+        ),
     }
     for name, config in folders.items():
         _save_with_expected(config, tmp_path / name)
@@ -74,7 +83,8 @@ def test_remote_code_load_without_the_package(tmp_path):
             "AutoConfig": "configuration_dmil.DMILConfig", "AutoModel": "modeling_dmil.DMILForMultimodalClassification",
         }
         # The code travels with the weights: the model file and every sibling it imports.
-        for module in ("configuration_dmil.py", "modeling_dmil.py", "backbones_dmil.py"):
+        for module in ("configuration_dmil.py", "modeling_dmil.py", "backbones_dmil.py", "heads_dmil.py",
+                       "inputs_dmil.py", "modalities_dmil.py", "feature_encoder_dmil.py", "stages_dmil.py"):
             assert (tmp_path / name / module).is_file(), module
 
     workdir = tmp_path / "elsewhere"

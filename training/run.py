@@ -48,6 +48,16 @@ class ModelArguments:
     text_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the text backbone."})
     vision_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the vision backbone."})
     audio_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the audio backbone."})
+    modality: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The modality table instead of --text_model/--vision_model/--audio_model: one NAME:KIND:BACKBONE "
+            "per modality (KIND: text, image, video, audio, features; BACKBONE: Hub id or local path), with "
+            "':FRAMES' for a video's frame count, e.g. --modality rgb:video:google/vit-base-patch16-224:8 "
+            "flow:video:google/vit-base-patch16-224:8 audio:audio:facebook/wav2vec2-base. Each modality reads the "
+            "column of its name (see --modality_column)."
+        },
+    )
     init_from: str | None = field(default=None, metadata={"help": "A saved DMIL model to start from instead."})
     paradigm: str = field(default="dmil", metadata={"help": "'dmil', 'joint' or 'ensemble'."})
     dmil_preset: str = field(
@@ -74,6 +84,10 @@ class DataArguments:
     image_column: str = field(default="image", metadata={"help": "Column with images or image paths."})
     audio_column: str = field(default="audio", metadata={"help": "Column with waveforms or audio paths."})
     label_column: str = field(default="label", metadata={"help": "Column with the class (id or name)."})
+    modality_column: list[str] | None = field(
+        default=None,
+        metadata={"help": "NAME=COLUMN for a --modality whose column is not named after it, e.g. rgb=frames."},
+    )
     interaction_type_column: str = field(
         default="interaction_type", metadata={"help": "Optional column with known interaction types, for metrics."}
     )
@@ -208,6 +222,39 @@ def select_samples(
 MODALITY_COLUMN_FIELDS = {"text": "text_column", "vision": "image_column", "audio": "audio_column"}
 
 
+def parse_modalities(specs: list[str]) -> list:
+    """--modality NAME:KIND:BACKBONE[:FRAMES] values as `Modality` rows whose backbone is the path to load."""
+    from dmil_hf import Modality
+
+    rows = []
+    for spec in specs:
+        parts = spec.split(":")
+        # A Windows drive or a URL-like path may hold ':'; the name and kind never do, the frame count is a number.
+        frames = int(parts.pop()) if len(parts) > 3 and parts[-1].isdigit() else None
+        if len(parts) < 3:
+            raise ValueError(f"--modality takes NAME:KIND:BACKBONE[:FRAMES], got {spec!r}")
+        rows.append(Modality(parts[0], parts[1], ":".join(parts[2:]), num_frames=frames))
+    return rows
+
+
+def modality_columns(data_args: DataArguments, config) -> dict[str, str]:
+    """Each of the model's modalities -> the data column it reads: --text_column/--image_column/--audio_column for
+    the three-slot modalities, --modality_column NAME=COLUMN or the modality's name for the others."""
+    overrides = {}
+    for item in data_args.modality_column or []:
+        name, sep, column = item.partition("=")
+        if not sep or not name or not column:
+            raise ValueError(f"--modality_column takes NAME=COLUMN, got {item!r}")
+        overrides[name] = column
+    unknown = sorted(set(overrides) - set(config.modalities))
+    if unknown:
+        raise ValueError(f"--modality_column names {unknown}, which are not modalities of the model ({config.modalities})")
+    return {
+        m.name: overrides.get(m.name) or (getattr(data_args, MODALITY_COLUMN_FIELDS[m.name]) if m.is_legacy_slot else m.name)
+        for m in config.modality_specs
+    }
+
+
 def check_columns(data_args: DataArguments, fields: dict[str, str], splits: dict[str, Dataset | None]) -> None:
     """Every split must have the column of each DataArguments field in `fields` (field -> what it is read for). A
     modality's missing column would otherwise leave the collator without values for it, and the run would train on
@@ -295,21 +342,36 @@ def build_user_model_and_processor(model_args: ModelArguments, data_args: DataAr
         processor = DMILProcessor.from_pretrained(model_args.init_from)
     else:
         id2label = label_maps(train, data_args.label_column)
-        backbones = {"text": model_args.text_model, "vision": model_args.vision_model, "audio": model_args.audio_model}
+        slots = {"text": model_args.text_model, "vision": model_args.vision_model, "audio": model_args.audio_model}
+        if model_args.modality and any(slots.values()):
+            raise ValueError("give the backbones either with --modality or with --text_model/--vision_model/--audio_model")
+        if model_args.modality:
+            table = parse_modalities(model_args.modality)
+            backbones = {"modality_table": table}
+            paths = {row.name: row.backbone for row in table}
+        else:
+            backbones, paths = slots, {m: p for m, p in slots.items() if p}
+            table = None
         model = DMILForMultimodalClassification.from_backbones_pretrained(
             **backbones, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
             paradigm=model_args.paradigm, latent_dim=model_args.latent_dim, check_inputs=model_args.check_inputs,
             **preset_kwargs(model_args),
-            **{f"{m}_{k}": v for m, path in backbones.items() if path for k, v in extra.items()},
+            **{f"{m}_{k}": v for m in paths for k, v in extra.items()},
         )
-        processor = DMILProcessor(
-            tokenizer=AutoTokenizer.from_pretrained(backbones["text"]) if backbones["text"] else None,
-            image_processor=load_image_processor(backbones["vision"]) if backbones["vision"] else None,
-            feature_extractor=AutoFeatureExtractor.from_pretrained(backbones["audio"]) if backbones["audio"] else None,
+        # One sub-processor per kind, from the first modality of that kind (two image modalities share one).
+        first = {}
+        for row in model.config.modality_specs:
+            first.setdefault("image" if row.kind == "video" else row.kind, paths[row.name])
+        processor = DMILProcessor.for_model(
+            model.config,
+            tokenizer=AutoTokenizer.from_pretrained(first["text"]) if "text" in first else None,
+            image_processor=load_image_processor(first["image"]) if "image" in first else None,
+            feature_extractor=AutoFeatureExtractor.from_pretrained(first["audio"]) if "audio" in first else None,
         )
     if processor.text_max_length is None:
         # A tokenizer saved without model_max_length would otherwise be truncated at 512, maybe past the backbone.
-        processor.text_max_length = DMILProcessor.backbone_text_length(model.config.text_config)
+        text = next((m for m in model.config.modality_specs if m.kind == "text"), None)
+        processor.text_max_length = DMILProcessor.backbone_text_length(text.backbone) if text else None
     return model, processor
 
 
@@ -322,7 +384,15 @@ def prepare_user_data(model_args: ModelArguments, data_args: DataArguments):
     check_columns(data_args, {"label_column": "the labels"}, splits)
     model, processor = build_user_model_and_processor(model_args, data_args, train)
     modalities = model.config.modalities
-    check_columns(data_args, {MODALITY_COLUMN_FIELDS[m]: f"the model's {m} backbone" for m in modalities}, splits)
+    columns = modality_columns(data_args, model.config)
+    for split, dataset in splits.items():
+        for modality, column in columns.items():
+            if dataset is not None and column not in dataset.column_names:
+                raise ValueError(
+                    f"the {split} data has no {column!r} column for the model's {modality} backbone (columns: "
+                    f"{dataset.column_names}); set --{MODALITY_COLUMN_FIELDS.get(modality, 'modality_column')} to the "
+                    "column that holds it"
+                )
     train = drop_unused_modality_columns(data_args, modalities, train)
     evaluation = drop_unused_modality_columns(data_args, modalities, evaluation) if evaluation is not None else None
     if data_args.label_column != "label":  # the collator reads the class from a "label" column
@@ -334,10 +404,7 @@ def prepare_user_data(model_args: ModelArguments, data_args: DataArguments):
     train = labels_as_names(train)
     evaluation = labels_as_names(evaluation) if evaluation is not None else None
     check_labels(model.config, train, evaluation)
-    collator = DMILDataCollator(
-        processor, label2id=dict(model.config.label2id), text_key=data_args.text_column,
-        image_key=data_args.image_column, audio_key=data_args.audio_column,
-    )
+    collator = DMILDataCollator(processor, label2id=dict(model.config.label2id), columns=columns)
     return model, processor, collator, train, evaluation
 
 
