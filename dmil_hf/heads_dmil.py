@@ -444,7 +444,23 @@ class DMILHead(nn.Module):
     """DMIL (paper Fig. 2): level 1 splits each Z_m into M_m (usable alone) and N_m (the rest); level 2 splits the
     M's into redundancy R and uniquenesses U_m; a fusion of the synergy inputs and their pairwise products gives
     synergy S; a per-sample gate weighs the heads of R, U_1..U_K and S. The stage decides which losses count
-    (`stages_dmil.STAGE_PLANS`)."""
+    (`stages_dmil.STAGE_PLANS`).
+
+    Example (a head on its own, on fixed features; the model builds it as `model.head`):
+
+    ```python
+    >>> import torch
+    >>> from dmil_hf import DMILConfig, Modality
+    >>> from dmil_hf.heads_dmil import HEADS, ModalityFeatures
+    >>> config = DMILConfig(modality_table=[Modality("a", "features"), Modality("b", "features")], num_labels=3,
+    ...                     latent_dim=8)
+    >>> head = HEADS["dmil"](config).eval()
+    >>> z = {"a": torch.randn(2, 8), "b": torch.randn(2, 8)}
+    >>> out = head(ModalityFeatures(z, present=torch.tensor([[True, True], [True, False]])))
+    >>> out.interaction_weights[1].tolist()[2]  # sample 1 lacks b: no uniqueness_b
+    0.0
+    ```
+    """
 
     def __init__(self, config: DMILConfig):
         super().__init__()

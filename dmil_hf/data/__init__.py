@@ -28,18 +28,6 @@ from .synthetic import (
     tiny_config_for,
 )
 
-__all__ = [
-    "DEFAULT_NOISE",
-    "MIXTURES",
-    "MODEL_INPUT_COLUMNS",
-    "SyntheticInteractionSpec",
-    "corrupt",
-    "decode_slots",
-    "interaction_types_for",
-    "make_interaction_dataset",
-    "make_interaction_splits",
-    "model_columns",
-    "sample_latents",
-    "slot_columns",
-    "tiny_config_for",
-]
+from . import synthetic as _synthetic  # noqa: E402
+
+__all__ = list(_synthetic.__all__)
