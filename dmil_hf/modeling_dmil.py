@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +45,8 @@ from .heads_dmil import (  # noqa: F401  (re-exported: the method's modules, imp
 from .inputs_dmil import MAX_INPUT_MAGNITUDE, ModalityRoute, check_modality, check_tensor  # noqa: F401
 from .modalities_dmil import LEGACY_MODALITIES, Modality, input_names
 from .stages_dmil import STAGES
+
+logger = logging.getLogger(__name__)
 
 # Encoders dmil_hf defines itself: built directly, since as Hub remote code they are not in AutoModel's registry.
 LOCAL_ENCODERS = {DMILFeatureEncoderConfig.model_type: DMILFeatureEncoder}
@@ -93,6 +97,12 @@ class DMILPreTrainedModel(PreTrainedModel):
                 f"({details}); was config.json edited, or the folder assembled from different runs?"
             )
         return (model, info) if want_info else model
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        # peft reads this name when it wraps the model; transformers 5.24 deprecated it for is_activation_checkpointing
+        # with a FutureWarning a LoRA user can do nothing about. Same answer, no warning, on every version.
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
 
     def _init_weights(self, module: nn.Module) -> None:
         # Backbones are dispatched to their own _init_weights by transformers; only DMIL's heads land here. They keep
@@ -148,7 +158,46 @@ def _load_backbone(path: str, modality: Modality, pooling: str | None, options: 
         # class alone would not match (its weights would silently stay random). Load it whole and keep the encoder.
         return AutoModel.from_pretrained(path, config=config, **load_kwargs).get_encoder()
     loader = _resolve_class(spec.model_class) if spec.model_class else AutoModel
+    if spec.init_kwargs.get("add_pooling_layer") is False and "add_pooling_layer" in load_kwargs:
+        return _load_without_pooler(loader, path, config, load_kwargs)
     return loader.from_pretrained(path, config=config, **load_kwargs)
+
+
+class _DropLoadReport(logging.Filter):
+    """Drops transformers' per-load weight report (we report what matters ourselves)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+def _load_without_pooler(loader: Any, path: str, config: PretrainedConfig, load_kwargs: dict) -> PreTrainedModel:
+    """Load a backbone built without its pooler (BERT's NSP pooler, ViT's) from a checkpoint that has one.
+
+    transformers would print a load report of the pooler's weights as UNEXPECTED on every load, though leaving them out
+    is the point; its report is silenced here and any other missing or unexpected weight is reported instead.
+    """
+    from transformers.utils import logging as hf_logging
+
+    # A filter, not a higher level: transformers runs extra checks (and logs their warnings) when that logger's level
+    # is WARNING or above.
+    report_logger = hf_logging.get_logger("transformers.modeling_utils")
+    drop_report = _DropLoadReport()
+    report_logger.addFilter(drop_report)
+    try:
+        backbone, info = loader.from_pretrained(path, config=config, output_loading_info=True, **load_kwargs)
+    finally:
+        report_logger.removeFilter(drop_report)
+    unexpected = sorted(k for k in info.get("unexpected_keys") or [] if not k.startswith("pooler."))
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys") or [])
+    if unexpected or missing or mismatched:
+        logger.warning(
+            "Loading the %s backbone from %s: %s", config.model_type, path,
+            "; ".join(f"{len(keys)} {kind} weights, e.g. {keys[:4]}" for kind, keys in
+                      (("unused", unexpected), ("missing (initialised at random)", missing), ("mismatched", mismatched))
+                      if keys),
+        )
+    return backbone
 
 
 class DMILForMultimodalClassification(DMILPreTrainedModel):

@@ -607,6 +607,66 @@ class DMILProcessor(ProcessorMixin):
             modality_table=[m.to_row() for m in config.modality_specs],
         )
 
+    @classmethod
+    def from_backbones_pretrained(
+        cls,
+        text: str | None = None,
+        vision: str | None = None,
+        audio: str | None = None,
+        modality_table: list[Modality] | None = None,
+        **kwargs: Any,
+    ) -> "DMILProcessor":
+        """The processor matching `DMILForMultimodalClassification.from_backbones_pretrained` with the same backbones:
+        each backbone's own tokenizer, image processor or feature extractor, loaded from the same Hub id or path.
+
+        Give the backbones as `text=`, `vision=`, `audio=` or as `modality_table` rows whose `backbone` is the path (a
+        row with a config instead of a path has no processor files: give that one's sub-processor to `for_model`).
+        Two modalities of one kind share the sub-processor of the first of them (a video's frames go through the
+        image processor). Keyword arguments prefixed with a modality's name and `_` (`text_revision="main"`) go to
+        that sub-processor's `from_pretrained`; `text_max_length` is taken from the text backbone's config.
+
+        Example:
+
+        ```python
+        >>> from dmil_hf import DMILProcessor
+        >>> from dmil_hf.testing_utils import save_tiny_backbones
+        >>> paths = save_tiny_backbones("/tmp/dmil-doc-backbones")
+        >>> DMILProcessor.from_backbones_pretrained(text=paths["text"], audio=paths["audio"]).modalities
+        ['text', 'audio']
+        ```
+        """
+        from transformers import AutoConfig
+
+        slots = {"text": text, "vision": vision, "audio": audio}
+        if modality_table is None:
+            rows = [Modality(m, LEGACY_MODALITIES[m], path) for m, path in slots.items() if path is not None]
+        elif any(path is not None for path in slots.values()):
+            raise ValueError("give the backbones either as text=/vision=/audio= or as modality_table, not both")
+        else:
+            rows = list(modality_table)
+        options = {row.name: {k[len(row.name) + 1 :]: v for k, v in kwargs.items() if k.startswith(f"{row.name}_")}
+                   for row in rows}
+        stray = sorted(set(kwargs) - {f"{row.name}_{k}" for row in rows for k in options[row.name]})
+        if stray:
+            raise TypeError(f"unexpected argument(s) {stray}: prefix a sub-processor's arguments with its modality's name")
+        loaders = {"tokenizer": AutoTokenizer.from_pretrained, "image_processor": load_image_processor,
+                   "feature_extractor": AutoFeatureExtractor.from_pretrained}
+        subs: dict[str, Any] = {}
+        text_max_length = None
+        for row in rows:
+            slot = KINDS[row.kind].processor_slot
+            if slot is None or slot in subs:
+                continue
+            if not isinstance(row.backbone, (str, os.PathLike)):
+                raise ValueError(
+                    f"modality {row.name!r} has no path to load its {slot.replace('_', ' ')} from; build the processor "
+                    "with DMILProcessor.for_model(config, ...) instead"
+                )
+            subs[slot] = loaders[slot](row.backbone, **options[row.name])
+            if row.kind == "text":
+                text_max_length = cls.backbone_text_length(AutoConfig.from_pretrained(row.backbone))
+        return cls(**subs, text_max_length=text_max_length, modality_table=[row.to_row() for row in rows])
+
     @property
     def modalities(self) -> list[str]:
         """The modalities this processor handles, in the model's order (its modality table's)."""
@@ -959,8 +1019,11 @@ class DMILDataCollator:
             values = [example.get(self.column_of(modality)) for example in examples]
             if kind == "audio":
                 values = [self._audio_item(v, example) for v, example in zip(values, examples)]
+            elif kind == "image":
+                # datasets stores an image array as nested lists of pixel values.
+                values = [np.asarray(v) if isinstance(v, list) else v for v in values]
             elif kind == "video":
-                # datasets stores each frame as nested lists of pixel values.
+                # ... and each frame of a clip the same way.
                 values = [[np.asarray(f) if isinstance(f, list) else f for f in v] if isinstance(v, list) else v
                           for v in values]
             if any(v is not None for v in values):

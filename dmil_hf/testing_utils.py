@@ -115,3 +115,31 @@ def random_inputs(
         else:
             inputs[input_names(row).main] = torch.randn(batch_size, num_samples, generator=g)
     return inputs
+
+
+def save_tiny_backbones(folder: str, modalities: tuple[str, ...] = ("text", "vision", "audio"), seed: int = 0) -> dict:
+    """Save tiny random backbones with their processors (a BERT with a 20-word WordPiece tokenizer, a ViT with a
+    16 x 16 image processor, a wav2vec2 with its feature extractor) under `folder/<modality>`, as a pretrained
+    checkpoint would be, and return the paths: stand-ins for Hub backbones in offline examples and tests."""
+    import os
+
+    from transformers import AutoModel, BertTokenizer, ViTImageProcessorPil, Wav2Vec2FeatureExtractor
+
+    words = ["red", "green", "blue", "loud", "quiet", "cat", "dog", "bird", "a", "the", "is", "and", "on", "in", "big"]
+    configs = {"text": tiny_text_config(), "vision": tiny_vision_config(), "audio": tiny_audio_config()}
+    paths = {}
+    for modality in modalities:
+        path = os.path.join(folder, modality)
+        torch.manual_seed(seed)
+        AutoModel.from_config(configs[modality]).save_pretrained(path)
+        if modality == "text":
+            vocab = os.path.join(path, "vocab.txt")
+            with open(vocab, "w") as f:
+                f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+            BertTokenizer(vocab_file=vocab, model_max_length=64).save_pretrained(path)
+        elif modality == "vision":
+            ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(path)
+        else:
+            Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(path)
+        paths[modality] = path
+    return paths

@@ -87,6 +87,12 @@ def test_synthetic_run_writes_final_model_and_results(tmp_path):
     assert sorted(results["stages"]) == ["1", "2", "3"]
     model = AutoModel.from_pretrained(tmp_path / "out" / "final")
     assert model.config.modalities == ["text", "vision"] and (tmp_path / "out" / "final" / "README.md").is_file()
+    # The main job's final/ serves the pipeline its model card advertises (its processor is saved with it).
+    from transformers import pipeline
+
+    pipe = pipeline("multimodal-classification", model=str(tmp_path / "out" / "final"))
+    result = pipe({"text": "a1 w0 b2", "image": np.zeros((16, 16, 3), np.uint8)}, top_k=None)
+    assert len(result) == model.config.num_labels and set(result[0]["interactions"]) == set(model.config.interaction_components)
 
 
 def _write_user_dataset(tmp_path):

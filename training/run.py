@@ -157,7 +157,8 @@ def preset_kwargs(model_args: ModelArguments) -> dict:
 
 
 def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: int):
-    from dmil_hf.data import SyntheticInteractionSpec, make_interaction_splits, tiny_config_for
+    """The synthetic benchmark's splits, the tiny model's config and the processor its saved model serves with."""
+    from dmil_hf.data import SyntheticInteractionSpec, make_interaction_splits, synthetic_processor, tiny_config_for
 
     spec = SyntheticInteractionSpec(
         modalities=tuple(m.strip() for m in data_args.synthetic_modalities.split(",") if m.strip()),
@@ -168,7 +169,7 @@ def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: i
     splits = make_interaction_splits(data_args.synthetic_train_size, data_args.synthetic_eval_size, seed=seed, spec=spec)
     config = tiny_config_for(spec, paradigm=model_args.paradigm, latent_dim=model_args.latent_dim,
                              check_inputs=model_args.check_inputs, **preset_kwargs(model_args))
-    return splits["train"], splits["test"], config
+    return splits["train"], splits["test"], config, synthetic_processor(spec)
 
 
 def load_user_data(data_args: DataArguments):
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
     processor = collator = None
     with training_args.main_process_first(desc="dataset preparation"):
         if data_args.train_file is None and data_args.dataset == "synthetic":
-            train, evaluation, config = load_synthetic(data_args, model_args, training_args.seed)
+            train, evaluation, config, processor = load_synthetic(data_args, model_args, training_args.seed)
             train, evaluation = select_samples(train, evaluation, data_args)
             model = DMILForMultimodalClassification(config)
         else:
@@ -458,7 +459,7 @@ def main(argv: list[str] | None = None) -> dict:
         compute_metrics=make_compute_metrics(model.config, interaction_types=types) if evaluation is not None else None,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    final_dir = trainer.save_final(os.path.join(training_args.output_dir, "final"))
+    final_dir = os.path.join(training_args.output_dir, "final")  # written by train() after the last stage
     metrics = trainer.evaluate() if evaluation is not None else {}
     metrics["stages"] = {str(k): v for k, v in trainer.stage_results.items()}
     if trainer.is_world_process_zero():

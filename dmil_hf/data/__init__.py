@@ -25,6 +25,7 @@ from .synthetic import (
     model_columns,
     sample_latents,
     slot_columns,
+    synthetic_processor,
     tiny_config_for,
 )
 

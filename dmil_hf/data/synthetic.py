@@ -706,7 +706,57 @@ def tiny_config_for(
     return DMILConfig(**sub, paradigm=paradigm, num_labels=spec.num_labels, latent_dim=latent_dim, **config_kwargs)
 
 
+
+def synthetic_processor(spec: SyntheticInteractionSpec) -> Any:
+    """A `DMILProcessor` for models trained on the benchmark, so that their saved folder serves the
+    `multimodal-classification` pipeline like any other.
+
+    The tokenizer is a word-level one over the benchmark's own vocabulary: `[CLS]`/`[SEP]` around the words, slot A's
+    value v is the word `a<v>`, slot B's `b<v>`, fillers `w<k>` (so `"a1 w3 b2 w0"` holds A=1, B=2, as the benchmark
+    encodes them). Images go through a ViT image processor of the benchmark's size and audio through a wav2vec2
+    extractor at its rate, normalised per clip as the benchmark's waveforms are; the benchmark's own images and
+    waveforms are drawn directly as tensors, so raw inputs given to the pipeline are processed the usual way.
+
+        >>> processor = synthetic_processor(SyntheticInteractionSpec(modalities=("text", "audio"), num_labels=2))
+        >>> processor(text=["a1 w0 b0"])["input_ids"].tolist()
+        [[1, 4, 7, 5, 2]]
+    """
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast, ViTImageProcessorPil, Wav2Vec2FeatureExtractor
+
+    from ..processing_dmil import DMILProcessor
+
+    c = spec.num_labels
+    words = ["[PAD]", "[CLS]", "[SEP]", *[f"a{v}" for v in range(c)], *[f"b{v}" for v in range(c)],
+             *[f"w{k}" for k in range(spec.num_filler_tokens)]]
+    vocab = {word: i for i, word in enumerate(words)}
+    assert vocab["a0"] == _FIRST_CONTENT_ID and vocab["[CLS]"] == CLS_TOKEN_ID and vocab["[SEP]"] == SEP_TOKEN_ID
+    # An unknown word reads as a filler when the vocabulary has no room for an [UNK] of its own.
+    unk = "[UNK]" if len(vocab) < spec.vocab_size else "w0"
+    vocab.setdefault(unk, len(vocab))
+    backend = Tokenizer(WordLevel(vocab, unk_token=unk))
+    backend.pre_tokenizer = WhitespaceSplit()
+    backend.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", CLS_TOKEN_ID), ("[SEP]", SEP_TOKEN_ID)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token=unk, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        model_max_length=spec.seq_length, model_input_names=["input_ids", "attention_mask"],
+    )
+    given = set(spec.modalities)
+    return DMILProcessor(
+        tokenizer=tokenizer if "text" in given else None,
+        image_processor=ViTImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size})
+        if "vision" in given else None,
+        feature_extractor=Wav2Vec2FeatureExtractor(sampling_rate=spec.sampling_rate) if "audio" in given else None,
+        text_max_length=spec.seq_length,
+    )
+
 __all__ = [
+    "synthetic_processor",
     "DEFAULT_NOISE",
     "MIXTURES",
     "MODEL_INPUT_COLUMNS",
