@@ -406,8 +406,8 @@ def _raise_on_bad_keys(checkpoint: str, missing: Iterable[str], unexpected: Iter
 class DMILTrainer(Trainer):
     """A `Trainer` that runs DMIL's decomposition pretraining (stages 1-2) and interaction fine-tuning (stage 3).
 
-    `train()` runs the stages of `args.stages` in order and writes `output_dir/final` (`save_final`) after the last
-    one; `train(stage=k)` runs one. Under `resume_from_checkpoint=True`
+    `train()` runs the stages of `args.stages` in order and, once stage 3 (a baseline's single stage) is done, writes
+    `output_dir/final` (`save_final`); `train(stage=k)` runs one. Under `resume_from_checkpoint=True`
     finished stages are loaded from `output_dir/stage-k` and the interrupted one resumes from its last complete
     checkpoint (an incomplete one, left by a kill during its write, is skipped with a warning); a checkpoint path
     resumes inside the stage it belongs to. Without resuming, training into an `output_dir` that already holds a run
@@ -522,8 +522,9 @@ class DMILTrainer(Trainer):
             output = self._run_stage(k, checkpoint, **kwargs)
             if self.args.push_to_hub:
                 self._push_stage(k)
-        if stages[-1] == (self.args.stage_list[-1] if paradigm == "dmil" else 1):
-            # The run's result, ready for AutoModel and the pipeline: final/ (model, processor, adapter, card).
+        if stages[-1] == (max(STAGE_PLANS) if paradigm == "dmil" else 1):
+            # The finished model, ready for AutoModel and the pipeline: final/ (model, processor, adapter, card). A run
+            # that stops earlier (stages="1,2") leaves its result in its last stage's folder, to be continued.
             self.save_final()
         if self.args.push_to_hub:
             self.push_to_hub()
