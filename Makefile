@@ -1,6 +1,6 @@
 PY ?= .venv/bin/python
 
-.PHONY: install test train bench bench-interactions bench-method
+.PHONY: install test train plots bench bench-interactions bench-method
 
 install:
 	python3 -m venv .venv && .venv/bin/pip install -q "torch==2.13.0" -e ".[test,bench]"
@@ -10,6 +10,11 @@ test:
 
 train:
 	.venv/bin/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no training/run.py
+
+# The README's pictures: the main job's final/plots, copied to docs/images.
+plots:
+	.venv/bin/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no training/run.py --output_dir bench_out/main_job --overwrite_output_dir true
+	mkdir -p docs/images && cp bench_out/main_job/final/plots/*.png docs/images/
 
 bench:
 	$(PY) benchmarks/speed.py --preset tiny --out bench_out/speed_tiny.json

@@ -80,8 +80,20 @@ def _per_type_rows(metrics: dict[str, float], components: list[str]) -> list[dic
     ]
 
 
-def render_model_card(model, args, stage_results: dict[int, dict[str, float]], template: str | None = None) -> ModelCard:
-    """Render the card of a trained model: backbones, stages and hyperparameters, evaluation results, usage."""
+# Titles of the pictures DMILTrainer.save_plots draws, in the card's order.
+PLOT_TITLES = {
+    "interaction_weights.png": "Interaction weights of the evaluation samples (the gate's view of the data)",
+    "accuracy_per_type.png": "Accuracy per interaction type",
+    "training_curves.png": "Training curves over the three stages",
+}
+
+
+def render_model_card(
+    model, args, stage_results: dict[int, dict[str, float]], template: str | None = None,
+    plots: list[str] | None = None,
+) -> ModelCard:
+    """Render the card of a trained model: backbones, stages and hyperparameters, evaluation results, plots (paths
+    relative to the card, e.g. `plots/training_curves.png`), usage."""
     config = model.config
     backbones = [
         {"modality": m.name, "kind": m.kind, "name": m.backbone._name_or_path or "(built from config)",
@@ -137,5 +149,8 @@ def render_model_card(model, args, stage_results: dict[int, dict[str, float]], t
         weight_decay=args.weight_decay, seed=args.seed, precision=precision, results=results, details=details,
         per_type=_per_type_rows(final_metrics, components), gate_components=components,
         example_input=_example_input(config),
+        plots=[{"path": p, "title": PLOT_TITLES.get(Path(p).name, Path(p).stem.replace("_", " "))}
+               for p in sorted(plots or [], key=lambda p: list(PLOT_TITLES).index(Path(p).name)
+                               if Path(p).name in PLOT_TITLES else len(PLOT_TITLES))],
     )
     return ModelCard.from_template(card_data, template_str=template_str, **kwargs)

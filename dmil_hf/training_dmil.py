@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STAGE_MARKER = "dmil_stage.json"
+# The whole run's log (every stage's entries, at the run-wide step), at the top of output_dir.
+RUN_LOG_NAME = "log_history.json"
 # Names the Trainer gives to a checkpoint's files (transformers.trainer; spelled out here because they are a file
 # format, while where transformers keeps the constants is not).
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -456,6 +458,10 @@ class DMILTrainer(Trainer):
         self._adapter_dir: str | None = None
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
+        # Optimizer steps of the stages before the current one, so that logs carry one run-wide step (tensorboard's
+        # curves of the three stages follow each other instead of restarting at step 1), and the whole run's log.
+        self._step_offset = 0
+        self.run_log_history: list[dict[str, Any]] = []
 
     def _check_distribution(self) -> None:
         """Refuse a launch that Accelerate did not turn into one distributed run, and say when FSDP was asked for but
@@ -655,12 +661,24 @@ class DMILTrainer(Trainer):
         if self.eval_dataset is not None:
             metrics.update(self.evaluate(metric_key_prefix="eval"))
         self.stage_results[stage] = metrics
+        stage_log = [entry for entry in self.state.log_history if entry.get("stage") == stage]
+        self._record_stage_log(stage, self.state.global_step, stage_log)
         if self.is_world_process_zero():
             with open(os.path.join(stage_dir, STAGE_MARKER), "w") as f:
-                # "adapter" records that this stage wrote stage-k/adapter, for a later resume to know it is this run's.
-                json.dump({"stage": stage, "metrics": metrics, "adapter": self._adapter_dir is not None}, f, indent=2,
-                          default=float)
+                # "adapter" records that this stage wrote stage-k/adapter, for a later resume to know it is this run's;
+                # "global_step" and "log_history" let a resumed run continue the run-wide step and log.
+                json.dump({"stage": stage, "metrics": metrics, "adapter": self._adapter_dir is not None,
+                           "global_step": self.state.global_step, "log_history": stage_log}, f, indent=2, default=float)
         self.accelerator.wait_for_everyone()
+
+    def _record_stage_log(self, stage: int, steps: int, stage_log: list[dict[str, Any]]) -> None:
+        """Add a finished stage's log to the run's and write the run's log to `output_dir/log_history.json`."""
+        self.run_log_history = [e for e in self.run_log_history if e.get("stage") != stage] + stage_log
+        self._step_offset += steps
+        if self.is_world_process_zero():
+            os.makedirs(self._base_output_dir, exist_ok=True)
+            with open(os.path.join(self._base_output_dir, RUN_LOG_NAME), "w") as f:
+                json.dump(self.run_log_history, f, indent=1, default=float)
 
     def _load_finished_stage(self, stage: int) -> None:
         stage_dir = self.stage_dir(stage)
@@ -669,6 +687,7 @@ class DMILTrainer(Trainer):
         with open(os.path.join(stage_dir, STAGE_MARKER)) as f:
             marker = json.load(f)
         self.stage_results[stage] = marker["metrics"]
+        self._record_stage_log(stage, int(marker.get("global_step", 0)), list(marker.get("log_history", [])))
         # Markers written before the "adapter" entry existed count as adapter-less: copying an adapter of unknown
         # origin into the final model is the worse mistake.
         self._adapter_dir = os.path.join(stage_dir, "adapter") if marker.get("adapter") else None
@@ -760,7 +779,17 @@ class DMILTrainer(Trainer):
             # Mean of each unweighted term over the steps since the last log, read once per log (no per-step sync).
             logs.update({name: round(float(v) / self._term_steps, 6) for name, v in self._term_sums.items()})
             self._term_sums, self._term_steps = {}, 0
-        super().log(logs, *args, **kwargs)
+        if self.stage is not None:
+            logs["stage_step"] = self.state.global_step
+        # Logged at the run-wide step (the stages before this one plus this stage's own): the Trainer's log history
+        # and every reporting integration read state.global_step while logging. The stage's own count is restored at
+        # once, as training, checkpoints and schedules use it.
+        offset = self._step_offset if self.stage is not None else 0
+        self.state.global_step += offset
+        try:
+            super().log(logs, *args, **kwargs)
+        finally:
+            self.state.global_step -= offset
 
     # ---------------------------------------------------------------- saving and the Hub
 
@@ -792,8 +821,51 @@ class DMILTrainer(Trainer):
                 shutil.rmtree(target)
             if self._adapter_dir is not None:
                 shutil.copytree(self._adapter_dir, target)
+            self.save_plots(os.path.join(path, "plots"))
             self.write_model_card(path)
         return path
+
+    def save_plots(self, folder: str) -> list[str]:
+        """Save the run's pictures to `folder` (main process): training curves over the stages, accuracy per
+        interaction type (when the evaluation data has types), and the distribution of the gate's interaction
+        weights over the evaluation set (DMIL, when there is one; per type when known). Needs matplotlib; without
+        it, nothing is drawn and the card says so."""
+        try:
+            from . import plots_dmil
+        except ImportError:  # pragma: no cover - plots_dmil itself imports only numpy and torch
+            return []
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            logger.info("matplotlib is not installed: no plots saved (pip install matplotlib)")
+            return []
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)  # a picture from an earlier save into this folder is not this model's
+        saved = []
+        if any("loss" in entry for entry in self.run_log_history):
+            saved.append(os.path.join(folder, "training_curves.png"))
+            plots_dmil.plot_training_curves(self.run_log_history, saved[-1])
+        final_metrics = self.stage_results[max(self.stage_results)] if self.stage_results else {}
+        per_type = {k[len("eval_accuracy_"):]: v for k, v in final_metrics.items()
+                    if k.startswith("eval_accuracy_") and isinstance(v, (int, float))}
+        model = _unwrap(self.model)
+        if per_type:
+            saved.append(os.path.join(folder, "accuracy_per_type.png"))
+            plots_dmil.plot_accuracy_per_type({model.config.paradigm: per_type}, saved[-1])
+        if model.config.paradigm == "dmil" and self.eval_dataset is not None and hasattr(self.eval_dataset, "__len__"):
+            dataset = self.eval_dataset
+            if self.args.remove_unused_columns and hasattr(dataset, "column_names"):
+                kept = set(self._signature_columns or []) | {"interaction_type"}
+                dataset = dataset.remove_columns([c for c in dataset.column_names if c not in kept])
+            gate = plots_dmil.interaction_weights(
+                model, dataset, data_collator=self.data_collator, batch_size=self.args.per_device_eval_batch_size
+            )
+            saved.append(os.path.join(folder, "interaction_weights.png"))
+            plots_dmil.plot_interaction_weights(gate, saved[-1])
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+        return saved
 
     def _gathered_model(self) -> torch.nn.Module | None:
         """Under FSDP, an unsharded copy of the model being trained (peft-wrapped like it, if it is) on the main
@@ -823,7 +895,11 @@ class DMILTrainer(Trainer):
     def write_model_card(self, path: str) -> None:
         from .model_card_dmil import render_model_card
 
-        card = render_model_card(_unwrap(self.model), self.args, self.stage_results, template=self.args.model_card_template)
+        folder = os.path.join(path, "plots")
+        plots = sorted(f"plots/{name}" for name in os.listdir(folder) if name.endswith(".png")) if os.path.isdir(folder) else []
+        card = render_model_card(
+            _unwrap(self.model), self.args, self.stage_results, template=self.args.model_card_template, plots=plots
+        )
         card.save(os.path.join(path, "README.md"))
 
     def hub_publisher(self) -> DMILHubPublisher:

@@ -413,11 +413,14 @@ def print_report(trainer, final_metrics: dict) -> None:
     from dmil_hf.metrics import per_type_summary
 
     print("\n== DMIL run: per-stage results ==")
-    print("| stage | train loss | eval loss | eval accuracy | eval macro-F1 |")
-    print("|---|---|---|---|---|")
+    print("| stage | train loss (all terms) | eval loss (all terms) | eval CE of the prediction | eval accuracy | eval macro-F1 |")
+    print("|---|---|---|---|---|---|")
     for stage, m in sorted(trainer.stage_results.items()):
-        cells = [m.get("train_loss"), m.get("eval_loss"), m.get("eval_accuracy"), m.get("eval_f1_macro")]
+        cells = [m.get("train_loss"), m.get("eval_loss"), m.get("eval_ce_final"), m.get("eval_accuracy"),
+                 m.get("eval_f1_macro")]
         print(f"| {stage} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
+    print("(A stage's loss sums every term it counts, and stage 3 counts the most, so losses grow from stage to stage;"
+          " the prediction's CE is comparable across stages.)")
     components = trainer.model.config.interaction_components if trainer.model.config.paradigm == "dmil" else []
     rows = per_type_summary(final_metrics, components)
     if rows:

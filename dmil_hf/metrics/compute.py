@@ -91,7 +91,8 @@ def make_compute_metrics(
 
     Returns:
         A function of an `EvalPrediction` (or a `(predictions, label_ids)` pair) returning flat float metrics:
-        ``accuracy``, ``f1_macro``, ``synergy_indicator`` (when unimodal predictions exist), ``accuracy_<type>``,
+        ``accuracy``, ``f1_macro``, ``ce_final`` (the final prediction's cross-entropy), ``synergy_indicator`` (when
+        unimodal predictions exist), ``accuracy_<type>``,
         ``gate_<component>`` and ``gate_<component>_<type>``, ``component_accuracy_<name>``,
         ``modality_accuracy_<modality>`` (always of the model's own unimodal heads, never of the reference).
 
@@ -152,6 +153,11 @@ def make_compute_metrics(
         if "component_logits" in outputs:
             kwargs.update(component_predictions=outputs["component_logits"].argmax(-1), component_names=components)
         results = metric.compute(predictions=outputs["logits"].argmax(-1), references=labels, **kwargs)
+        # The final prediction's own cross-entropy: comparable across stages and paradigms, unlike the loss, which sums
+        # every term a stage counts (stage 3 the most).
+        logits = outputs["logits"].astype(np.float64)
+        log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        results["ce_final"] = float(np.mean(log_z - logits[np.arange(n), labels]))
         return {k: float(v) for k, v in results.items()}
 
     return compute_metrics

@@ -1,0 +1,196 @@
+"""Pictures of a run and of a model's view of a dataset: training curves over the stages, accuracy per interaction
+type, and the signature view, the distribution of the gate's interaction weights over a dataset ("what kinds of
+interaction does my data hold, per sample").
+
+`interaction_weights` runs any trained DMIL model over any dataset and returns the gate's weights per sample;
+`plot_interaction_weights` draws their distribution per component (per interaction type when the data has types).
+matplotlib is imported only when a plot is drawn (`pip install matplotlib`, part of the `bench` extra).
+
+Example:
+
+```python
+>>> import torch
+>>> from datasets import Dataset
+>>> from dmil_hf import DMILForMultimodalClassification
+>>> from dmil_hf.data import SyntheticInteractionSpec, make_interaction_dataset, tiny_config_for
+>>> from dmil_hf.plots_dmil import interaction_weights
+>>> spec = SyntheticInteractionSpec(modalities=("text", "vision"), num_labels=2)
+>>> data = make_interaction_dataset(8, seed=0, spec=spec)
+>>> gate = interaction_weights(DMILForMultimodalClassification(tiny_config_for(spec)), data, batch_size=4)
+>>> gate["weights"].shape, gate["components"][0]
+((8, 4), 'redundancy')
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Colours of the three training stages and of the interaction components (R, U_1..U_K, S), for every plot.
+_STAGE_COLOURS = {1: "tab:blue", 2: "tab:orange", 3: "tab:green"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display is needed or assumed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Any, path: str | os.PathLike | None) -> Any:
+    if path is not None:
+        os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+    return figure
+
+
+@torch.no_grad()
+def interaction_weights(
+    model: torch.nn.Module,
+    dataset: Any,
+    data_collator: Callable[[list[dict]], Mapping[str, torch.Tensor]] | None = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    type_column: str = "interaction_type",
+) -> dict[str, Any]:
+    """The gate's interaction weights of a trained DMIL model on every sample of `dataset`.
+
+    Args:
+        model: a `DMILForMultimodalClassification` with `paradigm="dmil"` (the baselines have no gate).
+        dataset: a `datasets.Dataset` (or any sequence of example dicts) holding the model's input columns, or raw
+            columns for `data_collator` (a `DMILDataCollator`) to process.
+        data_collator: turns a list of examples into a model batch; default: the examples' model-input columns
+            stacked as tensors.
+        batch_size, device: how to run it (default device: the model's).
+        type_column: a column of known interaction types to return with the weights, if the dataset has it.
+
+    Returns:
+        A dict: `weights` `(N, K + 2)` array over `components` (`model.config.interaction_components`),
+        `predictions` `(N,)` class ids, `labels` `(N,)` when the data has them, and `types` (list of str) when it has
+        `type_column`.
+    """
+    if getattr(model.config, "paradigm", None) != "dmil":
+        raise ValueError(
+            f"interaction_weights needs a DMIL model (paradigm='dmil'); this one is {getattr(model.config, 'paradigm', None)!r}"
+        )
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    names = set(model.input_names) | {"modality_mask"}
+    was_training = model.training
+    model.eval()
+    weights, predictions, labels = [], [], []
+    try:
+        for start in range(0, len(dataset), batch_size):
+            rows = dataset[start : start + batch_size]
+            examples = [dict(zip(rows, values)) for values in zip(*rows.values())] if isinstance(rows, Mapping) else rows
+            if data_collator is not None:
+                batch = dict(data_collator(examples))
+            else:
+                batch = {k: torch.as_tensor(np.asarray([e[k] for e in examples])) for k in examples[0] if k in names}
+                if "labels" in examples[0] or "label" in examples[0]:
+                    batch["labels"] = torch.as_tensor([e.get("labels", e.get("label")) for e in examples])
+            batch_labels = batch.pop("labels", None)
+            inputs = {k: v.to(device) for k, v in batch.items() if k in names and isinstance(v, torch.Tensor)}
+            out = model(**inputs)
+            weights.append(out.interaction_weights.float().cpu().numpy())
+            predictions.append(out.logits.argmax(-1).cpu().numpy())
+            if batch_labels is not None:
+                labels.append(np.asarray(batch_labels))
+    finally:
+        model.train(was_training)
+    result: dict[str, Any] = {
+        "weights": np.concatenate(weights), "predictions": np.concatenate(predictions),
+        "components": list(model.config.interaction_components),
+    }
+    if labels:
+        result["labels"] = np.concatenate(labels)
+    columns = getattr(dataset, "column_names", None) or []
+    if type_column in columns:
+        result["types"] = [str(t) for t in dataset[type_column]]
+    return result
+
+
+def plot_interaction_weights(
+    gate: Mapping[str, Any], path: str | os.PathLike | None = None, title: str | None = None
+) -> Any:
+    """The distribution of each component's gate weight over a dataset (box plots; one group per interaction type
+    when `gate["types"]` is known), from `interaction_weights`. Saved to `path` when given; returns the figure."""
+    plt = _pyplot()
+    weights, components = np.asarray(gate["weights"]), list(gate["components"])
+    types = gate.get("types")
+    groups = sorted(set(types)) if types else ["all samples"]
+    columns = min(len(groups), 2)
+    rows_of_panels = -(-len(groups) // columns)
+    figure, axes = plt.subplots(rows_of_panels, columns, figsize=(1.2 + 1.1 * len(components) * columns,
+                                                                  0.6 + 3.0 * rows_of_panels), sharey=True, squeeze=False)
+    for axis in axes.flat[len(groups):]:
+        axis.set_visible(False)
+    for axis, group in zip(axes.flat, groups):
+        rows = weights if not types else weights[[t == group for t in types]]
+        axis.boxplot([rows[:, c] for c in range(len(components))], showfliers=False)
+        axis.set_xticks(range(1, len(components) + 1), [_short(c) for c in components], rotation=45, ha="right")
+        axis.set_title(f"{group} (n={len(rows)})", fontsize=9)
+        axis.set_ylim(0, 1)
+    for row in axes:
+        row[0].set_ylabel("gate weight")
+    figure.suptitle(title or "Interaction weights per sample: what each prediction rests on", fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_training_curves(log_history: Sequence[Mapping[str, Any]], path: str | os.PathLike | None = None) -> Any:
+    """Training loss, and the final prediction's CE and evaluation accuracy where logged, against the run's global
+    step, one colour per stage (a `DMILTrainer` run's `log_history.json`). Returns the figure."""
+    plt = _pyplot()
+    panels = [("loss", "training loss (every term of the stage)"), ("ce_final", "final prediction's CE (train)"),
+              ("eval_accuracy", "evaluation accuracy")]
+    panels = [(key, label) for key, label in panels if any(key in entry for entry in log_history)]
+    figure, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.2), squeeze=False)
+    for axis, (key, label) in zip(axes[0], panels):
+        for stage in sorted({entry.get("stage") for entry in log_history if key in entry} - {None}):
+            points = [(e["step"], e[key]) for e in log_history if key in e and e.get("stage") == stage]
+            steps, values = zip(*points)
+            axis.plot(steps, values, marker="o" if len(points) < 4 else None, markersize=3,
+                      color=_STAGE_COLOURS.get(stage), label=f"stage {stage}")
+        axis.set_xlabel("global step")
+        axis.set_title(label, fontsize=9)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_accuracy_per_type(
+    accuracy: Mapping[str, Mapping[str, float]], path: str | os.PathLike | None = None, title: str | None = None
+) -> Any:
+    """Grouped bars: accuracy per interaction type (x) for each method (`{method: {type: accuracy}}`)."""
+    plt = _pyplot()
+    methods = list(accuracy)
+    types = sorted({t for per_type in accuracy.values() for t in per_type})
+    figure, axis = plt.subplots(figsize=(1.5 + 0.9 * len(types) * max(len(methods), 1), 3.4))
+    width = 0.8 / max(len(methods), 1)
+    for i, method in enumerate(methods):
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(types))]
+        axis.bar(xs, [accuracy[method].get(t, np.nan) for t in types], width=width, label=method)
+    axis.set_xticks(range(len(types)), types)
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("accuracy")
+    axis.set_title(title or "Accuracy per interaction type", fontsize=10)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _short(component: str) -> str:
+    return component.replace("uniqueness_", "U_").replace("redundancy", "R").replace("synergy", "S")
+
+
+__all__ = ["interaction_weights", "plot_accuracy_per_type", "plot_interaction_weights", "plot_training_curves"]
