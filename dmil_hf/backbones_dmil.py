@@ -12,6 +12,7 @@ torch and transformers.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,3 +215,50 @@ TEMPORAL_POOLERS: dict[str, Callable[[torch.Tensor, "torch.Tensor | None"], torc
     "mean": masked_time_mean,
     "max": masked_time_max,
 }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fast paths: numerically equivalent, faster computations of backbone hot spots, switched on by name
+# (`DMILConfig.fast_paths`). Each changes how a module computes, never its weights or their names.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _unfold_conv1d(conv: Any, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A grouped, stride-1 Conv1d as one batched matmul over sliding windows (unfold + einsum).
+
+    cuDNN's grouped convolution with a long kernel (wav2vec2's positional convolution: kernel 128, 16 groups) runs far
+    below the GPU's matmul rate; the windows of a second of audio (50 frames) are small enough to materialise.
+    """
+    pad = conv.padding[0]
+    x = torch.nn.functional.pad(input, (pad, pad))
+    batch, channels, _ = x.shape
+    groups, kernel = conv.groups, weight.shape[-1]
+    windows = x.unfold(2, kernel, 1).reshape(batch, groups, channels // groups, -1, kernel)
+    w = weight.reshape(groups, weight.shape[0] // groups, channels // groups, kernel)
+    out = torch.einsum("bgctk,gock->bgot", windows, w).reshape(batch, weight.shape[0], -1)
+    return out if bias is None else out + bias[None, :, None]
+
+
+def _positional_conv_unfold(module: Any) -> bool:
+    """wav2vec2-family positional convolution (wav2vec2, HuBERT, WavLM, data2vec-audio) computed by `_unfold_conv1d`."""
+    conv = getattr(module, "conv", None)
+    if not type(module).__name__.endswith("PositionalConvEmbedding") or not isinstance(conv, torch.nn.Conv1d):
+        return False
+    if conv.stride != (1,) or conv.dilation != (1,) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return False
+    # Bound to this conv, so that a deep copy of the model rebinds it to the copy.
+    conv._conv_forward = types.MethodType(_unfold_conv1d, conv)
+    return True
+
+
+# name -> a function that switches one module to the fast path and says whether it applied.
+FAST_PATHS: dict[str, Callable[[Any], bool]] = {"positional_conv_unfold": _positional_conv_unfold}
+
+
+def apply_fast_paths(model: torch.nn.Module, names: list[str] | tuple[str, ...]) -> dict[str, int]:
+    """Switch every module of `model` that a fast path in `names` covers; returns how many modules each switched."""
+    counts = {name: 0 for name in names}
+    for module in model.modules():
+        for name in names:
+            counts[name] += bool(FAST_PATHS[name](module))
+    return counts

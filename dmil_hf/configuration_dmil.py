@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .backbones_dmil import POOLERS, backbone_spec
+from .backbones_dmil import FAST_PATHS, POOLERS, backbone_spec
 from .feature_encoder_dmil import DMILFeatureEncoderConfig
 from .modalities_dmil import KINDS, LEGACY_MODALITIES, Modality, validate_table
 
@@ -219,6 +219,10 @@ class DMILConfig(PretrainedConfig):
             Check input values for NaN/inf and labels for range. These checks read tensor values on the host, so
             they synchronise with the GPU once per step; turn them off for maximum throughput or `torch.compile`.
             Shape and dtype checks are free and always on.
+        fast_paths (`list[str]`, defaults to `[]`):
+            Numerically equivalent, faster computations of backbone hot spots (`backbones_dmil.FAST_PATHS`), e.g.
+            `"positional_conv_unfold"`: wav2vec2/HuBERT/WavLM's grouped positional convolution as one batched matmul
+            (measured in the README's speed section). Weights and their names do not change.
 
     Example:
 
@@ -271,6 +275,7 @@ class DMILConfig(PretrainedConfig):
         stage3_reconstruction_z_weight: float = 0.003,
         stage3_reconstruction_m_weight: float = 0.001,
         check_inputs: bool = True,
+        fast_paths: list[str] | tuple[str, ...] = (),
         **kwargs,
     ):
         rows = _table_rows(modality_table, {"text": text_config, "vision": vision_config, "audio": audio_config}, kwargs)
@@ -333,6 +338,10 @@ class DMILConfig(PretrainedConfig):
         self.stage3_reconstruction_z_weight = float(stage3_reconstruction_z_weight)
         self.stage3_reconstruction_m_weight = float(stage3_reconstruction_m_weight)
         self.check_inputs = bool(check_inputs)
+        unknown = [name for name in fast_paths if name not in FAST_PATHS]
+        if unknown or isinstance(fast_paths, str):
+            raise ValueError(f"fast_paths must be a list of names in {sorted(FAST_PATHS)}, got {fast_paths!r}")
+        self.fast_paths = list(fast_paths)
         custom = kwargs.get("custom_pipelines")
         if custom and "multimodal-classification" in custom and __name__.startswith("dmil_hf."):
             # Loaded through the installed package, whose registry already has the task: a custom_pipelines entry

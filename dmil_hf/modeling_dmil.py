@@ -17,7 +17,14 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from .backbones_dmil import POOLERS, TEMPORAL_POOLERS, BackboneSpec, backbone_spec, backbone_width
+from .backbones_dmil import (
+    POOLERS,
+    TEMPORAL_POOLERS,
+    BackboneSpec,
+    apply_fast_paths,
+    backbone_spec,
+    backbone_width,
+)
 from .configuration_dmil import DMILConfig, _as_backbone_config
 from .feature_encoder_dmil import DMILFeatureEncoder, DMILFeatureEncoderConfig
 from .heads_dmil import (  # noqa: F401  (re-exported: the method's modules, importable from the model file)
@@ -272,6 +279,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         self.head = HEADS[config.paradigm](config)
         self.main_input_name = self.routes[self.modalities[0]].names.main
         self.post_init()
+        if config.fast_paths:
+            apply_fast_paths(self.backbones, config.fast_paths)
 
     def _route(self, modality: Modality) -> ModalityRoute:
         backbone = self.backbones[modality.name]
