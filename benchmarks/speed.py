@@ -81,7 +81,7 @@ class Variant:
         self.name, self.train = name, name.startswith("train_")
         paradigm = "joint" if "joint" in name else "dmil"
         config = DMILConfig(**configs, paradigm=paradigm, num_labels=8, latent_dim=settings["latent_dim"],
-                            check_inputs=check_inputs)
+                            check_inputs=check_inputs, fast_paths=settings.get("fast_paths", ()))
         torch.manual_seed(0)
         model = DMILForMultimodalClassification(config).to(device)
         self.stage = {"train_stage1": 1}.get(name, 3)
@@ -162,8 +162,12 @@ def run(settings: dict, preset: str, compile_model: bool, check_inputs: bool, pr
     names = settings.get("variants") or TRAIN_VARIANTS + INFER_VARIANTS
     variants = [Variant(n, settings, configs, device, compile_model, check_inputs) for n in names]
     for v in variants:  # warm-up (and compilation) outside the timed rounds
+        synchronize(device)
+        start = time.perf_counter()
         for _ in range(settings["warmup"]):
             v.step(batch)
+        synchronize(device)
+        v.warmup_s = time.perf_counter() - start  # under --compile: the compile time, plus warmup steps
         if not compile_model:
             v.count_flops(batch)
     synchronize(device)
@@ -189,6 +193,7 @@ def run(settings: dict, preset: str, compile_model: bool, check_inputs: bool, pr
             "flops_per_step": v.flops,
             "tflops": v.flops / median / 1e12 if v.flops else None,
             "peak_mem_gb": v.peak_mem_gb,
+            "warmup_s": v.warmup_s,
         }
     if profile:
         for v in variants:
@@ -248,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variants", type=lambda v: tuple(v.split(",")), default=None,
                         help=f"comma-separated subset of {','.join(TRAIN_VARIANTS + INFER_VARIANTS)}")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument("--fast-paths", type=lambda v: tuple(x for x in v.split(",") if x), default=None,
+                        help="DMILConfig.fast_paths for every variant, e.g. positional_conv_unfold")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one step per variant: operator calls and the top operators by self time")
     parser.add_argument("--check-inputs", action="store_true",
@@ -257,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {TRAIN_VARIANTS + INFER_VARIANTS}")
     settings = dict(PRESETS[args.preset])
-    for key in ("batch_size", "steps", "rounds", "warmup", "device", "variants"):
+    for key in ("batch_size", "steps", "rounds", "warmup", "device", "variants", "fast_paths"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if settings["device"] == "cuda" and not torch.cuda.is_available():

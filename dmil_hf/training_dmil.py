@@ -148,6 +148,10 @@ class DMILTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
+            # Pinned memory serves host-to-accelerator copies; without an accelerator torch only warns about it on
+            # every dataloader it builds (each stage, each evaluation).
+            self.dataloader_pin_memory = False
         if self.finetune_method not in ("lora", "full"):
             raise ValueError(f"finetune_method must be 'lora' or 'full', got {self.finetune_method!r}")
         try:
