@@ -2,11 +2,13 @@
 """Train a DMIL model (or a joint / ensemble baseline) with DMILTrainer.
 
     accelerate launch training/run.py                                  # built-in synthetic benchmark, tiny backbones
+    accelerate launch training/run.py --output_dir out --max_steps 10  # the same job with two values changed
     accelerate launch training/run.py training/configs/base_pretrained.yaml --train_file train.csv --num_labels 6
     python training/run.py my.json --stage3_learning_rate 1e-4         # plain python works too
 
-A leading `.yaml`/`.json` file gives arguments; command-line flags after it override them. With no argument at all
-the run uses `training/configs/synthetic_tiny.yaml`. The script has no Accelerate code of its own: devices, mixed
+A job is a config file plus flags. A leading `.yaml`/`.yml`/`.json` file is the base; without one the base is the
+default job, `training/configs/synthetic_tiny.yaml`. Flags override the base's values one by one, and `none` unsets an
+option whose unset value is None (`RunArgumentParser`). The script has no Accelerate code of its own: devices, mixed
 precision (`--bf16 true`) and distribution (DDP/FSDP/DeepSpeed) come from `accelerate launch` through the Trainer.
 
 Data: the built-in synthetic interaction benchmark (`--dataset synthetic`), a Hub dataset name, a folder written by
@@ -24,19 +26,27 @@ resumes from that checkpoint, and `--overwrite_output_dir true` deletes the earl
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
+from transformers import HfArgumentParser
 
 if TYPE_CHECKING:  # imported where used, so that parsing arguments stays quick
     from datasets import Dataset
     from transformers import PretrainedConfig
+
+    from dmil_hf import DMILTrainingArguments
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "synthetic_tiny.yaml"
 
@@ -102,7 +112,8 @@ class DataArguments:
 
 
 def _to_cli(values: dict) -> list[str]:
-    """Turn a config file's mapping into flags, so the file and the command line go through one parser."""
+    """Turn a config file's mapping into flags, so the file and the command line go through one parser. A `null`
+    leaves the option at its default: None for the options that take `none` (`RunArgumentParser`)."""
     argv = []
     for key, value in values.items():
         if value is None:
@@ -116,23 +127,97 @@ def _to_cli(values: dict) -> list[str]:
     return argv
 
 
-def parse_arguments(argv: list[str]):
-    from transformers import HfArgumentParser
+# What a flag says to unset an option whose unset value is None (any case): Python's and YAML/JSON's spellings.
+NONE_WORDS = frozenset({"none", "null"})
 
-    from dmil_hf import DMILTrainingArguments
 
-    config_file = None
+def _or_none(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`convert`, except that a word of NONE_WORDS is None."""
+
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in NONE_WORDS else convert(text)
+
+    # argparse names the type in its error messages ("invalid float value: 'x'").
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def _union_members(hint: Any) -> tuple:
+    """The members of a `X | Y` / `Union[X, Y]` type hint, or `(hint,)`."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+class RunArgumentParser(HfArgumentParser):
+    """HfArgumentParser over this script's ModelArguments, DataArguments and DMILTrainingArguments, made to take a
+    config file's values and then override them with flags, option by option.
+
+    Flags follow the config file's values in one argument list, and argparse keeps an option's last value. On top of
+    HfArgumentParser:
+    - an option whose unset value is None takes `none` (or `null`) for None, so that a flag can unset a value the
+      config file set (`--save_total_limit none`, `--modality none`); HfArgumentParser offers no way to;
+    - an option typed `str | list[str]` (`report_to`, `optim_target_modules`) takes several values, which
+      HfArgumentParser types as one string, so that a config file's list (`report_to: [tensorboard, wandb]`) and the
+      same flag parse. One value still arrives as the string it was.
+    """
+
+    def __init__(self) -> None:
+        from dmil_hf import DMILTrainingArguments
+
+        dataclass_types = (ModelArguments, DataArguments, DMILTrainingArguments)
+        super().__init__(dataclass_types)
+        # HfArgumentParser narrows each field's type in place (e.g. `None | str | list[str]` to `str`): read the hints.
+        hints = {name: hint for dtype in dataclass_types for name, hint in typing.get_type_hints(dtype).items()}
+        self._lists_or_none: set[str] = set()
+        self._strings_or_lists: set[str] = set()
+        for dtype in dataclass_types:
+            for field_ in dataclasses.fields(dtype):
+                action = self._option_string_actions.get(f"--{field_.name}")
+                if not field_.init or action is None:
+                    continue
+                members = _union_members(hints[field_.name])
+                if field_.default is None and type(None) in members and action.type and not action.choices:
+                    action.type = _or_none(action.type)
+                    if action.nargs == "+":
+                        self._lists_or_none.add(action.dest)
+                if str in members and any(typing.get_origin(m) is list for m in members):
+                    action.nargs = "+"
+                    self._strings_or_lists.add(action.dest)
+
+    def parse_known_args(self, args: list[str] | None = None, namespace: argparse.Namespace | None = None):
+        namespace, remaining = super().parse_known_args(args, namespace)
+        for dest in self._lists_or_none:
+            values = getattr(namespace, dest, None)
+            if isinstance(values, list) and None in values:
+                if len(values) > 1:
+                    self.error(f"--{dest}: none unsets the option, it cannot be one of several values")
+                setattr(namespace, dest, None)
+        for dest in self._strings_or_lists:
+            values = getattr(namespace, dest, None)
+            if isinstance(values, list) and len(values) == 1:
+                setattr(namespace, dest, values[0])
+        return namespace, remaining
+
+
+def split_config_file(argv: list[str]) -> tuple[str, list[str]]:
+    """The job's config file and the flags that override it: a leading `.yaml`/`.yml`/`.json` argument, else the
+    default job (`DEFAULT_CONFIG`), so that flags alone change the default job instead of replacing it."""
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        config_file, argv = argv[0], argv[1:]
-    elif not argv:
-        config_file = str(DEFAULT_CONFIG)
-    file_args = []
-    if config_file:
-        with open(config_file) as f:
-            file_args = _to_cli(yaml.safe_load(f) or {})  # YAML is a superset of JSON
-    parser = HfArgumentParser((ModelArguments, DataArguments, DMILTrainingArguments))
+        return argv[0], argv[1:]
+    return str(DEFAULT_CONFIG), argv
+
+
+def config_flags(config_file: str) -> list[str]:
+    """The config file's values as flags."""
+    with open(config_file) as f:
+        return _to_cli(yaml.safe_load(f) or {})  # YAML is a superset of JSON
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, DMILTrainingArguments, str]:
+    """The run's arguments and its config file: the file's values (`split_config_file`), overridden by the flags."""
+    config_file, flags = split_config_file(argv)
+    parser = RunArgumentParser()
     # Later flags win in argparse, so command-line overrides follow the file's values.
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=file_args + argv)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=config_flags(config_file) + flags)
     training_args.resume_from_checkpoint = resume_value(training_args.resume_from_checkpoint)
     return model_args, data_args, training_args, config_file
 
@@ -465,7 +550,7 @@ def main(argv: list[str] | None = None) -> dict:
         with open(os.path.join(training_args.output_dir, "eval_results.json"), "w") as f:
             json.dump(metrics, f, indent=2, default=float)
         print_report(trainer, metrics)
-        print(f"\nconfig: {config_file or 'command line'}; final model: {final_dir}; "
+        print(f"\nconfig: {config_file}; final model: {final_dir}; "
               f"results: {os.path.join(training_args.output_dir, 'eval_results.json')}")
     return metrics
 

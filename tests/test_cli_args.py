@@ -1,0 +1,94 @@
+"""training/run.py's arguments, parsed without training: the config file (or the default job) as the base with flags
+overriding it value by value."""
+
+import dataclasses
+
+import pytest
+import yaml
+from test_cli import import_cli
+
+
+def as_dicts(parsed):
+    """The parsed ModelArguments, DataArguments and DMILTrainingArguments as one flat dict."""
+    model_args, data_args, training_args, _ = parsed
+    return {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **training_args.to_dict()}
+
+
+def test_flags_without_a_config_file_override_the_default_job_instead_of_replacing_it(tmp_path):
+    run = import_cli()
+    default_job = yaml.safe_load(run.DEFAULT_CONFIG.read_text())
+    model_args, data_args, args, used = run.parse_arguments(["--output_dir", str(tmp_path), "--max_steps", "1"])
+    assert used == str(run.DEFAULT_CONFIG)
+    assert args.output_dir == str(tmp_path) and args.max_steps == 1
+    # The default job's values, not the dataclasses' defaults (latent_dim 64, finetune_method "full", no stage rates).
+    assert model_args.latent_dim == default_job["latent_dim"] == 32
+    assert args.finetune_method == default_job["finetune_method"] == "lora"
+    for stage in (1, 2, 3):
+        assert getattr(args, f"stage{stage}_learning_rate") == default_job[f"stage{stage}_learning_rate"]
+        assert getattr(args, f"stage{stage}_num_train_epochs") == default_job[f"stage{stage}_num_train_epochs"]
+    assert data_args.synthetic_train_size == default_job["synthetic_train_size"] and args.use_cpu is True
+    # Everything but the two flags is what the default job alone parses to.
+    flagged, default = as_dicts((model_args, data_args, args, used)), as_dicts(run.parse_arguments([]))
+    assert {k for k in default if flagged[k] != default[k]} == {"output_dir", "max_steps"}
+
+
+def test_a_flag_beats_the_config_files_value(tmp_path):
+    run = import_cli()
+    model_args, _, args, _ = run.parse_arguments(["--latent_dim", "8", "--stage2_learning_rate", "0.01"])
+    assert model_args.latent_dim == 8 and args.stage2_learning_rate == 0.01
+    assert args.stage1_learning_rate == 0.001  # the default job's, untouched
+    config = tmp_path / "job.json"
+    config.write_text('{"paradigm": "joint", "latent_dim": 48, "lora_r": 4}')
+    model_args, _, args, used = run.parse_arguments([str(config), "--lora_r", "2"])
+    assert used == str(config) and (model_args.paradigm, model_args.latent_dim, args.lora_r) == ("joint", 48, 2)
+    assert args.stage1_learning_rate is None  # a config file is the whole base: nothing of the default job's
+
+
+@pytest.mark.parametrize("flags, expected", [
+    # Booleans: a value, the bare flag, and HfArgumentParser's --no_ form of a field that defaults to True.
+    (["--use_cpu", "false"], {"use_cpu": False}),
+    (["--check_inputs", "false"], {"check_inputs": False}),
+    (["--no_check_inputs"], {"check_inputs": False}),
+    (["--overwrite_output_dir"], {"overwrite_output_dir": True}),
+    # Lists replace the base's list as a whole.
+    (["--modality", "rgb:video:some/vit:8", "audio:audio:some/wav2vec2"],
+     {"modality": ["rgb:video:some/vit:8", "audio:audio:some/wav2vec2"]}),
+    (["--lora_target_modules", "query"], {"lora_target_modules": ["query"]}),
+    # None-able options: `none` / `null` unsets a value the base set.
+    (["--save_total_limit", "none"], {"save_total_limit": None}),
+    (["--synthetic_dominant_modality", "None"], {"synthetic_dominant_modality": None}),
+    (["--stage1_learning_rate", "null", "--stage1_num_train_epochs", "none"],
+     {"stage1_learning_rate": None, "stage1_num_train_epochs": None}),
+    (["--modality", "none", "--lora_target_modules", "none"], {"modality": None, "lora_target_modules": None}),
+])
+def test_booleans_lists_and_none_override_a_config_file(tmp_path, flags, expected):
+    run = import_cli()
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "use_cpu: true\ncheck_inputs: true\noverwrite_output_dir: false\nsave_total_limit: 2\n"
+        "synthetic_dominant_modality: text\nstage1_learning_rate: 0.001\nstage1_num_train_epochs: 3\n"
+        "modality: ['text:text:some/bert']\nlora_target_modules: [query, value]\n"
+    )
+    values = as_dicts(run.parse_arguments([str(config), *flags]))
+    assert {key: values[key] for key in expected} == expected
+
+
+def test_report_to_takes_a_list_from_the_config_file_and_the_command_line(tmp_path):
+    """transformers types report_to as one string, so HfArgumentParser alone refuses a config file's list."""
+    run = import_cli()
+    parser = run.RunArgumentParser()
+    namespace, _ = parser.parse_known_args(["--report_to", "tensorboard", "wandb"])
+    assert namespace.report_to == ["tensorboard", "wandb"]
+    namespace, _ = parser.parse_known_args(["--report_to", "tensorboard", "wandb", "--report_to", "none"])
+    assert namespace.report_to == "none"  # one value stays a string, as TrainingArguments documents it
+    config = tmp_path / "job.yaml"
+    config.write_text("report_to: [none]\n")
+    assert run.parse_arguments([str(config)])[2].report_to == []
+    assert run.parse_arguments([str(config), "--report_to", "none"])[2].report_to == []
+
+
+def test_none_among_several_values_is_an_error(capsys):
+    run = import_cli()
+    with pytest.raises(SystemExit):
+        run.parse_arguments(["--modality", "text:text:some/bert", "none"])
+    assert "--modality: none unsets the option" in capsys.readouterr().err
