@@ -92,3 +92,41 @@ def test_none_among_several_values_is_an_error(capsys):
     with pytest.raises(SystemExit):
         run.parse_arguments(["--modality", "text:text:some/bert", "none"])
     assert "--modality: none unsets the option" in capsys.readouterr().err
+
+
+def test_help_leads_with_usage_and_the_config_file_then_groups_dmil_before_trainer_options(capsys):
+    run = import_cli()
+    with pytest.raises(SystemExit) as exit_:
+        run.parse_arguments(["--help"])
+    assert exit_.value.code == 0
+    help_text = capsys.readouterr().out
+    head = "\n".join(help_text.splitlines()[:12])
+    assert head.startswith("usage: accelerate launch training/run.py [CONFIG.yaml | CONFIG.json]")
+    assert "config file" in head and "training/configs/synthetic_tiny.yaml" in head and "override" in head
+    assert "--use_cpu true" in help_text and "--train_file train.csv" in help_text  # the csv-on-CPU example
+    # Section titles: unindented lines ending in ':' after the description.
+    options = help_text[help_text.index("\noptions:\n"):]
+    titles = [line for line in options.splitlines() if line and not line[0].isspace() and line.endswith(":")]
+    assert titles == ["options:", f"{run.ModelArguments._argument_group_name}:",
+                      f"{run.DataArguments._argument_group_name}:", f"{run.DMIL_GROUP}:", f"{run.TRAINER_GROUP}:"]
+
+    def section(title):
+        start = options.index(f"\n{title}\n")
+        following = [options.find(f"\n{t}\n", start + 1) for t in titles]
+        return options[start:min([i for i in following if i > start], default=len(options))]
+
+    dmil, trainer = section(f"{run.DMIL_GROUP}:"), section(f"{run.TRAINER_GROUP}:")
+    for option in ("--stages", "--stage1_learning_rate", "--stage3_max_steps", "--finetune_method", "--lora_r",
+                   "--lora_target_modules", "--model_card_template", "--overwrite_output_dir"):
+        assert f"  {option} " in dmil and f"  {option} " not in trainer, option
+    for option in ("--learning_rate", "--num_train_epochs", "--output_dir", "--bf16", "--report_to"):
+        assert f"  {option} " in trainer and f"  {option} " not in dmil, option
+    assert "  --latent_dim " in section(f"{run.ModelArguments._argument_group_name}:")
+    assert "  --train_file " in section(f"{run.DataArguments._argument_group_name}:")
+
+
+def test_every_option_is_listed_once_in_help():
+    run = import_cli()
+    parser = run.RunArgumentParser()
+    listed = [action for group in parser._action_groups for action in group._group_actions]
+    assert sorted(map(id, listed)) == sorted(map(id, parser._actions))

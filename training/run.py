@@ -5,6 +5,7 @@
     accelerate launch training/run.py --output_dir out --max_steps 10  # the same job with two values changed
     accelerate launch training/run.py training/configs/base_pretrained.yaml --train_file train.csv --num_labels 6
     python training/run.py my.json --stage3_learning_rate 1e-4         # plain python works too
+    python training/run.py --help                                      # the job, an example, options by group
 
 A job is a config file plus flags. A leading `.yaml`/`.yml`/`.json` file is the base; without one the base is the
 default job, `training/configs/synthetic_tiny.yaml`. Flags override the base's values one by one, and `none` unsets an
@@ -32,6 +33,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Callable
@@ -55,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "model options (ModelArguments)"  # HfArgumentParser's --help group; not a field
+
     text_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the text backbone."})
     vision_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the vision backbone."})
     audio_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the audio backbone."})
@@ -81,6 +85,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data options (DataArguments)"
+
     dataset: str = field(
         default="synthetic",
         metadata={"help": "'synthetic', a Hub dataset name, or a load_from_disk folder. Ignored with --train_file."},
@@ -127,6 +133,56 @@ def _to_cli(values: dict) -> list[str]:
     return argv
 
 
+USAGE = """accelerate launch training/run.py [CONFIG.yaml | CONFIG.json] [--OPTION VALUE ...]
+       python training/run.py [CONFIG.yaml | CONFIG.json] [--OPTION VALUE ...]"""
+
+# Help lines kept within 80 columns, the width argparse formats the options to.
+DESCRIPTION = """\
+Train a DMIL model (or a joint / ensemble baseline) with DMILTrainer's three
+stages.
+
+A job is a config file plus options. A leading CONFIG.yaml or CONFIG.json
+(keys: the option names below) is the base; without one the base is the
+default job, training/configs/synthetic_tiny.yaml: DMIL on the built-in
+synthetic benchmark with tiny backbones, on CPU, in about ten minutes. The
+options given override the base's values one by one, and `none` unsets an
+option whose unset value is None. Ready jobs: training/configs/*.yaml.
+
+Your csv (text, image-path, audio-path and label columns) on CPU, with
+BERT-base, ViT-B/16 and wav2vec2-base (the base_pretrained job without bf16):
+
+  accelerate launch --cpu --num_processes 1 --num_machines 1 \\
+      --mixed_precision no --dynamo_backend no \\
+      training/run.py training/configs/base_pretrained.yaml \\
+      --bf16 false --use_cpu true \\
+      --train_file train.csv --validation_file val.csv \\
+      --text_column text --image_column image_path \\
+      --audio_column wav_path --label_column label
+
+On a GPU: `accelerate launch --mixed_precision bf16 training/run.py
+training/configs/base_pretrained.yaml` and the data options.
+
+The options, by group: model, data, DMIL training, then transformers'
+TrainingArguments.
+"""
+
+DMIL_GROUP = "DMIL training options (added to TrainingArguments by DMILTrainingArguments)"
+# Wrapped here: the raw description formatter keeps a group description's lines as they are.
+DMIL_GROUP_DESCRIPTION = textwrap.fill(
+    "A stage's stageK_* option left unset falls back to the TrainingArguments option of that name "
+    "(num_train_epochs, max_steps, learning_rate).", width=78,
+)
+TRAINER_GROUP = "transformers TrainingArguments options (the Trainer's own)"
+TRAINER_GROUP_DESCRIPTION = textwrap.fill(
+    "As in any transformers training script. Every stage trains with these, except for what a DMIL stage option "
+    "above sets. Devices, mixed precision and distribution also come from `accelerate launch`.", width=78,
+)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help with the description as written (its example command keeps its lines) and each option's default."""
+
+
 # What a flag says to unset an option whose unset value is None (any case): Python's and YAML/JSON's spellings.
 NONE_WORDS = frozenset({"none", "null"})
 
@@ -158,13 +214,17 @@ class RunArgumentParser(HfArgumentParser):
     - an option typed `str | list[str]` (`report_to`, `optim_target_modules`) takes several values, which
       HfArgumentParser types as one string, so that a config file's list (`report_to: [tensorboard, wandb]`) and the
       same flag parse. One value still arrives as the string it was.
+
+    Its --help leads with the usage, the job's config file and an example, and lists the options by group: model,
+    data, DMIL training, then transformers' TrainingArguments.
     """
 
     def __init__(self) -> None:
         from dmil_hf import DMILTrainingArguments
 
         dataclass_types = (ModelArguments, DataArguments, DMILTrainingArguments)
-        super().__init__(dataclass_types)
+        super().__init__(dataclass_types, usage=USAGE, description=DESCRIPTION, formatter_class=HelpFormatter)
+        self._group_training_options(DMILTrainingArguments)
         # HfArgumentParser narrows each field's type in place (e.g. `None | str | list[str]` to `str`): read the hints.
         hints = {name: hint for dtype in dataclass_types for name, hint in typing.get_type_hints(dtype).items()}
         self._lists_or_none: set[str] = set()
@@ -182,6 +242,27 @@ class RunArgumentParser(HfArgumentParser):
                 if str in members and any(typing.get_origin(m) is list for m in members):
                     action.nargs = "+"
                     self._strings_or_lists.add(action.dest)
+
+    def _group_training_options(self, training_type: type[DMILTrainingArguments]) -> None:
+        """Move `training_type`'s options into two help groups after the model and data ones: the fields DMIL adds
+        to TrainingArguments, then TrainingArguments' own.
+
+        DMILTrainingArguments has no `_argument_group_name` (a group for it would mix both kinds), so HfArgumentParser
+        leaves its options among the parser's general ones, listed before every group. Help lists a group's
+        `_group_actions` in the order of the parser's `_action_groups`; parsing does not read either.
+        """
+        from transformers import TrainingArguments
+
+        trainer_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+        dmil_fields = {f.name for f in dataclasses.fields(training_type)} - trainer_fields
+        dmil_group = self.add_argument_group(DMIL_GROUP, DMIL_GROUP_DESCRIPTION)
+        trainer_group = self.add_argument_group(TRAINER_GROUP, TRAINER_GROUP_DESCRIPTION)
+        general = self._optionals._group_actions
+        for action in list(general):
+            group = dmil_group if action.dest in dmil_fields else trainer_group if action.dest in trainer_fields else None
+            if group is not None:
+                general.remove(action)
+                group._group_actions.append(action)
 
     def parse_known_args(self, args: list[str] | None = None, namespace: argparse.Namespace | None = None):
         namespace, remaining = super().parse_known_args(args, namespace)
