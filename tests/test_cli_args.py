@@ -2,10 +2,13 @@
 overriding it value by value."""
 
 import dataclasses
+import os
+import re
+import shlex
 
 import pytest
 import yaml
-from test_cli import import_cli
+from test_cli import REPO, import_cli
 
 
 def as_dicts(parsed):
@@ -130,3 +133,84 @@ def test_every_option_is_listed_once_in_help():
     parser = run.RunArgumentParser()
     listed = [action for group in parser._action_groups for action in group._group_actions]
     assert sorted(map(id, listed)) == sorted(map(id, parser._actions))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The documented commands: README, run.py's docstring, --help
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_commands(text):
+    """The shell commands in `text` that run training/run.py, as argument lists (continuation lines joined,
+    comments and environment assignments dropped)."""
+    commands = []
+    for line in text.replace("\\\n", " ").splitlines():
+        if "training/run.py" not in line:
+            continue
+        tokens = shlex.split(line, comments=True)
+        while tokens and re.fullmatch(r"\w+=\S*", tokens[0]):
+            tokens.pop(0)
+        if tokens and os.path.basename(tokens[0]) in ("accelerate", "python", "python3"):  # not prose naming it
+            commands.append(tokens)
+    return commands
+
+
+def readme_commands():
+    readme = open(os.path.join(REPO, "README.md")).read()
+    return [cmd for block in re.findall(r"```bash\n(.*?)```", readme, re.S) for cmd in run_commands(block)]
+
+
+def documented_commands():
+    run = import_cli()
+    sources = {"README": readme_commands(), "run.py docstring": run_commands(run.__doc__),
+               "--help": run_commands(run.DESCRIPTION)}
+    return [pytest.param(cmd, id=f"{where}: {shlex.join(cmd)[:70]}") for where, cmds in sources.items() for cmd in cmds]
+
+
+def split_command(command):
+    """(accelerate launch's options or None for plain python, run.py's arguments)."""
+    script = next(i for i, token in enumerate(command) if token.endswith("training/run.py"))
+    launcher, arguments = command[:script], command[script + 1:]
+    if "launch" in launcher:
+        from accelerate.commands.launch import launch_command_parser
+
+        launch_options = launcher[launcher.index("launch") + 1:]
+        parsed = launch_command_parser().parse_args([*launch_options, command[script], *arguments])
+        # accelerate launch takes its own options and hands everything after the script to it.
+        assert parsed.training_script == command[script] and parsed.training_script_args == arguments
+        return launch_options, arguments
+    return None, arguments
+
+
+@pytest.mark.parametrize("command", documented_commands())
+def test_documented_command_parses(command, tmp_path):
+    """Every flag of the command is one of run.py's and its value converts; where the command needs no GPU (bf16
+    needs one), its arguments are built in full."""
+    run = import_cli()
+    _, arguments = split_command(command)
+    if arguments in (["--help"], ["-h"]):
+        return  # --help is tested above
+    if arguments and arguments[0].endswith((".yaml", ".yml", ".json")):
+        shipped = os.path.join(REPO, arguments[0])
+        if os.path.isfile(shipped):
+            arguments = [shipped, *arguments[1:]]
+        else:  # an example name like my.json: an empty job of that name
+            (tmp_path / os.path.basename(arguments[0])).write_text("{}")
+            arguments = [str(tmp_path / os.path.basename(arguments[0])), *arguments[1:]]
+    config_file, flags = run.split_config_file(arguments)
+    namespace, unknown = run.RunArgumentParser().parse_known_args(run.config_flags(config_file) + flags)
+    assert unknown == []
+    if not namespace.bf16:
+        model_args, data_args, args, _ = run.parse_arguments(arguments)
+        assert args.bf16 is False
+
+
+def test_readme_gives_each_gpu_command_with_its_cpu_form():
+    """Next to each bf16 command of the README, the same run.py arguments on CPU: --bf16 false --use_cpu true,
+    launched with accelerate's --cpu."""
+    commands = [split_command(cmd) for cmd in readme_commands()]
+    gpu = [arguments for launch, arguments in commands if launch and "bf16" in launch]
+    cpu = {tuple(arguments) for launch, arguments in commands if launch and "--cpu" in launch}
+    assert gpu
+    for arguments in gpu:
+        assert (*arguments[:1], "--bf16", "false", "--use_cpu", "true", *arguments[1:]) in cpu, arguments

@@ -3,7 +3,7 @@
 
     accelerate launch training/run.py                                  # built-in synthetic benchmark, tiny backbones
     accelerate launch training/run.py --output_dir out --max_steps 10  # the same job with two values changed
-    accelerate launch training/run.py training/configs/base_pretrained.yaml --train_file train.csv --num_labels 6
+    accelerate launch --mixed_precision bf16 training/run.py training/configs/base_pretrained.yaml --train_file my.csv
     python training/run.py my.json --stage3_learning_rate 1e-4         # plain python works too
     python training/run.py --help                                      # the job, an example, options by group
 
