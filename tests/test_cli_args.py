@@ -214,3 +214,70 @@ def test_readme_gives_each_gpu_command_with_its_cpu_form():
     assert gpu
     for arguments in gpu:
         assert (*arguments[:1], "--bf16", "false", "--use_cpu", "true", *arguments[1:]) in cpu, arguments
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --dataloader_num_workers from the machine
+# ----------------------------------------------------------------------------------------------------------------
+
+BASE_PRETRAINED = os.path.join(REPO, "training", "configs", "base_pretrained.yaml")
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Sets the CPU count os.cpu_count() reports and the number of training processes launched on the machine."""
+
+    def set_machine(cpus, processes=None):
+        monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+        if processes is None:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+
+    return set_machine
+
+
+@pytest.mark.parametrize("cpus, processes, expected", [
+    (2, None, 1), (1, None, 0), (16, None, 4), (6, None, 4), (None, None, 0), (8, 2, 3), (2, 2, 0),
+])
+def test_dataloader_workers_unset_follow_the_machine(machine, caplog, cpus, processes, expected):
+    run = import_cli()
+    machine(cpus, processes)
+    with caplog.at_level("INFO", logger=run.logger.name):
+        args = run.parse_arguments([BASE_PRETRAINED, "--bf16", "false"])[2]
+    assert args.dataloader_num_workers == expected
+    assert f"dataloader_num_workers={expected} (auto: {cpus or 1} CPUs" in caplog.text
+    # `auto` on the command line is the same, also over a config file's number.
+    assert run.parse_arguments(["--dataloader_num_workers", "auto"])[2].dataloader_num_workers == expected
+
+
+@pytest.mark.parametrize("argv, cpus, expected", [
+    ([], 16, 0),  # the default job's explicit 0
+    (["--dataloader_num_workers", "3"], 16, 3),
+    ([BASE_PRETRAINED, "--bf16", "false", "--dataloader_num_workers", "2"], 2, 2),
+])
+def test_dataloader_workers_set_are_kept(machine, caplog, argv, cpus, expected):
+    run = import_cli()
+    machine(cpus)
+    with caplog.at_level("INFO", logger=run.logger.name):
+        assert run.parse_arguments(argv)[2].dataloader_num_workers == expected
+    assert "dataloader_num_workers" not in caplog.text
+
+
+def test_dataloader_workers_above_the_cpu_count_are_capped_with_a_warning(machine, caplog, tmp_path):
+    run = import_cli()
+    machine(2)
+    with caplog.at_level("WARNING", logger=run.logger.name):
+        assert run.parse_arguments(["--dataloader_num_workers", "8"])[2].dataloader_num_workers == 2
+    assert "dataloader_num_workers=8 is more than this machine's 2 CPUs; using 2" in caplog.text
+    config = tmp_path / "job.yaml"
+    config.write_text("dataloader_num_workers: 5\n")
+    assert run.parse_arguments([str(config)])[2].dataloader_num_workers == 2
+
+
+@pytest.mark.parametrize("value", ["-1", "two"])
+def test_dataloader_workers_refuse_other_values(capsys, value):
+    run = import_cli()
+    with pytest.raises(SystemExit):
+        run.parse_arguments(["--dataloader_num_workers", value])
+    assert "expected a number of processes (0 or more) or 'auto'" in capsys.readouterr().err

@@ -11,6 +11,7 @@ A job is a config file plus flags. A leading `.yaml`/`.yml`/`.json` file is the 
 default job, `training/configs/synthetic_tiny.yaml`. Flags override the base's values one by one, and `none` unsets an
 option whose unset value is None (`RunArgumentParser`). The script has no Accelerate code of its own: devices, mixed
 precision (`--bf16 true`) and distribution (DDP/FSDP/DeepSpeed) come from `accelerate launch` through the Trainer.
+`--dataloader_num_workers` not set (or `auto`) is derived from the machine's CPU count (`dataloader_workers`).
 
 Data: the built-in synthetic interaction benchmark (`--dataset synthetic`), a Hub dataset name, a folder written by
 `datasets.save_to_disk`, or local csv/json/parquet files (`--train_file`, `--validation_file`) with text, image-path
@@ -183,6 +184,47 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """--help with the description as written (its example command keeps its lines) and each option's default."""
 
 
+# The most data loader workers `auto` starts per training process: enough to decode a batch's images and audio ahead
+# of the step; more only take cores (and memory) from the training process.
+AUTO_WORKERS_MAX = 4
+
+
+def worker_count(text: str) -> int | None:
+    """A --dataloader_num_workers value: a number of processes, or None for `auto` (`dataloader_workers`)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of processes (0 or more) or 'auto', got {text!r}")
+    return count
+
+
+def dataloader_workers(requested: int | None) -> int:
+    """The --dataloader_num_workers to train with on this machine.
+
+    `auto` (None): min(AUTO_WORKERS_MAX, CPUs per training process - 1), at least 0, and logged. The training process
+    keeps a core for itself, and the processes launched together on this machine (`LOCAL_WORLD_SIZE`, set by
+    `accelerate launch` / torchrun) share its CPUs. A number is kept, but lowered to `os.cpu_count()` with a warning:
+    more workers than cores only compete with training for them, and torch's DataLoader warns each time it starts
+    them.
+    """
+    cpus = os.cpu_count() or 1
+    if requested is None:
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        workers = max(0, min(AUTO_WORKERS_MAX, cpus // processes - 1))
+        logger.info("dataloader_num_workers=%d (auto: %d CPUs, %d training process(es) on this machine)",
+                    workers, cpus, processes)
+        return workers
+    if requested > cpus:
+        logger.warning("dataloader_num_workers=%d is more than this machine's %d CPUs; using %d",
+                       requested, cpus, cpus)
+        return cpus
+    return requested
+
+
 # What a flag says to unset an option whose unset value is None (any case): Python's and YAML/JSON's spellings.
 NONE_WORDS = frozenset({"none", "null"})
 
@@ -215,6 +257,8 @@ class RunArgumentParser(HfArgumentParser):
       HfArgumentParser types as one string, so that a config file's list (`report_to: [tensorboard, wandb]`) and the
       same flag parse. One value still arrives as the string it was.
 
+    `--dataloader_num_workers` takes `auto`, its default: a number derived from the machine (`dataloader_workers`).
+
     Its --help leads with the usage, the job's config file and an example, and lists the options by group: model,
     data, DMIL training, then transformers' TrainingArguments.
     """
@@ -225,6 +269,13 @@ class RunArgumentParser(HfArgumentParser):
         dataclass_types = (ModelArguments, DataArguments, DMILTrainingArguments)
         super().__init__(dataclass_types, usage=USAGE, description=DESCRIPTION, formatter_class=HelpFormatter)
         self._group_training_options(DMILTrainingArguments)
+        workers = self._option_string_actions["--dataloader_num_workers"]
+        # A string default goes through `type` when the option is not given: "auto" arrives as None.
+        workers.type, workers.default = worker_count, "auto"
+        workers.help = (
+            f"Data loading processes per training process. 'auto': min({AUTO_WORKERS_MAX}, this machine's CPUs per "
+            "training process - 1). A number above the machine's CPU count is lowered to it."
+        )
         # HfArgumentParser narrows each field's type in place (e.g. `None | str | list[str]` to `str`): read the hints.
         hints = {name: hint for dtype in dataclass_types for name, hint in typing.get_type_hints(dtype).items()}
         self._lists_or_none: set[str] = set()
@@ -264,7 +315,11 @@ class RunArgumentParser(HfArgumentParser):
                 general.remove(action)
                 group._group_actions.append(action)
 
-    def parse_known_args(self, args: list[str] | None = None, namespace: argparse.Namespace | None = None):
+    def parse_known_args(
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's parse (every other parse method goes through it), then the values argparse cannot settle
+        option by option: `none` among a list's values, one value of a `str | list[str]` option, the worker count."""
         namespace, remaining = super().parse_known_args(args, namespace)
         for dest in self._lists_or_none:
             values = getattr(namespace, dest, None)
@@ -276,6 +331,8 @@ class RunArgumentParser(HfArgumentParser):
             values = getattr(namespace, dest, None)
             if isinstance(values, list) and len(values) == 1:
                 setattr(namespace, dest, values[0])
+        # Resolved before TrainingArguments sees it: its __post_init__ checks settings against the worker count.
+        namespace.dataloader_num_workers = dataloader_workers(namespace.dataloader_num_workers)
         return namespace, remaining
 
 
@@ -595,7 +652,15 @@ def print_report(trainer, final_metrics: dict) -> None:
     print("\n" + ", ".join(f"{k}={final_metrics[k]:.4f}" for k in keys if k in final_metrics))
 
 
+def setup_logging() -> None:
+    """This script's messages from INFO up (e.g. the derived dataloader_num_workers) on stderr. Other loggers keep
+    their levels; transformers' follow the Trainer's --log_level."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> dict:
+    setup_logging()
     model_args, data_args, training_args, config_file = parse_arguments(sys.argv[1:] if argv is None else argv)
     from transformers import set_seed
 
