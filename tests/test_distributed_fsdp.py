@@ -185,8 +185,9 @@ def test_dmil_stages_under_fsdp2_on_two_cpu_processes(tmp_path):
 )
 def test_launch_without_cpu_flag_is_refused(tmp_path):
     # Without ACCELERATE_USE_CPU / --use_cpu true, Accelerate sets up no distribution on a machine without GPUs:
-    # each of the two processes is a "main process" training alone.
-    done = launch(tmp_path, fsdp_launcher(tmp_path, 29566), [RUN], [*SHORT, "--output_dir", str(tmp_path / "out")],
-                  cpu=False)
+    # each of the two processes is a "main process" training alone. (The default job, the base of these flags, says
+    # `use_cpu: true`; --use_cpu false takes it back.)
+    done = launch(tmp_path, fsdp_launcher(tmp_path, 29566), [RUN],
+                  [*SHORT, "--use_cpu", "false", "--output_dir", str(tmp_path / "out")], cpu=False)
     assert done.returncode != 0 and "launched as 2 processes, but Accelerate set up 1" in done.stderr
     assert not (tmp_path / "out" / "stage-1").exists()

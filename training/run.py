@@ -2,12 +2,16 @@
 """Train a DMIL model (or a joint / ensemble baseline) with DMILTrainer.
 
     accelerate launch training/run.py                                  # built-in synthetic benchmark, tiny backbones
-    accelerate launch training/run.py training/configs/base_pretrained.yaml --train_file train.csv --num_labels 6
+    accelerate launch training/run.py --output_dir out --max_steps 10  # the same job with two values changed
+    accelerate launch --mixed_precision bf16 training/run.py training/configs/base_pretrained.yaml --train_file my.csv
     python training/run.py my.json --stage3_learning_rate 1e-4         # plain python works too
+    python training/run.py --help                                      # the job, an example, options by group
 
-A leading `.yaml`/`.json` file gives arguments; command-line flags after it override them. With no argument at all
-the run uses `training/configs/synthetic_tiny.yaml`. The script has no Accelerate code of its own: devices, mixed
+A job is a config file plus flags. A leading `.yaml`/`.yml`/`.json` file is the base; without one the base is the
+default job, `training/configs/synthetic_tiny.yaml`. Flags override the base's values one by one, and `none` unsets an
+option whose unset value is None (`RunArgumentParser`). The script has no Accelerate code of its own: devices, mixed
 precision (`--bf16 true`) and distribution (DDP/FSDP/DeepSpeed) come from `accelerate launch` through the Trainer.
+`--dataloader_num_workers` not set (or `auto`) is derived from the machine's CPU count (`dataloader_workers`).
 
 Data: the built-in synthetic interaction benchmark (`--dataset synthetic`), a Hub dataset name, a folder written by
 `datasets.save_to_disk`, or local csv/json/parquet files (`--train_file`, `--validation_file`) with text, image-path
@@ -24,19 +28,28 @@ resumes from that checkpoint, and `--overwrite_output_dir true` deletes the earl
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+import textwrap
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
+from transformers import HfArgumentParser
 
 if TYPE_CHECKING:  # imported where used, so that parsing arguments stays quick
     from datasets import Dataset
     from transformers import PretrainedConfig
+
+    from dmil_hf import DMILTrainingArguments
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "synthetic_tiny.yaml"
 
@@ -45,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "model options (ModelArguments)"  # HfArgumentParser's --help group; not a field
+
     text_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the text backbone."})
     vision_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the vision backbone."})
     audio_model: str | None = field(default=None, metadata={"help": "Hub id or local path of the audio backbone."})
@@ -71,6 +86,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data options (DataArguments)"
+
     dataset: str = field(
         default="synthetic",
         metadata={"help": "'synthetic', a Hub dataset name, or a load_from_disk folder. Ignored with --train_file."},
@@ -102,7 +119,8 @@ class DataArguments:
 
 
 def _to_cli(values: dict) -> list[str]:
-    """Turn a config file's mapping into flags, so the file and the command line go through one parser."""
+    """Turn a config file's mapping into flags, so the file and the command line go through one parser. A `null`
+    leaves the option at its default: None for the options that take `none` (`RunArgumentParser`)."""
     argv = []
     for key, value in values.items():
         if value is None:
@@ -116,23 +134,241 @@ def _to_cli(values: dict) -> list[str]:
     return argv
 
 
-def parse_arguments(argv: list[str]):
-    from transformers import HfArgumentParser
+USAGE = """accelerate launch training/run.py [CONFIG.yaml | CONFIG.json] [--OPTION VALUE ...]
+       python training/run.py [CONFIG.yaml | CONFIG.json] [--OPTION VALUE ...]"""
 
-    from dmil_hf import DMILTrainingArguments
+# Help lines kept within 80 columns, the width argparse formats the options to.
+DESCRIPTION = """\
+Train a DMIL model (or a joint / ensemble baseline) with DMILTrainer's three
+stages.
 
-    config_file = None
+A job is a config file plus options. A leading CONFIG.yaml or CONFIG.json
+(keys: the option names below) is the base; without one the base is the
+default job, training/configs/synthetic_tiny.yaml: DMIL on the built-in
+synthetic benchmark with tiny backbones, on CPU, in about ten minutes. The
+options given override the base's values one by one, and `none` unsets an
+option whose unset value is None. Ready jobs: training/configs/*.yaml.
+
+Your csv (text, image-path, audio-path and label columns) on CPU, with
+BERT-base, ViT-B/16 and wav2vec2-base (the base_pretrained job without bf16):
+
+  accelerate launch --cpu --num_processes 1 --num_machines 1 \\
+      --mixed_precision no --dynamo_backend no \\
+      training/run.py training/configs/base_pretrained.yaml \\
+      --bf16 false --use_cpu true \\
+      --train_file train.csv --validation_file val.csv \\
+      --text_column text --image_column image_path \\
+      --audio_column wav_path --label_column label
+
+On a GPU: `accelerate launch --mixed_precision bf16 training/run.py
+training/configs/base_pretrained.yaml` and the data options.
+
+The options, by group: model, data, DMIL training, then transformers'
+TrainingArguments.
+"""
+
+DMIL_GROUP = "DMIL training options (added to TrainingArguments by DMILTrainingArguments)"
+# Wrapped here: the raw description formatter keeps a group description's lines as they are.
+DMIL_GROUP_DESCRIPTION = textwrap.fill(
+    "A stage's stageK_* option left unset falls back to the TrainingArguments option of that name "
+    "(num_train_epochs, max_steps, learning_rate).", width=78,
+)
+TRAINER_GROUP = "transformers TrainingArguments options (the Trainer's own)"
+TRAINER_GROUP_DESCRIPTION = textwrap.fill(
+    "As in any transformers training script. Every stage trains with these, except for what a DMIL stage option "
+    "above sets. Devices, mixed precision and distribution also come from `accelerate launch`.", width=78,
+)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help with the description as written (its example command keeps its lines) and each option's default."""
+
+
+# The most data loader workers `auto` starts per training process: enough to decode a batch's images and audio ahead
+# of the step; more only take cores (and memory) from the training process.
+AUTO_WORKERS_MAX = 4
+
+
+def worker_count(text: str) -> int | None:
+    """A --dataloader_num_workers value: a number of processes, or None for `auto` (`dataloader_workers`)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of processes (0 or more) or 'auto', got {text!r}")
+    return count
+
+
+def dataloader_workers(requested: int | None) -> int:
+    """The --dataloader_num_workers to train with on this machine.
+
+    `auto` (None): min(AUTO_WORKERS_MAX, CPUs per training process - 1), at least 0, and logged. The training process
+    keeps a core for itself, and the processes launched together on this machine (`LOCAL_WORLD_SIZE`, set by
+    `accelerate launch` / torchrun) share its CPUs. A number is kept, but lowered to `os.cpu_count()` with a warning:
+    more workers than cores only compete with training for them, and torch's DataLoader warns each time it starts
+    them.
+    """
+    cpus = os.cpu_count() or 1
+    if requested is None:
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        workers = max(0, min(AUTO_WORKERS_MAX, cpus // processes - 1))
+        logger.info("dataloader_num_workers=%d (auto: %d CPUs, %d training process(es) on this machine)",
+                    workers, cpus, processes)
+        return workers
+    if requested > cpus:
+        logger.warning("dataloader_num_workers=%d is more than this machine's %d CPUs; using %d",
+                       requested, cpus, cpus)
+        return cpus
+    return requested
+
+
+# What a flag says to unset an option whose unset value is None (any case): Python's and YAML/JSON's spellings.
+NONE_WORDS = frozenset({"none", "null"})
+
+
+def _or_none(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`convert`, except that a word of NONE_WORDS is None."""
+
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in NONE_WORDS else convert(text)
+
+    # argparse names the type in its error messages ("invalid float value: 'x'").
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def _union_members(hint: Any) -> tuple:
+    """The members of a `X | Y` / `Union[X, Y]` type hint, or `(hint,)`."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+class RunArgumentParser(HfArgumentParser):
+    """HfArgumentParser over this script's ModelArguments, DataArguments and DMILTrainingArguments, made to take a
+    config file's values and then override them with flags, option by option.
+
+    Flags follow the config file's values in one argument list, and argparse keeps an option's last value. On top of
+    HfArgumentParser:
+    - an option whose unset value is None takes `none` (or `null`) for None, so that a flag can unset a value the
+      config file set (`--save_total_limit none`, `--modality none`); HfArgumentParser offers no way to;
+    - an option typed `str | list[str]` (`report_to`, `optim_target_modules`) takes several values, which
+      HfArgumentParser types as one string, so that a config file's list (`report_to: [tensorboard, wandb]`) and the
+      same flag parse. One value still arrives as the string it was.
+
+    `--dataloader_num_workers` takes `auto`, its default: a number derived from the machine (`dataloader_workers`).
+
+    Its --help leads with the usage, the job's config file and an example, and lists the options by group: model,
+    data, DMIL training, then transformers' TrainingArguments.
+    """
+
+    def __init__(self) -> None:
+        from dmil_hf import DMILTrainingArguments
+
+        dataclass_types = (ModelArguments, DataArguments, DMILTrainingArguments)
+        super().__init__(dataclass_types, usage=USAGE, description=DESCRIPTION, formatter_class=HelpFormatter)
+        self._group_training_options(DMILTrainingArguments)
+        workers = self._option_string_actions["--dataloader_num_workers"]
+        # A string default goes through `type` when the option is not given: "auto" arrives as None.
+        workers.type, workers.default = worker_count, "auto"
+        workers.help = (
+            f"Data loading processes per training process. 'auto': min({AUTO_WORKERS_MAX}, this machine's CPUs per "
+            "training process - 1). A number above the machine's CPU count is lowered to it."
+        )
+        # HfArgumentParser narrows each field's type in place (e.g. `None | str | list[str]` to `str`): read the hints.
+        hints = {name: hint for dtype in dataclass_types for name, hint in typing.get_type_hints(dtype).items()}
+        self._lists_or_none: set[str] = set()
+        self._strings_or_lists: set[str] = set()
+        for dtype in dataclass_types:
+            for field_ in dataclasses.fields(dtype):
+                action = self._option_string_actions.get(f"--{field_.name}")
+                if not field_.init or action is None:
+                    continue
+                members = _union_members(hints[field_.name])
+                if field_.default is None and type(None) in members and action.type and not action.choices:
+                    action.type = _or_none(action.type)
+                    if action.nargs == "+":
+                        self._lists_or_none.add(action.dest)
+                if str in members and any(typing.get_origin(m) is list for m in members):
+                    action.nargs = "+"
+                    self._strings_or_lists.add(action.dest)
+
+    def _group_training_options(self, training_type: type[DMILTrainingArguments]) -> None:
+        """Move `training_type`'s options into two help groups after the model and data ones: the fields DMIL adds
+        to TrainingArguments, then TrainingArguments' own.
+
+        DMILTrainingArguments has no `_argument_group_name` (a group for it would mix both kinds), so HfArgumentParser
+        leaves its options among the parser's general ones, listed before every group. Help lists a group's
+        `_group_actions` in the order of the parser's `_action_groups`; parsing does not read either.
+        """
+        from transformers import TrainingArguments
+
+        trainer_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+        dmil_fields = {f.name for f in dataclasses.fields(training_type)} - trainer_fields
+        dmil_group = self.add_argument_group(DMIL_GROUP, DMIL_GROUP_DESCRIPTION)
+        trainer_group = self.add_argument_group(TRAINER_GROUP, TRAINER_GROUP_DESCRIPTION)
+        general = self._optionals._group_actions
+        for action in list(general):
+            group = dmil_group if action.dest in dmil_fields else trainer_group if action.dest in trainer_fields else None
+            if group is not None:
+                general.remove(action)
+                group._group_actions.append(action)
+
+    def parse_known_args(
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's parse (every other parse method goes through it), then the values argparse cannot settle
+        option by option: `none` among a list's values, one value of a `str | list[str]` option, the worker count."""
+        namespace, remaining = super().parse_known_args(args, namespace)
+        for dest in self._lists_or_none:
+            values = getattr(namespace, dest, None)
+            if isinstance(values, list) and None in values:
+                if len(values) > 1:
+                    self.error(f"--{dest}: none unsets the option, it cannot be one of several values")
+                setattr(namespace, dest, None)
+        for dest in self._strings_or_lists:
+            values = getattr(namespace, dest, None)
+            if isinstance(values, list) and len(values) == 1:
+                setattr(namespace, dest, values[0])
+        # Resolved before TrainingArguments sees it: its __post_init__ checks settings against the worker count.
+        namespace.dataloader_num_workers = dataloader_workers(namespace.dataloader_num_workers)
+        return namespace, remaining
+
+
+# Flags that name the user's own data or model: a run with one of them and no config file is not a variant of the
+# default (synthetic, tiny, CPU) job, and starts from the options' own defaults instead.
+OWN_JOB_FLAGS = ("--train_file", "--validation_file", "--text_model", "--vision_model", "--audio_model", "--modality",
+                 "--init_from")
+
+
+def split_config_file(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The job's config file and the flags that override it: a leading `.yaml`/`.yml`/`.json` argument; else the
+    default job (`DEFAULT_CONFIG`), so that flags alone change the default job instead of replacing it; else, when the
+    flags name the user's own data or backbones (`OWN_JOB_FLAGS`, or a `--dataset` other than synthetic), None: such
+    a job takes nothing from the synthetic one (its tiny latent size, CPU device, LoRA schedule)."""
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        config_file, argv = argv[0], argv[1:]
-    elif not argv:
-        config_file = str(DEFAULT_CONFIG)
-    file_args = []
-    if config_file:
-        with open(config_file) as f:
-            file_args = _to_cli(yaml.safe_load(f) or {})  # YAML is a superset of JSON
-    parser = HfArgumentParser((ModelArguments, DataArguments, DMILTrainingArguments))
+        return argv[0], argv[1:]
+    names = {arg.split("=", 1)[0].replace("-", "_").replace("__", "--", 1) for arg in argv if arg.startswith("--")}
+    dataset = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--dataset"), "synthetic")
+    if names & set(OWN_JOB_FLAGS) or dataset != "synthetic":
+        return None, argv
+    return str(DEFAULT_CONFIG), argv
+
+
+def config_flags(config_file: str) -> list[str]:
+    """The config file's values as flags."""
+    with open(config_file) as f:
+        return _to_cli(yaml.safe_load(f) or {})  # YAML is a superset of JSON
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, DMILTrainingArguments, str]:
+    """The run's arguments and its config file: the file's values (`split_config_file`), overridden by the flags."""
+    config_file, flags = split_config_file(argv)
+    parser = RunArgumentParser()
     # Later flags win in argparse, so command-line overrides follow the file's values.
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=file_args + argv)
+    base = config_flags(config_file) if config_file else []
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=base + flags)
     training_args.resume_from_checkpoint = resume_value(training_args.resume_from_checkpoint)
     return model_args, data_args, training_args, config_file
 
@@ -433,7 +669,15 @@ def print_report(trainer, final_metrics: dict) -> None:
     print("\n" + ", ".join(f"{k}={final_metrics[k]:.4f}" for k in keys if k in final_metrics))
 
 
+def setup_logging() -> None:
+    """This script's messages from INFO up (e.g. the derived dataloader_num_workers) on stderr. Other loggers keep
+    their levels; transformers' follow the Trainer's --log_level."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> dict:
+    setup_logging()
     model_args, data_args, training_args, config_file = parse_arguments(sys.argv[1:] if argv is None else argv)
     from transformers import set_seed
 
@@ -469,7 +713,7 @@ def main(argv: list[str] | None = None) -> dict:
         with open(os.path.join(training_args.output_dir, "eval_results.json"), "w") as f:
             json.dump(metrics, f, indent=2, default=float)
         print_report(trainer, metrics)
-        print(f"\nconfig: {config_file or 'command line'}; final model: {final_dir}; "
+        print(f"\nconfig: {config_file}; final model: {final_dir}; "
               f"results: {os.path.join(training_args.output_dir, 'eval_results.json')}")
     return metrics
 
