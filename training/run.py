@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import set_seed
 
     from dmil_hf import DMILForMultimodalClassification, DMILTrainer
+    from dmil_hf.hub_dmil import DMILHubUploadError
     from dmil_hf.metrics import make_compute_metrics
 
     set_seed(training_args.seed)
@@ -457,7 +458,14 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         compute_metrics=make_compute_metrics(model.config, interaction_types=types) if evaluation is not None else None,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    # With --push_to_hub the trainer checks the Hub before training (and stops with an error saying what failed). An
+    # upload that fails later only ends train() with DMILHubUploadError, on every process, once every stage is saved:
+    # the run is finished and reported here, then fails with that error, which names the command to push it.
+    push_error = None
+    try:
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    except DMILHubUploadError as err:
+        push_error = err
     final_dir = trainer.save_final(os.path.join(training_args.output_dir, "final"))
     metrics = trainer.evaluate() if evaluation is not None else {}
     metrics["stages"] = {str(k): v for k, v in trainer.stage_results.items()}
@@ -467,6 +475,8 @@ def main(argv: list[str] | None = None) -> dict:
         print_report(trainer, metrics)
         print(f"\nconfig: {config_file or 'command line'}; final model: {final_dir}; "
               f"results: {os.path.join(training_args.output_dir, 'eval_results.json')}")
+    if push_error is not None:
+        raise push_error
     return metrics
 
 
