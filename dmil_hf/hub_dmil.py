@@ -1,20 +1,80 @@
-"""Publishing a DMIL run on the Hugging Face Hub: which repo it goes to, and the folder uploads.
+"""Publishing a DMIL run on the Hugging Face Hub: which repo it goes to, the pre-flight check, and the folder uploads.
 
 A run pushes each finished stage folder to `stage-k/` of the repo and the final model (`output_dir/final`) to the
-repo root. Training checkpoints (`checkpoint-*`) and private scratch files (`_*`) never travel. The repo is created
-(`exist_ok`) at the first upload, not before: constructing a trainer does not touch the Hub.
+repo root. Training checkpoints (`checkpoint-*`) and private scratch files (`_*`) never travel. Constructing a trainer
+does not touch the Hub; `DMILTrainer.train` with `push_to_hub` first runs `DMILHubPublisher.check` (a token, a Hub
+that answers, the right to write the repo, which it creates with `exist_ok` as the first upload would), so that a
+run that cannot publish fails before it trains, not after stage 1.
+
+A finished run (trained without `push_to_hub`, or whose uploads failed) is pushed later in one command:
+
+    python -m dmil_hf.hub_dmil push OUTPUT_DIR --repo_id USER/NAME [--stages] [--private] [--token T] [--revision R]
 
 `DMILTrainer` keeps thin methods (`push_to_hub`, `init_hf_repo`) that delegate here; only its main process uploads.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
 # What upload_folder leaves out of every uploaded folder.
 UPLOAD_IGNORE_PATTERNS = ("checkpoint-*", "_*")
+# The weight files of a whole saved model (save_pretrained: one file or an index of shards); a folder without one of
+# these and config.json holds no finished model.
+MODEL_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")
+STAGES = (1, 2, 3)
+
+
+class DMILHubError(RuntimeError):
+    """A Hub push that cannot be done or did not go through; the message says what to do."""
+
+
+class DMILHubPreflightError(DMILHubError):
+    """The pre-flight check failed: `reason` is "offline", "no_token", "invalid_token", "unreachable" or
+    "forbidden"."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class DMILHubUploadError(DMILHubError):
+    """Uploads of a training run failed; its results are saved on disk (the message says where and how to push)."""
+
+
+class NoFinishedModelError(ValueError):
+    """`push_output_dir` was given a folder without a finished model."""
+
+
+def hub_endpoint() -> str:
+    """The Hub endpoint huggingface_hub talks to (`HF_ENDPOINT`, read when huggingface_hub is imported)."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def push_command(output_dir: str | Path, repo_id: str, *, stages: bool = True, private: bool | None = None,
+                 revision: str | None = None) -> str:
+    """The shell command that pushes a finished run folder later (`python -m dmil_hf.hub_dmil push ...`); the token
+    comes from `hf auth login` / HF_TOKEN (or add `--token`), never written into the command."""
+    parts = ["python", "-m", "dmil_hf.hub_dmil", "push", str(output_dir), "--repo_id", repo_id]
+    if stages:
+        parts.append("--stages")
+    if private:
+        parts.append("--private")
+    if revision:
+        parts += ["--revision", revision]
+    return shlex.join(parts)
 
 
 def resolve_repo_id(hub_model_id: str | None, output_dir: str | Path) -> str:
@@ -52,18 +112,225 @@ class DMILHubPublisher:
             revision=args.hub_revision,
         )
 
+    def check(self) -> str:
+        """Pre-flight: make sure this publisher can upload before anything is trained; returns the repo's full id
+        (`user/name` for a bare name). Raises `DMILHubPreflightError` saying what failed.
+
+        In order: offline mode (`HF_HUB_OFFLINE=1`) counts as an unreachable Hub; a token must be given or stored
+        (`hf auth login`, `HF_TOKEN`); the Hub must answer `whoami` with it; the token must not be read-only and the
+        repo's namespace must be its user's or one of its organisations; and creating the repo (`exist_ok`, as the
+        first upload would) must be allowed. What only a commit would tell passes: a token that may not write an
+        existing repo in a namespace it belongs to (a fine-grained token without that scope; `create_repo(exist_ok)`
+        succeeds for a repo that exists). Its first upload fails then, and `DMILTrainer` keeps the results on disk.
+        """
+        from huggingface_hub import HfApi, constants, get_token
+        from huggingface_hub.errors import HfHubHTTPError
+
+        endpoint = hub_endpoint()
+        if constants.is_offline_mode():
+            raise DMILHubPreflightError(
+                f"the Hub at {endpoint} counts as unreachable: offline mode is on (HF_HUB_OFFLINE=1 or "
+                "TRANSFORMERS_OFFLINE=1 is set); unset it to push", reason="offline",
+            )
+        token = self.token or get_token()
+        if not token:
+            raise DMILHubPreflightError(
+                "no Hugging Face token: hub_token (--hub_token) is not set and none is stored; log in with "
+                "`hf auth login` or set HF_TOKEN (a token with write access)", reason="no_token",
+            )
+        api = HfApi(endpoint=endpoint, token=token)
+
+        def http_status(err: Exception) -> int | None:
+            response = getattr(err, "response", None) if isinstance(err, HfHubHTTPError) else None
+            return getattr(response, "status_code", None)
+
+        def unreachable(err: Exception, doing: str) -> DMILHubPreflightError:
+            status = http_status(err)
+            answer = f"answered HTTP {status}" if status is not None else "is unreachable"
+            return DMILHubPreflightError(
+                f"the Hub at {endpoint} {answer} ({doing}: {type(err).__name__}: {_first_line(err)})",
+                reason="unreachable",
+            )
+
+        try:
+            user = api.whoami(token=token)
+        except Exception as err:  # noqa: BLE001 - any failure is reported, with its type and text
+            if http_status(err) == 401:
+                raise DMILHubPreflightError(
+                    f"the Hub at {endpoint} rejected the token (invalid or expired); log in again with "
+                    "`hf auth login` or pass another hub_token", reason="invalid_token",
+                ) from err
+            raise unreachable(err, "asking whose the token is") from err
+        name = user.get("name")
+        namespace, _, repo_name = self.repo_id.rpartition("/")
+        full_id = self.repo_id if namespace else f"{name}/{repo_name}"
+        namespace = namespace or name
+        role = ((user.get("auth") or {}).get("accessToken") or {}).get("role")
+        orgs = {org.get("name"): org.get("roleInOrg") for org in user.get("orgs") or []}
+        if role == "read":
+            raise DMILHubPreflightError(
+                f"not allowed to write {full_id}: the token of {name} is read-only; use a token with write access",
+                reason="forbidden",
+            )
+        if (user.get("type", "user") == "user" and namespace not in (name, *orgs)) or orgs.get(namespace) == "read":
+            raise DMILHubPreflightError(
+                f"not allowed to write {full_id}: the token belongs to {name}, who cannot write to the namespace "
+                f"{namespace!r} (only to {', '.join([name] + [o for o, r in orgs.items() if r != 'read'])}); set "
+                "hub_model_id to a repo there",
+                reason="forbidden",
+            )
+        try:
+            url = api.create_repo(self.repo_id, private=self.private, exist_ok=True)
+        except Exception as err:  # noqa: BLE001
+            if http_status(err) in (401, 403):
+                raise DMILHubPreflightError(
+                    f"not allowed to write {full_id}: the Hub at {endpoint} refused to create it for {name} "
+                    f"({_first_line(err)})", reason="forbidden",
+                ) from err
+            raise unreachable(err, f"creating the repo {full_id}") from err
+        return getattr(url, "repo_id", None) or full_id
+
     def upload(self, folder: str | Path, path_in_repo: str | None = None, message: str = "Upload DMIL model"):
         """Create the repo if needed and upload `folder` (to `path_in_repo`, default the root) in one commit;
-        returns huggingface_hub's `CommitInfo`."""
+        returns huggingface_hub's `CommitInfo`. A bare repo name is the token user's: the commit goes to the full
+        id the Hub gives back (as transformers' Trainer does)."""
         from huggingface_hub import HfApi
 
         api = HfApi(token=self.token)
-        api.create_repo(self.repo_id, private=self.private, exist_ok=True)
+        url = api.create_repo(self.repo_id, private=self.private, exist_ok=True)
         return api.upload_folder(
-            repo_id=self.repo_id, folder_path=str(folder), path_in_repo=path_in_repo, commit_message=message,
+            repo_id=getattr(url, "repo_id", None) or self.repo_id, folder_path=str(folder), path_in_repo=path_in_repo,
+            commit_message=message,
             revision=self.revision, ignore_patterns=list(UPLOAD_IGNORE_PATTERNS),
         )
 
     def upload_stage(self, stage_dir: str | Path, stage: int):
         """Upload a finished stage's folder to `stage-k/` of the repo."""
         return self.upload(stage_dir, path_in_repo=f"stage-{stage}", message=f"DMIL stage {stage}")
+
+    def upload_final(self, final_dir: str | Path, message: str = "End of training"):
+        """Upload a finished run's final model folder to the root of the repo."""
+        return self.upload(final_dir, message=message)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def holds_finished_model(folder: str | Path) -> bool:
+    """Whether `folder` holds a model saved to the end by save_pretrained: config.json and its weights."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and any((folder / name).is_file() for name in MODEL_WEIGHT_NAMES)
+
+
+def locate_finished_run(path: str | Path) -> tuple[Path, Path]:
+    """The run folder and its final model folder for `path`: a run's `output_dir` (holding `final/`) or a final model
+    folder itself (`output_dir/final`). Raises `NoFinishedModelError` when there is no finished model there."""
+    from .training_dmil import STAGE_MARKER
+
+    path = Path(path)
+    if (path / STAGE_MARKER).is_file():
+        raise NoFinishedModelError(
+            f"{path} is the folder of one stage, not a finished run: give the run's output_dir ({path.parent}), "
+            "whose final/ is pushed to the repo root (and its stage folders with --stages)"
+        )
+    if (path / "final").is_dir() or not holds_finished_model(path):
+        output_dir, final_dir = path, path / "final"
+    else:
+        output_dir, final_dir = path.parent, path
+    if not holds_finished_model(final_dir):
+        if not path.exists():
+            problem = "does not exist"
+        else:
+            stages = [f"stage-{k}" for k in STAGES if (output_dir / f"stage-{k}").is_dir()]
+            found = f" ({path} has {', '.join(stages)})" if stages else ""
+            problem = f"holds no finished model: {final_dir} has no config.json with model weights{found}"
+        raise NoFinishedModelError(
+            f"{path} {problem}. Only a finished run can be pushed: DMILTrainer.save_final (called by training/run.py, "
+            "and by train() with push_to_hub) writes output_dir/final; continue an interrupted run with "
+            "resume_from_checkpoint=True (--resume_from_checkpoint true) and save it, then push its output_dir."
+        )
+    return output_dir, final_dir
+
+
+def finished_stage_dirs(output_dir: str | Path) -> dict[int, Path]:
+    """The stage folders of a run that hold a finished stage (its marker file), by stage number."""
+    from .training_dmil import STAGE_MARKER
+
+    output_dir = Path(output_dir)
+    return {k: output_dir / f"stage-{k}" for k in STAGES if (output_dir / f"stage-{k}" / STAGE_MARKER).is_file()}
+
+
+def push_output_dir(
+    path: str | Path,
+    repo_id: str,
+    *,
+    stages: bool = False,
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    check: bool = True,
+) -> list:
+    """Push a finished run to `repo_id` the way `DMILTrainer` publishes it: with `stages`, each finished stage folder
+    to `stage-k/` (an unfinished one is skipped with a warning), then the final model (weights, config, remote code,
+    processor, adapter, model card) to the repo root, leaving checkpoints and `_*` files out. `path` is the run's
+    `output_dir` or its `final/` folder. Returns the commits' `CommitInfo`s.
+
+    The folder is checked before the Hub is touched (`NoFinishedModelError`), then the Hub (`DMILHubPublisher.check`,
+    unless `check=False`).
+    """
+    output_dir, final_dir = locate_finished_run(path)
+    stage_dirs = finished_stage_dirs(output_dir) if stages else {}
+    if stages:
+        for k in STAGES:
+            if k not in stage_dirs and (output_dir / f"stage-{k}").is_dir():
+                logger.warning("Skipping %s: it holds no finished stage.", output_dir / f"stage-{k}")
+    publisher = DMILHubPublisher(repo_id=repo_id, token=token, private=private, revision=revision)
+    if check:
+        publisher.check()
+    # In the trainer's order: the stages, then the final model.
+    uploads = [(folder, k) for k, folder in stage_dirs.items()] + [(final_dir, None)]
+    commits = []
+    for folder, stage in uploads:
+        try:
+            commits.append(publisher.upload_final(folder) if stage is None else publisher.upload_stage(folder, stage))
+        except Exception as err:  # noqa: BLE001 - reported with what was done and how to continue
+            done = f" ({len(commits)} of {len(uploads)} folders were uploaded before it)" if commits else ""
+            raise DMILHubUploadError(
+                f"uploading {folder} to {repo_id} failed{done}: {type(err).__name__}: {_first_line(err)}. Nothing "
+                "on disk changed; run the same command again to push the run."
+            ) from err
+    return commits
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m dmil_hf.hub_dmil push OUTPUT_DIR --repo_id ID [...]`; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dmil_hf.hub_dmil", description="Publish a finished DMIL run on the Hugging Face Hub."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    push = commands.add_parser(
+        "push", help="Upload a finished run (output_dir or output_dir/final) the way DMILTrainer's push_to_hub does.",
+    )
+    push.add_argument("path", help="The run's output_dir (holding final/) or its final/ folder.")
+    push.add_argument("--repo_id", required=True, help="The model repo, e.g. your-name/dmil-model.")
+    push.add_argument("--stages", action="store_true", help="Also upload each finished stage-k folder to stage-k/.")
+    push.add_argument("--private", action="store_true", default=None,
+                      help="Create the repo private (an existing repo keeps its visibility).")
+    push.add_argument("--token", default=None, help="Hub token (default: the stored one, `hf auth login` / HF_TOKEN).")
+    push.add_argument("--revision", default=None, help="Branch to commit to (default: main).")
+    args = parser.parse_args(argv)
+    try:
+        commits = push_output_dir(args.path, args.repo_id, stages=args.stages, private=args.private,
+                                  token=args.token, revision=args.revision)
+    except (DMILHubError, NoFinishedModelError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for commit in commits:
+        print(getattr(commit, "commit_url", commit))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -46,7 +46,14 @@ from transformers.utils import (
     is_sagemaker_mp_enabled,
 )
 
-from .hub_dmil import DMILHubPublisher, resolve_repo_id
+from .hub_dmil import (
+    DMILHubPreflightError,
+    DMILHubPublisher,
+    DMILHubUploadError,
+    _first_line,
+    push_command,
+    resolve_repo_id,
+)
 from .modeling_dmil import DMILForMultimodalClassification
 from .stages_dmil import EVERYTHING, STAGE_PLANS
 
@@ -451,7 +458,13 @@ class DMILTrainer(Trainer):
     merged model (loads with `AutoModel.from_pretrained`) and `output_dir/stage-3/adapter` the adapter (loads with
     peft onto the stage-2 model). The unweighted loss terms are logged next to the loss. Each stage trains with its own
     copy of the arguments (`DMILTrainingArguments.for_stage`, which is `self.args` while the stage runs); the object
-    passed as `args` is never changed. Hub uploads go through `hub_dmil.DMILHubPublisher`.
+    passed as `args` is never changed.
+
+    Hub uploads (`push_to_hub`) go through `hub_dmil.DMILHubPublisher`. `train()` checks the Hub first (token, endpoint,
+    write access; `DMILHubPreflightError` before anything is trained), then uploads each finished stage and the final
+    model. An upload that fails later does not stop the run: it is logged with where the result is saved, the
+    remaining stages train, and `train()` ends with `DMILHubUploadError` naming the command that pushes the saved run
+    (`python -m dmil_hf.hub_dmil push ...`).
 
     Example:
 
@@ -493,11 +506,17 @@ class DMILTrainer(Trainer):
         # Optimizer steps of the stages before the current one, so that logs carry one run-wide step (tensorboard's
         # curves of the three stages follow each other instead of restarting at step 1), and the whole run's log.
         self._step_offset = 0
+        # Where save_final last wrote the complete model (None before it has), on every process.
+        self.final_dir: str | None = None
         self._parameter_count: tuple[torch.nn.Module | None, int] = (None, 0)
         # Times each stage's first two steps: under torch_compile the first one compiles.
         self._first_steps = _FirstSteps()
         self.add_callback(self._first_steps)
         self.run_log_history: list[dict[str, Any]] = []
+        # Hub uploads of the running train() call that failed: (what, local folder, error), main process only.
+        self._failed_uploads: list[tuple[str, str, str]] = []
+        # The repo's full id (`user/name`) as the pre-flight check found it, for messages; on every process.
+        self._checked_repo_id: str | None = None
 
     def _check_distribution(self) -> None:
         """Refuse a launch that Accelerate did not turn into one distributed run, and say when FSDP was asked for but
@@ -549,9 +568,13 @@ class DMILTrainer(Trainer):
                     f"weights and {TRAINER_STATE_NAME}; its write may have been interrupted)"
                 )
             resume_stage, resume_path = int(match.group(1)), resume_from_checkpoint
+        if self.args.push_to_hub:
+            # Before anything is trained, and before _claim_output_dir deletes an earlier run.
+            self._check_hub()
         if not resume_from_checkpoint:
             self._claim_output_dir(stages)
 
+        self._failed_uploads = []
         output = None
         for k in stages:
             resuming_later_stage = resume_stage is not None and k < resume_stage
@@ -563,17 +586,24 @@ class DMILTrainer(Trainer):
                 checkpoint = last_complete_checkpoint(self.stage_dir(k))
             output = self._run_stage(k, checkpoint, **kwargs)
             if self.args.push_to_hub:
-                self._push_stage(k)
+                self._upload_or_defer(f"stage-{k}", self.stage_dir(k), lambda k=k: self._push_stage(k))
+        final_dir = None
         if stages[-1] == (max(STAGE_PLANS) if paradigm == "dmil" else 1):
             # The finished model, ready for AutoModel and the pipeline: final/ (model, processor, adapter, card). A run
             # that stops earlier (stages="1,2") leaves its result in its last stage's folder, to be continued.
-            self.save_final()
+            final_dir = self.save_final()
         if self.args.push_to_hub:
-            self.push_to_hub()
+            # What push_to_hub does, with the save outside the upload's error handling: a failed save is an error.
+            final_dir = final_dir or self.save_final()
+            self._upload_or_defer("the final model", final_dir,
+                                  lambda: self._upload(final_dir, message="End of training"))
         if output is None:  # every stage was already finished and has been loaded
             output = TrainOutput(global_step=0, training_loss=0.0, metrics={})
         metrics = {**output.metrics, "stages": {str(k): v for k, v in self.stage_results.items()}}
-        return TrainOutput(output.global_step, output.training_loss, metrics)
+        result = TrainOutput(output.global_step, output.training_loss, metrics)
+        if self.args.push_to_hub:
+            self._raise_on_failed_uploads(result)
+        return result
 
     def _claim_output_dir(self, stages: list[int]) -> None:
         """Make sure a fresh (not resumed) run does not continue or mix with an earlier run's results: refuse a folder
@@ -876,6 +906,7 @@ class DMILTrainer(Trainer):
                 shutil.copytree(self._adapter_dir, target)
             self.save_plots(os.path.join(path, "plots"))
             self.write_model_card(path)
+        self.final_dir = path
         return path
 
     def save_plots(self, folder: str) -> list[str]:
@@ -968,6 +999,80 @@ class DMILTrainer(Trainer):
         if not self.is_world_process_zero():
             return None
         return self.hub_publisher().upload(folder, path_in_repo=path_in_repo, message=message)
+
+    def _from_main_process(self, value: Any) -> Any:
+        """`value` as the main process has it, on every process (a collective when there are several)."""
+        if self.accelerator.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
+    def _hub_repo(self) -> str:
+        """The repo uploads go to: its full id once the pre-flight check found it, else as the arguments name it."""
+        return self._checked_repo_id or self._repo_id()
+
+    def push_later_command(self) -> str:
+        """The command that pushes this run's saved output_dir (final model and stages) to its repo later."""
+        return push_command(self._base_output_dir, self._hub_repo(), stages=True, private=self.args.hub_private_repo,
+                            revision=self.args.hub_revision)
+
+    def _check_hub(self) -> None:
+        """The pre-flight of push_to_hub (`DMILHubPublisher.check`): run by the main process, which alone uploads,
+        and its verdict sent to every process, so that all of them stop before training or none does (a process
+        that went on alone would wait forever for the others in its first collective). A failure raises
+        `DMILHubPreflightError` saying what failed, that nothing was trained, and the train-now-push-later command."""
+        error = failure = repo = None
+        if self.is_world_process_zero():
+            try:
+                repo = self.hub_publisher().check()
+            except DMILHubPreflightError as err:
+                error, failure = err, (str(err), err.reason)
+            except Exception as err:  # noqa: BLE001 - any failure must reach the other processes, not hang them
+                error, failure = err, (f"{type(err).__name__}: {_first_line(err)}", "unexpected")
+            else:
+                logger.info("Hub pre-flight passed: each finished stage and the final model go to %s.", repo)
+        failure, self._checked_repo_id = self._from_main_process((failure, repo))
+        if failure is not None:
+            message, reason = failure
+            # Chained to what made the check fail (a network error), not to the check's error: its text is in this one.
+            cause = error.__cause__ if isinstance(error, DMILHubPreflightError) else error
+            raise DMILHubPreflightError(
+                f"push_to_hub: the Hub pre-flight check failed, so nothing was trained: {message}.\n"
+                "Fix that and start again, or train without push_to_hub (drop --push_to_hub) and push the finished "
+                f"output_dir later in one command:\n    {self.push_later_command()}",
+                reason=reason,
+            ) from cause
+
+    def _upload_or_defer(self, what: str, folder: str, upload) -> None:
+        """Run one of training's uploads (a no-op off the main process). When it fails, the result stays saved in
+        `folder`: log that and the command to push the run later, and let training go on (`train` ends with
+        `DMILHubUploadError` once everything is saved)."""
+        try:
+            upload()
+        except Exception as err:  # noqa: BLE001 - whatever failed, the trained result is on disk
+            self._failed_uploads.append((what, folder, f"{type(err).__name__}: {_first_line(err)}"))
+            logger.error(
+                "Uploading %s to the Hub repo %s failed (%s: %s). It is saved in %s; the run carries on and ends with "
+                "an error when it is done. Once it has finished, push it with:\n    %s",
+                what, self._hub_repo(), type(err).__name__, _first_line(err), folder, self.push_later_command(),
+            )
+
+    def _raise_on_failed_uploads(self, result: TrainOutput) -> None:
+        """End a run whose uploads failed with `DMILHubUploadError` on every process (it carries the `TrainOutput`
+        as `train_output`)."""
+        failed = self._from_main_process(self._failed_uploads)
+        if not failed:
+            return
+        missing = ", ".join(f"{what} ({folder})" for what, folder, _ in failed)
+        errors = "; ".join(dict.fromkeys(reason for _, _, reason in failed))  # each distinct error once
+        error = DMILHubUploadError(
+            f"push_to_hub: training finished and every result is saved in {self._base_output_dir}, but "
+            f"{len(failed)} upload(s) to the Hub repo {self._hub_repo()} failed ({errors}). Not on the Hub: "
+            f"{missing}.\nPush the saved run in one command:\n    {self.push_later_command()}"
+        )
+        error.train_output = result
+        raise error
 
     def _push_stage(self, stage: int):
         """Upload a finished stage's folder to `stage-k/` of the repo, from the main process."""

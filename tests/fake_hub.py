@@ -1,8 +1,15 @@
 """A local, Hub-API-compatible HTTP server for offline push/load tests (127.0.0.1 only).
 
-It implements just what huggingface_hub's `create_repo` / `upload_folder` and transformers' `from_pretrained`
-use: repo creation, pre-upload ("regular" mode, so file contents travel base64-encoded inside the commit), the
-ndjson commit, and `resolve` downloads with the ETag / commit headers the client checks. One branch (main); no LFS.
+It implements just what huggingface_hub's `whoami` / `create_repo` / `upload_folder` and transformers'
+`from_pretrained` use: the token's owner (`/api/whoami-v2`), repo creation, pre-upload ("regular" mode, so file
+contents travel base64-encoded inside the commit), the ndjson commit, and `resolve` downloads with the ETag / commit
+headers the client checks. One branch (main); no LFS.
+
+Tokens: by default every token belongs to the user "someone" with write access. `FakeHub(root, tokens={...})` maps
+each token the hub knows to `{"name": user, "orgs": [...], "role": "write" | "read"}`; then an unknown token gets
+401, and creating a repo or committing to one outside the token's namespaces, or with a read token, gets 403.
+`hub.down = True` makes every request after that answer 503 (a Hub that went away mid-run); `down_after=n` does that
+from the (n+1)-th request on (e.g. 2: after a trainer's pre-flight check, which sends whoami and create_repo).
 """
 
 from __future__ import annotations
@@ -17,7 +24,12 @@ from pathlib import Path
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def _make_handler(root: Path, requests: list[str]):
+DEFAULT_USER = {"name": "someone", "orgs": [], "role": "write"}
+
+
+def _make_handler(hub: "FakeHub"):
+    root, requests = hub.root, hub.requests
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):  # keep pytest output clean
             pass
@@ -38,15 +50,49 @@ def _make_handler(root: Path, requests: list[str]):
         def _not_found(self):
             self._json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
 
+        def _user(self) -> dict | None:
+            """The user the request's token belongs to (None: no token, or one the hub does not know)."""
+            auth = self.headers.get("Authorization") or ""
+            token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+            if hub.tokens is None:
+                return DEFAULT_USER if token else None
+            return hub.tokens.get(token)
+
+        def _may_write(self, repo_id: str) -> bool:
+            user = self._user()
+            if hub.tokens is None:
+                return True  # the default hub checks no rights
+            if user is None or user.get("role") != "write":
+                return False
+            namespace = repo_id.split("/")[0] if "/" in repo_id else user["name"]
+            return namespace == user["name"] or namespace in user.get("orgs", [])
+
         def _handle(self):
             path = self.path.split("?")[0]
             requests.append(f"{self.command} {path}")
+            if hub.down_after is not None and len(requests) > hub.down_after:
+                hub.down = True
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             parts = [p for p in path.split("/") if p]
+            if hub.down:
+                return self._json(503, {"error": "Service Unavailable"})
+            if self.command == "GET" and path == "/api/whoami-v2":
+                user = self._user()
+                if user is None:
+                    return self._json(401, {"error": "Invalid credentials in Authorization header"})
+                return self._json(200, {
+                    "type": "user", "name": user["name"],
+                    "orgs": [{"name": org, "roleInOrg": "write"} for org in user.get("orgs", [])],
+                    "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": user["role"]}},
+                })
             if self.command == "POST" and path == "/api/repos/create":
                 data = json.loads(body or b"{}")
-                repo_id = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
+                # A bare name is created in the namespace of the token's user, as on the Hub.
+                namespace = data.get("organization") or (self._user() or DEFAULT_USER)["name"]
+                repo_id = f"{namespace}/{data['name']}"
+                if not self._may_write(repo_id):
+                    return self._json(403, {"error": f"You don't have the rights to create a model under {repo_id}"})
                 (root / repo_id).mkdir(parents=True, exist_ok=True)
                 return self._json(200, {"url": f"http://{self.headers['Host']}/{repo_id}", "name": repo_id})
             if self.command == "POST" and path == "/api/validate-yaml":
@@ -58,6 +104,8 @@ def _make_handler(root: Path, requests: list[str]):
                 )
             if self.command == "POST" and parts[:2] == ["api", "models"] and "commit" in parts:
                 repo_id = "/".join(parts[2 : parts.index("commit")])
+                if not self._may_write(repo_id):
+                    return self._json(403, {"error": f"You don't have the rights to write to {repo_id}"})
                 for line in body.decode().splitlines():
                     item = json.loads(line) if line.strip() else {}
                     if item.get("key") == "file":
@@ -89,10 +137,13 @@ def _make_handler(root: Path, requests: list[str]):
 class FakeHub:
     """Context manager: `with FakeHub(tmp_path) as hub: ... hub.endpoint ...`; files land under `hub.root/<repo>`."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, tokens: dict[str, dict] | None = None, down_after: int | None = None):
         self.root = Path(root)
         self.requests: list[str] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self.root, self.requests))
+        self.tokens = tokens
+        self.down = False
+        self.down_after = down_after
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> "FakeHub":

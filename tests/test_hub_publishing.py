@@ -14,8 +14,15 @@ from dmil_hf.hub_dmil import UPLOAD_IGNORE_PATTERNS, DMILHubPublisher, resolve_r
 
 @pytest.fixture
 def hub_calls(monkeypatch):
-    """Record HfApi.create_repo / upload_folder (with the token the HfApi was made with) instead of calling the Hub."""
+    """Record HfApi.whoami / create_repo / upload_folder (with the token the HfApi was made with) instead of calling
+    the Hub, with offline mode (set by conftest) off for the pre-flight check; whoami answers for the user "someone"."""
+    from huggingface_hub import constants
+
     calls = []
+
+    def whoami(self, token=None, **kwargs):
+        calls.append(("whoami", token, None, kwargs))
+        return {"type": "user", "name": "someone", "orgs": [], "auth": {"accessToken": {"role": "write"}}}
 
     def create_repo(self, repo_id, **kwargs):
         calls.append(("create_repo", self.token, repo_id, kwargs))
@@ -24,6 +31,8 @@ def hub_calls(monkeypatch):
         calls.append(("upload_folder", self.token, kwargs["repo_id"], kwargs))
         return f"commit-{len(calls)}"
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(HfApi, "whoami", whoami)
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls
@@ -54,9 +63,11 @@ def test_a_run_with_push_to_hub_uploads_each_stage_then_the_final_model(tmp_path
     trainer = DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data(8))
     assert not hub_calls  # constructing the trainer does not touch the Hub
     trainer.train()
+    # The pre-flight check (whoami, then the repo created as the first upload would) comes before any training.
+    assert hub_calls[0] == ("whoami", "hf_fake", None, {})
     creates = [call for call in hub_calls if call[0] == "create_repo"]
     uploads = [call[3] for call in hub_calls if call[0] == "upload_folder"]
-    assert creates == [("create_repo", "hf_fake", "run", {"private": True, "exist_ok": True})] * 4
+    assert creates == [("create_repo", "hf_fake", "run", {"private": True, "exist_ok": True})] * 5
     assert [(os.path.relpath(u["folder_path"], tmp_path / "run"), u["path_in_repo"], u["commit_message"])
             for u in uploads] == [
         ("stage-1", "stage-1", "DMIL stage 1"), ("stage-2", "stage-2", "DMIL stage 2"),

@@ -682,6 +682,7 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import set_seed
 
     from dmil_hf import DMILForMultimodalClassification, DMILTrainer
+    from dmil_hf.hub_dmil import DMILHubUploadError
     from dmil_hf.metrics import make_compute_metrics
 
     set_seed(training_args.seed)
@@ -705,16 +706,26 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=processor,
         compute_metrics=make_compute_metrics(model.config, interaction_types=types) if evaluation is not None else None,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    final_dir = os.path.join(training_args.output_dir, "final")  # written by train() after the last stage
+    # With --push_to_hub the trainer checks the Hub before training (and stops with an error saying what failed). An
+    # upload that fails later only ends train() with DMILHubUploadError, on every process, once every stage is saved:
+    # the run is finished and reported here, then fails with that error, which names the command to push it.
+    push_error = None
+    try:
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    except DMILHubUploadError as err:
+        push_error = err
+    # train() writes final/ once the model is complete; a run of fewer stages (--stages 1,2) gets one here too.
+    final_dir = trainer.final_dir or trainer.save_final(os.path.join(training_args.output_dir, "final"))
     metrics = trainer.evaluate() if evaluation is not None else {}
     metrics["stages"] = {str(k): v for k, v in trainer.stage_results.items()}
     if trainer.is_world_process_zero():
         with open(os.path.join(training_args.output_dir, "eval_results.json"), "w") as f:
             json.dump(metrics, f, indent=2, default=float)
         print_report(trainer, metrics)
-        print(f"\nconfig: {config_file}; final model: {final_dir}; "
+        print(f"\nconfig: {config_file or 'command line only (no config file)'}; final model: {final_dir}; "
               f"results: {os.path.join(training_args.output_dir, 'eval_results.json')}")
+    if push_error is not None:
+        raise push_error
     return metrics
 
 
