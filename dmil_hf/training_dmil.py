@@ -417,6 +417,30 @@ def _raise_on_bad_keys(checkpoint: str, missing: Iterable[str], unexpected: Iter
         )
 
 
+class _TermMeans:
+    """Running sums of the unweighted loss terms between two logs, kept on the device: one stacked tensor per step
+    (two kernels, where an add per term was about thirty) and read on the host only when a log asks for the means."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums: dict[tuple[str, ...], torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        names = tuple(terms)
+        values = torch.stack([value.detach().float() for value in terms.values()])
+        self._sums[names] = self._sums[names] + values if names in self._sums else values
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        means: dict[str, float] = {}
+        for names, sums in self._sums.items():
+            means.update(zip(names, (sums / self.steps).tolist()))
+        return means
+
+
 class _FirstSteps(TrainerCallback):
     """The durations of a stage's first two optimizer steps; their difference is the compile time under torch.compile
     (the first step compiles the forward and backward graphs, the second runs them)."""
@@ -501,8 +525,7 @@ class DMILTrainer(Trainer):
         # The LoRA adapter of the last stage this trainer finished or loaded, if that stage trained through one:
         # save_final copies this one and no other (a folder can hold an adapter another run left there).
         self._adapter_dir: str | None = None
-        self._term_sums: dict[str, torch.Tensor] = {}
-        self._term_steps = 0
+        self._term_means = _TermMeans()
         # Optimizer steps of the stages before the current one, so that logs carry one run-wide step (tensorboard's
         # curves of the three stages follow each other instead of restarting at step 1), and the whole run's log.
         self._step_offset = 0
@@ -639,7 +662,7 @@ class DMILTrainer(Trainer):
         self.stage = stage
         # A fresh optimizer and schedule per stage: the parameters that train differ from stage to stage.
         self.optimizer, self.lr_scheduler = None, None
-        self._term_sums, self._term_steps = {}, 0
+        self._term_means.reset()
         self._first_steps.reset()
         with self._stage_arguments(stage):
             output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
@@ -835,10 +858,7 @@ class DMILTrainer(Trainer):
                 module.eval()
         outputs = model(**inputs, stage=self.stage or 3)
         if model.training and outputs.loss_terms:
-            for name, value in outputs.loss_terms.items():
-                value = value.detach()
-                self._term_sums[name] = self._term_sums[name] + value if name in self._term_sums else value
-            self._term_steps += 1
+            self._term_means.add(outputs.loss_terms)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: list[str] | None = None):
@@ -858,10 +878,10 @@ class DMILTrainer(Trainer):
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.stage is not None:
             logs = {**logs, "stage": self.stage}
-        if "loss" in logs and self._term_steps:
+        if "loss" in logs and self._term_means.steps:
             # Mean of each unweighted term over the steps since the last log, read once per log (no per-step sync).
-            logs.update({name: round(float(v) / self._term_steps, 6) for name, v in self._term_sums.items()})
-            self._term_sums, self._term_steps = {}, 0
+            logs.update({name: round(value, 6) for name, value in self._term_means.means().items()})
+            self._term_means.reset()
         if self.stage is not None:
             logs["stage_step"] = self.state.global_step
         # Logged at the run-wide step (the stages before this one plus this stage's own): the Trainer's log history
