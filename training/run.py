@@ -82,6 +82,11 @@ class ModelArguments:
     latent_dim: int = field(default=64, metadata={"help": "Dimension of the decomposition's latents."})
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa' or 'eager' for the backbones."})
     check_inputs: bool = field(default=True, metadata={"help": "NaN/label-range checks (one host sync per step)."})
+    fast_paths: list[str] | None = field(
+        default=None,
+        metadata={"help": "Faster, numerically equivalent backbone computations (DMILConfig.fast_paths), e.g. "
+                          "positional_conv_unfold (wav2vec2-family positional convolution)."},
+    )
 
 
 @dataclass
@@ -383,13 +388,15 @@ def resume_value(flag: str | None) -> str | bool | None:
 
 
 def preset_kwargs(model_args: ModelArguments) -> dict:
-    """DMILConfig values of the chosen DMIL preset (the library default needs none)."""
+    """DMILConfig values of the chosen DMIL preset (the library default needs none) and of the speed levers."""
     from dmil_hf.configuration_dmil import REFERENCE_PRESET
 
     presets = {"default": {}, "reference": dict(REFERENCE_PRESET)}
     if model_args.dmil_preset not in presets:
         raise ValueError(f"--dmil_preset must be one of {sorted(presets)}, got {model_args.dmil_preset!r}")
-    return presets[model_args.dmil_preset]
+    # Speed levers are not part of a preset: they change how the backbones compute, not what the model is.
+    levers = {"fast_paths": list(model_args.fast_paths)} if model_args.fast_paths else {}
+    return {**presets[model_args.dmil_preset], **levers}
 
 
 def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: int):
