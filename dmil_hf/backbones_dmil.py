@@ -109,7 +109,9 @@ BACKBONES: dict[str, BackboneSpec] = {
     ),
     # features: dmil_hf's own encoder of pre-extracted feature sequences (feature_encoder_dmil).
     "dmil_feature_encoder": BackboneSpec(
-        pooling="mean", lora_targets=("projection", "out_proj", "linear1", "linear2"),
+        # Not the attention's out_proj: nn.MultiheadAttention reads its weight directly, so an adapter there would
+        # never run.
+        pooling="mean", lora_targets=("projection", "linear1", "linear2"),
     ),
 }
 

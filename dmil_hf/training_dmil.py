@@ -266,7 +266,7 @@ def lora_target_regex(model: DMILForMultimodalClassification, leaf_names: list[s
     parts = []
     for modality in model.modalities:
         names = leaf_names or model.specs[modality].lora_targets
-        parts.append(rf"backbones\.{modality}\..*\.({'|'.join(map(re.escape, names))})")
+        parts.append(rf"backbones\.{modality}\.(.*\.)?({'|'.join(map(re.escape, names))})")
     return rf"^({'|'.join(parts)})$"
 
 
@@ -647,6 +647,9 @@ class DMILTrainer(Trainer):
             for folder in stale:
                 logger.warning("overwrite_output_dir: deleting %s, left by an earlier run", folder)
                 shutil.rmtree(folder)
+            run_log = os.path.join(self._base_output_dir, RUN_LOG_NAME)
+            if os.path.isfile(run_log) and min(stages) == 1:  # the earlier run's log, unless this run continues it
+                os.remove(run_log)
         self.accelerator.wait_for_everyone()
 
     def _earlier_run_folders(self, stages: list[int]) -> list[str]:
@@ -918,13 +921,24 @@ class DMILTrainer(Trainer):
                 from .pipeline_dmil import save_for_pipeline
 
                 save_for_pipeline(model, self.processing_class, path)
+            else:
+                logger.warning(
+                    "%s has no processor, so pipeline('multimodal-classification', model=...) cannot serve it: give "
+                    "DMILTrainer processing_class=DMILProcessor.for_model(model.config, ...) (or "
+                    "DMILProcessor.from_backbones_pretrained(...)), or save one there with processor.save_pretrained.",
+                    path,
+                )
             # final/adapter is this run's adapter or nothing, whatever an earlier save into this folder left.
             target = os.path.join(path, "adapter")
             if os.path.isdir(target):
                 shutil.rmtree(target)
             if self._adapter_dir is not None:
                 shutil.copytree(self._adapter_dir, target)
-            self.save_plots(os.path.join(path, "plots"))
+            try:
+                self.save_plots(os.path.join(path, "plots"))
+            except Exception as err:  # noqa: BLE001 - pictures must never cost the trained model its card or its save
+                logger.warning("Could not draw the run's plots (%s: %s); the model is saved without them.",
+                               type(err).__name__, err)
             self.write_model_card(path)
         self.final_dir = path
         return path
@@ -959,7 +973,8 @@ class DMILTrainer(Trainer):
         if model.config.paradigm == "dmil" and self.eval_dataset is not None and hasattr(self.eval_dataset, "__len__"):
             dataset = self.eval_dataset
             if self.args.remove_unused_columns and hasattr(dataset, "column_names"):
-                kept = set(self._signature_columns or []) | {"interaction_type"}
+                self._set_signature_columns_if_needed()
+                kept = set(self._signature_columns) | {"interaction_type"}
                 dataset = dataset.remove_columns([c for c in dataset.column_names if c not in kept])
             gate = plots_dmil.interaction_weights(
                 model, dataset, data_collator=self.data_collator, batch_size=self.args.per_device_eval_batch_size

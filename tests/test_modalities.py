@@ -288,3 +288,17 @@ def test_train_save_reload_and_serve_the_pipeline(tmp_path, rows):
     assert batch[1][0]["interactions"] == pytest.approx(missing, abs=1e-5)
     card = (tmp_path / "run" / "final" / "README.md").read_text()
     assert f"| {video} | video |" in card and f'"{video}": "clip.mp4"' in card
+
+
+def test_lora_reaches_the_feature_encoder_and_a_video_backbone():
+    from dmil_hf.training_dmil import add_lora
+
+    config = make([Modality("rgb", "video", tiny_vision_config()),
+                   Modality("facs", "features", tiny_feature_encoder_config(num_hidden_layers=1))])
+    model = add_lora(DMILForMultimodalClassification(config))
+    adapted = {name.split(".lora_A")[0] for name, _ in model.named_parameters() if ".lora_A." in name}
+    assert any(".backbones.facs.projection" in name for name in adapted)
+    assert any(".backbones.facs.layers.layers.0.linear1" in name for name in adapted)
+    assert any(".backbones.rgb." in name and name.endswith(("query", "q_proj")) for name in adapted)
+    out = model(**random_inputs(config))
+    out.loss.backward()
