@@ -157,6 +157,20 @@ def input_names(modality: Modality, main_input: str | None = None) -> InputNames
     )
 
 
+def pop_prefixed(kwargs: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Take the keyword arguments meant for one modality's loader out of `kwargs`: `rgb_revision="main"` becomes
+    `{"rgb": {"revision": "main"}}`. `<name>_config` keys stay (they are config fields, the three-slot form's)."""
+    options: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for key in list(kwargs):
+        if key.endswith("_config"):
+            continue
+        for name in names:
+            if key.startswith(f"{name}_") and len(key) > len(name) + 1:
+                options[name][key[len(name) + 1 :]] = kwargs.pop(key)
+                break
+    return options
+
+
 def validate_table(modalities: list[Modality]) -> None:
     """Two to four rows with distinct names whose input names do not collide."""
     names = [m.name for m in modalities]
@@ -177,4 +191,6 @@ def validate_table(modalities: list[Modality]) -> None:
             seen[name] = m.name
 
 
-__all__ = ["KINDS", "KindSpec", "Modality", "InputNames", "input_names", "validate_table", "LEGACY_MODALITIES"]
+__all__ = [
+    "KINDS", "KindSpec", "Modality", "InputNames", "input_names", "pop_prefixed", "validate_table", "LEGACY_MODALITIES",
+]

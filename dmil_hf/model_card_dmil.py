@@ -10,6 +10,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from .hub_dmil import resolve_repo_id
+from .pipeline_dmil import INPUT_KEYS
 from .metrics import per_type_summary
 from .stages_dmil import EVERYTHING, STAGE_PLANS
 
@@ -53,7 +54,8 @@ def _stage_loss(config, stage: int) -> str:
 # An example value of each kind for the card's pipeline call; the three-slot modalities use their input keys.
 _EXAMPLE = {"text": '"a sentence"', "image": '"photo.png"', "video": '"clip.mp4"', "audio": '"clip.wav"',
             "features": "features"}
-_THREE_SLOT_KEYS = {"text": "text", "vision": "image", "audio": "audio"}
+# The pipeline's input key of each three-slot modality ("image" for "vision").
+_THREE_SLOT_KEYS = {modality: key for key, modality in INPUT_KEYS.items()}
 
 
 def _example_input(config) -> str:

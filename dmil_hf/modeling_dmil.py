@@ -50,7 +50,7 @@ from .heads_dmil import (  # noqa: F401  (re-exported: the method's modules, imp
     masked_mean,
 )
 from .inputs_dmil import MAX_INPUT_MAGNITUDE, ModalityRoute, check_modality, check_tensor  # noqa: F401
-from .modalities_dmil import LEGACY_MODALITIES, Modality, input_names
+from .modalities_dmil import LEGACY_MODALITIES, Modality, input_names, pop_prefixed
 from .stages_dmil import STAGES
 
 logger = logging.getLogger(__name__)
@@ -326,13 +326,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             rows = list(modality_table)
         if len(rows) < 2:
             raise ValueError("from_backbones_pretrained needs at least two modalities (two of text=, vision=, audio=)")
-        options = {row.name: {} for row in rows}
-        for key in list(kwargs):
-            for name in options:
-                rest = key[len(name) + 1 :] if key.startswith(f"{name}_") else ""
-                if rest and not key.endswith("_config"):
-                    options[name][rest] = kwargs.pop(key)
-                    break
+        options = pop_prefixed(kwargs, [row.name for row in rows])  # the rest go to DMILConfig
         pooling = dict(kwargs.get("pooling") or {})
         backbones, table = {}, []
         for row in rows:

@@ -23,7 +23,7 @@ from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .modalities_dmil import KINDS, LEGACY_MODALITIES, Modality, input_names
+from .modalities_dmil import KINDS, LEGACY_MODALITIES, Modality, input_names, pop_prefixed
 
 # The three-slot modalities' processor attributes, in the order of the model's `modality_mask` columns.
 SUB_PROCESSORS = {"text": "tokenizer", "vision": "image_processor", "audio": "feature_extractor"}
@@ -644,9 +644,9 @@ class DMILProcessor(ProcessorMixin):
             raise ValueError("give the backbones either as text=/vision=/audio= or as modality_table, not both")
         else:
             rows = list(modality_table)
-        options = {row.name: {k[len(row.name) + 1 :]: v for k, v in kwargs.items() if k.startswith(f"{row.name}_")}
-                   for row in rows}
-        stray = sorted(set(kwargs) - {f"{row.name}_{k}" for row in rows for k in options[row.name]})
+        kwargs = dict(kwargs)
+        options = pop_prefixed(kwargs, [row.name for row in rows])
+        stray = sorted(kwargs)
         if stray:
             raise TypeError(f"unexpected argument(s) {stray}: prefix a sub-processor's arguments with its modality's name")
         loaders = {"tokenizer": AutoTokenizer.from_pretrained, "image_processor": load_image_processor,
@@ -865,8 +865,8 @@ class DMILProcessor(ProcessorMixin):
         for argument, value in legacy.items():
             if value is None:
                 continue
-            kind = {"text": "text", "images": "image", "audio": "audio"}[argument]
             slot = next(m for m, a in MODALITY_ARGUMENTS.items() if a == argument)
+            kind = LEGACY_MODALITIES[slot]
             candidates = [row.name for row in self._rows if row.kind == kind]
             target = slot if slot in candidates else (candidates[0] if len(candidates) == 1 else None)
             if target is None:
