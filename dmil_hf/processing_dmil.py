@@ -676,7 +676,7 @@ class DMILProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         names = []
         for row in self._rows:
-            row_names = input_names(row, self._audio_input_name if row.kind == "audio" else None)
+            row_names = self._names(row)
             if row.kind == "text":
                 produced = [n for n in self.tokenizer.model_input_names if n in TEXT_INPUT_NAMES]
                 prefix = "" if row.is_legacy_slot else f"{row.name}_"

@@ -947,11 +947,10 @@ class DMILTrainer(Trainer):
         """Save the run's pictures to `folder` (main process): training curves over the stages, accuracy per
         interaction type (when the evaluation data has types), and the distribution of the gate's interaction
         weights over the evaluation set (DMIL, when there is one; per type when known). Needs matplotlib; without
-        it, nothing is drawn and the card says so."""
-        try:
-            from . import plots_dmil
-        except ImportError:  # pragma: no cover - plots_dmil itself imports only numpy and torch
-            return []
+        it, nothing is drawn and the card has no plots section."""
+        from . import plots_dmil
+        from .metrics import per_type_summary
+
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -964,8 +963,7 @@ class DMILTrainer(Trainer):
             saved.append(os.path.join(folder, "training_curves.png"))
             plots_dmil.plot_training_curves(self.run_log_history, saved[-1])
         final_metrics = self.stage_results[max(self.stage_results)] if self.stage_results else {}
-        per_type = {k[len("eval_accuracy_"):]: v for k, v in final_metrics.items()
-                    if k.startswith("eval_accuracy_") and isinstance(v, (int, float))}
+        per_type = {kind: accuracy for kind, accuracy, _ in per_type_summary(final_metrics, [])}
         model = _unwrap(self.model)
         if per_type:
             saved.append(os.path.join(folder, "accuracy_per_type.png"))
