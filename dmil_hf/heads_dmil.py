@@ -83,6 +83,12 @@ def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor, prior_mu=None, prior_logv
     return gaussian_kl(mu, logvar, prior_mu, prior_logvar) / mu.shape[-1]
 
 
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    """The label loss every head and component trains with (the `ce_*` terms), per sample unless `reduction` says
+    otherwise: cross-entropy of the logits (computed in float32) against class ids."""
+    return F.cross_entropy(logits.float(), labels, reduction=reduction)
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of per-sample values over the samples where `mask` is true (0 when none is), without a host sync."""
     mask = mask.to(values.dtype)
@@ -407,7 +413,7 @@ class JointHead(nn.Module):
         logits = self.joint_classifier(fused)
         loss = terms = None
         if labels is not None:
-            terms = {"ce_final": F.cross_entropy(logits.float(), labels)}
+            terms = {"ce_final": task_loss(logits, labels, reduction="mean")}
             loss = terms["ce_final"]
         return DMILOutput(loss=loss, logits=logits, loss_terms=terms)
 
@@ -432,7 +438,7 @@ class EnsembleHead(nn.Module):
             # Each head has its own CE on its own modality: the sum trains K independent unimodal models.
             terms = {
                 f"ce_modality_{m}": masked_mean(
-                    F.cross_entropy(modality_logits[:, k].float(), labels, reduction="none"), present[:, k]
+                    task_loss(modality_logits[:, k], labels), present[:, k]
                 )
                 for k, m in enumerate(self.modalities)
             }
@@ -504,7 +510,7 @@ class DMILHead(nn.Module):
         if level1_losses:
             for k, m in enumerate(modalities):
                 p, out = present[:, k], level1[m]
-                terms[f"ce_modality_{m}"] = masked_mean(F.cross_entropy(out.logits.float(), labels, reduction="none"), p)
+                terms[f"ce_modality_{m}"] = masked_mean(task_loss(out.logits, labels), p)
                 terms[f"kl_M_{m}"] = masked_mean(kl_per_dim(out.m.mu, out.m.logvar), p)
                 terms[f"kl_N_{m}"] = masked_mean(kl_per_dim(out.n.mu, out.n.logvar), p)
                 # The target is detached: reconstruction asks M and N to keep what Z holds, not Z to shrink.
@@ -516,7 +522,7 @@ class DMILHead(nn.Module):
             logits = (modality_logits * present_f.unsqueeze(-1)).sum(1) / present_f.sum(1, keepdim=True).clamp(min=1.0)
             if with_losses and config.stage1_synergy_weight:
                 synergy_logits = self.component_classifiers["synergy"](self.synergy_fusion(synergy_inputs))
-                ce = F.cross_entropy(synergy_logits.float(), labels, reduction="none")
+                ce = task_loss(synergy_logits, labels)
                 terms["ce_synergy"] = masked_mean(ce, synergy_ok)
             loss = self.weighted_loss(terms, stage) if with_losses else None
             return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms or None)
@@ -550,7 +556,7 @@ class DMILHead(nn.Module):
         else:
             gate = GateInputs(weights, component_logits, modality_logits, available, present)
             logits, gate_terms = GATE_OBJECTIVES[config.gate_objective](gate, labels)
-            terms["ce_final"] = F.cross_entropy(logits, labels)
+            terms["ce_final"] = task_loss(logits, labels, reduction="mean")
             terms.update(gate_terms)
             terms.update(self._consistency_terms(level2, m_means, component_logits, present, synergy_ok, labels))
         loss = self.weighted_loss(terms, stage) if with_losses else None
@@ -565,7 +571,7 @@ class DMILHead(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """The component CEs and level 2's KL, alignment and reconstruction terms."""
         def ce(index: int) -> torch.Tensor:
-            return F.cross_entropy(component_logits[:, index].float(), labels, reduction="none")
+            return task_loss(component_logits[:, index], labels)
 
         joint_ok = level2.all_present
         terms = {"ce_redundancy": ce(0).mean()}
