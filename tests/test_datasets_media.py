@@ -189,6 +189,32 @@ def test_dmil_trainer_loads_batches_from_audio_and_video_columns(sources, proces
     assert batch["labels"].shape == (N,) and batch["rgb_pixel_values"].shape == (N, 3, 3, 16, 16)
 
 
+def test_plain_trainer_loads_batches_from_prepared_media_columns(sources, processor, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from dmil_hf import DMILForMultimodalClassification
+
+    data = saved(media_dataset(sources), tmp_path / "ds")
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_eval_batch_size=N, use_cpu=True,
+                             report_to=[], remove_unused_columns=False, dataloader_num_workers=0)
+    model = DMILForMultimodalClassification(DMILConfig(modality_table=TABLE, num_labels=2, latent_dim=16))
+    trainer = Trainer(model=model, args=args, eval_dataset=prepare_media_columns(data),
+                      data_collator=DMILDataCollator(processor))
+    assert_same_batch(next(iter(trainer.get_eval_dataloader())), expected_batch(processor, sources, range(N)))
+
+
+def test_video_column_of_image_frames(sources, processor, tmp_path):
+    """A clip stored as a List(Image()) column of frame files: its frames decode with PIL, as images do."""
+    paths = sources["files"]["image"]
+    data = Dataset.from_dict({"frames": [[paths[i], paths[(i + 1) % N]] for i in range(N)], "label": [0] * N})
+    data = saved(data.cast_column("frames", List(Image())), tmp_path / "ds")
+    batch = DMILDataCollator(processor, columns={"rgb": "frames"})([data[0], data[2]])
+    images = sources["image"]
+    expected = processor(rgb=[[images[0], images[1]], [images[2], images[3]]])
+    for key in ("rgb_pixel_values", "rgb_attention_mask"):
+        assert torch.equal(batch[key], expected[key]), key
+
+
 def test_cli_trains_on_a_saved_dataset_with_media_columns(sources, tmp_path):
     from test_cli import import_cli
 
@@ -214,6 +240,8 @@ def test_cli_trains_on_a_saved_dataset_with_media_columns(sources, tmp_path):
     assert sorted(metrics["stages"]) == ["1", "2", "3"] and np.isfinite(metrics["eval_loss"])
     model = AutoModel.from_pretrained(tmp_path / "out" / "final")
     assert model.config.modalities == ["vision", "rgb", "audio", "facs"]
+    # The gate's plot ran the collator over the validation split too (DMILTrainer.save_plots).
+    assert (tmp_path / "out" / "final" / "plots" / "interaction_weights.png").is_file()
 
 
 class AudioDecoderStandIn:
