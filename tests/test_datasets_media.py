@@ -130,6 +130,14 @@ def test_collator_decodes_every_media_column_to_the_source(variant, sources, pro
     assert batch["labels"].tolist() == [0, 0, 1]
 
 
+def test_streamed_dataset_with_media_columns(sources, processor, tmp_path):
+    """An IterableDataset (what load_dataset(..., streaming=True) returns) is cast the same way, lazily."""
+    streamed = prepare_media_columns(saved(media_dataset(sources), tmp_path / "ds").to_iterable_dataset())
+    assert not streamed.features["audio"].decode and not streamed.features["rgb"].decode
+    batch = DMILDataCollator(processor)(list(streamed.take(3)))
+    assert_same_batch(batch, expected_batch(processor, sources, range(3)))
+
+
 def test_saved_media_is_read_from_its_bytes_not_its_stored_name(sources, tmp_path):
     data = prepare_media_columns(saved(media_dataset(sources), tmp_path / "ds"))
     row = data[1]
