@@ -368,8 +368,9 @@ class DMILProcessor(ProcessorMixin):
             **modalities: any modality by its name (`rgb=`, `flow=`, `facs=`; `text=`, `vision=` and `audio=` for the
                 three-slot ones). A video is a list of frames (anything `images` takes), an array (frames, H, W, C),
                 a tensor (frames, C, H, W), a video file path or its bytes, a `datasets.Video(decode=False)` value
-                (files decoded with PyAV: `pip install av`) or a torchcodec VideoDecoder; a batch is a list of those. A video row with `num_frames` keeps that many frames, spread over the clip. Features
-                are arrays (steps, dim) or (dim,), a list of them per batch. `text`, `images` and `audio` go to the
+                (files decoded with PyAV: `pip install av`) or a torchcodec VideoDecoder; a batch is a list of
+                those. A video row with `num_frames` keeps that many frames, spread over the clip. Features are
+                arrays (steps, dim) or (dim,), a list of them per batch. `text`, `images` and `audio` go to the
                 modality of that kind (its three-slot name, or the only one of its kind).
             sampling_rate: rate of the bare waveforms (those without their own rate); default: the extractor's.
             return_tensors: `"pt"` (default), `"np"` or None.

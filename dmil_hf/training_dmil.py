@@ -851,7 +851,7 @@ class DMILTrainer(Trainer):
         return dataset
 
     def _get_dataloader(self, dataset, *args, **kwargs):
-        # Every train/eval/test data loader is built here (transformers >= 5.0).
+        # Every train, eval and test data loader is built here (transformers 5.17 to 5.24, the supported range).
         return super()._get_dataloader(self._for_collator(dataset), *args, **kwargs)
 
     def _set_signature_columns_if_needed(self) -> None:
