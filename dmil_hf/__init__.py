@@ -35,6 +35,7 @@ from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
 from .pipeline_dmil import TASK as _PIPELINE_TASK  # noqa: E402
 from .pipeline_dmil import MultimodalClassificationPipeline, save_for_pipeline  # noqa: E402
 from .processing_dmil import DMILDataCollator, DMILProcessor  # noqa: E402
+from .media_dmil import prepare_media_columns  # noqa: E402
 
 AutoProcessor.register(DMILConfig, DMILProcessor, exist_ok=True)
 DMILProcessor.register_for_auto_class()
@@ -42,7 +43,8 @@ if PIPELINE_REGISTRY.supported_tasks.get(_PIPELINE_TASK, {}).get("impl") is not 
     PIPELINE_REGISTRY.register_pipeline(
         _PIPELINE_TASK, pipeline_class=MultimodalClassificationPipeline, pt_model=AutoModel, type="multimodal"
     )
-__all__ += ["DMILProcessor", "DMILDataCollator", "MultimodalClassificationPipeline", "save_for_pipeline"]
+__all__ += ["DMILProcessor", "DMILDataCollator", "MultimodalClassificationPipeline", "save_for_pipeline",
+            "prepare_media_columns"]
 
 __all__ += ["DMILTrainer", "DMILTrainingArguments"]
 

@@ -24,6 +24,8 @@ class DMILDataCollator:
     `"label"` (or `"labels"`): a class id, or a class name when `label2id` is given. An audio value may be a waveform
     with its rate in a `"sampling_rate"` field of the example, or anything [`DMILProcessor`] accepts. Other fields
     are ignored, so run the Trainer with `remove_unused_columns=False` (it would otherwise drop the raw columns).
+    A `datasets` dataset's `Audio()` and `Video()` columns are decoded here, from each file's bytes or path: pass the
+    dataset through `dmil_hf.prepare_media_columns` first (DMILTrainer does), or `datasets` would need torchcodec.
 
     Example:
 

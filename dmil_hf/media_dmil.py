@@ -79,32 +79,48 @@ def resample_audio(
     return out[: math.ceil(new * length / orig)].astype(np.float32)
 
 
-def _read_audio_file(path: str | os.PathLike, name: str) -> tuple[np.ndarray, int]:
+def _media_label(source: Any, stored_path: str | None = None) -> str:
+    """How an error names a media source: its path, or the path a `datasets` column stored with its bytes."""
+    if isinstance(source, (str, os.PathLike)):
+        return repr(os.fspath(source))
+    return f"bytes of {stored_path!r}" if stored_path else "<bytes>"
+
+
+def _read_audio_file(
+    source: str | os.PathLike | bytes, name: str, stored_path: str | None = None
+) -> tuple[np.ndarray, int]:
+    """An audio file (a path, or its bytes: a `datasets.Audio` column stores them) as a mono float32 waveform and its
+    rate, decoded with soundfile (libsndfile: WAV, FLAC, OGG/Vorbis, Opus, MP3). `stored_path` only names the bytes
+    in errors."""
     try:
         import soundfile
     except ImportError as err:  # pragma: no cover - soundfile is a dependency of dmil_hf
         raise ImportError(f"{name}: reading audio files needs the `soundfile` package (pip install soundfile)") from err
+    label = _media_label(source, stored_path)
+    is_bytes = isinstance(source, (bytes, bytearray))
     try:
-        data, sampling_rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
+        data, sampling_rate = soundfile.read(
+            io.BytesIO(source) if is_bytes else os.fspath(source), dtype="float32", always_2d=True
+        )
     except Exception as err:
-        raise ValueError(f"{name}: cannot read audio file {os.fspath(path)!r} ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{name}: cannot read audio file {label} ({type(err).__name__}: {err})") from err
     # libsndfile decodes a truncated WAV without a word (it shortens the length to what is left), so the length
     # its header declares is compared here. (A truncated FLAC is a decoding error, reported above.)
-    declared = _wav_header_frames(path)
+    declared = _wav_header_frames(source)
     if declared is not None and len(data) < declared:
         logger.warning(
-            "%s: %r is truncated: decoded %d of the %d samples its header declares (%.3f s at %d Hz); using the "
-            "decoded part", name, os.fspath(path), len(data), declared, len(data) / sampling_rate, sampling_rate,
+            "%s: %s is truncated: decoded %d of the %d samples its header declares (%.3f s at %d Hz); using the "
+            "decoded part", name, label, len(data), declared, len(data) / sampling_rate, sampling_rate,
         )
     # Multi-channel files are down-mixed: the backbones take mono audio.
     return data.mean(axis=1), int(sampling_rate)
 
 
-def _wav_header_frames(path: str | os.PathLike) -> int | None:
-    """Frames a RIFF/WAVE file's `data` chunk header declares; None for other files, unreadable headers and
-    streamed WAVs whose writer did not know the length (size 0 or 0xFFFFFFFF)."""
+def _wav_header_frames(source: str | os.PathLike | bytes) -> int | None:
+    """Frames a RIFF/WAVE file's (or its bytes') `data` chunk header declares; None for other files, unreadable
+    headers and streamed WAVs whose writer did not know the length (size 0 or 0xFFFFFFFF)."""
     try:
-        with open(os.fspath(path), "rb") as f:
+        with (io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(os.fspath(source), "rb")) as f:
             riff = f.read(12)
             if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
                 return None
@@ -127,21 +143,21 @@ def _wav_header_frames(path: str | os.PathLike) -> int | None:
         return None
 
 
-def _open_image(source: Any, name: str):
+def _open_image(source: Any, name: str, stored_path: str | None = None):
     try:
         from PIL import Image
     except ImportError as err:  # pragma: no cover - pillow is a dependency of dmil_hf
         raise ImportError(f"{name}: reading image files needs the `Pillow` package (pip install pillow)") from err
-    label = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>"
+    label = _media_label(source, stored_path)
     try:
-        opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source))
+        opened = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source))
     except Exception as err:
-        raise ValueError(f"{name}: cannot read image file {label!r} ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{name}: cannot read image file {label} ({type(err).__name__}: {err})") from err
     with opened as image:
         try:
             image.load()  # decodes now, so that a corrupt file is reported as one
         except Exception as err:
-            raise ValueError(f"{name}: cannot read image file {label!r} ({type(err).__name__}: {err})") from err
+            raise ValueError(f"{name}: cannot read image file {label} ({type(err).__name__}: {err})") from err
         return _to_rgb(image, name)
 
 
@@ -231,6 +247,71 @@ def _pixels_as_uint8(values: np.ndarray, name: str, sixteen_bit: bool = False) -
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# `datasets` media columns: kept undecoded for the collator, which decodes them itself
+# ----------------------------------------------------------------------------------------------------------------
+
+# The `datasets` features whose decoding needs torchcodec (and FFmpeg); DMIL reads their stored files instead.
+_UNDECODED_FEATURES = ("Audio", "Video")
+
+
+def prepare_media_columns(dataset: Any) -> Any:
+    """`dataset` with its `Audio()` and `Video()` columns cast to `decode=False`, so that a DMIL collator receives
+    each file's `{"bytes": ..., "path": ...}` and decodes it (audio with soundfile, video with PyAV).
+
+    `datasets` decodes these features with torchcodec, which needs a system FFmpeg: without it, reading a row raises
+    `ImportError` (in the Trainer's data loader, once training has started). DMIL's readers give the same waveform
+    and frames whether or not torchcodec is installed. `Image()` columns are left as they are (PIL decodes them, as
+    DMIL would); other columns too. Takes a `Dataset`, `IterableDataset`, `DatasetDict` or `IterableDatasetDict` and
+    returns one of the same kind; anything else (a torch dataset, a list) is returned unchanged. [`DMILTrainer`]
+    applies it to every dataset it loads batches from with a [`DMILDataCollator`], and `training/run.py` to the data
+    it loads: call it yourself before a plain `transformers.Trainer`.
+
+    A top-level column is cast in place (no data is rewritten); a media feature nested in a list or struct column
+    goes through `Dataset.cast`, which writes the dataset anew.
+
+    Example:
+
+    ```python
+    >>> from datasets import Audio, Dataset
+    >>> from dmil_hf import prepare_media_columns
+    >>> data = Dataset.from_dict({"audio": ["clip.wav"], "label": [0]}).cast_column("audio", Audio())
+    >>> prepare_media_columns(data).features["audio"]
+    Audio(sampling_rate=None, decode=False, num_channels=None, stream_index=None)
+    ```
+    """
+    if isinstance(dataset, dict):  # DatasetDict, IterableDatasetDict
+        return type(dataset)({split: prepare_media_columns(part) for split, part in dataset.items()})
+    features = getattr(dataset, "features", None)
+    if features is None or not hasattr(dataset, "cast_column"):  # not a `datasets` dataset, or features unknown
+        return dataset
+    for column, feature in features.items():
+        undecoded = _undecoded(feature)
+        if undecoded is not feature:
+            dataset = dataset.cast_column(column, undecoded)
+    return dataset
+
+
+def _undecoded(feature: Any) -> Any:
+    """`feature` with each decoding Audio/Video feature in it (nested in lists and structs too) set to decode=False;
+    `feature` itself when it holds none."""
+    import dataclasses
+
+    kind = type(feature)
+    if kind.__module__.startswith("datasets.") and kind.__name__ in _UNDECODED_FEATURES and feature.decode:
+        return dataclasses.replace(feature, decode=False)
+    if isinstance(feature, dict):
+        inner = {key: _undecoded(value) for key, value in feature.items()}
+        return type(feature)(inner) if any(inner[k] is not feature[k] for k in feature) else feature
+    if isinstance(feature, (list, tuple)) and len(feature) == 1:  # the old list notation, [Value("float32")]
+        inner = _undecoded(feature[0])
+        return type(feature)([inner]) if inner is not feature[0] else feature
+    if dataclasses.is_dataclass(feature) and hasattr(feature, "feature"):  # List, LargeList (and Sequence)
+        inner = _undecoded(feature.feature)
+        return dataclasses.replace(feature, feature=inner) if inner is not feature.feature else feature
+    return feature
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Per-modality input normalisation: every item of a batch becomes what the sub-processor takes, or None if missing
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -277,29 +358,58 @@ def _as_batch(value: Any, kind: str) -> list:
     return [value]
 
 
-def _read_video_file(path: str | os.PathLike, name: str) -> list[Any]:
-    """Every frame of a video file as an RGB PIL image, decoded with PyAV (`pip install av`, which bundles FFmpeg)."""
+def _read_video_file(source: str | os.PathLike | bytes, name: str, stored_path: str | None = None) -> list[Any]:
+    """Every frame of a video file (a path, or its bytes: a `datasets.Video` column stores them) as an RGB PIL image,
+    decoded with PyAV (`pip install av`, whose wheels bundle FFmpeg)."""
     try:
         import av
     except ImportError as err:
         raise ImportError(f"{name}: reading video files needs the `av` package (pip install av)") from err
+    label = _media_label(source, stored_path)
     try:
-        with av.open(os.fspath(path)) as container:
+        with av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)) as container:
             frames = [frame.to_image() for frame in container.decode(video=0)]
     except Exception as err:
-        raise ValueError(f"{name}: cannot read video file {os.fspath(path)!r} ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{name}: cannot read video file {label} ({type(err).__name__}: {err})") from err
     if not frames:
-        raise ValueError(f"{name}: video file {os.fspath(path)!r} has no frames")
+        raise ValueError(f"{name}: video file {label} has no frames")
     return frames
+
+
+def _file_and_name(item: dict, name: str) -> tuple[str | bytes, str, str | None]:
+    """The arguments `(file, name, stored_path)` of a file reader for a `datasets` media value stored undecoded,
+    `{"bytes": ..., "path": ...}` (`Image`, `Audio` and `Video` with decode=False, which `prepare_media_columns`
+    casts to); `stored_path` names the bytes in errors.
+
+    The bytes come first: `save_to_disk` and `push_to_hub` embed each file's bytes and keep only its base name as
+    the path, which no longer points at a file. A value without bytes is read from its path."""
+    data, path = item.get("bytes"), item.get("path")
+    if data is not None:
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"{name}['bytes'] must be the file's bytes, got {type(data).__name__}")
+        return bytes(data), name, path
+    if path is not None:
+        return path, name, None
+    raise ValueError(
+        f"{name} is a dict without 'bytes' or 'path' (keys: {sorted(item)}); a `datasets` media value stored "
+        "undecoded holds its file's bytes or path"
+    )
 
 
 def _check_video(item: Any, name: str) -> list[Any] | None:
     """A clip as a list of RGB PIL frames, or None when missing: a list of frames (anything `_check_image` takes),
-    an array (T, H, W, C) or tensor (T, C, H, W), or a video file path."""
+    an array (T, H, W, C) or tensor (T, C, H, W), a video file's path or bytes, a `datasets.Video(decode=False)`
+    value or a torchcodec VideoDecoder."""
     if item is None:
         return None
-    if isinstance(item, (str, os.PathLike)):
+    if isinstance(item, (str, os.PathLike, bytes, bytearray)):
         return _read_video_file(item, name)
+    if isinstance(item, dict):  # a `datasets.Video(decode=False)` value
+        return _read_video_file(*_file_and_name(item, name))
+    if callable(getattr(item, "get_frames_in_range", None)):
+        # A torchcodec VideoDecoder (what a decoding `datasets.Video` column gives where torchcodec is installed):
+        # its frames, a (frames, C, H, W) tensor (or (frames, H, W, C), by its dimension_order).
+        item = item[:]
     if isinstance(item, (np.ndarray, torch.Tensor)):
         if item.ndim != 4:
             raise ValueError(
@@ -309,8 +419,8 @@ def _check_video(item: Any, name: str) -> list[Any] | None:
         item = list(item)
     if not isinstance(item, (list, tuple)):
         raise TypeError(
-            f"{name} must be a list of frames, an array (frames, H, W, C) or a video file path (None for a missing "
-            f"clip), got {type(item).__name__}"
+            f"{name} must be a list of frames, an array (frames, H, W, C), a video file path or its bytes (None for a "
+            f"missing clip), got {type(item).__name__}"
         )
     if not item:
         raise ValueError(f"{name} is a clip without frames")
@@ -365,14 +475,10 @@ def _check_image(item: Any, name: str) -> Any:
         return None
     if _is_pil_image(item):
         return _to_rgb(item, name)
-    if isinstance(item, (str, os.PathLike, bytes)):
+    if isinstance(item, (str, os.PathLike, bytes, bytearray)):
         return _open_image(item, name)
-    if isinstance(item, dict):  # the undecoded form of a `datasets.Image` column
-        if item.get("bytes") is not None:
-            return _open_image(item["bytes"], name)
-        if item.get("path") is not None:
-            return _open_image(item["path"], name)
-        raise ValueError(f"{name} is a dict without 'bytes' or 'path' (keys: {sorted(item)})")
+    if isinstance(item, dict):  # a `datasets.Image(decode=False)` value
+        return _open_image(*_file_and_name(item, name))
     channels_first = isinstance(item, torch.Tensor)
     if channels_first:
         item = _tensor_to_numpy(item)
@@ -393,28 +499,33 @@ def _check_audio(item: Any, name: str, sampling_rate: int | None, target_rate: i
         return None
     # A bare waveform is at the call's `sampling_rate`; a clip with its own rate (tuple, dict, file) at that one.
     rate, own_rate, unpacked = sampling_rate, False, False
-    if isinstance(item, (str, os.PathLike)):
+    if isinstance(item, (str, os.PathLike, bytes, bytearray)):
         item, rate = _read_audio_file(item, name)
     elif isinstance(item, tuple):
         if not _is_clip_with_rate(item):
             raise TypeError(f"{name}: a tuple must be (waveform, sampling_rate) with an int rate, got {item!r:.80}")
         item, rate, own_rate, unpacked = item[0], int(item[1]), True, True
-    elif isinstance(item, dict):  # the decoded form of a `datasets.Audio` column
-        if "array" in item:
+    elif callable(getattr(item, "get_all_samples", None)):
+        # A torchcodec AudioDecoder (what a decoding `datasets.Audio` column gives where torchcodec is installed):
+        # its samples, (channels, samples), down-mixed like a file's.
+        samples = item.get_all_samples()
+        item, rate, own_rate = _tensor_to_numpy(samples.data).mean(axis=0), samples.sample_rate, True
+    elif isinstance(item, dict):
+        if "array" in item:  # a decoded clip, {"array": ..., "sampling_rate": ...}
             own_rate = item.get("sampling_rate") is not None
             item, rate, unpacked = item["array"], item.get("sampling_rate", sampling_rate), True
-        elif item.get("path") is not None:
-            item, rate = _read_audio_file(item["path"], name)
+        elif item.get("bytes") is not None or item.get("path") is not None:  # a `datasets.Audio(decode=False)` value
+            item, rate = _read_audio_file(*_file_and_name(item, name))
         else:
-            raise ValueError(f"{name} is a dict without 'array' or 'path' (keys: {sorted(item)})")
+            raise ValueError(f"{name} is a dict without 'array', 'bytes' or 'path' (keys: {sorted(item)})")
     if isinstance(item, torch.Tensor):
         item = _tensor_to_numpy(item)
     elif unpacked and isinstance(item, list) and all(isinstance(x, (int, float, np.number)) for x in item):
         item = np.asarray(item, dtype=np.float32)  # a waveform stored as a list, unpacked from a tuple or a dict
     if not isinstance(item, np.ndarray):
         raise TypeError(
-            f"{name} must be a 1-D numpy waveform, a (waveform, sampling_rate) tuple or an audio file path "
-            f"(None for a missing clip), got {type(item).__name__}"
+            f"{name} must be a 1-D numpy waveform, a (waveform, sampling_rate) tuple, an audio file path or its "
+            f"bytes (None for a missing clip), got {type(item).__name__}"
         )
     if item.ndim != 1:
         raise ValueError(f"{name} must be a 1-D (mono) waveform, got shape {item.shape}; average the channels first")

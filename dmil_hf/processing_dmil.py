@@ -359,16 +359,18 @@ class DMILProcessor(ProcessorMixin):
             text: a string, or a list with a string (or None) per sample; "" and whitespace-only strings count as
                 a missing text.
             images: a PIL image (any mode), numpy array ((H, W), HWC or CHW, 1 to 4 channels; uint8 0..255,
-                float [0, 1], uint16 0..65535), torch tensor, file path or bytes, or a list of those (None for a
-                missing image).
-            audio: a 1-D waveform, a `(waveform, sampling_rate)` tuple, a `{"array", "sampling_rate"}` dict or a
-                file path (decoded with soundfile, channels averaged), or a list of those (None for a missing clip).
-                Audio at another rate than the feature extractor's is resampled.
+                float [0, 1], uint16 0..65535), torch tensor, file path or bytes, a `datasets.Image(decode=False)`
+                value `{"bytes", "path"}`, or a list of those (None for a missing image).
+            audio: a 1-D waveform, a `(waveform, sampling_rate)` tuple, a `{"array", "sampling_rate"}` dict, a file
+                path or its bytes, a `datasets.Audio(decode=False)` value `{"bytes", "path"}` (files decoded with
+                soundfile, channels averaged) or a torchcodec AudioDecoder, or a list of those (None for a missing
+                clip). Audio at another rate than the feature extractor's is resampled.
             **modalities: any modality by its name (`rgb=`, `flow=`, `facs=`; `text=`, `vision=` and `audio=` for the
                 three-slot ones). A video is a list of frames (anything `images` takes), an array (frames, H, W, C),
-                a tensor (frames, C, H, W) or a video file path (decoded with PyAV: `pip install av`); a batch is a
-                list of those. A video row with `num_frames` keeps that many frames, spread over the clip. Features
-                are arrays (steps, dim) or (dim,), a list of them per batch. `text`, `images` and `audio` go to the
+                a tensor (frames, C, H, W), a video file path or its bytes, a `datasets.Video(decode=False)` value
+                (files decoded with PyAV: `pip install av`) or a torchcodec VideoDecoder; a batch is a list of
+                those. A video row with `num_frames` keeps that many frames, spread over the clip. Features are
+                arrays (steps, dim) or (dim,), a list of them per batch. `text`, `images` and `audio` go to the
                 modality of that kind (its three-slot name, or the only one of its kind).
             sampling_rate: rate of the bare waveforms (those without their own rate); default: the extractor's.
             return_tensors: `"pt"` (default), `"np"` or None.

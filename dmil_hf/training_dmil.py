@@ -839,6 +839,21 @@ class DMILTrainer(Trainer):
             self._parameter_count = (model, model.num_parameters(exclude_embeddings=True))
         return 6 * inputs[main].numel() * self._parameter_count[1]
 
+    def _for_collator(self, dataset: Any) -> Any:
+        """`dataset` as a DMILDataCollator reads it: its `Audio()`/`Video()` columns undecoded
+        (`prepare_media_columns`), as the collator decodes them itself and `datasets` would need torchcodec to."""
+        from .processing_dmil import DMILDataCollator
+
+        if isinstance(self.data_collator, DMILDataCollator):
+            from .media_dmil import prepare_media_columns
+
+            return prepare_media_columns(dataset)
+        return dataset
+
+    def _get_dataloader(self, dataset, *args, **kwargs):
+        # Every train, eval and test data loader is built here (transformers 5.17 to 5.24, the supported range).
+        return super()._get_dataloader(self._for_collator(dataset), *args, **kwargs)
+
     def _set_signature_columns_if_needed(self) -> None:
         # The model's forward takes its modalities' inputs as **kwargs (their names come from the modality table), so
         # the Trainer's signature inspection would keep none of them and drop every input column.
@@ -969,7 +984,7 @@ class DMILTrainer(Trainer):
             saved.append(os.path.join(folder, "accuracy_per_type.png"))
             plots_dmil.plot_accuracy_per_type({model.config.paradigm: per_type}, saved[-1])
         if model.config.paradigm == "dmil" and self.eval_dataset is not None and hasattr(self.eval_dataset, "__len__"):
-            dataset = self.eval_dataset
+            dataset = self._for_collator(self.eval_dataset)
             if self.args.remove_unused_columns and hasattr(dataset, "column_names"):
                 self._set_signature_columns_if_needed()
                 kept = set(self._signature_columns) | {"interaction_type"}

@@ -418,6 +418,8 @@ def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: i
 def load_user_data(data_args: DataArguments):
     import datasets
 
+    from dmil_hf import prepare_media_columns
+
     if data_args.train_file:
         files = {"train": data_args.train_file}
         if data_args.validation_file:
@@ -430,6 +432,9 @@ def load_user_data(data_args: DataArguments):
         raw = datasets.load_dataset(data_args.dataset, data_args.dataset_config)
     if not isinstance(raw, datasets.DatasetDict):
         raw = datasets.DatasetDict(train=raw)
+    # Audio()/Video() columns stay undecoded: the collator decodes their files (soundfile, PyAV); datasets would need
+    # torchcodec and FFmpeg to, and fail at the first row it reads.
+    raw = prepare_media_columns(raw)
     if data_args.train_split not in raw:
         raise ValueError(f"no split {data_args.train_split!r} in the dataset (splits: {list(raw)})")
     eval_split = data_args.eval_split or next((s for s in ("validation", "test") if s in raw), None)
