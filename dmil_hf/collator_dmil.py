@@ -134,15 +134,17 @@ class DMILDataCollator:
         )
 
     def with_labels_of(self, config: Any) -> DMILDataCollator:
-        """This collator, or a copy of it that maps string labels through `config.label2id` (a model's config) when
-        it has no `label2id` of its own and the config names its classes (not transformers' default `LABEL_0`,
-        `LABEL_1`, ... names, which any config has)."""
+        """This collator, or a copy of it that maps string labels through a model config's classes when it has no
+        `label2id` of its own: the config's `label2id`, else its `id2label` inverted (a config given only
+        `id2label` keeps no `label2id`), whichever names the classes (transformers' default names `LABEL_0`,
+        `LABEL_1`, ... name nothing)."""
         if self.label2id is not None:
             return self
-        label2id = getattr(config, "label2id", None) or {}
-        if not label2id or all(name == f"LABEL_{index}" for name, index in label2id.items()):
-            return self
-        return replace(self, label2id={str(name): int(index) for name, index in label2id.items()})
+        id2label = getattr(config, "id2label", None) or {}
+        for label2id in (getattr(config, "label2id", None) or {}, {name: index for index, name in id2label.items()}):
+            if label2id and any(name != f"LABEL_{index}" for name, index in label2id.items()):
+                return replace(self, label2id={str(name): int(index) for name, index in label2id.items()})
+        return self
 
     def _audio_item(self, value: Any, example: dict[str, Any]) -> Any:
         if isinstance(value, (list, tuple)) and not _is_clip_with_rate(value):

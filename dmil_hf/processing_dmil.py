@@ -56,13 +56,43 @@ _PADDING_OFFSET_FAMILIES = frozenset({
 logger = logging.getLogger(__name__)
 
 
+# A transformers video processor's file (VideoMAE folders saved with a VideoMAEVideoProcessor have only this one).
+VIDEO_PROCESSOR_FILE = "video_preprocessor_config.json"
+# Video processor settings an image processor has no use for (DMIL samples a clip's frames itself: `num_frames`).
+_VIDEO_ONLY_KEYS = frozenset({"video_processor_type", "processor_class", "do_sample_frames", "num_frames", "fps",
+                              "return_metadata", "video_metadata"})
+
+
 def load_image_processor(pretrained_model_name_or_path, config_dict: dict | None = None, **kwargs: Any):
     """`AutoImageProcessor.from_pretrained`, or, where transformers needs torchvision for the Auto class and it is not
     installed (5.17 has no PIL fallback there), the PIL class named by the saved config's `image_processor_type`.
 
+    A folder with a video processor and no image processor (a VideoMAE saved with its `VideoMAEVideoProcessor`) gets
+    the image processor of the same family built from the video processor's settings (`VideoMAEImageProcessor`,
+    which reads whole clips too): transformers' video processors need torchvision, and DMIL samples frames itself.
+
     `config_dict` is the image processor's saved config when the caller already has it (a DMILProcessor keeps it
     nested in `processor_config.json`).
     """
+    try:
+        return _load_saved_image_processor(pretrained_model_name_or_path, config_dict, **kwargs)
+    except OSError:
+        video = _video_processor_dict(pretrained_model_name_or_path, kwargs)
+        if video is None:
+            raise
+        name = video.get("video_processor_type") or ""
+        settings = {k: v for k, v in video.items() if k not in _VIDEO_ONLY_KEYS}
+        processor = _image_processor_of_family(name.removesuffix("VideoProcessor") + "ImageProcessor", settings)
+        if processor is None:
+            raise ValueError(
+                f"{os.fspath(pretrained_model_name_or_path)!r} has a video processor ({name or 'of no named class'}) "
+                "and no image processor, and transformers has no image processor of its family to read the frames: "
+                "give the DMILProcessor an image processor (image_processor=...)"
+            ) from None
+        return processor
+
+
+def _load_saved_image_processor(pretrained_model_name_or_path, config_dict: dict | None = None, **kwargs: Any):
     try:
         return AutoImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
     except ImportError:
@@ -70,16 +100,44 @@ def load_image_processor(pretrained_model_name_or_path, config_dict: dict | None
             from transformers import ImageProcessingMixin
 
             config_dict, _ = ImageProcessingMixin.get_image_processor_dict(pretrained_model_name_or_path, **kwargs)
-        name = config_dict.get("image_processor_type") or ""
-        base = name.removesuffix("Fast").removesuffix("Pil")
-        for candidate in (f"{base}Pil", base):
-            cls = getattr(transformers, candidate, None) if candidate else None
-            if cls is not None:
-                try:
-                    return cls.from_dict({k: v for k, v in config_dict.items() if k != "image_processor_type"})
-                except ImportError:
-                    continue
-        raise
+        processor = _image_processor_of_family(config_dict.get("image_processor_type") or "", config_dict)
+        if processor is None:
+            raise
+        return processor
+
+
+def _image_processor_of_family(name: str, config_dict: dict):
+    """The PIL (else the default) image processor class `name` names, built from `config_dict`; None if none can be."""
+    base = name.removesuffix("Fast").removesuffix("Pil")
+    for candidate in (f"{base}Pil", base):
+        cls = getattr(transformers, candidate, None) if candidate else None
+        if cls is not None:
+            try:
+                return cls.from_dict({k: v for k, v in config_dict.items() if k != "image_processor_type"})
+            except ImportError:
+                continue
+    return None
+
+
+def _video_processor_dict(pretrained_model_name_or_path, kwargs: dict[str, Any]) -> dict | None:
+    """The saved video processor config of a folder or Hub repo, None when it has none."""
+    import json
+
+    from transformers.utils import cached_file
+
+    file_kwargs = {k: v for k, v in kwargs.items() if k in ("subfolder", "revision", "cache_dir", "token",
+                                                             "local_files_only")}
+    try:
+        resolved = cached_file(
+            pretrained_model_name_or_path, VIDEO_PROCESSOR_FILE, _raise_exceptions_for_missing_entries=False,
+            **file_kwargs,
+        )
+    except OSError:
+        return None
+    if resolved is None:
+        return None
+    with open(resolved) as f:
+        return json.load(f)
 
 
 def _takes_videos(image_processor: Any) -> bool:
@@ -284,6 +342,9 @@ class DMILProcessor(ProcessorMixin):
                    "feature_extractor": AutoFeatureExtractor.from_pretrained}
         subs: dict[str, Any] = {}
         text_max_length = None
+        # A video backbone of a fixed clip length (VideoMAE) sets the row's num_frames, as it does in the model's
+        # config, so that the processor samples the clips the backbone takes.
+        rows = [cls._with_clip_length(row) for row in rows]
         for row in rows:
             slot = KINDS[row.kind].processor_slot
             if slot is None or slot in subs:
@@ -297,6 +358,18 @@ class DMILProcessor(ProcessorMixin):
             if row.kind == "text":
                 text_max_length = cls.backbone_text_length(AutoConfig.from_pretrained(row.backbone))
         return cls(**subs, text_max_length=text_max_length, modality_table=[row.to_row() for row in rows])
+
+    @staticmethod
+    def _with_clip_length(row: Modality) -> Modality:
+        if row.kind != "video" or not isinstance(row.backbone, (str, os.PathLike)):
+            return row
+        from dataclasses import replace
+
+        from transformers import AutoConfig
+
+        from .configuration_dmil import _clip_length
+
+        return replace(row, num_frames=_clip_length(row, AutoConfig.from_pretrained(row.backbone)))
 
     @property
     def modalities(self) -> list[str]:
