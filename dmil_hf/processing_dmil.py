@@ -632,8 +632,8 @@ class DMILProcessor(ProcessorMixin):
             frames = [pixel for array in arrays for pixel in array]
         else:
             frames = self._pixels([frame for _, clip in present for frame in clip], kwargs)
-        records = [(f"{argument}[{i}] frame {t}", frame, None) for i, clip in present for t, frame in enumerate(clip)]
-        _check_one_size([(name, frame, pixel) for (name, frame, _), pixel in zip(records, frames)], "frames")
+        inputs = [(f"{argument}[{i}] frame {t}", frame) for i, clip in present for t, frame in enumerate(clip)]
+        _check_one_size([(name, frame, pixel) for (name, frame), pixel in zip(inputs, frames)], "frames")
         length = row.num_frames or max(len(clip) for _, clip in present)
         video = np.zeros((len(clips), length, *frames[0].shape), dtype=frames[0].dtype)
         mask = np.zeros((len(clips), length), dtype=np.int64)
