@@ -434,7 +434,11 @@ def _check_features(item: Any, name: str) -> np.ndarray | None:
     if isinstance(item, torch.Tensor):
         item = _tensor_to_numpy(item)
     if isinstance(item, (list, tuple)):
-        item = np.asarray(item)
+        _check_steps_have_one_size(item, name)
+        try:
+            item = np.asarray(item)
+        except ValueError as err:  # nested deeper than (steps, dim) and ragged there
+            raise ValueError(f"{name} must be a (steps, dim) array of numbers, got a ragged nested list ({err})") from err
     if not isinstance(item, np.ndarray) or not (np.issubdtype(item.dtype, np.number) and item.dtype.kind != "c"):
         raise TypeError(f"{name} must be a real numeric array of shape (steps, dim) or (dim,), got {type(item).__name__}")
     if item.ndim == 1:
@@ -445,6 +449,19 @@ def _check_features(item: Any, name: str) -> np.ndarray | None:
     if not np.isfinite(item).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return item
+
+
+def _check_steps_have_one_size(steps: list | tuple, name: str) -> None:
+    """A features list of steps (`[[...], [...]]`) whose steps differ in length, which numpy cannot make an array of."""
+    sizes = [len(step) if isinstance(step, (list, tuple)) or np.ndim(step) >= 1 else None for step in steps]
+    if len(set(sizes)) > 1:
+        first = sizes[0]
+        t = next(t for t, size in enumerate(sizes) if size != first)
+        first_size, other = ("a single number" if n is None else f"{n} values" for n in (first, sizes[t]))
+        raise ValueError(
+            f"{name}: the steps have different sizes (step 0 has {first_size}, step {t} has {other}); "
+            "every step of a feature sequence (steps, dim) needs the same dim"
+        )
 
 
 def _sample_frames(frames: list[Any], num_frames: int | None) -> list[Any]:

@@ -38,6 +38,45 @@ logger = logging.getLogger(__name__)
 _STAGE_COLOURS = {1: "tab:blue", 2: "tab:orange", 3: "tab:green"}
 
 
+def _stack_model_inputs(model: torch.nn.Module, examples: list[dict], start: int, names: set[str]) -> dict:
+    """interaction_weights' default collator: the rows' model inputs (and labels) stacked as tensors. Every row must
+    hold every input the batch has (a row without one cannot be stacked, and a key read from the first row alone
+    would drop the later rows' modalities), and every modality's main input must be there unless a `modality_mask`
+    says which samples lack it (a modality silently missing from the whole dataset would weigh the others only)."""
+    keys = sorted({k for e in examples for k in e if k in names})
+    mains = [route.names.main for route in getattr(model, "routes", {}).values()]
+    if not keys:
+        raise ValueError(
+            f"the dataset has none of the model's inputs ({', '.join(mains or sorted(names))}); its rows hold "
+            f"{sorted(examples[0])}: pass data_collator=DMILDataCollator(processor) to turn raw columns into inputs"
+        )
+    absent = [name for name in mains if name not in keys]
+    if absent and "modality_mask" not in keys:
+        raise ValueError(
+            f"dataset rows {start}..{start + len(examples) - 1} have no {absent} input(s) of the model and no "
+            "modality_mask: give the missing modality's input with a modality_mask column that marks it False, or "
+            "pass data_collator=DMILDataCollator(processor)"
+        )
+    batch = {}
+    for key in keys + [k for k in ("labels", "label") if any(k in e for e in examples)][:1]:
+        lacking = next((start + i for i, e in enumerate(examples) if e.get(key) is None), None)
+        if lacking is not None:
+            raise ValueError(
+                f"dataset row {lacking} has no {key!r}, which other rows have: the default collator stacks the rows' "
+                "model inputs as they are; give every row every input (a modality_mask column marks a missing "
+                "modality), or pass data_collator=DMILDataCollator(processor) for rows with missing modalities"
+            )
+        try:
+            values = np.asarray([e[key] for e in examples])
+        except ValueError as err:  # ragged: rows of different lengths
+            raise ValueError(
+                f"dataset rows {start}..{start + len(examples) - 1}: {key!r} has different shapes across rows, which "
+                f"the default collator cannot stack ({err}); pad them to one shape, or pass a data_collator"
+            ) from err
+        batch["labels" if key == "label" else key] = torch.as_tensor(values)
+    return batch
+
+
 def _pyplot():
     import matplotlib
 
@@ -70,7 +109,9 @@ def interaction_weights(
         dataset: a `datasets.Dataset` (or any sequence of example dicts) holding the model's input columns, or raw
             columns for `data_collator` (a `DMILDataCollator`) to process.
         data_collator: turns a list of examples into a model batch; default: the examples' model-input columns
-            stacked as tensors.
+            stacked as tensors, which every row must have (a `modality_mask` column marks a modality a sample
+            lacks, or the whole dataset lacks). A `DMILDataCollator` without `label2id` maps string labels through
+            `model.config.label2id`.
         batch_size, device: how to run it (default device: the model's).
         type_column: a column of known interaction types to return with the weights, if the dataset has it.
 
@@ -83,8 +124,12 @@ def interaction_weights(
         raise ValueError(
             f"interaction_weights needs a DMIL model (paradigm='dmil'); this one is {getattr(model.config, 'paradigm', None)!r}"
         )
+    if len(dataset) == 0:
+        raise ValueError("interaction_weights got an empty dataset: there is no sample to weigh")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     names = set(model.input_names) | {"modality_mask"}
+    if data_collator is not None and hasattr(data_collator, "with_labels_of"):
+        data_collator = data_collator.with_labels_of(model.config)  # string labels through the model's classes
     was_training = model.training
     model.eval()
     weights, predictions, labels = [], [], []
@@ -95,9 +140,7 @@ def interaction_weights(
             if data_collator is not None:
                 batch = dict(data_collator(examples))
             else:
-                batch = {k: torch.as_tensor(np.asarray([e[k] for e in examples])) for k in examples[0] if k in names}
-                if "labels" in examples[0] or "label" in examples[0]:
-                    batch["labels"] = torch.as_tensor([e.get("labels", e.get("label")) for e in examples])
+                batch = _stack_model_inputs(model, examples, start, names)
             batch_labels = batch.pop("labels", None)
             inputs = {k: v.to(device) for k, v in batch.items() if k in names and isinstance(v, torch.Tensor)}
             out = model(**inputs)

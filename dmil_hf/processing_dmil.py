@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 import numpy as np
+import torch
 import transformers
 from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
@@ -28,6 +29,7 @@ from .media_dmil import (  # noqa: F401  (resample_audio is public here too)
     _check_text,
     _check_video,
     _sample_frames,
+    _tensor_to_numpy,
     resample_audio,
 )
 from .modalities_dmil import KINDS, LEGACY_MODALITIES, Modality, input_names, pop_prefixed
@@ -54,13 +56,43 @@ _PADDING_OFFSET_FAMILIES = frozenset({
 logger = logging.getLogger(__name__)
 
 
+# A transformers video processor's file (VideoMAE folders saved with a VideoMAEVideoProcessor have only this one).
+VIDEO_PROCESSOR_FILE = "video_preprocessor_config.json"
+# Video processor settings an image processor has no use for (DMIL samples a clip's frames itself: `num_frames`).
+_VIDEO_ONLY_KEYS = frozenset({"video_processor_type", "processor_class", "do_sample_frames", "num_frames", "fps",
+                              "return_metadata", "video_metadata"})
+
+
 def load_image_processor(pretrained_model_name_or_path, config_dict: dict | None = None, **kwargs: Any):
     """`AutoImageProcessor.from_pretrained`, or, where transformers needs torchvision for the Auto class and it is not
     installed (5.17 has no PIL fallback there), the PIL class named by the saved config's `image_processor_type`.
 
+    A folder with a video processor and no image processor (a VideoMAE saved with its `VideoMAEVideoProcessor`) gets
+    the image processor of the same family built from the video processor's settings (`VideoMAEImageProcessor`,
+    which reads whole clips too): transformers' video processors need torchvision, and DMIL samples frames itself.
+
     `config_dict` is the image processor's saved config when the caller already has it (a DMILProcessor keeps it
     nested in `processor_config.json`).
     """
+    try:
+        return _load_saved_image_processor(pretrained_model_name_or_path, config_dict, **kwargs)
+    except OSError:
+        video = _video_processor_dict(pretrained_model_name_or_path, kwargs)
+        if video is None:
+            raise
+        name = video.get("video_processor_type") or ""
+        settings = {k: v for k, v in video.items() if k not in _VIDEO_ONLY_KEYS}
+        processor = _image_processor_of_family(name.removesuffix("VideoProcessor") + "ImageProcessor", settings)
+        if processor is None:
+            raise ValueError(
+                f"{os.fspath(pretrained_model_name_or_path)!r} has a video processor ({name or 'of no named class'}) "
+                "and no image processor, and transformers has no image processor of its family to read the frames: "
+                "give the DMILProcessor an image processor (image_processor=...)"
+            ) from None
+        return processor
+
+
+def _load_saved_image_processor(pretrained_model_name_or_path, config_dict: dict | None = None, **kwargs: Any):
     try:
         return AutoImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
     except ImportError:
@@ -68,16 +100,80 @@ def load_image_processor(pretrained_model_name_or_path, config_dict: dict | None
             from transformers import ImageProcessingMixin
 
             config_dict, _ = ImageProcessingMixin.get_image_processor_dict(pretrained_model_name_or_path, **kwargs)
-        name = config_dict.get("image_processor_type") or ""
-        base = name.removesuffix("Fast").removesuffix("Pil")
-        for candidate in (f"{base}Pil", base):
-            cls = getattr(transformers, candidate, None) if candidate else None
-            if cls is not None:
-                try:
-                    return cls.from_dict({k: v for k, v in config_dict.items() if k != "image_processor_type"})
-                except ImportError:
-                    continue
-        raise
+        processor = _image_processor_of_family(config_dict.get("image_processor_type") or "", config_dict)
+        if processor is None:
+            raise
+        return processor
+
+
+def _image_processor_of_family(name: str, config_dict: dict):
+    """The PIL (else the default) image processor class `name` names, built from `config_dict`; None if none can be."""
+    base = name.removesuffix("Fast").removesuffix("Pil")
+    for candidate in (f"{base}Pil", base):
+        cls = getattr(transformers, candidate, None) if candidate else None
+        if cls is not None:
+            try:
+                return cls.from_dict({k: v for k, v in config_dict.items() if k != "image_processor_type"})
+            except ImportError:
+                continue
+    return None
+
+
+def _video_processor_dict(pretrained_model_name_or_path, kwargs: dict[str, Any]) -> dict | None:
+    """The saved video processor config of a folder or Hub repo, None when it has none."""
+    import json
+
+    from transformers.utils import cached_file
+
+    file_kwargs = {k: v for k, v in kwargs.items() if k in ("subfolder", "revision", "cache_dir", "token",
+                                                             "local_files_only")}
+    try:
+        resolved = cached_file(
+            pretrained_model_name_or_path, VIDEO_PROCESSOR_FILE, _raise_exceptions_for_missing_entries=False,
+            **file_kwargs,
+        )
+    except OSError:
+        return None
+    if resolved is None:
+        return None
+    with open(resolved) as f:
+        return json.load(f)
+
+
+def _takes_videos(image_processor: Any) -> bool:
+    """Whether an image processor reads whole clips: VideoMAE's image processor and transformers' video processors
+    name their input `videos`, and read a list of frames as one clip, not as a batch of images."""
+    try:
+        parameters = list(inspect.signature(image_processor.preprocess).parameters)
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return bool(parameters) and parameters[0] == "videos"
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """An image processor's output (numpy array or torch tensor) as a numpy array."""
+    return _tensor_to_numpy(value) if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _size_of(image: Any) -> str:
+    """An input image's size as "HxW" (a PIL image or an (H, W, C) array)."""
+    if hasattr(image, "height") and hasattr(image, "width"):
+        return f"{image.height}x{image.width}"
+    return "x".join(str(n) for n in np.shape(image)[:2])
+
+
+def _check_one_size(records: list[tuple[str, Any, np.ndarray]], what: str) -> None:
+    """Every (name, input image, processed pixels) of a batch must come out of the image processor at one shape, or
+    the batch cannot be one tensor: the first that differs is named, with its input size and the first one's."""
+    name0, image0, pixels0 = records[0]
+    for name, image, pixels in records[1:]:
+        if pixels.shape != pixels0.shape:
+            raise ValueError(
+                f"{name.split(' ')[0]}: {what} have different sizes after the image processor ({name}: "
+                f"{_size_of(image)} pixels -> {tuple(pixels.shape)}; {name0}: {_size_of(image0)} -> "
+                f"{tuple(pixels0.shape)}), so they cannot form one batch: resize them to one size first, or let the "
+                "image processor resize them (do_resize=True with a size)"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -246,6 +342,9 @@ class DMILProcessor(ProcessorMixin):
                    "feature_extractor": AutoFeatureExtractor.from_pretrained}
         subs: dict[str, Any] = {}
         text_max_length = None
+        # A video backbone of a fixed clip length (VideoMAE) sets the row's num_frames, as it does in the model's
+        # config, so that the processor samples the clips the backbone takes.
+        rows = [cls._with_clip_length(row) for row in rows]
         for row in rows:
             slot = KINDS[row.kind].processor_slot
             if slot is None or slot in subs:
@@ -259,6 +358,18 @@ class DMILProcessor(ProcessorMixin):
             if row.kind == "text":
                 text_max_length = cls.backbone_text_length(AutoConfig.from_pretrained(row.backbone))
         return cls(**subs, text_max_length=text_max_length, modality_table=[row.to_row() for row in rows])
+
+    @staticmethod
+    def _with_clip_length(row: Modality) -> Modality:
+        if row.kind != "video" or not isinstance(row.backbone, (str, os.PathLike)):
+            return row
+        from dataclasses import replace
+
+        from transformers import AutoConfig
+
+        from .configuration_dmil import _clip_length
+
+        return replace(row, num_frames=_clip_length(row, AutoConfig.from_pretrained(row.backbone)))
 
     @property
     def modalities(self) -> list[str]:
@@ -492,29 +603,56 @@ class DMILProcessor(ProcessorMixin):
     def _process_images(self, row: Modality, items: list, return_tensors, kwargs) -> dict[str, Any]:
         first = next(x for x in items if x is not None)
         placeholder = np.zeros_like(np.asarray(first))  # a black image shaped like the batch's first one
-        encoded = self.image_processor(
-            [placeholder if x is None else x for x in items], return_tensors=return_tensors, **(kwargs or {})
-        )
-        return {self._names(row).main: encoded["pixel_values"]}
+        images = [placeholder if x is None else x for x in items]
+        pixels = self._pixels(images, kwargs)
+        argument = self._argument_of(row)
+        _check_one_size([(f"{argument}[{i}]", image, p) for i, (image, p) in enumerate(zip(images, pixels))], "images")
+        return {self._names(row).main: np.stack(pixels)}
 
     def _process_video(self, row: Modality, clips: list, return_tensors, kwargs) -> dict[str, Any]:
         """Frames of every clip through the image processor, as (batch, frames, C, H, W) zero-padded to the longest
-        clip (or `num_frames`) with a (batch, frames) mask; a missing clip is all padding."""
+        clip (or `num_frames`) with a (batch, frames) mask; a missing clip is all padding.
+
+        An image processor takes the frames as images; a processor of whole clips (VideoMAE's image processor, a
+        transformers video processor: its `preprocess` reads `videos`) takes each clip as one video, since it would
+        read a list of frames as a single clip."""
         clips = [None if clip is None else _sample_frames(clip, row.num_frames) for clip in clips]
-        length = row.num_frames or max(len(clip) for clip in clips if clip is not None)
-        frames = [frame for clip in clips if clip is not None for frame in clip]
-        pixels = np.asarray(self.image_processor(frames, return_tensors="np", **(kwargs or {}))["pixel_values"])
-        video = np.zeros((len(clips), length, *pixels.shape[1:]), dtype=pixels.dtype)
+        argument = self._argument_of(row)
+        present = [(i, clip) for i, clip in enumerate(clips) if clip is not None]
+        if _takes_videos(self.image_processor):
+            encoded = self.image_processor([clip for _, clip in present], return_tensors=None, **(kwargs or {}))
+            per_clip = encoded["pixel_values"] if "pixel_values" in encoded else encoded["pixel_values_videos"]
+            arrays = [_as_array(np.stack([_as_array(f) for f in x]) if isinstance(x, (list, tuple)) else x)
+                      for x in per_clip]
+            for (i, clip), array in zip(present, arrays):
+                if array.ndim != 4 or len(array) != len(clip):
+                    raise ValueError(
+                        f"{argument}[{i}]: {type(self.image_processor).__name__} returned shape {array.shape} for a clip "
+                        f"of {len(clip)} frames; DMIL needs (frames, channels, height, width) with every frame kept "
+                        "(turn off the processor's own frame sampling, do_sample_frames=False; num_frames samples them)"
+                    )
+            frames = [pixel for array in arrays for pixel in array]
+        else:
+            frames = self._pixels([frame for _, clip in present for frame in clip], kwargs)
+        inputs = [(f"{argument}[{i}] frame {t}", frame) for i, clip in present for t, frame in enumerate(clip)]
+        _check_one_size([(name, frame, pixel) for (name, frame), pixel in zip(inputs, frames)], "frames")
+        length = row.num_frames or max(len(clip) for _, clip in present)
+        video = np.zeros((len(clips), length, *frames[0].shape), dtype=frames[0].dtype)
         mask = np.zeros((len(clips), length), dtype=np.int64)
         start = 0
-        for i, clip in enumerate(clips):
-            if clip is None:
-                continue
-            video[i, : len(clip)] = pixels[start : start + len(clip)]
+        for i, clip in present:
+            video[i, : len(clip)] = np.stack(frames[start : start + len(clip)])
             mask[i, : len(clip)] = 1
             start += len(clip)
         names = self._names(row)
         return {names.main: video, names.mask: mask}
+
+    def _pixels(self, images: list, kwargs: dict[str, Any] | None) -> list[np.ndarray]:
+        """Each image through the image processor as its own (C, H, W) array: unstacked (return_tensors=None), so
+        that images the processor leaves at different sizes are reported by `_check_one_size`, not by a failed
+        stacking inside transformers."""
+        encoded = self.image_processor(images, return_tensors=None, **(kwargs or {}))
+        return [_as_array(x) for x in encoded["pixel_values"]]
 
     def _process_features(self, row: Modality, items: list, return_tensors, kwargs) -> dict[str, Any]:
         """Feature sequences zero-padded to the longest, as (batch, steps, dim) with a (batch, steps) mask."""

@@ -517,6 +517,11 @@ class DMILTrainer(Trainer):
             raise TypeError("DMILTrainer needs DMILTrainingArguments (TrainingArguments plus the stage schedule)")
         super().__init__(model=model, args=args, **kwargs)
         self._check_distribution()
+        from .processing_dmil import DMILDataCollator
+
+        if isinstance(self.data_collator, DMILDataCollator) and self.model is not None:
+            # String labels map through the model's own classes unless the collator was given a label2id.
+            self.data_collator = self.data_collator.with_labels_of(_unwrap(self.model).config)
         self.model_accepts_loss_kwargs = False
         self.stage: int | None = None
         self.stage_results: dict[int, dict[str, float]] = {}

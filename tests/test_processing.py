@@ -317,8 +317,11 @@ def test_collator_builds_a_training_batch(tokenizer):
     out = model(**batch)
     assert torch.isfinite(out.loss)
 
-    unlabeled = collator([{"text": "a cat"}, {"text": "a dog"}])
+    # Text-only examples: the other modalities' fields hold None (or, opted into, are left out of every example).
+    unlabeled = collator([{"text": "a cat", "image": None, "audio": None}, {"text": "a dog"}])
     assert set(unlabeled) == {"input_ids", "attention_mask", "token_type_ids", "modality_mask"}  # no labels
+    collator = DMILDataCollator(processor, label2id={"cat": 0, "dog": 1, "bird": 2}, allow_missing_modalities=True)
+    assert set(collator([{"text": "a cat"}, {"text": "a dog"}])) == set(unlabeled)
     with pytest.raises(ValueError, match=r"examples\[1\] has no label"):
         collator([{"text": "a", "label": 0}, {"text": "b"}])
     with pytest.raises(ValueError, match="'fish'"):

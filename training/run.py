@@ -399,9 +399,23 @@ def preset_kwargs(model_args: ModelArguments) -> dict:
     return {**presets[model_args.dmil_preset], **levers}
 
 
+# ModelArguments fields that name the user's backbones or model, which the synthetic benchmark (its own tiny model
+# and data) cannot use.
+USER_MODEL_FIELDS = ("modality", "text_model", "vision_model", "audio_model", "init_from")
+
+
 def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: int):
     """The synthetic benchmark's splits, the tiny model's config and the processor its saved model serves with."""
     from dmil_hf.data import SyntheticInteractionSpec, make_interaction_splits, synthetic_processor, tiny_config_for
+
+    given = [f"--{name}" for name in USER_MODEL_FIELDS if getattr(model_args, name)]
+    if given:
+        # The benchmark builds its own tiny model: it would train that and ignore the backbones given.
+        raise ValueError(
+            f"{' and '.join(given)} name{'s' if len(given) == 1 else ''} the model for your own data, but no data was "
+            "given, and the built-in synthetic benchmark has its own tiny model. Give the data with --train_file "
+            "(csv/json/parquet, with --validation_file) or --dataset (a Hub dataset or a save_to_disk folder)"
+        )
 
     spec = SyntheticInteractionSpec(
         modalities=tuple(m.strip() for m in data_args.synthetic_modalities.split(",") if m.strip()),
