@@ -120,28 +120,35 @@ def split_predictions(predictions: Any, config: DMILConfig) -> dict[str, np.ndar
     return named
 
 
-def _unimodal_array(unimodal_predictions: Any, config: DMILConfig) -> np.ndarray:
-    """The unimodal reference as given: `(N, K)` (class ids) or `(N, K, C)` (logits, or multi-hot rows); each
-    evaluation reduces it to decisions for its problem type (`_unimodal_decisions`)."""
+def _unimodal_array(unimodal_predictions: Any, config: DMILConfig) -> np.ndarray | list[np.ndarray]:
+    """The unimodal reference as given: an `(N, K)` (class ids) or `(N, K, C)` (logits, or multi-hot rows) array, or
+    one array per modality in `config.modalities` order; each evaluation reduces it to decisions for its problem type
+    (`_unimodal_decisions`)."""
     if isinstance(unimodal_predictions, Mapping):
         missing = [m for m in config.modalities if m not in unimodal_predictions]
         if missing:
             raise ValueError(f"unimodal_predictions lacks modalities {missing} (has {sorted(unimodal_predictions)})")
-        return np.stack([_numpy(unimodal_predictions[m]) for m in config.modalities], axis=1)
+        return [_numpy(unimodal_predictions[m]) for m in config.modalities]
     return _numpy(unimodal_predictions)
 
 
-def _unimodal_decisions(array: np.ndarray, problem_type: str) -> np.ndarray:
+def _decisions(array: np.ndarray, problem_type: str, id_rank: int) -> np.ndarray:
+    """Class ids (single-label: logits of rank `id_rank + 1` are reduced by argmax) or multi-hot rows (multi-label:
+    float logits are thresholded at 0, probability 1/2; integer rows are taken as they are)."""
     if problem_type == "single_label_classification":
-        # (N, K, C) logits are reduced to class ids; (N, K) is taken as ids already.
-        return array.argmax(-1) if array.ndim == 3 else array
+        return array.argmax(-1) if array.ndim == id_rank + 1 else array
     if problem_type == "multi_label_classification":
-        # (N, K, L) logits are thresholded at 0 (probability 1/2); integer rows are multi-hot already.
         return (array > 0).astype(np.int64) if np.issubdtype(array.dtype, np.floating) else array
     raise ValueError(
         "unimodal_predictions serve the synergy indicator, which a regression does not have (every unimodal "
         "prediction 'wrong' has no threshold-free meaning for real targets)"
     )
+
+
+def _unimodal_decisions(reference: np.ndarray | list[np.ndarray], problem_type: str) -> np.ndarray:
+    if isinstance(reference, list):  # one column per modality: ids (N,) or logits (N, C) each
+        return np.stack([_decisions(column, problem_type, 1) for column in reference], axis=1)
+    return _decisions(reference, problem_type, 2)
 
 
 def make_compute_metrics(
