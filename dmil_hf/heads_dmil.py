@@ -35,8 +35,9 @@ class DMILOutput(ModelOutput):
 
     Attributes:
         loss: the weighted loss of the requested stage (when `labels` are given).
-        logits: `(batch, num_labels)` final prediction. For DMIL, the gate-weighted sum of the component logits
-            (stage 1: the mean of the unimodal heads, as the gate does not exist yet).
+        logits: `(batch, num_labels)` final prediction: class logits, each label's logit (multi-label) or the
+            predicted values (regression; `config.problem_type`). For DMIL, the gate-weighted sum of the component
+            logits (stage 1: the mean of the unimodal heads, as the gate does not exist yet).
         interaction_weights: `(batch, K + 2)` the per-sample gate over `config.interaction_components`
             (DMIL only); a missing modality's uniqueness, and synergy when fewer than two modalities are present,
             get weight 0.
@@ -44,7 +45,8 @@ class DMILOutput(ModelOutput):
         modality_logits: `(batch, K, num_labels)` unimodal predictions (DMIL: heads on M_m; ensemble: the
             per-modality heads; joint: none). Used for the synergy indicator.
         loss_terms: every unweighted term of the requested stage by name, e.g. `kl_M_text`, `align_R_vision`,
-            `ce_synergy`; weights are the config's `*_weight` fields.
+            `ce_synergy`; weights are the config's `*_weight` fields. The `ce_*` terms hold the problem type's loss
+            (`task_loss`: cross-entropy, binary cross-entropy or squared error).
     """
 
     loss: torch.FloatTensor | None = None
