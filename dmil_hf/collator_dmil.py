@@ -21,10 +21,16 @@ class DMILDataCollator:
 
     Each example is a dict with any of `"text"`, `"image"` and `"audio"` (the three-slot modalities), or each
     modality's name (`"rgb"`, `"facs"`; see `columns`), None or absent for a missing modality, and
-    `"label"` (or `"labels"`): a class id, or a class name when `label2id` is given ([`DMILTrainer`] fills it from
-    the model's `config.label2id` when it is unset). An audio value may be a waveform with its rate in a
-    `"sampling_rate"` field of the example, or anything [`DMILProcessor`] accepts. Other fields are ignored, so run
-    the Trainer with `remove_unused_columns=False` (it would otherwise drop the raw columns).
+    `"label"` (or `"labels"`), by `problem_type`: a class id, or a class name when `label2id` is given
+    (`"single_label_classification"`: int64 `labels (batch,)`); a number (`"regression"`: float32 `(batch,)`, or a
+    list of numbers per sample for several targets: `(batch, targets)`); a multi-hot list of `num_labels` 0/1 (or
+    soft) values, or a list of class names when `label2id` is given (`"multi_label_classification"`: float32
+    `(batch, num_labels)`). Without `problem_type` the batch's labels say it: numbers that are all ints (or names)
+    are class ids, floats a regression, lists multi-hot; pass the model's `config.problem_type` to be explicit (a
+    regression with several targets needs it). An audio value may be a waveform
+    with its rate in a `"sampling_rate"` field of the example, or anything [`DMILProcessor`] accepts. Other fields
+    are ignored, so run the Trainer with `remove_unused_columns=False` (it would otherwise drop the raw columns).
+    [`DMILTrainer`] fills `label2id` (and `problem_type`) from the model's config when they are unset.
     A `datasets` dataset's `Audio()` and `Video()` columns are decoded here, from each file's bytes or path: pass the
     dataset through `dmil_hf.prepare_media_columns` first (DMILTrainer does), or `datasets` would need torchcodec.
 
@@ -64,8 +70,12 @@ class DMILDataCollator:
     columns: dict[str, str] | None = None
     # True: a batch none of whose examples has a modality's field is that modality missing from the batch, not an error.
     allow_missing_modalities: bool = False
+    # The model's config.problem_type; None: read from the labels (see the class docstring).
+    problem_type: str | None = None
 
     def __post_init__(self) -> None:
+        if self.problem_type not in (None, *_LABEL_READERS):
+            raise ValueError(f"problem_type must be one of {sorted(_LABEL_READERS)} or None, got {self.problem_type!r}")
         modalities = list(getattr(self.processor, "modalities", None) or [])
         if self.columns is not None:
             if not isinstance(self.columns, dict):
@@ -118,8 +128,12 @@ class DMILDataCollator:
         batch = self.processor(**inputs, return_modality_mask=self.return_modality_mask)
         labels = [example.get("label", example.get("labels")) for example in examples]
         if any(label is not None for label in labels):
-            ids = [self._label_id(label, i) for i, label in enumerate(labels)]
-            batch["labels"] = torch.tensor(ids, dtype=torch.long)
+            for i, label in enumerate(labels):
+                if label is None:
+                    raise ValueError(f"examples[{i}] has no label while other examples of the batch have one")
+            labels = [label.tolist() if isinstance(label, (torch.Tensor, np.ndarray)) else label for label in labels]
+            problem_type = self.problem_type or _labels_problem_type(labels)
+            batch["labels"] = _LABEL_READERS[problem_type](self, labels)
         return batch
 
     def _absent_column_message(self, modality: str, column: str, fields: set[str], kinds: dict[str, str]) -> str:
@@ -136,17 +150,66 @@ class DMILDataCollator:
         )
 
     def with_labels_of(self, config: Any) -> DMILDataCollator:
-        """This collator, or a copy of it that maps string labels through a model config's classes when it has no
-        `label2id` of its own: the config's `label2id`, else its `id2label` inverted (a config given only
-        `id2label` keeps no `label2id`), whichever names the classes (transformers' default names `LABEL_0`,
-        `LABEL_1`, ... name nothing)."""
-        if self.label2id is not None:
-            return self
-        id2label = getattr(config, "id2label", None) or {}
-        for label2id in (getattr(config, "label2id", None) or {}, {name: index for index, name in id2label.items()}):
-            if label2id and any(name != f"LABEL_{index}" for name, index in label2id.items()):
-                return replace(self, label2id={str(name): int(index) for name, index in label2id.items()})
-        return self
+        """This collator, or a copy of it that reads labels as a model config says when it does not say so itself:
+        `problem_type` from `config.problem_type`, and `label2id` (string labels) from the config's `label2id`, else
+        its `id2label` inverted (a config given only `id2label` keeps no `label2id`), whichever names the classes
+        (transformers' default names `LABEL_0`, `LABEL_1`, ... name nothing)."""
+        changes: dict[str, Any] = {}
+        if self.problem_type is None and getattr(config, "problem_type", None) in _LABEL_READERS:
+            changes["problem_type"] = config.problem_type
+        if self.label2id is None:
+            id2label = getattr(config, "id2label", None) or {}
+            for label2id in (getattr(config, "label2id", None) or {}, {name: i for i, name in id2label.items()}):
+                if label2id and any(name != f"LABEL_{index}" for name, index in label2id.items()):
+                    changes["label2id"] = {str(name): int(index) for name, index in label2id.items()}
+                    break
+        return replace(self, **changes) if changes else self
+
+    def _class_ids(self, labels: list[Any]) -> torch.Tensor:
+        return torch.tensor([self._label_id(label, i) for i, label in enumerate(labels)], dtype=torch.long)
+
+    def _targets(self, labels: list[Any]) -> torch.Tensor:
+        values = []
+        for i, label in enumerate(labels):
+            flat = label if isinstance(label, (list, tuple)) else [label]
+            if not flat or any(isinstance(v, (bool, np.bool_, str)) or not isinstance(v, (int, float, np.number))
+                               for v in flat):
+                raise TypeError(
+                    f"examples[{i}] label must be a number (or a list of numbers, one per target) for a regression, "
+                    f"got {label!r}"
+                )
+            values.append([float(v) for v in flat])
+        if len({len(v) for v in values}) > 1:
+            raise ValueError(f"the regression labels of a batch have different numbers of targets: {labels}")
+        targets = torch.tensor(values, dtype=torch.float32)
+        return targets.squeeze(1) if all(not isinstance(label, (list, tuple)) for label in labels) else targets
+
+    def _multi_hot(self, labels: list[Any]) -> torch.Tensor:
+        rows = []
+        for i, label in enumerate(labels):
+            if not isinstance(label, (list, tuple)):
+                raise TypeError(
+                    f"examples[{i}] label must be a multi-hot list or a list of class names for a multi-label task, "
+                    f"got {type(label).__name__}"
+                )
+            if label and all(isinstance(v, str) for v in label):
+                if self.label2id is None:
+                    raise ValueError(f"examples[{i}] names its labels {label!r}, but the collator has no label2id")
+                row = [0.0] * len(self.label2id)
+                for name in label:
+                    row[self._label_id(name, i)] = 1.0
+            elif not label and self.label2id is not None:
+                row = [0.0] * len(self.label2id)  # no label on
+            elif label and not any(isinstance(v, (str, bool)) for v in label):
+                row = [float(v) for v in label]
+            else:
+                raise TypeError(
+                    f"examples[{i}] label must be a multi-hot list of numbers or a list of class names, got {label!r}"
+                )
+            rows.append(row)
+        if len({len(r) for r in rows}) > 1:
+            raise ValueError(f"the multi-hot labels of a batch have different lengths: {[len(r) for r in rows]}")
+        return torch.tensor(rows, dtype=torch.float32)
 
     def _audio_item(self, value: Any, example: dict[str, Any]) -> Any:
         if isinstance(value, (list, tuple)) and not _is_clip_with_rate(value):
@@ -174,5 +237,21 @@ class DMILDataCollator:
             )
         return int(label)
 
+
+def _labels_problem_type(labels: list[Any]) -> str:
+    """The problem type a batch's raw labels imply (the collator was given none): lists are multi-hot, floats a
+    regression, ints and names class ids."""
+    if any(isinstance(label, (list, tuple)) for label in labels):
+        return "multi_label_classification"
+    if any(isinstance(label, (float, np.floating)) for label in labels):
+        return "regression"
+    return "single_label_classification"
+
+
+_LABEL_READERS = {
+    "single_label_classification": DMILDataCollator._class_ids,
+    "multi_label_classification": DMILDataCollator._multi_hot,
+    "regression": DMILDataCollator._targets,
+}
 
 __all__ = ["DMILDataCollator"]

@@ -25,6 +25,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .configuration_dmil import DMILConfig
+from .problem_types_dmil import PROBLEM_TYPES, problem_type_of, resolve_problem_type
 from .stages_dmil import stage_term_weights
 
 
@@ -34,8 +35,9 @@ class DMILOutput(ModelOutput):
 
     Attributes:
         loss: the weighted loss of the requested stage (when `labels` are given).
-        logits: `(batch, num_labels)` final prediction. For DMIL, the gate-weighted sum of the component logits
-            (stage 1: the mean of the unimodal heads, as the gate does not exist yet).
+        logits: `(batch, num_labels)` final prediction: class logits, each label's logit (multi-label) or the
+            predicted values (regression; `config.problem_type`). For DMIL, the gate-weighted sum of the component
+            logits (stage 1: the mean of the unimodal heads, as the gate does not exist yet).
         interaction_weights: `(batch, K + 2)` the per-sample gate over `config.interaction_components`
             (DMIL only); a missing modality's uniqueness, and synergy when fewer than two modalities are present,
             get weight 0.
@@ -43,7 +45,8 @@ class DMILOutput(ModelOutput):
         modality_logits: `(batch, K, num_labels)` unimodal predictions (DMIL: heads on M_m; ensemble: the
             per-modality heads; joint: none). Used for the synergy indicator.
         loss_terms: every unweighted term of the requested stage by name, e.g. `kl_M_text`, `align_R_vision`,
-            `ce_synergy`; weights are the config's `*_weight` fields.
+            `ce_synergy`; weights are the config's `*_weight` fields. The `ce_*` terms hold the problem type's loss
+            (`task_loss`: cross-entropy, binary cross-entropy or squared error).
     """
 
     loss: torch.FloatTensor | None = None
@@ -83,10 +86,23 @@ def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor, prior_mu=None, prior_logv
     return gaussian_kl(mu, logvar, prior_mu, prior_logvar) / mu.shape[-1]
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "none") -> torch.Tensor:
-    """The label loss every head and component trains with (the `ce_*` terms), per sample unless `reduction` says
-    otherwise: cross-entropy of the logits (computed in float32) against class ids."""
-    return F.cross_entropy(logits.float(), labels, reduction=reduction)
+_REDUCTIONS = {"none": lambda x: x, "mean": torch.mean, "sum": torch.sum}
+
+
+def task_loss(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: str = "none", problem_type: str | None = None
+) -> torch.Tensor:
+    """The label loss every head and component trains with (the `ce_*` terms, whatever the problem type), per sample
+    unless `reduction` (`"mean"`, `"sum"`) says otherwise, computed in float32: cross-entropy against class ids
+    (`"single_label_classification"`), binary cross-entropy per label averaged over the labels
+    (`"multi_label_classification"`), squared error averaged over the targets (`"regression"`); the means over a
+    batch are transformers' `CrossEntropyLoss`, `BCEWithLogitsLoss` and `MSELoss`. Labels are in the model's checked
+    form (`problem_types_dmil.PROBLEM_TYPES[...].check_labels`). Heads pass `config.problem_type`; without it the type
+    is inferred by transformers' rule from `logits.shape[-1]` and the labels' dtype (a regression with several
+    targets cannot be told from a multi-label task that way)."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {sorted(_REDUCTIONS)}, got {reduction!r}")
+    return _REDUCTIONS[reduction](problem_type_of(logits, labels, problem_type).loss(logits, labels))
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -307,27 +323,31 @@ REDUNDANCY_READOUTS = {"joint": joint_redundancy_logits, "per_modality": per_mod
 
 
 def interaction_composition(
-    modality_logits: torch.Tensor, synergy_logits: torch.Tensor, labels: torch.Tensor, present: torch.Tensor
+    modality_logits: torch.Tensor, synergy_logits: torch.Tensor, labels: torch.Tensor, present: torch.Tensor,
+    problem_type: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A per-sample, label-aware estimate of the interaction composition, in the spirit of the first author's
-    pointwise estimator (LSMI, ICML 2025): with i(x; y) = log C + log p(y | x) clipped at 0 (nats),
+    pointwise estimator (LSMI, ICML 2025): with i(x; y) a prediction's pointwise information about the label in
+    nats, clipped at 0 (`problem_types_dmil`: log C + log p(y | x) for class ids; per label, log 2 + log p(y_l | x)
+    summed over the labels for multi-label; for regression the Gaussian log-likelihood ratio of the prediction against
+    the batch's label mean at the labels' variance),
 
         r = min_m i(x_m; y),   u_m = i(x_m; y) - r,   s = max(0, i(x_1..x_K; y) - sum_m i(x_m; y)),
 
     where the unimodal i come from `modality_logits` (`(B, K, C)`, the level-1 heads) and the joint one from the
     synergy head. Synergy is the positive part of the interaction information: what the modalities say together
     beyond the sum of what each says alone (beyond the *max* would also count two agreeing noisy modalities, whose
-    combination is more confident than either, as synergy; that is redundancy). Returns the normalised composition `(B, K + 2)` over [R, U_1..U_K, S] and each sample's total
-    information in units of log C (0: nobody predicts the label, the sample says nothing about routing).
-    Modalities absent from a sample carry no information.
+    combination is more confident than either, as synergy; that is redundancy). Returns the normalised composition
+    `(B, K + 2)` over [R, U_1..U_K, S] and each sample's total information in units of the problem type's ceiling
+    (log C; num_labels x log 2; num_labels / 2 for regression), capped at 1 (0: nobody predicts the label, the sample
+    says nothing about routing). Modalities absent from a sample carry no information. `problem_type` defaults to
+    transformers' rule on the number of outputs and the labels' dtype.
     """
-    num_labels = modality_logits.shape[-1]
-    log_c = math.log(num_labels)
+    kind = problem_type_of(modality_logits, labels, problem_type)
+    ceiling = kind.ceiling(modality_logits.shape[-1])
 
     def information(logits: torch.Tensor) -> torch.Tensor:
-        log_p = F.log_softmax(logits.detach().float(), dim=-1)
-        index = labels.view(-1, *([1] * (logits.dim() - 1))).expand(*logits.shape[:-1], 1)
-        return (log_c + log_p.gather(-1, index).squeeze(-1)).clamp(min=0.0)
+        return kind.information(logits.detach(), labels).clamp(min=0.0)
 
     unimodal = information(modality_logits) * present.float()  # (B, K)
     redundancy = unimodal.masked_fill(~present, float("inf")).min(dim=1).values
@@ -336,7 +356,7 @@ def interaction_composition(
     synergy = (information(synergy_logits) - unimodal.sum(dim=1)).clamp(min=0.0)
     composition = torch.cat([redundancy.unsqueeze(1), uniqueness, synergy.unsqueeze(1)], dim=1)
     total = composition.sum(dim=1)
-    return composition / total.clamp(min=1e-6).unsqueeze(1), (total / log_c).clamp(max=1.0)
+    return composition / total.clamp(min=1e-6).unsqueeze(1), (total / ceiling).clamp(max=1.0)
 
 
 @dataclass
@@ -348,6 +368,7 @@ class GateInputs:
     modality_logits: torch.Tensor  # (B, K, C) level-1 unimodal heads
     available: torch.Tensor  # (B, K+2) bool
     present: torch.Tensor  # (B, K) bool
+    problem_type: str | None = None  # config.problem_type (set by the model's first forward with labels)
 
 
 def mixture_gate_objective(inputs: GateInputs, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -366,7 +387,7 @@ def composition_gate_objective(
     then says which kind of information a sample rests on instead of which head is strongest."""
     logits = (inputs.weights.detach().unsqueeze(-1) * inputs.component_logits.float()).sum(dim=1)
     target, informative = interaction_composition(
-        inputs.modality_logits, inputs.component_logits[:, -1], labels, inputs.present
+        inputs.modality_logits, inputs.component_logits[:, -1], labels, inputs.present, inputs.problem_type
     )
     log_weights = inputs.weights.clamp(min=1e-12).log().masked_fill(~inputs.available, 0.0)
     cross_entropy = -(target * log_weights).sum(dim=1)
@@ -396,7 +417,7 @@ class ModalityFeatures:
 
 
 class JointHead(nn.Module):
-    """The joint-fusion baseline: an MLP on the concatenated features (a missing modality's are zeroed), one CE.
+    """The joint-fusion baseline: an MLP on the concatenated features (a missing modality's are zeroed), one task loss.
 
     A hidden layer matters: a linear head on a concatenation is a sum of per-modality scores, an ensemble in disguise
     that cannot represent synergy.
@@ -404,6 +425,7 @@ class JointHead(nn.Module):
 
     def __init__(self, config: DMILConfig):
         super().__init__()
+        self.config = config
         self.modalities = list(config.modalities)
         self.joint_classifier = MLP(len(self.modalities) * config.latent_dim, config.latent_dim, config.num_labels)
 
@@ -413,17 +435,18 @@ class JointHead(nn.Module):
         logits = self.joint_classifier(fused)
         loss = terms = None
         if labels is not None:
-            terms = {"ce_final": task_loss(logits, labels, reduction="mean")}
+            terms = {"ce_final": task_loss(logits, labels, "mean", self.config.problem_type)}
             loss = terms["ce_final"]
         return DMILOutput(loss=loss, logits=logits, loss_terms=terms)
 
 
 class EnsembleHead(nn.Module):
-    """The ensemble baseline: one MLP head per modality, each with its own CE, logits averaged over the modalities
-    each sample has."""
+    """The ensemble baseline: one MLP head per modality, each with its own task loss, logits (regression: predictions)
+    averaged over the modalities each sample has."""
 
     def __init__(self, config: DMILConfig):
         super().__init__()
+        self.config = config
         self.modalities = list(config.modalities)
         dim = config.latent_dim
         self.ensemble_classifiers = nn.ModuleDict({m: MLP(dim, dim, config.num_labels) for m in self.modalities})
@@ -438,7 +461,7 @@ class EnsembleHead(nn.Module):
             # Each head has its own CE on its own modality: the sum trains K independent unimodal models.
             terms = {
                 f"ce_modality_{m}": masked_mean(
-                    task_loss(modality_logits[:, k], labels), present[:, k]
+                    task_loss(modality_logits[:, k], labels, problem_type=self.config.problem_type), present[:, k]
                 )
                 for k, m in enumerate(self.modalities)
             }
@@ -488,6 +511,7 @@ class DMILHead(nn.Module):
 
     def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
         config, modalities = self.config, self.modalities
+        problem_type = config.problem_type
         z, present = features.z, features.present
         with_losses = labels is not None
         level1_losses = with_losses and stage in (1, 3)  # stage 2 trains nothing of level 1 and reads none of its terms
@@ -510,7 +534,7 @@ class DMILHead(nn.Module):
         if level1_losses:
             for k, m in enumerate(modalities):
                 p, out = present[:, k], level1[m]
-                terms[f"ce_modality_{m}"] = masked_mean(task_loss(out.logits, labels), p)
+                terms[f"ce_modality_{m}"] = masked_mean(task_loss(out.logits, labels, problem_type=problem_type), p)
                 terms[f"kl_M_{m}"] = masked_mean(kl_per_dim(out.m.mu, out.m.logvar), p)
                 terms[f"kl_N_{m}"] = masked_mean(kl_per_dim(out.n.mu, out.n.logvar), p)
                 # The target is detached: reconstruction asks M and N to keep what Z holds, not Z to shrink.
@@ -522,7 +546,7 @@ class DMILHead(nn.Module):
             logits = (modality_logits * present_f.unsqueeze(-1)).sum(1) / present_f.sum(1, keepdim=True).clamp(min=1.0)
             if with_losses and config.stage1_synergy_weight:
                 synergy_logits = self.component_classifiers["synergy"](self.synergy_fusion(synergy_inputs))
-                ce = task_loss(synergy_logits, labels)
+                ce = task_loss(synergy_logits, labels, problem_type=problem_type)
                 terms["ce_synergy"] = masked_mean(ce, synergy_ok)
             loss = self.weighted_loss(terms, stage) if with_losses else None
             return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms or None)
@@ -547,16 +571,19 @@ class DMILHead(nn.Module):
         # (computed from whatever its input held) would still steer the weights of the components present.
         gate_input = [c * available[:, k : k + 1].to(c.dtype) for k, c in enumerate(components)]
         if config.gate_reads_predictions:
-            log_probs = F.log_softmax(component_logits.detach().float(), dim=-1).to(gate_input[0].dtype)
-            gate_input.append((log_probs * available.unsqueeze(-1).to(log_probs.dtype)).flatten(1))
+            # What the gate reads of a prediction depends on the problem type: log-probabilities of the classes, of
+            # each label being on, or the predicted values.
+            read = PROBLEM_TYPES[resolve_problem_type(config)].gate_features(component_logits.detach())
+            read = read.to(gate_input[0].dtype)
+            gate_input.append((read * available.unsqueeze(-1).to(read.dtype)).flatten(1))
         weights = self.interaction_gate(gate_input, available)
         if not with_losses:
             # Every gate objective predicts with the same mixture; they differ only in what trains the gate.
             logits = (weights.unsqueeze(-1) * component_logits.float()).sum(dim=1)
         else:
-            gate = GateInputs(weights, component_logits, modality_logits, available, present)
+            gate = GateInputs(weights, component_logits, modality_logits, available, present, problem_type)
             logits, gate_terms = GATE_OBJECTIVES[config.gate_objective](gate, labels)
-            terms["ce_final"] = task_loss(logits, labels, reduction="mean")
+            terms["ce_final"] = task_loss(logits, labels, "mean", problem_type)
             terms.update(gate_terms)
             terms.update(self._consistency_terms(level2, m_means, component_logits, present, synergy_ok, labels))
         loss = self.weighted_loss(terms, stage) if with_losses else None
@@ -571,7 +598,7 @@ class DMILHead(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """The component CEs and level 2's KL, alignment and reconstruction terms."""
         def ce(index: int) -> torch.Tensor:
-            return task_loss(component_logits[:, index], labels)
+            return task_loss(component_logits[:, index], labels, problem_type=self.config.problem_type)
 
         joint_ok = level2.all_present
         terms = {"ce_redundancy": ce(0).mean()}

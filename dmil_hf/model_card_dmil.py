@@ -74,12 +74,33 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _per_type_rows(metrics: dict[str, float], components: list[str]) -> list[dict[str, Any]]:
-    """Accuracy and mean gate weight of each component, per interaction type (when the eval data had types)."""
+def _per_type_rows(metrics: dict[str, float], components: list[str], metric: str = "accuracy") -> list[dict[str, Any]]:
+    """The per-type metric (accuracy; MAE for a regression) and mean gate weight of each component, per interaction
+    type (when the eval data had types)."""
     return [
-        {"type": kind, "accuracy": _fmt(accuracy), "gates": ["-" if g is None else _fmt(g) for g in gates]}
-        for kind, accuracy, gates in per_type_summary(metrics, components)
+        # Also under the metric's own name: a custom template written for release 0.1 reads `t.accuracy`.
+        {"type": kind, "value": _fmt(value), metric: _fmt(value), "gates": ["-" if g is None else _fmt(g) for g in gates]}
+        for kind, value, gates in per_type_summary(metrics, components, metric=metric)
     ]
+
+
+# Per problem type: the card's task line (what a score is and what the `ce_*` terms hold) and its per-type metric.
+TASK_LINES = {
+    "single_label_classification": (
+        "single-label classification: `score` is the softmax probability; the `ce_*` loss terms are cross-entropies",
+        "accuracy",
+    ),
+    "multi_label_classification": (
+        "multi-label classification: `score` is each label's own sigmoid probability; the `ce_*` loss terms are "
+        "binary cross-entropies averaged over the labels",
+        "accuracy",
+    ),
+    "regression": (
+        "regression: `score` is the predicted value; the `ce_*` loss terms are squared errors averaged over the "
+        "targets",
+        "mae",
+    ),
+}
 
 
 # Titles of the pictures DMILTrainer.save_plots draws, in the card's order.
@@ -116,7 +137,9 @@ def render_model_card(
         }
         for k in stage_numbers
     ]
-    headline = ("eval_loss", "eval_accuracy", "eval_f1_macro", "eval_synergy_indicator")
+    # Each problem type reports some of these (classification: accuracy and F1; regression: MAE, MSE, Pearson's r).
+    headline = ("eval_loss", "eval_accuracy", "eval_f1_micro", "eval_f1_macro", "eval_synergy_indicator", "eval_mae",
+                "eval_mse", "eval_pearson")
     results = [
         {"stage": k, "metric": name, "value": _fmt(metrics[name])}
         for k, metrics in sorted(stage_results.items())
@@ -125,11 +148,13 @@ def render_model_card(
     ]
     final_metrics = stage_results[max(stage_results)] if stage_results else {}
     components = config.interaction_components if paradigm == "dmil" else []
+    problem_type = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
+    task_line, per_type_metric = TASK_LINES[problem_type]
     details = [
         {"metric": name, "value": _fmt(value)}
         for name, value in sorted(final_metrics.items())
         if name.startswith("eval_") and name not in headline and isinstance(value, (int, float))
-        and not name.endswith(_RUNTIME_SUFFIXES) and not name.startswith(("eval_accuracy_", "eval_gate_"))
+        and not name.endswith(_RUNTIME_SUFFIXES) and not name.startswith((f"eval_{per_type_metric}_", "eval_gate_"))
     ]
     loss_weights = {k: v for k, v in config.to_dict().items() if k.endswith("_weight") or k.endswith("_scale")}
     repo_id = resolve_repo_id(args.hub_model_id, args.output_dir)  # the repo DMILTrainer uploads to
@@ -149,7 +174,8 @@ def render_model_card(
         lora_dropout=args.lora_dropout, stages=stages, loss_weights=loss_weights,
         batch_size=args.per_device_train_batch_size, grad_accum=args.gradient_accumulation_steps,
         weight_decay=args.weight_decay, seed=args.seed, precision=precision, results=results, details=details,
-        per_type=_per_type_rows(final_metrics, components), gate_components=components,
+        per_type=_per_type_rows(final_metrics, components, per_type_metric), per_type_metric=per_type_metric,
+        gate_components=components, task=task_line,
         example_input=_example_input(config),
         plots=[{"path": p, "title": PLOT_TITLES.get(Path(p).name, Path(p).stem.replace("_", " "))}
                for p in sorted(plots or [], key=lambda p: list(PLOT_TITLES).index(Path(p).name)

@@ -51,6 +51,7 @@ from .heads_dmil import (  # noqa: F401  (re-exported: the method's modules, imp
 )
 from .inputs_dmil import MAX_INPUT_MAGNITUDE, ModalityRoute, check_modality, check_tensor  # noqa: F401
 from .modalities_dmil import LEGACY_MODALITIES, Modality, input_names, pop_prefixed
+from .problem_types_dmil import PROBLEM_TYPES, SINGLE_LABEL, resolve_problem_type
 from .stages_dmil import STAGES
 
 logger = logging.getLogger(__name__)
@@ -414,16 +415,31 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         return present
 
     def _check_labels(self, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
-        labels = check_tensor("labels", labels, floating=False)
-        if labels.dtype == torch.bool:
-            raise TypeError("labels must be integer class ids, got dtype torch.bool")
-        if labels.shape != (batch_size,):
-            raise ValueError(f"labels must have shape (batch,) = ({batch_size},), got {tuple(labels.shape)}")
-        n = self.config.num_labels
-        if self.config.check_inputs and bool(((labels < 0) | (labels >= n)).any()):
-            raise ValueError(f"labels must be class ids in [0, {n}), got values outside that range")
-        # cross_entropy takes only int64 targets; int32/uint8 ids from a collator are valid class ids too.
-        return labels.long()
+        """The labels checked for `config.problem_type` and in the form the losses take. A config without a problem
+        type gets one from transformers' rule (`problem_types_dmil.infer_problem_type`: one output is a regression,
+        integer labels are class ids, other labels multi-hot), stored in `config.problem_type` once the labels pass,
+        as transformers' `*ForSequenceClassification` models do on their first forward."""
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+        config = self.config
+        problem_type = resolve_problem_type(config, labels)
+        if problem_type == SINGLE_LABEL and config.num_labels < 2:
+            raise ValueError(
+                f"problem_type 'single_label_classification' needs num_labels >= 2, got {config.num_labels} (one "
+                "output is a regression: problem_type='regression')"
+            )
+        try:
+            labels = PROBLEM_TYPES[problem_type].check_labels(labels, batch_size, config.num_labels, config.check_inputs)
+        except (TypeError, ValueError) as err:
+            if config.problem_type is None:
+                raise type(err)(
+                    f"{err} [problem_type {problem_type!r} inferred from num_labels={config.num_labels} and labels of "
+                    f"dtype {labels.dtype}; set config.problem_type to choose another]"
+                ) from None
+            raise
+        if config.problem_type is None:
+            config.problem_type = problem_type
+        return labels
 
     # ---------------------------------------------------------------- encoding
 
@@ -476,7 +492,10 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 `(batch, frames)` for a video, `facs_input_features` `(batch, steps, dim)` for features.
             modality_mask: `(batch, num_modalities)` bool, False where a sample lacks that modality (columns in the
                 order of `config.modalities`).
-            labels: `(batch,)` class ids in `[0, num_labels)`.
+            labels: by `config.problem_type`: `(batch,)` class ids in `[0, num_labels)`
+                (`"single_label_classification"`), `(batch, num_labels)` multi-hot targets in [0, 1]
+                (`"multi_label_classification"`), or `(batch,)` / `(batch, num_labels)` real targets (`"regression"`).
+                Without a problem type, the first forward with labels sets it by transformers' rule.
             stage: which training stage's loss to compute (1, 2 or 3; default 3, every term). Stage 1 runs only
                 the backbones and level 1.
         """

@@ -24,6 +24,23 @@ TASK = "multimodal-classification"
 INPUT_KEYS = {"text": "text", "image": "vision", "audio": "audio"}
 # "Not given" for top_k, which None cannot mean since top_k=None asks for every label (as in text-classification).
 _UNSET = object()
+# What turns the model's outputs into scores (`function_to_apply`), as in transformers' text-classification pipeline.
+SCORE_FUNCTIONS = {
+    "softmax": lambda logits: logits.softmax(dim=-1),
+    "sigmoid": torch.sigmoid,
+    "none": lambda logits: logits,
+}
+
+
+def default_score_function(config) -> str:
+    """transformers' text-classification rule: a regression's values as they are, a multi-label task's (or a single
+    output's, without a problem type) sigmoid, a single-label task's softmax."""
+    problem_type = getattr(config, "problem_type", None)
+    if problem_type == "regression":
+        return "none"
+    if problem_type == "multi_label_classification" or config.num_labels == 1:
+        return "sigmoid"
+    return "softmax"
 
 
 class MultimodalClassificationPipeline(Pipeline):
@@ -39,13 +56,18 @@ class MultimodalClassificationPipeline(Pipeline):
     different modalities together; each modality is padded on its own.
 
     Output, per input: a list of the `top_k` best labels, best first, each
-    `{"label": str, "score": float, "interactions": {component: weight}}`. `score` is the softmax probability;
-    `interactions` is the sample's gate over `model.config.interaction_components` (the same dict on every label of
-    a sample; it sums to 1) and is left out for the `"joint"` and `"ensemble"` paradigms, which have no gate.
+    `{"label": str, "score": float, "interactions": {component: weight}}`. `score` is, by `config.problem_type` as
+    in transformers' text-classification pipeline, the softmax probability (single-label), each label's own sigmoid
+    probability (multi-label), or the predicted value itself (regression: `[{"label": "LABEL_0", "score": 0.73}]`
+    for one target); `interactions` is the sample's gate over `model.config.interaction_components` (the same dict on
+    every label of a sample; it sums to 1) and is left out for the `"joint"` and `"ensemble"` paradigms, which have
+    no gate.
 
     Args (call time):
         top_k (`int` or None, defaults to 1): how many labels to return per input; None returns every label. As
             in transformers' text-classification pipeline, the default is the single best label.
+        function_to_apply (`str`, *optional*): `"softmax"`, `"sigmoid"` or `"none"`, overriding the problem type's
+            default (`default_score_function`).
 
     Example:
 
@@ -106,14 +128,23 @@ class MultimodalClassificationPipeline(Pipeline):
 
     # ------------------------------------------------------------------ parameters
 
-    def _sanitize_parameters(self, top_k: Any = _UNSET, **kwargs):
+    def _sanitize_parameters(self, top_k: Any = _UNSET, function_to_apply: Any = None, **kwargs):
         if kwargs:
-            raise TypeError(f"unexpected argument(s) for {TASK}: {', '.join(sorted(kwargs))}; only top_k is accepted")
+            raise TypeError(
+                f"unexpected argument(s) for {TASK}: {', '.join(sorted(kwargs))}; only top_k and function_to_apply "
+                "are accepted"
+            )
         postprocess_params = {}
         if top_k is not _UNSET:
             if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
                 raise ValueError(f"top_k must be a positive int or None (every label), got {top_k!r}")
             postprocess_params["top_k"] = top_k
+        if function_to_apply is not None:
+            # transformers' ClassificationFunction enum is a str enum: its members pass as their names.
+            name = str(getattr(function_to_apply, "value", function_to_apply)).lower()
+            if name not in SCORE_FUNCTIONS:
+                raise ValueError(f"function_to_apply must be one of {sorted(SCORE_FUNCTIONS)}, got {function_to_apply!r}")
+            postprocess_params["function_to_apply"] = name
         return {}, {}, postprocess_params
 
     def __call__(self, inputs: dict[str, Any] | list[dict[str, Any]], **kwargs: Any) -> list[dict] | list[list[dict]]:
@@ -138,9 +169,12 @@ class MultimodalClassificationPipeline(Pipeline):
             result["interaction_weights"] = outputs.interaction_weights
         return result
 
-    def postprocess(self, model_outputs: dict[str, torch.Tensor], top_k: int | None = 1) -> list[dict[str, Any]]:
+    def postprocess(
+        self, model_outputs: dict[str, torch.Tensor], top_k: int | None = 1, function_to_apply: str | None = None
+    ) -> list[dict[str, Any]]:
         config = self.model.config
-        scores = model_outputs["logits"][0].float().softmax(dim=-1)
+        function = SCORE_FUNCTIONS[function_to_apply or default_score_function(config)]
+        scores = function(model_outputs["logits"][0].float())
         k = scores.numel() if top_k is None else min(top_k, scores.numel())
         values, indices = scores.topk(k)
         interactions = None
@@ -270,4 +304,4 @@ def save_for_pipeline(model, processor, save_directory: str | os.PathLike, **kwa
     return os.fspath(save_directory)
 
 
-__all__ = ["MultimodalClassificationPipeline", "save_for_pipeline", "TASK"]
+__all__ = ["SCORE_FUNCTIONS", "MultimodalClassificationPipeline", "default_score_function", "save_for_pipeline", "TASK"]

@@ -197,3 +197,34 @@ def test_text_max_length_comes_from_the_text_backbone(user_data, tmp_path, stop_
                                   "--label_column", "emotion")
     processor = recorded["processing_class"]
     assert processor.text_max_length == 66  # the tiny BERT's max_position_embeddings
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Problem types from the label column
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_regression_and_multi_label_data_set_the_problem_type(user_data, tmp_path, stop_at_training):
+    import json
+
+    folder, backbones = user_data
+    csv = write_csv(tmp_path / "train.csv", ["text", "image", "audio", "score"], rows_of(folder, [0.5, -1.25, 2.0, 0.0]))
+    recorded = run_until_training(tmp_path, *backbone_flags(backbones, ("text", "vision")), "--train_file", str(csv),
+                                  "--label_column", "score")
+    config = recorded["model"].config
+    assert (config.problem_type, config.num_labels) == ("regression", 1)
+    batch = recorded["data_collator"]([recorded["train_dataset"][i] for i in range(2)])
+    assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist() == [0.5, -1.25]
+    assert torch.isfinite(recorded["model"](**batch).loss)
+
+    rows = [{"text": t, "image": str(i), "audio": str(a), "tags": tags}
+            for (t, i, a, _), tags in zip(rows_of(folder, [0] * 3), [["sad", "calm"], [], ["happy"]])]
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows))
+    recorded = run_until_training(tmp_path, *backbone_flags(backbones, ("text", "vision")), "--train_file", str(jsonl),
+                                  "--label_column", "tags")
+    config = recorded["model"].config
+    assert config.problem_type == "multi_label_classification" and config.id2label == {0: "calm", 1: "happy", 2: "sad"}
+    batch = recorded["data_collator"]([recorded["train_dataset"][i] for i in range(3)])
+    assert batch["labels"].tolist() == [[1, 0, 1], [0, 0, 0], [0, 1, 0]]
+    assert torch.isfinite(recorded["model"](**batch).loss)

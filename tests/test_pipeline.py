@@ -199,8 +199,8 @@ def test_errors(saved):
         pipe({"text": None})
     with pytest.raises(TypeError, match=r"images\[0\] must be a PIL image"):
         pipe({"image": 3})
-    with pytest.raises(TypeError, match="only top_k is accepted"):
-        pipe({"text": "a"}, function_to_apply="sigmoid")
+    with pytest.raises(TypeError, match="only top_k and function_to_apply are accepted"):
+        pipe({"text": "a"}, temperature=2.0)
     with pytest.raises(TypeError, match="inputs must be a dict"):
         pipe([{"text": "a"}, "b"], batch_size=2)
 

@@ -84,7 +84,8 @@ def test_remote_code_load_without_the_package(tmp_path):
         }
         # The code travels with the weights: the model file and every sibling it imports.
         for module in ("configuration_dmil.py", "modeling_dmil.py", "backbones_dmil.py", "heads_dmil.py",
-                       "inputs_dmil.py", "modalities_dmil.py", "feature_encoder_dmil.py", "stages_dmil.py"):
+                       "inputs_dmil.py", "modalities_dmil.py", "feature_encoder_dmil.py", "stages_dmil.py",
+                       "problem_types_dmil.py"):
             assert (tmp_path / name / module).is_file(), module
 
     workdir = tmp_path / "elsewhere"

@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import textwrap
@@ -80,6 +81,12 @@ class ModelArguments:
         metadata={"help": "'default' (the library's DMIL) or 'reference' (DMILConfig.reference(): the authors' code)."},
     )
     latent_dim: int = field(default=64, metadata={"help": "Dimension of the decomposition's latents."})
+    problem_type: str | None = field(
+        default=None,
+        metadata={"help": "'single_label_classification', 'multi_label_classification' or 'regression' (default: "
+                          "from the label column: numbers with a fraction or float features a regression, lists "
+                          "multi-hot rows or class names, otherwise class ids or names)."},
+    )
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa' or 'eager' for the backbones."})
     check_inputs: bool = field(default=True, metadata={"help": "NaN/label-range checks (one host sync per step)."})
     fast_paths: list[str] | None = field(
@@ -455,12 +462,56 @@ def load_user_data(data_args: DataArguments):
     return raw[data_args.train_split], raw[eval_split] if eval_split else None
 
 
-def label_maps(train, label_column: str) -> dict[int, str]:
-    """id2label of a model trained from scratch on `train`: a ClassLabel's names, sorted string labels, or
-    `0..max` for integer labels."""
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+def _label_feature(train, label_column: str):
     feature = train.features.get(label_column)
     if feature is None:
         raise ValueError(f"label column {label_column!r} not in the dataset (columns: {train.column_names})")
+    return feature
+
+
+def _inner(feature):
+    """The value feature of a list column (datasets' List / Sequence / LargeList), else None."""
+    return getattr(feature, "feature", None)
+
+
+def data_problem_type(train, label_column: str, given: str | None = None) -> str:
+    """The problem type: `given` (--problem_type), else read from the label column's feature: a list column is
+    multi-label (multi-hot rows or class names), a float column a regression, anything else class ids or names."""
+    if given is not None:
+        if given not in PROBLEM_TYPES:
+            raise ValueError(f"--problem_type must be one of {PROBLEM_TYPES}, got {given!r}")
+        return given
+    feature = _label_feature(train, label_column)
+    if _inner(feature) is not None:
+        return "multi_label_classification"
+    if getattr(feature, "dtype", "").startswith("float"):
+        return "regression"
+    return "single_label_classification"
+
+
+def label_maps(train, label_column: str, problem_type: str = "single_label_classification") -> dict[int, str]:
+    """id2label of a model trained from scratch on `train`: a ClassLabel's names, sorted string labels, or
+    `0..max` for integer labels (single-label); for multi-label the class names of the lists (a list of ClassLabel's
+    names, or the sorted union of string lists) or one label per position of a multi-hot row; for a regression one
+    `target` per target (`target_<i>` for several)."""
+    feature = _label_feature(train, label_column)
+    if problem_type == "regression":
+        first = train[0][label_column]
+        width = len(first) if isinstance(first, (list, tuple)) else 1
+        return {0: "target"} if width == 1 else {i: f"target_{i}" for i in range(width)}
+    if problem_type == "multi_label_classification":
+        inner = _inner(feature)
+        if inner is None:
+            raise ValueError(f"a multi-label task needs a list label column, got {label_column!r}: {feature}")
+        if hasattr(inner, "names"):
+            return dict(enumerate(inner.names))
+        rows = [row for row in train[label_column] if row]
+        if rows and all(isinstance(v, str) for row in rows for v in row):
+            return dict(enumerate(sorted({v for row in rows for v in row})))
+        return {i: str(i) for i in range(len(rows[0]) if rows else 0)}
     if hasattr(feature, "names"):
         return dict(enumerate(feature.names))
     values = sorted(set(train[label_column]), key=str)
@@ -549,14 +600,22 @@ def drop_unused_modality_columns(data_args: DataArguments, modalities: list[str]
 
 
 def labels_as_names(dataset: Dataset) -> Dataset:
-    """A ClassLabel "label" column as its class names, so that they are mapped through the model's label2id like
-    string labels (a model loaded with --init_from may number the same classes differently)."""
+    """A ClassLabel "label" column (or a list of ClassLabel, multi-label) as its class names, so that they are mapped
+    through the model's label2id like string labels (a model loaded with --init_from may number the same classes
+    differently)."""
     import datasets
 
     feature = dataset.features["label"]
+    inner = _inner(feature)
+    features = dataset.features.copy()
+    if isinstance(inner, datasets.ClassLabel):
+        features["label"] = datasets.Sequence(datasets.Value("string"))
+        return dataset.map(
+            lambda rows: {"label": [inner.int2str(list(row)) for row in rows]}, input_columns="label", batched=True,
+            features=features,
+        )
     if not isinstance(feature, datasets.ClassLabel):
         return dataset
-    features = dataset.features.copy()
     features["label"] = datasets.Value("string")
     return dataset.map(
         lambda labels: {"label": feature.int2str(labels)}, input_columns="label", batched=True, features=features
@@ -569,10 +628,41 @@ def _is_model_label(value: object, config: PretrainedConfig) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < config.num_labels
 
 
+def _check_multi_label(config: PretrainedConfig, split: str, dataset: Dataset) -> None:
+    for i, row in enumerate(dataset["label"]):
+        row = list(row)
+        names = bool(row) and all(isinstance(v, str) for v in row)
+        unknown = [v for v in row if v not in config.label2id] if names else []
+        if unknown or (not names and row and len(row) != config.num_labels):
+            raise ValueError(
+                f"{split} label {i} ({row!r}) is neither a list of the model's classes ({sorted(config.label2id)}) nor "
+                f"a multi-hot row of {config.num_labels} values"
+            )
+
+
+def _check_regression(config: PretrainedConfig, split: str, dataset: Dataset) -> None:
+    for i, value in enumerate(dataset["label"]):
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if len(values) != config.num_labels or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        ):
+            raise ValueError(
+                f"{split} label {i} ({value!r}) is not {config.num_labels} finite number(s), the model's regression "
+                "targets"
+            )
+
+
 def check_labels(config: PretrainedConfig, train: Dataset, evaluation: Dataset | None) -> None:
     """The data's labels against the model's: every label must be one of the model's classes (a name in its
-    label2id, or an id below num_labels), and every validation label must occur in the training data. Checked
-    before training, so that a bad label is not first met by the collator at evaluation, after stage 1."""
+    label2id, or an id below num_labels), and every validation label must occur in the training data (multi-label:
+    lists of the model's classes or multi-hot rows of num_labels values; regression: num_labels finite numbers).
+    Checked before training, so that a bad label is not first met by the collator at evaluation, after stage 1."""
+    checks = {"multi_label_classification": _check_multi_label, "regression": _check_regression}
+    if config.problem_type in checks:
+        for split, dataset in (("training", train), ("validation", evaluation)):
+            if dataset is not None:
+                checks[config.problem_type](config, split, dataset)
+        return
     for split, dataset in (("training", train), ("validation", evaluation)):
         if dataset is None:
             continue
@@ -603,8 +693,14 @@ def build_user_model_and_processor(model_args: ModelArguments, data_args: DataAr
     if model_args.init_from:
         model = DMILForMultimodalClassification.from_pretrained(model_args.init_from, **extra)
         processor = DMILProcessor.from_pretrained(model_args.init_from)
+        saved = model.config.problem_type
+        if saved is not None and model_args.problem_type not in (None, saved):
+            raise ValueError(f"--problem_type {model_args.problem_type} but the model from --init_from is a {saved} model")
+        if saved is None:  # saved before its first forward with labels: the data say it, as the model's would
+            model.config.problem_type = data_problem_type(train, data_args.label_column, model_args.problem_type)
     else:
-        id2label = label_maps(train, data_args.label_column)
+        problem_type = data_problem_type(train, data_args.label_column, model_args.problem_type)
+        id2label = label_maps(train, data_args.label_column, problem_type)
         slots = {"text": model_args.text_model, "vision": model_args.vision_model, "audio": model_args.audio_model}
         if model_args.modality and any(slots.values()):
             raise ValueError("give the backbones either with --modality or with --text_model/--vision_model/--audio_model")
@@ -618,6 +714,7 @@ def build_user_model_and_processor(model_args: ModelArguments, data_args: DataAr
         model = DMILForMultimodalClassification.from_backbones_pretrained(
             **backbones, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
             paradigm=model_args.paradigm, latent_dim=model_args.latent_dim, check_inputs=model_args.check_inputs,
+            problem_type=problem_type,
             **preset_kwargs(model_args),
             **{f"{m}_{k}": v for m in paths for k, v in extra.items()},
         )
@@ -667,31 +764,42 @@ def prepare_user_data(model_args: ModelArguments, data_args: DataArguments):
     train = labels_as_names(train)
     evaluation = labels_as_names(evaluation) if evaluation is not None else None
     check_labels(model.config, train, evaluation)
-    collator = DMILDataCollator(processor, label2id=dict(model.config.label2id), columns=columns)
+    collator = DMILDataCollator(
+        processor, label2id=dict(model.config.label2id), columns=columns, problem_type=model.config.problem_type
+    )
     return model, processor, collator, train, evaluation
 
 
 def print_report(trainer, final_metrics: dict) -> None:
     from dmil_hf.metrics import per_type_summary
 
+    regression = trainer.model.config.problem_type == "regression"
+    # The prediction's own loss and two headline metrics, by problem type.
+    columns = (
+        [("eval MSE of the prediction", "eval_mse"), ("eval MAE", "eval_mae"), ("eval Pearson r", "eval_pearson")]
+        if regression else
+        [("eval BCE of the prediction" if "eval_bce_final" in final_metrics else "eval CE of the prediction",
+          "eval_bce_final" if "eval_bce_final" in final_metrics else "eval_ce_final"),
+         ("eval accuracy", "eval_accuracy"), ("eval macro-F1", "eval_f1_macro")]
+    )
     print("\n== DMIL run: per-stage results ==")
-    print("| stage | train loss (all terms) | eval loss (all terms) | eval CE of the prediction | eval accuracy | eval macro-F1 |")
+    print("| stage | train loss (all terms) | eval loss (all terms) | " + " | ".join(c for c, _ in columns) + " |")
     print("|---|---|---|---|---|---|")
     for stage, m in sorted(trainer.stage_results.items()):
-        cells = [m.get("train_loss"), m.get("eval_loss"), m.get("eval_ce_final"), m.get("eval_accuracy"),
-                 m.get("eval_f1_macro")]
+        cells = [m.get("train_loss"), m.get("eval_loss"), *[m.get(key) for _, key in columns]]
         print(f"| {stage} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
     print("(A stage's loss sums every term it counts, and stage 3 counts the most, so losses grow from stage to stage;"
           " the prediction's CE is comparable across stages.)")
     components = trainer.model.config.interaction_components if trainer.model.config.paradigm == "dmil" else []
-    rows = per_type_summary(final_metrics, components)
+    metric = "mae" if regression else "accuracy"
+    rows = per_type_summary(final_metrics, components, metric=metric)
     if rows:
-        print("\n== final model: accuracy and mean gate weights per interaction type ==")
-        print("| type | accuracy | " + " | ".join(f"gate {c}" for c in components) + " |")
+        print(f"\n== final model: {metric} and mean gate weights per interaction type ==")
+        print(f"| type | {metric} | " + " | ".join(f"gate {c}" for c in components) + " |")
         print("|---|---|" + "---|" * len(components))
         for kind, accuracy, gates in rows:
             print(f"| {kind} | {accuracy:.4f} | " + " | ".join("-" if g is None else f"{g:.3f}" for g in gates) + " |")
-    keys = ("eval_accuracy", "eval_f1_macro", "eval_synergy_indicator")
+    keys = ("eval_accuracy", "eval_f1_micro", "eval_f1_macro", "eval_synergy_indicator", "eval_mae", "eval_pearson")
     print("\n" + ", ".join(f"{k}={final_metrics[k]:.4f}" for k in keys if k in final_metrics))
 
 

@@ -18,6 +18,12 @@ The interaction type of a sample decides what the slots hold:
 Labels are uniform and independent of the type, and the type shows only in the *pattern* of blanks, so no modality
 leaks the label through the type.
 
+``task="regression"`` turns the same samples into a regression with the same known types: the target is the class
+value as a number, centred and scaled to [-1, 1], ``t = (2 y - (C - 1)) / (C - 1)``, plus Gaussian noise of std
+``target_noise``. R, U and S keep their meaning: one modality's slot A determines t (R, U_m), or only the slot-B
+shares together do (S, through the sum modulo C, so that no single modality's value correlates with t). ``labels``
+then holds the float32 targets and ``label_value`` the class value y behind each.
+
 Encodings (amplitude of every signal 1):
 
 * **text** (``input_ids``, ``attention_mask``): ``[CLS] t_1 .. t_L [SEP]`` with ids 1 = CLS, 2 = SEP (0 is kept
@@ -103,6 +109,8 @@ MIXTURES: dict[str, dict[str, float]] = {
 
 DEFAULT_NOISE: dict[str, float] = {"text": 0.0, "vision": 0.5, "audio": 0.5}
 
+TASKS = ("classification", "regression")
+
 _AUDIO_BANDS = {"a": (0.05, 0.45), "b": (0.55, 0.95)}  # fractions of the Nyquist frequency
 
 
@@ -156,6 +164,9 @@ class SyntheticInteractionSpec:
         image_size: height and width of the images (a multiple of the tiny ViT's patch size 4).
         vision_tile_size: side of the DCT texture tiles (num_labels <= vision_tile_size**2 - 1).
         num_audio_samples: waveform length; sampling_rate: its rate in Hz.
+        task: ``"classification"`` (labels are the class ids y) or ``"regression"`` (labels are y scaled to [-1, 1]
+            plus noise; see the module docstring).
+        target_noise: std of the Gaussian noise on a regression target (0: the target is a function of the slots).
 
     Example:
 
@@ -184,8 +195,14 @@ class SyntheticInteractionSpec:
     vision_tile_size: int = 4
     num_audio_samples: int = 1600
     sampling_rate: int = 16000
+    task: str = "classification"
+    target_noise: float = 0.05
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if not (self.target_noise >= 0 and math.isfinite(self.target_noise)):
+            raise ValueError(f"target_noise must be a finite std >= 0, got {self.target_noise}")
         self.modalities = tuple(_ordered(self.modalities))
         if not 2 <= len(self.modalities) <= 3:
             raise ValueError(f"a benchmark needs two or three modalities, got {list(self.modalities)}")
@@ -341,9 +358,20 @@ def sample_latents(spec: SyntheticInteractionSpec, n_samples: int, seed: int = 0
     for j, m in enumerate(spec.modalities):
         flipped = (slot_a[:, j] >= 0) & (flip_draw[:, j] < spec.flip_for(m))
         slot_a[flipped, j] = flip_value[flipped, j]
-    return {
+    latents = {
         "labels": labels.astype(np.int64), "interaction_type": types.astype(str), "slot_a": slot_a, "slot_b": slot_b,
     }
+    if spec.task == "regression":
+        # Its own stream: a classification and a regression of one seed share every sample and input.
+        noise = _rng(seed, "target").standard_normal(n) * spec.target_noise
+        latents["targets"] = (regression_target(spec, labels) + noise).astype(np.float32)
+    return latents
+
+
+def regression_target(spec: SyntheticInteractionSpec, values: np.ndarray) -> np.ndarray:
+    """The noiseless regression target of class values y: ``(2 y - (C - 1)) / (C - 1)``, in [-1, 1]."""
+    c = spec.num_labels
+    return (2.0 * np.asarray(values, dtype=np.float64) - (c - 1)) / (c - 1)
 
 
 # ---------------------------------------------------------------------- encoders
@@ -471,6 +499,8 @@ def _build_dataset(
     spec: SyntheticInteractionSpec, latents: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]
 ) -> Dataset:
     columns: dict[str, np.ndarray] = {**inputs, "labels": latents["labels"]}
+    if spec.task == "regression":
+        columns.update(labels=latents["targets"], label_value=latents["labels"])
     for j, m in enumerate(spec.modalities):
         columns[f"slot_a_{m}"] = latents["slot_a"][:, j].astype(np.int64)
         columns[f"slot_b_{m}"] = latents["slot_b"][:, j].astype(np.int64)
@@ -562,12 +592,15 @@ def corrupt(
         if modality not in spec.modalities:
             raise ValueError(f"the dataset has no {modality} modality (it has {list(spec.modalities)})")
         table = data.with_format("numpy")[:]
+        regression = spec.task == "regression"
         latents = {
-            "labels": np.asarray(table["labels"]),
+            "labels": np.asarray(table["label_value" if regression else "labels"]),
             "interaction_type": np.asarray(table["interaction_type"], dtype=str),
             "slot_a": np.stack([np.asarray(table[f"slot_a_{m}"]) for m in spec.modalities], axis=1),
             "slot_b": np.stack([np.asarray(table[f"slot_b_{m}"]) for m in spec.modalities], axis=1),
         }
+        if regression:
+            latents["targets"] = np.asarray(table["labels"], dtype=np.float32)
         inputs = {c: np.asarray(table[c]) for m in spec.modalities for c in MODEL_INPUT_COLUMNS[m]}
         j = spec.modalities.index(modality)
         rng = _rng(seed, f"corrupt-{mode}-{modality}")
@@ -700,10 +733,15 @@ def tiny_config_for(
         if audio_family not in ("wav2vec2", "hubert"):
             raise ValueError("the synthetic audio is a raw waveform; use audio_family='wav2vec2' or 'hubert'")
         sub["audio_config"] = tiny_audio_config(audio_family)
-    labels = {i: f"class_{i}" for i in range(spec.num_labels)}
+    if spec.task == "regression":
+        # One output, the target; problem_type as transformers' regression models have it.
+        labels, num_labels = {0: "target"}, 1
+        config_kwargs.setdefault("problem_type", "regression")
+    else:
+        labels, num_labels = {i: f"class_{i}" for i in range(spec.num_labels)}, spec.num_labels
     config_kwargs.setdefault("id2label", labels)
     config_kwargs.setdefault("label2id", {v: k for k, v in labels.items()})
-    return DMILConfig(**sub, paradigm=paradigm, num_labels=spec.num_labels, latent_dim=latent_dim, **config_kwargs)
+    return DMILConfig(**sub, paradigm=paradigm, num_labels=num_labels, latent_dim=latent_dim, **config_kwargs)
 
 
 
@@ -760,6 +798,7 @@ __all__ = [
     "DEFAULT_NOISE",
     "MIXTURES",
     "MODEL_INPUT_COLUMNS",
+    "TASKS",
     "SyntheticInteractionSpec",
     "corrupt",
     "decode_slots",
@@ -767,6 +806,7 @@ __all__ = [
     "make_interaction_dataset",
     "make_interaction_splits",
     "model_columns",
+    "regression_target",
     "sample_latents",
     "slot_columns",
     "tiny_config_for",
