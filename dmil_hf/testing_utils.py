@@ -165,9 +165,10 @@ def random_inputs(
 
 
 def save_tiny_backbones(folder: str, modalities: tuple[str, ...] = ("text", "vision", "audio"), seed: int = 0) -> dict:
-    """Save tiny random backbones with their processors (a BERT with a 20-word WordPiece tokenizer, a ViT with a
-    16 x 16 image processor, a wav2vec2 with its feature extractor) under `folder/<modality>`, as a pretrained
-    checkpoint would be, and return the paths: stand-ins for Hub backbones in offline examples and tests."""
+    """Save tiny random backbones with their processors (a BERT with a 20-token WordPiece tokenizer: 15 words and 5
+    special tokens, a ViT with a 16 x 16 image processor, a wav2vec2 with its feature extractor) under
+    `folder/<modality>`, as a pretrained checkpoint would be, and return the paths: stand-ins for Hub backbones in
+    offline examples and tests."""
     import os
 
     from transformers import AutoModel, BertTokenizer, ViTImageProcessorPil, Wav2Vec2FeatureExtractor
@@ -180,10 +181,10 @@ def save_tiny_backbones(folder: str, modalities: tuple[str, ...] = ("text", "vis
         torch.manual_seed(seed)
         AutoModel.from_config(configs[modality]).save_pretrained(path)
         if modality == "text":
-            vocab = os.path.join(path, "vocab.txt")
-            with open(vocab, "w") as f:
-                f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
-            BertTokenizer(vocab_file=vocab, model_max_length=64).save_pretrained(path)
+            # The vocabulary as a dict: transformers 5's BertTokenizer ignores `vocab_file=` (it would keep its five
+            # special tokens and map every word to [UNK]).
+            tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+            BertTokenizer(vocab={token: i for i, token in enumerate(tokens)}, model_max_length=64).save_pretrained(path)
         elif modality == "vision":
             ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(path)
         else:
