@@ -93,7 +93,9 @@ BACKBONES: dict[str, BackboneSpec] = {
     # audio: waveforms, mean over the frames that are not padding.
     "wav2vec2": BackboneSpec(pooling="mean", input_rank=2, lora_targets=("q_proj", "v_proj")),
     "hubert": BackboneSpec(pooling="mean", input_rank=2, lora_targets=("q_proj", "v_proj")),
-    "wavlm": BackboneSpec(pooling="mean", input_rank=2, lora_targets=("q_proj", "v_proj")),
+    # WavLM's attention hands q/k/v/out_proj's weights to F.multi_head_attention_forward as tensors (see
+    # DIRECT_WEIGHT_READERS): adapters there would never run, so LoRA goes on the feed-forward layers.
+    "wavlm": BackboneSpec(pooling="mean", input_rank=2, lora_targets=("intermediate_dense", "output_dense")),
     # audio: fixed-size spectrograms. AST's pooler output is the mean of its two summary tokens (no parameters).
     "audio-spectrogram-transformer": BackboneSpec(
         pooling="pooler", input_rank=3, input_shape=config_dims("max_length", "num_mel_bins")
@@ -110,9 +112,16 @@ BACKBONES: dict[str, BackboneSpec] = {
     # features: dmil_hf's own encoder of pre-extracted feature sequences (feature_encoder_dmil).
     "dmil_feature_encoder": BackboneSpec(
         # Not the attention's out_proj: nn.MultiheadAttention reads its weight directly, so an adapter there would
-        # never run.
+        # never run. linear1 / linear2 are called as modules in every mode (DMILFeatureEncoderLayer).
         pooling="mean", lora_targets=("projection", "linear1", "linear2"),
     ),
+}
+
+# Modules that read some child Linear's weight as a tensor instead of calling it (class name -> child names): a
+# LoRA adapter on such a child is never run, so the table never targets one and `add_lora` refuses one.
+DIRECT_WEIGHT_READERS: dict[str, tuple[str, ...]] = {
+    "MultiheadAttention": ("out_proj",),
+    "WavLMAttention": ("q_proj", "k_proj", "v_proj", "out_proj"),
 }
 
 # Fallback per modality kind for a model_type the table does not know.

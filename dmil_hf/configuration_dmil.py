@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
+from transformers.utils import logging
 
 from .backbones_dmil import FAST_PATHS, POOLERS, backbone_spec
 from .feature_encoder_dmil import DMILFeatureEncoderConfig
 from .modalities_dmil import KINDS, LEGACY_MODALITIES, Modality, validate_table
+from .stages_dmil import DEFAULT_KEY, IMAGE_SLOT_NAME, per_modality_value
+
+logger = logging.get_logger(__name__)
 
 PARADIGMS = ("dmil", "joint", "ensemble")
 # Registries of DMIL's swappable parts (the modules live in modeling_dmil; the names are checked here).
@@ -19,7 +23,8 @@ SYNERGY_INPUT_NAMES = ("n", "z", "z_detached")
 
 # The reference implementation (bjlfzs/DMIL, CREMA-D config) as config values; see `DMILConfig.reference`. Its stage-1
 # weights are per modality (visual beta_kl 0.4 / beta_rec 0.1, audio 2.0 / 0.5, times lamb 0.2 and its internal 0.1
-# for KLs or x 0.1 x lamb for reconstructions); text, which it never had, takes the visual values.
+# for KLs or x 0.1 x lamb for reconstructions), keyed here by kind: audio takes the audio values, and every other kind
+# (image, and text, video and features, which it never had) the visual ones through the "default" key.
 REFERENCE_PRESET: dict[str, Any] = {
     "synergy_fusion": "linear",
     "synergy_input": "n",
@@ -30,8 +35,8 @@ REFERENCE_PRESET: dict[str, Any] = {
     "gate_reads_predictions": False,
     "kl_weight": 0.02,
     "alignment_weight": 1.0,
-    "stage1_kl_weight": {"text": 0.008, "vision": 0.008, "audio": 0.04},
-    "stage1_reconstruction_weight": {"text": 0.002, "vision": 0.002, "audio": 0.01},
+    "stage1_kl_weight": {"audio": 0.04, "default": 0.008},
+    "stage1_reconstruction_weight": {"audio": 0.01, "default": 0.002},
     "stage2_component_weight": 0.5,
     "stage2_reconstruction_weight": 0.005,
     "stage3_modality_weight": 0.5,
@@ -69,10 +74,50 @@ def _as_backbone_config(value: Any, kind: str, what: str | None = None) -> Pretr
     raise TypeError(f"{what or f'the {kind} backbone config'} must be a PretrainedConfig, a dict or None, got {type(value).__name__}")
 
 
-def _weight(name: str, value: float | dict[str, float]) -> float | dict[str, float]:
-    if isinstance(value, dict):
+# Fields that take one float or a dict per modality (see `stages_dmil.per_modality_value`).
+PER_MODALITY_FIELDS = ("stage1_kl_weight", "stage1_reconstruction_weight")
+
+
+def _weight(name: str, value: float | dict[str, float], rows: list[Modality]) -> float | dict[str, float]:
+    """A per-modality field as stored: a float, or one entry per modality resolved by name, then kind, then
+    `default` (a `ValueError` naming the field and the modality when none applies). Without rows (transformers'
+    default `DMILConfig()`) the dict is kept as given."""
+    if not isinstance(value, dict):
+        return float(value)
+    names = [row.name for row in rows]
+    allowed = {*names, *KINDS, IMAGE_SLOT_NAME, DEFAULT_KEY}
+    unknown = set(value) - allowed
+    if unknown:
+        raise ValueError(
+            f"{name} maps modality names {names}, kinds {list(KINDS)} or {DEFAULT_KEY!r} to weights, got keys "
+            f"{sorted(unknown)}"
+        )
+    if not rows:
         return {k: float(v) for k, v in value.items()}
-    return float(value)
+    return {row.name: per_modality_value(name, value, row.name, row.kind) for row in rows}
+
+
+def _weights_it_was_trained_with(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """A saved config whose per-modality dict misses a modality (written before such a dict had to cover every
+    modality, when the missing one silently weighed 0): the 0 it trained with, now written out, with a warning."""
+    rows = [row for row in config_dict.get("modality_table") or [] if isinstance(row, dict)]
+    for field in PER_MODALITY_FIELDS:
+        value = config_dict.get(field)
+        if not isinstance(value, dict) or not rows:
+            continue
+        missing = []
+        for row in rows:
+            try:
+                per_modality_value(field, value, row.get("name"), row.get("kind"))
+            except ValueError:
+                missing.append(row.get("name"))
+        if missing:
+            logger.warning(
+                f"the saved config's {field} {value} has no entry for modalities {missing}: they were trained with "
+                f"weight 0 there, which is now written out; give them a weight to train them otherwise"
+            )
+            config_dict = {**config_dict, field: {**value, **{name: 0.0 for name in missing}}}
+    return config_dict
 
 
 def _table_rows(
@@ -196,10 +241,13 @@ class DMILConfig(PretrainedConfig):
             Multiplier of the alignment KL relative to `kl_weight` (1 in the reference code).
         stage1_kl_weight (`float` or `dict[str, float]`, defaults to 0.02):
             Weight of the level-1 KLs (M and N) in stage 1; a dict gives one weight per modality (the reference uses
-            0.008 for vision and 0.04 for audio).
+            0.008 for vision and 0.04 for audio). A per-modality dict's keys are modality names, kinds (`"vision"`
+            also stands for the image kind) or `"default"`; each modality takes the entry of its name, else of its
+            kind, else `"default"`, and a modality none of them covers is a `ValueError` here (never a silent 0).
+            The config stores the resolved dict, one entry per modality name.
         stage1_reconstruction_weight (`float` or `dict[str, float]`, defaults to 0.01):
-            Weight of the reconstruction of Z_m from [M_m, N_m] in stage 1; a dict gives one per modality (the
-            reference: 0.002 vision, 0.01 audio).
+            Weight of the reconstruction of Z_m from [M_m, N_m] in stage 1; a dict gives one per modality, resolved
+            as for `stage1_kl_weight` (the reference: 0.002 vision, 0.01 audio).
         stage2_component_weight (`float`, defaults to 0.5):
             Weight of the CEs of the R, U_m and S heads in stage 2.
         stage2_reconstruction_weight (`float`, defaults to 0.005):
@@ -300,13 +348,8 @@ class DMILConfig(PretrainedConfig):
                     f"pooling must map one of the modalities {names} to a pooler in {sorted(POOLERS)}, "
                     f"got {modality!r}: {mode!r}"
                 )
-        for field_name, value in (("stage1_kl_weight", stage1_kl_weight),
-                                  ("stage1_reconstruction_weight", stage1_reconstruction_weight)):
-            unknown = set(value) - {*names, *LEGACY_MODALITIES, "default"} if isinstance(value, dict) else set()
-            if unknown:
-                raise ValueError(
-                    f"{field_name} maps modalities {names} (or 'default') to weights, got keys {sorted(unknown)}"
-                )
+        stage1_kl_weight = _weight("stage1_kl_weight", stage1_kl_weight, rows)
+        stage1_reconstruction_weight = _weight("stage1_reconstruction_weight", stage1_reconstruction_weight, rows)
         for name, value, choices in (
             ("synergy_fusion", synergy_fusion, SYNERGY_FUSION_NAMES),
             ("synergy_input", synergy_input, SYNERGY_INPUT_NAMES),
@@ -328,8 +371,8 @@ class DMILConfig(PretrainedConfig):
         self.stage1_synergy_weight = float(stage1_synergy_weight)
         self.kl_weight = float(kl_weight)
         self.alignment_weight = float(alignment_weight)
-        self.stage1_kl_weight = _weight("stage1_kl_weight", stage1_kl_weight)
-        self.stage1_reconstruction_weight = _weight("stage1_reconstruction_weight", stage1_reconstruction_weight)
+        self.stage1_kl_weight = stage1_kl_weight
+        self.stage1_reconstruction_weight = stage1_reconstruction_weight
         self.stage2_component_weight = float(stage2_component_weight)
         self.stage2_reconstruction_weight = float(stage2_reconstruction_weight)
         self.stage3_modality_weight = float(stage3_modality_weight)
@@ -377,7 +420,7 @@ class DMILConfig(PretrainedConfig):
             # Saved before the variants existed: keep the modules it was trained with (identical logits on load).
             legacy = {**_LEGACY_VALUES, "stage1_kl_weight": config_dict.get("kl_weight", 0.02)}
             config_dict = {**legacy, **config_dict}
-        return super().from_dict(config_dict, **kwargs)
+        return super().from_dict(_weights_it_was_trained_with(config_dict), **kwargs)
 
     @property
     def modalities(self) -> list[str]:

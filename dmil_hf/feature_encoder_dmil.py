@@ -72,6 +72,49 @@ class DMILFeatureEncoderConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
+class DMILFeatureEncoderLayer(nn.Module):
+    """A pre-norm transformer layer: `x + attention(norm1(x))`, then `x + linear2(gelu(linear1(norm2(x))))`.
+
+    The parameters have `nn.TransformerEncoderLayer(norm_first=True)`'s names (checkpoints written with that layer
+    load unchanged) but not its eval-mode fast path, which reads `linear1.weight` and `linear2.weight` directly:
+    LoRA adapters on `linear1` / `linear2` (the backbone table's targets) were skipped in eval without gradients.
+    Here every Linear is called as a module, in every mode. The attention's projections stay inside
+    `nn.MultiheadAttention`, which reads them as tensors, so LoRA cannot target them (`add_lora` refuses).
+    """
+
+    def __init__(self, config: DMILFeatureEncoderConfig):
+        super().__init__()
+        hidden, p = config.hidden_size, config.hidden_dropout_prob
+        self.self_attn = nn.MultiheadAttention(hidden, config.num_attention_heads, dropout=p, batch_first=True)
+        self.linear1 = nn.Linear(hidden, config.intermediate_size)
+        self.dropout = nn.Dropout(p)
+        self.linear2 = nn.Linear(config.intermediate_size, hidden)
+        self.norm1 = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.norm2 = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.dropout1 = nn.Dropout(p)
+        self.dropout2 = nn.Dropout(p)
+
+    def forward(self, hidden: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm1(hidden)
+        attended = self.self_attn(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+        hidden = hidden + self.dropout1(attended)
+        x = self.linear2(self.dropout(nn.functional.gelu(self.linear1(self.norm2(hidden)))))
+        return hidden + self.dropout2(x)
+
+
+class DMILFeatureEncoderStack(nn.Module):
+    """`num_hidden_layers` `DMILFeatureEncoderLayer`s, under `layers` as `nn.TransformerEncoder` kept them."""
+
+    def __init__(self, config: DMILFeatureEncoderConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(DMILFeatureEncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            hidden = layer(hidden, padding)
+        return hidden
+
+
 class DMILFeatureEncoder(PreTrainedModel):
     """Linear projection + LayerNorm (+ learned positions and `num_hidden_layers` pre-norm transformer layers) over
     `input_features` `(batch, steps, feature_dim)`; a `(batch, feature_dim)` vector is a sequence of one step."""
@@ -87,18 +130,14 @@ class DMILFeatureEncoder(PreTrainedModel):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         if config.num_hidden_layers:
             self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-            layer = nn.TransformerEncoderLayer(
-                config.hidden_size, config.num_attention_heads, config.intermediate_size,
-                dropout=config.hidden_dropout_prob, activation="gelu", batch_first=True, norm_first=True,
-                layer_norm_eps=config.layer_norm_eps,
-            )
-            # enable_nested_tensor=False: the nested fast path changes padded outputs to zeros in eval only.
-            self.layers = nn.TransformerEncoder(layer, config.num_hidden_layers, enable_nested_tensor=False)
+            self.layers = DMILFeatureEncoderStack(config)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.LayerNorm, nn.Embedding)):
             module.reset_parameters()
+        elif isinstance(module, nn.MultiheadAttention):
+            module._reset_parameters()
 
     def forward(
         self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
@@ -119,7 +158,7 @@ class DMILFeatureEncoder(PreTrainedModel):
                 padding = ~attention_mask.bool()
                 # A row with every step masked (a placeholder for a missing sample) would attend to nothing: NaN.
                 padding = padding & ~padding.all(dim=1, keepdim=True)
-            hidden = self.layers(hidden, src_key_padding_mask=padding)
+            hidden = self.layers(hidden, padding)
         return BaseModelOutput(last_hidden_state=hidden)
 
 

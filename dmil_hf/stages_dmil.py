@@ -5,8 +5,9 @@ This is the single place that says it. The model's loss (`DMILForMultimodalClass
 
 A loss term's weight is the product of the config fields it names (none: weight 1). A field may hold one float or a
 dict per modality (the reference code weighs stage 1 per modality); for a per-modality term such as `kl_M_audio` the
-modality's entry is used. A term whose weight is 0 is not computed into the loss, and a module listed only under
-such terms does not train.
+modality's entry is used: `per_modality_value` reads it by the modality's name, then its kind, then a `default` key,
+and raises when none is there (a missing modality is never silently weighted 0). A term whose weight is 0 is not
+computed into the loss, and a module listed only under such terms does not train.
 
     >>> from dmil_hf.stages_dmil import STAGE_PLANS
     >>> STAGE_PLANS[2].trains
@@ -59,7 +60,7 @@ class StagePlan:
             for field in entry.weights:
                 value = getattr(config, field)
                 if isinstance(value, dict):
-                    value = value.get(modality, value.get("default", 0.0))
+                    value = per_modality_value(field, value, modality, _kind_of(config, modality))
                 weight *= float(value)
             return weight
         return None
@@ -87,6 +88,27 @@ class StagePlan:
                 parts.append(f"{field}={value}" if not isinstance(value, dict) else f"{field}={dict(value)}")
             rows.append((entry.name, " x ".join(parts) or "1"))
         return rows
+
+
+# Keys of a per-modality dict besides modality names and kinds: the image kind's three-slot name, and the fallback.
+IMAGE_SLOT_NAME, DEFAULT_KEY = "vision", "default"
+
+
+def per_modality_value(field: str, value: dict, modality: str, kind: str | None) -> float:
+    """The entry of a per-modality dict (`field` of the config) for one modality: by its name, then its kind (the
+    image kind also as `"vision"`, its three-slot name), then `"default"`; a `ValueError` naming both if none."""
+    keys = [modality, *([kind] if kind else []), *([IMAGE_SLOT_NAME] if kind == "image" else []), DEFAULT_KEY]
+    for key in keys:
+        if key in value:
+            return float(value[key])
+    raise ValueError(
+        f"{field} gives no value for modality {modality!r} (kind {kind!r}): it has keys {sorted(value)}; add the "
+        f"modality's name, its kind or a {DEFAULT_KEY!r} key"
+    )
+
+
+def _kind_of(config, modality: str) -> str | None:
+    return next((row["kind"] for row in config.modality_table if row["name"] == modality), None)
 
 
 def _any_weight(config, entry: LossTerm) -> bool:

@@ -3,6 +3,8 @@ CPU speed preset, one per supported family, plus matching random inputs. Nothing
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import (
     ASTConfig,
@@ -82,6 +84,51 @@ def tiny_video_config(num_frames: int = 4, image_size: int = 16) -> PretrainedCo
     return VideoMAEConfig(image_size=image_size, patch_size=8, num_frames=num_frames, tubelet_size=2, **_LAYERS)
 
 
+def _tiny_text(model_type: str) -> PretrainedConfig:
+    from transformers import DebertaV2Config, DistilBertConfig, XLMRobertaConfig
+
+    if model_type == "xlm-roberta":
+        return XLMRobertaConfig(vocab_size=99, max_position_embeddings=66, pad_token_id=1, **_LAYERS)
+    if model_type == "distilbert":
+        return DistilBertConfig(vocab_size=99, max_position_embeddings=64, dim=32, n_layers=2, n_heads=4, hidden_dim=37)
+    return DebertaV2Config(vocab_size=99, max_position_embeddings=64, **_LAYERS)
+
+
+def _tiny_image(model_type: str) -> PretrainedConfig:
+    from transformers import DeiTConfig, SiglipVisionConfig
+
+    cls = {"deit": DeiTConfig, "siglip_vision_model": SiglipVisionConfig}[model_type]
+    return cls(image_size=16, patch_size=4, **_LAYERS)
+
+
+def _tiny_wavlm(model_type: str) -> PretrainedConfig:
+    from transformers import WavLMConfig
+
+    return WavLMConfig(num_buckets=8, max_bucket_distance=16, **_LAYERS, **_CONV)
+
+
+# model_type -> (modality kind, tiny config builder): one entry per family of `backbones_dmil.BACKBONES`, so that a
+# test can run every family the table describes (tests/test_lora.py checks that nothing in the table lacks one).
+TINY_BACKBONES: dict[str, tuple[str, Callable[[str], PretrainedConfig]]] = {
+    **{family: ("text", tiny_text_config) for family in TEXT_FAMILIES},
+    **{family: ("text", _tiny_text) for family in ("xlm-roberta", "distilbert", "deberta-v2")},
+    **{family: ("image", tiny_vision_config) for family in VISION_FAMILIES},
+    **{family: ("image", _tiny_image) for family in ("deit", "siglip_vision_model")},
+    "videomae": ("video", lambda model_type: tiny_video_config()),
+    **{family: ("audio", tiny_audio_config) for family in AUDIO_FAMILIES},
+    "wavlm": ("audio", _tiny_wavlm),
+    "dmil_feature_encoder": ("features", lambda model_type: tiny_feature_encoder_config(num_hidden_layers=2)),
+}
+
+
+def tiny_backbone_config(model_type: str) -> tuple[str, PretrainedConfig]:
+    """The modality kind and a tiny random config (hidden 32, 2 layers) of any family in the backbone table."""
+    if model_type not in TINY_BACKBONES:
+        raise ValueError(f"no tiny config for {model_type!r}; choose from {sorted(TINY_BACKBONES)}")
+    kind, build = TINY_BACKBONES[model_type]
+    return kind, build(model_type)
+
+
 def random_inputs(
     config, batch_size: int = 4, seq_len: int = 8, num_samples: int = 1600, seed: int = 0, num_frames: int = 3,
 ) -> dict:
@@ -118,9 +165,10 @@ def random_inputs(
 
 
 def save_tiny_backbones(folder: str, modalities: tuple[str, ...] = ("text", "vision", "audio"), seed: int = 0) -> dict:
-    """Save tiny random backbones with their processors (a BERT with a 20-word WordPiece tokenizer, a ViT with a
-    16 x 16 image processor, a wav2vec2 with its feature extractor) under `folder/<modality>`, as a pretrained
-    checkpoint would be, and return the paths: stand-ins for Hub backbones in offline examples and tests."""
+    """Save tiny random backbones with their processors (a BERT with a 20-token WordPiece tokenizer: 15 words and 5
+    special tokens, a ViT with a 16 x 16 image processor, a wav2vec2 with its feature extractor) under
+    `folder/<modality>`, as a pretrained checkpoint would be, and return the paths: stand-ins for Hub backbones in
+    offline examples and tests."""
     import os
 
     from transformers import AutoModel, BertTokenizer, ViTImageProcessorPil, Wav2Vec2FeatureExtractor
@@ -133,10 +181,10 @@ def save_tiny_backbones(folder: str, modalities: tuple[str, ...] = ("text", "vis
         torch.manual_seed(seed)
         AutoModel.from_config(configs[modality]).save_pretrained(path)
         if modality == "text":
-            vocab = os.path.join(path, "vocab.txt")
-            with open(vocab, "w") as f:
-                f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
-            BertTokenizer(vocab_file=vocab, model_max_length=64).save_pretrained(path)
+            # The vocabulary as a dict: transformers 5's BertTokenizer ignores `vocab_file=` (it would keep its five
+            # special tokens and map every word to [UNK]).
+            tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+            BertTokenizer(vocab={token: i for i, token in enumerate(tokens)}, model_max_length=64).save_pretrained(path)
         elif modality == "vision":
             ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(path)
         else:

@@ -46,6 +46,7 @@ from transformers.utils import (
     is_sagemaker_mp_enabled,
 )
 
+from .backbones_dmil import DIRECT_WEIGHT_READERS
 from .hub_dmil import (
     DMILHubPreflightError,
     DMILHubPublisher,
@@ -319,7 +320,27 @@ def add_lora(model: DMILForMultimodalClassification, **lora_kwargs: Any) -> torc
 
     lora_kwargs.setdefault("target_modules", lora_target_regex(model))
     lora = LoraConfig(modules_to_save=head_module_names(model), task_type=None, **lora_kwargs)
+    _refuse_unreachable_targets(model, lora)
     return get_peft_model(model, lora)
+
+
+def _refuse_unreachable_targets(model: torch.nn.Module, lora: Any) -> None:
+    """Raise before wrapping when a LoRA target is a Linear whose parent reads its weight as a tensor instead of
+    calling it (`backbones_dmil.DIRECT_WEIGHT_READERS`): its adapter would train and save but never run."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    unreachable = [
+        f"{name}.{child}" if name else child
+        for name, module in model.named_modules()
+        for child in DIRECT_WEIGHT_READERS.get(type(module).__name__, ())
+        if hasattr(module, child) and check_target_module_exists(lora, f"{name}.{child}" if name else child)
+    ]
+    if unreachable:
+        raise ValueError(
+            f"LoRA target_modules match {unreachable[:3]}{' ...' if len(unreachable) > 3 else ''}: their parent "
+            "module reads their weight directly, so an adapter there would never run; target other modules (the "
+            "backbone table's defaults avoid these)"
+        )
 
 
 # -------------------------------------------------------------------- checkpoints

@@ -38,3 +38,16 @@ def test_final_without_a_processor_says_the_pipeline_cannot_serve_it(tmp_path, c
     with caplog.at_level(logging.WARNING):
         trainer.train()
     assert any("has no processor" in r.getMessage() for r in caplog.records)
+
+
+def test_the_tiny_backbones_tokenizer_knows_its_words(tmp_path):
+    # transformers 5's BertTokenizer(vocab_file=...) ignored the file: five special tokens, every word [UNK], and the
+    # README's training example's text carried no signal.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(save_tiny_backbones(str(tmp_path / "b"), modalities=("text",))["text"])
+    assert len(tokenizer) == 20
+    ids = [tokenizer(sentence)["input_ids"] for sentence in ("a red cat", "the big dog")]  # the README's two sentences
+    assert ids[0] != ids[1] and len(ids[0]) == len(ids[1]) == 5
+    assert tokenizer.unk_token_id not in ids[0] + ids[1]
+    assert tokenizer.convert_ids_to_tokens(ids[0]) == ["[CLS]", "a", "red", "cat", "[SEP]"]

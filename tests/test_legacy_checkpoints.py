@@ -44,3 +44,20 @@ def test_three_slot_checkpoints_give_identical_outputs(name):
     torch.testing.assert_close(out.logits, expected["logits"], rtol=0, atol=0)
     if "interaction_weights" in expected:
         torch.testing.assert_close(out.interaction_weights, expected["interaction_weights"], rtol=0, atol=0)
+
+
+# Saved by the code whose feature encoder stacked nn.TransformerEncoderLayer (commit 1ecb244): a DMIL over a
+# two-layer feature encoder (padded sequences) and a projection-only one (vectors). The own pre-norm layer that
+# replaced it keeps the parameter names and the function, so the checkpoint loads as it was and gives its outputs.
+FEATURE_ENCODER = Path(__file__).resolve().parent / "fixtures" / "feature_encoder" / "dmil"
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_feature_encoder_checkpoints_of_nn_transformer_layers_give_identical_outputs(grad):
+    model, info = AutoModel.from_pretrained(FEATURE_ENCODER, output_loading_info=True)
+    assert not any(info.values()), info
+    expected = torch.load(FEATURE_ENCODER / "expected.pt")
+    with torch.set_grad_enabled(grad):
+        out = model.eval()(**expected["inputs"])
+    torch.testing.assert_close(out.logits.detach(), expected["logits"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.interaction_weights.detach(), expected["interaction_weights"], rtol=0, atol=1e-6)

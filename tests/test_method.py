@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import make_config
 from torch import nn
 
-from dmil_hf import DMILConfig, DMILForMultimodalClassification
+from dmil_hf import DMILConfig, DMILForMultimodalClassification, Modality
 from dmil_hf.configuration_dmil import REFERENCE_PRESET
 from dmil_hf.modeling_dmil import (
     MLPSynergyFusion,
@@ -18,7 +18,8 @@ from dmil_hf.modeling_dmil import (
     interaction_composition,
 )
 from dmil_hf.stages_dmil import STAGE_PLANS
-from dmil_hf.testing_utils import random_inputs
+from dmil_hf.modalities_dmil import KINDS
+from dmil_hf.testing_utils import random_inputs, tiny_audio_config, tiny_backbone_config, tiny_vision_config
 from dmil_hf.training_dmil import prepare_model_for_stage
 
 TEXT_VISION = ("text", "vision")
@@ -61,6 +62,39 @@ def test_stage_table_weights_per_modality_and_zero_weights_leave_modules_frozen(
         make_config(TEXT_VISION, stage1_kl_weight={"video": 1.0})
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_reference_preset_weighs_stage_1_for_every_kind_of_modality(kind):
+    # A row of any kind under any name gets the reference's stage-1 weights (audio its own, every other kind the
+    # visual ones), never a silent 0: the preset's dicts once had only text/vision/audio keys.
+    other = "features" if kind == "audio" else "audio"
+    rows = [Modality(f"my_{kind}", kind, tiny_backbone_config(KINDS[kind].default_model_type)[1]),
+            Modality(f"my_{other}", other, tiny_backbone_config(KINDS[other].default_model_type)[1])]
+    config = DMILConfig.reference(modality_table=rows, num_labels=3, latent_dim=16)
+    kl, rec = (0.04, 0.01) if kind == "audio" else (0.008, 0.002)
+    assert STAGE_PLANS[1].term_weight(config, f"kl_M_my_{kind}") == kl
+    assert STAGE_PLANS[1].term_weight(config, f"rec_Z_my_{kind}") == rec
+    assert config.stage1_kl_weight[f"my_{kind}"] == kl  # stored resolved, one entry per modality
+
+
+def test_a_per_modality_dict_resolves_by_name_then_kind_then_default_or_raises(caplog):
+    rows = [Modality("rgb", "video", tiny_vision_config()), Modality("flow", "video", tiny_vision_config()),
+            Modality("snd", "audio", tiny_audio_config())]
+    config = DMILConfig(modality_table=rows, stage1_reconstruction_weight={"rgb": 0.3, "video": 0.2, "default": 0.1})
+    assert config.stage1_reconstruction_weight == {"rgb": 0.3, "flow": 0.2, "snd": 0.1}
+    assert [STAGE_PLANS[1].term_weight(config, f"rec_Z_{m}") for m in ("rgb", "flow", "snd")] == [0.3, 0.2, 0.1]
+    assert DMILConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+    # A modality that no key covers is an error at construction, naming the field and the modality.
+    with pytest.raises(ValueError, match=r"stage1_kl_weight gives no value for modality 'snd' \(kind 'audio'\)"):
+        DMILConfig(modality_table=rows, stage1_kl_weight={"video": 0.5})
+    with pytest.raises(ValueError, match="stage1_kl_weight .* got keys \\['vidoe'\\]"):  # a typo is no key at all
+        DMILConfig(modality_table=rows, stage1_kl_weight={"vidoe": 0.5, "default": 0.1})
+    # A config saved when a missing modality silently weighed 0 loads with that 0 written out, and says so.
+    saved = {**config.to_dict(), "stage1_kl_weight": {"text": 0.008, "vision": 0.008, "audio": 0.04}}
+    with caplog.at_level("WARNING"):
+        loaded = DMILConfig.from_dict(saved)
+    assert loaded.stage1_kl_weight == {"rgb": 0.0, "flow": 0.0, "snd": 0.04} and "['rgb', 'flow']" in caplog.text
+
+
 def _backbones(config):
     return {f"{m}_config": config.backbone_config(m) for m in config.modalities}
 
@@ -74,8 +108,8 @@ def test_reference_preset_values():
         "synergy_fusion": "linear", "synergy_input": "n", "redundancy_readout": "joint", "gate_objective": "mixture",
         "stage1_synergy_weight": 0.0, "gate_composition_weight": 0.0, "gate_reads_predictions": False,
         "kl_weight": 0.02, "alignment_weight": 1.0,
-        "stage1_kl_weight": {"text": 0.008, "vision": 0.008, "audio": 0.04},
-        "stage1_reconstruction_weight": {"text": 0.002, "vision": 0.002, "audio": 0.01},
+        "stage1_kl_weight": {"audio": 0.04, "default": 0.008},
+        "stage1_reconstruction_weight": {"audio": 0.01, "default": 0.002},
         "stage2_component_weight": 0.5, "stage2_reconstruction_weight": 0.005, "stage3_modality_weight": 0.5,
         "stage3_component_weight": 0.8, "stage3_consistency_kl_scale": 0.4, "stage3_reconstruction_z_weight": 0.003,
         "stage3_reconstruction_m_weight": 0.001,
