@@ -879,9 +879,10 @@ def main(argv: list[str] | None = None) -> dict:
         model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, data_collator=collator,
         processing_class=processor, compute_metrics=metrics_for(evaluation) if evaluation is not None else None,
     )
-    print(f"\n{run_title(model.config)}: {', '.join(model.config.modalities)}; "
-          f"{'train, ' if training_args.do_train else ''}{'evaluate, ' if training_args.do_eval else ''}"
-          f"{'predict, ' if training_args.do_predict else ''}config {config_file}", flush=True)
+    modes = [name for name, on in (("train", training_args.do_train), ("evaluate", training_args.do_eval),
+                                   ("predict", training_args.do_predict)) if on]
+    print(f"\n{run_title(model.config)} run on {', '.join(model.config.modalities)}: {', '.join(modes)}; "
+          f"config {config_file}", flush=True)
     # With --push_to_hub the trainer checks the Hub before training (and stops with an error saying what failed). An
     # upload that fails later only ends train() with DMILHubUploadError, on every process, once every stage is saved:
     # the run is finished and reported here, then fails with that error, which names the command to push it.
