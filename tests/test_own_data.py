@@ -12,7 +12,7 @@ import sys
 import zipfile
 
 import pytest
-from test_cli import REPO, RUN, import_cli, run_cli
+from test_cli import REPO, import_cli, run_cli
 
 from dmil_hf import pretrained
 

@@ -741,11 +741,12 @@ def print_report(trainer, final_metrics: dict) -> None:
     components = config.interaction_components if config.paradigm == "dmil" else []
     rows = per_type_summary(final_metrics, components)
     if rows:
-        print("\n== final model: accuracy and mean gate weights per interaction type ==")
-        print("| type | accuracy | " + " | ".join(f"gate {c}" for c in components) + " |")
+        gates_title = " and mean gate weights" if components else ""
+        print(f"\n== final model: accuracy{gates_title} per interaction type ==")
+        print("| type | accuracy |" + "".join(f" gate {c} |" for c in components))
         print("|---|---|" + "---|" * len(components))
         for kind, accuracy, gates in rows:
-            print(f"| {kind} | {accuracy:.4f} | " + " | ".join("-" if g is None else f"{g:.3f}" for g in gates) + " |")
+            print(f"| {kind} | {accuracy:.4f} |" + "".join(" - |" if g is None else f" {g:.3f} |" for g in gates))
     keys = ("eval_accuracy", "eval_f1_macro", "eval_synergy_indicator")
     if any(k in final_metrics for k in keys):
         print("\n" + ", ".join(f"{k}={final_metrics[k]:.4f}" for k in keys if k in final_metrics))
