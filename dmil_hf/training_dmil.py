@@ -525,6 +525,23 @@ class DMILProgressCallback(ProgressCallback):
                 print(line)
 
 
+@contextlib.contextmanager
+def _without_nested_bars(active: bool = True) -> Iterator[None]:
+    """transformers' own progress bars (writing and loading weights, while a stage saves its checkpoints and loads the
+    previous stage) off while a stage's training bar is on the console: nested inside it they print a second bar and
+    stray cursor-up (`[A`) lines. Their setting is given back afterwards; the Trainer's bars are not these."""
+    from transformers.utils import logging as transformers_logging
+
+    was_on = transformers_logging.is_progress_bar_enabled()
+    if active and was_on:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if active and was_on:
+            transformers_logging.enable_progress_bar()
+
+
 class DMILPrinterCallback(TrainerCallback):
     """What `disable_tqdm=True` prints instead of the Trainer's whole log dictionaries: one line per log
     (`console_line`)."""
@@ -739,6 +756,10 @@ class DMILTrainer(Trainer):
         return [folder for folder in folders if os.path.exists(folder)]
 
     def _run_stage(self, stage: int, checkpoint: str | None, **kwargs):
+        with _without_nested_bars(self._progress is not None):
+            return self._run_stage_quietly(stage, checkpoint, **kwargs)
+
+    def _run_stage_quietly(self, stage: int, checkpoint: str | None, **kwargs):
         model = self._model_for_stage(stage)
         self._install_model(model)
         self.stage = stage

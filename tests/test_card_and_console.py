@@ -121,3 +121,32 @@ def test_cli_report_names_the_paradigm_and_its_columns(paradigm, capsys):
         assert "== joint baseline run: per-stage results ==" in out and "DMIL run" not in out
         assert "== final model: accuracy per interaction type ==" in out
         assert "| type | accuracy |\n|---|---|\n| R | 0.7500 |\n" in out
+
+
+def test_weight_bars_are_off_while_a_stage_trains_and_back_afterwards(tmp_path):
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from transformers.utils import logging as transformers_logging
+
+    seen = []
+
+    class Look(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(transformers_logging.is_progress_bar_enabled())
+
+    config = make_config(("text", "vision"))
+    data = Dataset.from_dict({"input_ids": torch.randint(3, 99, (4, 6)).tolist(),
+                              "pixel_values": torch.randn(4, 3, 16, 16).tolist(), "labels": [0, 1, 2, 0]})
+    args = DMILTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=1, stages="1",
+                                 save_strategy="no", per_device_train_batch_size=4, dataloader_num_workers=0,
+                                 disable_tqdm=False)
+    trainer = DMILTrainer(model=DMILForMultimodalClassification(config), args=args, train_dataset=data,
+                          callbacks=[Look()])
+    was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.enable_progress_bar()
+    try:
+        trainer.train(stage=1)
+        assert seen == [False] and transformers_logging.is_progress_bar_enabled()
+    finally:
+        if not was_on:
+            transformers_logging.disable_progress_bar()
