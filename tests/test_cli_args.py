@@ -103,9 +103,10 @@ def test_help_leads_with_usage_and_the_config_file_then_groups_dmil_before_train
         run.parse_arguments(["--help"])
     assert exit_.value.code == 0
     help_text = capsys.readouterr().out
-    head = "\n".join(help_text.splitlines()[:12])
+    head = "\n".join(help_text.splitlines()[:20])
     assert head.startswith("usage: accelerate launch training/run.py [CONFIG.yaml | CONFIG.json]")
     assert "config file" in head and "training/configs/synthetic_tiny.yaml" in head and "override" in head
+    assert "training/configs/own_data.yaml" in head  # the base of a run on one's own data
     assert "--use_cpu true" in help_text and "--train_file train.csv" in help_text  # the csv-on-CPU example
     # Section titles: unindented lines ending in ':' after the description.
     options = help_text[help_text.index("\noptions:\n"):]

@@ -433,6 +433,6 @@ def test_model_card_says_the_task_and_reads_per_type_mae(tmp_path):
     args = DMILTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     results = {3: {"eval_mae": 0.25, "eval_pearson": 0.9, "eval_mae_R": 0.125, "eval_gate_redundancy_R": 0.7}}
     card = render_model_card(DMILForMultimodalClassification(config), args, results).content
-    assert "Task: regression: `score` is the predicted value" in card
+    assert "Task: regression of 1 target. In detail, regression: `score` is the predicted value" in card
     assert "| 3 | eval_mae | 0.2500 |" in card and "| 3 | eval_pearson | 0.9000 |" in card
     assert "| type | mae | gate redundancy |" in card and "| R | 0.1250 | 0.7000 |" in card

@@ -1,6 +1,7 @@
 """DMILTrainer: stage freezing, LoRA adapter and merged save, resume inside a stage, GA loss, Hub push."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -146,7 +147,7 @@ class _InterruptAt(TrainerCallback):
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_resume_inside_a_stage_matches_uninterrupted_run(tmp_path, stage):
+def test_resume_inside_a_stage_matches_uninterrupted_run(tmp_path, stage, caplog):
     def run(out, interrupt=False, resume=None):
         args = make_args(tmp_path, output_dir=str(tmp_path / out), max_steps=4, save_strategy="steps", save_steps=2)
         trainer = DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data())
@@ -162,7 +163,13 @@ def test_resume_inside_a_stage_matches_uninterrupted_run(tmp_path, stage):
     run("interrupted", interrupt=True)
     assert (tmp_path / "interrupted" / f"stage-{stage}" / "checkpoint-2").is_dir()
     assert not (tmp_path / "interrupted" / f"stage-{stage}" / STAGE_MARKER).exists()
-    run("interrupted", resume=True)
+    with caplog.at_level(logging.INFO, logger="dmil_hf.training_dmil"):
+        run("interrupted", resume=True)
+    # The resumed run says where each stage came from: the finished ones' folders, the interrupted one's checkpoint.
+    messages = [r.getMessage() for r in caplog.records if r.name == "dmil_hf.training_dmil"]
+    interrupted = tmp_path / "interrupted"
+    assert f"stage 1 finished earlier: loaded from {interrupted / 'stage-1'}" in messages
+    assert f"resuming stage {stage} from {interrupted / f'stage-{stage}' / 'checkpoint-2'}" in messages
     straight, resumed = weights(tmp_path / "straight" / "stage-3"), weights(tmp_path / "interrupted" / "stage-3")
     assert straight.keys() == resumed.keys()
     for key in straight:

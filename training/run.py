@@ -8,8 +8,13 @@
     python training/run.py --help                                      # the job, an example, options by group
 
 A job is a config file plus flags. A leading `.yaml`/`.yml`/`.json` file is the base; without one the base is the
-default job, `training/configs/synthetic_tiny.yaml`. Flags override the base's values one by one, and `none` unsets an
-option whose unset value is None (`RunArgumentParser`). The script has no Accelerate code of its own: devices, mixed
+own-data job, `training/configs/own_data.yaml`, when the flags name the user's data or backbones (`OWN_JOB_FLAGS`), else
+the default job, `training/configs/synthetic_tiny.yaml`. Flags override the base's values one by one, and `none` unsets
+an option whose unset value is None (`RunArgumentParser`).
+
+Modes, as in transformers' example scripts: `--do_train` (on by default here), `--do_eval` (on: the final evaluation)
+and `--do_predict` (off: predictions.csv of the test split, `--test_file` or `--test_split`). `--do_train false`
+evaluates and/or predicts with `--init_from`'s saved model and writes nothing but its result files. The script has no Accelerate code of its own: devices, mixed
 precision (`--bf16 true`) and distribution (DDP/FSDP/DeepSpeed) come from `accelerate launch` through the Trainer.
 `--dataloader_num_workers` not set (or `auto`) is derived from the machine's CPU count (`dataloader_workers`).
 
@@ -107,8 +112,14 @@ class DataArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     train_file: str | None = field(default=None, metadata={"help": "Local csv/json/parquet training file."})
     validation_file: str | None = field(default=None, metadata={"help": "Local csv/json/parquet evaluation file."})
+    test_file: str | None = field(
+        default=None, metadata={"help": "Local csv/json/parquet file that --do_predict predicts (labels optional)."}
+    )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on (default: validation/test)."})
+    test_split: str = field(
+        default="test", metadata={"help": "Split that --do_predict predicts (a Hub dataset, a load_from_disk folder)."}
+    )
     text_column: str = field(default="text", metadata={"help": "Column with the text."})
     image_column: str = field(default="image", metadata={"help": "Column with images or image paths."})
     audio_column: str = field(default="audio", metadata={"help": "Column with waveforms or audio paths."})
@@ -155,14 +166,34 @@ Train a DMIL model (or a joint / ensemble baseline) with DMILTrainer's three
 stages.
 
 A job is a config file plus options. A leading CONFIG.yaml or CONFIG.json
-(keys: the option names below) is the base; without one the base is the
-default job, training/configs/synthetic_tiny.yaml: DMIL on the built-in
-synthetic benchmark with tiny backbones, on CPU, in about ten minutes. The
-options given override the base's values one by one, and `none` unsets an
-option whose unset value is None. Ready jobs: training/configs/*.yaml.
+(keys: the option names below) is the base. Without one, options that name
+your data or backbones (--train_file, --validation_file, --test_file,
+--dataset other than synthetic, --text_model, --vision_model, --audio_model,
+--modality, --init_from) start from the own-data job,
+training/configs/own_data.yaml (stage learning rates 2e-4 / 3e-3 / 2e-4,
+10 / 5 / 5 epochs, batch size 8, the loss logged ~20 times a stage, the
+validation set scored every epoch); any other run is the default job,
+training/configs/synthetic_tiny.yaml: DMIL on the built-in synthetic benchmark
+with tiny backbones, on CPU, in about ten minutes. The options given override
+the base's values one by one, and `none` unsets an option whose unset value is
+None. Ready jobs: training/configs/*.yaml.
 
-Your csv (text, image-path, audio-path and label columns) on CPU, with
-BERT-base, ViT-B/16 and wav2vec2-base (the base_pretrained job without bf16):
+Your csv (text, image-path, audio-path, label columns), on the own-data job:
+
+  python training/run.py --train_file train.csv \\
+      --validation_file val.csv --text_model backbones/text \\
+      --vision_model backbones/vision --audio_model backbones/audio \\
+      --image_column image_path --audio_column wav_path
+
+Evaluate and predict with a saved model, training nothing (--do_predict
+writes predictions.csv: each row's label, score and interaction weights):
+
+  python training/run.py --init_from outputs/dmil-own-data/final \\
+      --do_train false --do_predict true --validation_file val.csv \\
+      --test_file test.csv --image_column image_path --audio_column wav_path
+
+The same csv on CPU with BERT-base, ViT-B/16 and wav2vec2-base (the
+base_pretrained job without bf16):
 
   accelerate launch --cpu --num_processes 1 --num_machines 1 \\
       --mixed_precision no --dynamo_backend no \\
@@ -281,6 +312,18 @@ class RunArgumentParser(HfArgumentParser):
         dataclass_types = (ModelArguments, DataArguments, DMILTrainingArguments)
         super().__init__(dataclass_types, usage=USAGE, description=DESCRIPTION, formatter_class=HelpFormatter)
         self._group_training_options(DMILTrainingArguments)
+        # The script trains and evaluates unless told not to (transformers' example scripts do neither by default,
+        # but this one has a default job to run with no arguments at all); --do_predict stays off.
+        for name, help_text in (
+            ("do_train", "Train (the stages of --stages). false: evaluate and/or predict with --init_from's saved "
+                         "model; nothing is trained, saved or overwritten."),
+            ("do_eval", "Evaluate the final (or --init_from) model on the evaluation split (--validation_file, "
+                        "--eval_split) and write eval_results.json."),
+            ("do_predict", "Predict the test split (--test_file, --test_split) and write predictions.csv (each "
+                           "row's prediction, score, label if any, interaction weights) and predict_results.json."),
+        ):
+            action = self._option_string_actions[f"--{name}"]
+            action.default, action.help = name != "do_predict", help_text
         workers = self._option_string_actions["--dataloader_num_workers"]
         # A string default goes through `type` when the option is not given: "auto" arrives as None.
         workers.type, workers.default = worker_count, "auto"
@@ -349,22 +392,24 @@ class RunArgumentParser(HfArgumentParser):
 
 
 # Flags that name the user's own data or model: a run with one of them and no config file is not a variant of the
-# default (synthetic, tiny, CPU) job, and starts from the options' own defaults instead.
-OWN_JOB_FLAGS = ("--train_file", "--validation_file", "--text_model", "--vision_model", "--audio_model", "--modality",
-                 "--init_from")
+# default (synthetic, tiny, CPU) job; it starts from the own-data job instead (`OWN_DATA_CONFIG`).
+OWN_JOB_FLAGS = ("--train_file", "--validation_file", "--test_file", "--text_model", "--vision_model", "--audio_model",
+                 "--modality", "--init_from")
+OWN_DATA_CONFIG = Path(__file__).resolve().parent / "configs" / "own_data.yaml"
 
 
-def split_config_file(argv: list[str]) -> tuple[str | None, list[str]]:
-    """The job's config file and the flags that override it: a leading `.yaml`/`.yml`/`.json` argument; else the
-    default job (`DEFAULT_CONFIG`), so that flags alone change the default job instead of replacing it; else, when the
-    flags name the user's own data or backbones (`OWN_JOB_FLAGS`, or a `--dataset` other than synthetic), None: such
-    a job takes nothing from the synthetic one (its tiny latent size, CPU device, LoRA schedule)."""
+def split_config_file(argv: list[str]) -> tuple[str, list[str]]:
+    """The job's config file and the flags that override it: a leading `.yaml`/`.yml`/`.json` argument; else, when
+    the flags name the user's own data or backbones (`OWN_JOB_FLAGS`, or a `--dataset` other than synthetic), the
+    own-data job (`OWN_DATA_CONFIG`: stage learning rates, batch size, logging and evaluation for DMIL on a real
+    dataset, nothing of the synthetic job's tiny latent size, CPU device or LoRA); else the default job
+    (`DEFAULT_CONFIG`), so that flags alone change the default job instead of replacing it."""
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         return argv[0], argv[1:]
     names = {arg.split("=", 1)[0].replace("-", "_").replace("__", "--", 1) for arg in argv if arg.startswith("--")}
     dataset = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--dataset"), "synthetic")
     if names & set(OWN_JOB_FLAGS) or dataset != "synthetic":
-        return None, argv
+        return str(OWN_DATA_CONFIG), argv
     return str(DEFAULT_CONFIG), argv
 
 
@@ -381,6 +426,9 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, DMI
     # Later flags win in argparse, so command-line overrides follow the file's values.
     base = config_flags(config_file) if config_file else []
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=base + flags)
+    # TrainingArguments turns do_eval on whenever eval_strategy is not "no"; here --do_eval is the final evaluation
+    # (and a run without training's only one), so the value given stands.
+    training_args.do_eval = parser.parse_known_args(base + flags)[0].do_eval
     training_args.resume_from_checkpoint = resume_value(training_args.resume_from_checkpoint)
     return model_args, data_args, training_args, config_file
 
@@ -436,30 +484,42 @@ def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: i
     return splits["train"], splits["test"], config, synthetic_processor(spec)
 
 
-def load_user_data(data_args: DataArguments):
+def load_user_splits(data_args: DataArguments, need_train: bool = True) -> dict[str, Dataset | None]:
+    """The user's `train`, `validation` and `test` splits (None where there is none): from `--train_file`,
+    `--validation_file` and `--test_file`, else from a `load_from_disk` folder or a Hub dataset (`--train_split`,
+    `--eval_split` (default: validation, else test), `--test_split`). Without `need_train` (a run that does not
+    train) the training split may be missing."""
     import datasets
 
     from dmil_hf import prepare_media_columns
 
-    if data_args.train_file:
-        files = {"train": data_args.train_file}
-        if data_args.validation_file:
-            files["validation"] = data_args.validation_file
-        extension = Path(data_args.train_file).suffix.lstrip(".").replace("jsonl", "json")
+    files = {split: path for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file),
+                                             ("test", data_args.test_file)) if path}
+    if files:
+        if need_train and "train" not in files:
+            raise ValueError("--validation_file / --test_file need a --train_file to train on (or --do_train false)")
+        extension = Path(next(iter(files.values()))).suffix.lstrip(".").replace("jsonl", "json")
         raw = datasets.load_dataset(extension, data_files=files)
-    elif os.path.isdir(data_args.dataset):
-        raw = datasets.load_from_disk(data_args.dataset)
+        names = {"train": "train", "validation": "validation", "test": "test"}
     else:
-        raw = datasets.load_dataset(data_args.dataset, data_args.dataset_config)
-    if not isinstance(raw, datasets.DatasetDict):
-        raw = datasets.DatasetDict(train=raw)
+        raw = (datasets.load_from_disk(data_args.dataset) if os.path.isdir(data_args.dataset)
+               else datasets.load_dataset(data_args.dataset, data_args.dataset_config))
+        if not isinstance(raw, datasets.DatasetDict):
+            raw = datasets.DatasetDict(train=raw)
+        if need_train and data_args.train_split not in raw:
+            raise ValueError(f"no split {data_args.train_split!r} in the dataset (splits: {list(raw)})")
+        names = {"train": data_args.train_split, "test": data_args.test_split,
+                 "validation": data_args.eval_split or next((s for s in ("validation", "test") if s in raw), None)}
     # Audio()/Video() columns stay undecoded: the collator decodes their files (soundfile, PyAV); datasets would need
     # torchcodec and FFmpeg to, and fail at the first row it reads.
     raw = prepare_media_columns(raw)
-    if data_args.train_split not in raw:
-        raise ValueError(f"no split {data_args.train_split!r} in the dataset (splits: {list(raw)})")
-    eval_split = data_args.eval_split or next((s for s in ("validation", "test") if s in raw), None)
-    return raw[data_args.train_split], raw[eval_split] if eval_split else None
+    return {split: raw[name] if name in raw else None for split, name in names.items()}
+
+
+def load_user_data(data_args: DataArguments):
+    """The user's training and evaluation splits (`load_user_splits`)."""
+    splits = load_user_splits(data_args)
+    return splits["train"], splits["validation"]
 
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
@@ -521,11 +581,11 @@ def label_maps(train, label_column: str, problem_type: str = "single_label_class
 
 
 def select_samples(
-    train: Dataset, evaluation: Dataset | None, data_args: DataArguments
-) -> tuple[Dataset, Dataset | None]:
+    train: Dataset | None, evaluation: Dataset | None, data_args: DataArguments
+) -> tuple[Dataset | None, Dataset | None]:
     """The `--max_train_samples` / `--max_eval_samples` subsets: taken before labels are checked, so that the
     checks see the data that is trained and evaluated on."""
-    if data_args.max_train_samples:
+    if train is not None and data_args.max_train_samples:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     if evaluation is not None and data_args.max_eval_samples:
         evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
@@ -652,19 +712,22 @@ def _check_regression(config: PretrainedConfig, split: str, dataset: Dataset) ->
             )
 
 
-def check_labels(config: PretrainedConfig, train: Dataset, evaluation: Dataset | None) -> None:
+def check_labels(
+    config: PretrainedConfig, train: Dataset | None, evaluation: Dataset | None, test: Dataset | None = None
+) -> None:
     """The data's labels against the model's: every label must be one of the model's classes (a name in its
-    label2id, or an id below num_labels), and every validation label must occur in the training data (multi-label:
-    lists of the model's classes or multi-hot rows of num_labels values; regression: num_labels finite numbers).
-    Checked before training, so that a bad label is not first met by the collator at evaluation, after stage 1."""
+    label2id, or an id below num_labels), and every validation label must occur in the training data (when there is
+    training data: a run that only evaluates a saved model has none). Checked before training, so that a bad label is
+    not first met by the collator at evaluation, after stage 1. A test split without labels is fine. Multi-label:
+    lists of the model's classes or multi-hot rows of num_labels values; regression: num_labels finite numbers."""
     checks = {"multi_label_classification": _check_multi_label, "regression": _check_regression}
     if config.problem_type in checks:
-        for split, dataset in (("training", train), ("validation", evaluation)):
-            if dataset is not None:
+        for split, dataset in (("training", train), ("validation", evaluation), ("test", test)):
+            if dataset is not None and "label" in dataset.column_names:
                 checks[config.problem_type](config, split, dataset)
         return
-    for split, dataset in (("training", train), ("validation", evaluation)):
-        if dataset is None:
+    for split, dataset in (("training", train), ("validation", evaluation), ("test", test)):
+        if dataset is None or "label" not in dataset.column_names:
             continue
         unknown = sorted((v for v in set(dataset["label"]) if not _is_model_label(v, config)), key=str)
         if unknown:
@@ -672,6 +735,8 @@ def check_labels(config: PretrainedConfig, train: Dataset, evaluation: Dataset |
                 f"{split} label(s) {unknown} are not classes of the model (its labels: {sorted(config.label2id)}, "
                 f"ids 0..{config.num_labels - 1})"
             )
+    if train is None:
+        return
     seen = set(train["label"])
     unseen = sorted(set(evaluation["label"]) - seen, key=str) if evaluation is not None else []
     if unseen:
@@ -696,8 +761,11 @@ def build_user_model_and_processor(model_args: ModelArguments, data_args: DataAr
         saved = model.config.problem_type
         if saved is not None and model_args.problem_type not in (None, saved):
             raise ValueError(f"--problem_type {model_args.problem_type} but the model from --init_from is a {saved} model")
-        if saved is None:  # saved before its first forward with labels: the data say it, as the model's would
-            model.config.problem_type = data_problem_type(train, data_args.label_column, model_args.problem_type)
+        if saved is None and (train is not None or model_args.problem_type):
+            # Saved before its first forward with labels: the data say it, as the model's would (a run that does not
+            # train leaves it to the model's first forward).
+            model.config.problem_type = (model_args.problem_type if train is None
+                                         else data_problem_type(train, data_args.label_column, model_args.problem_type))
     else:
         problem_type = data_problem_type(train, data_args.label_column, model_args.problem_type)
         id2label = label_maps(train, data_args.label_column, problem_type)
@@ -735,13 +803,15 @@ def build_user_model_and_processor(model_args: ModelArguments, data_args: DataAr
     return model, processor
 
 
-def prepare_user_data(model_args: ModelArguments, data_args: DataArguments):
-    """Model, processor, collator and splits for user data, every check that can fail done before training."""
+def prepare_user_data(model_args: ModelArguments, data_args: DataArguments, need_train: bool = True):
+    """Model, processor, collator and the splits (`training`, `validation`, `test`; None where absent) for user data,
+    every check that can fail done before training. The test split (`--do_predict`) may lack labels."""
     from dmil_hf import DMILDataCollator
 
-    train, evaluation = select_samples(*load_user_data(data_args), data_args)
-    splits = {"training": train, "validation": evaluation}
-    check_columns(data_args, {"label_column": "the labels"}, splits)
+    loaded = load_user_splits(data_args, need_train=need_train)
+    train, evaluation = select_samples(loaded["train"] if need_train else None, loaded["validation"], data_args)
+    splits = {"training": train, "validation": evaluation, "test": loaded["test"]}
+    check_columns(data_args, {"label_column": "the labels"}, {k: v for k, v in splits.items() if k != "test"})
     model, processor = build_user_model_and_processor(model_args, data_args, train)
     modalities = model.config.modalities
     columns = modality_columns(data_args, model.config)
@@ -753,27 +823,32 @@ def prepare_user_data(model_args: ModelArguments, data_args: DataArguments):
                     f"{dataset.column_names}); set --{MODALITY_COLUMN_FIELDS.get(modality, 'modality_column')} to the "
                     "column that holds it"
                 )
-    train = drop_unused_modality_columns(data_args, modalities, train)
-    evaluation = drop_unused_modality_columns(data_args, modalities, evaluation) if evaluation is not None else None
-    if data_args.label_column != "label":  # the collator reads the class from a "label" column
-        train = train.rename_column(data_args.label_column, "label")
-        if evaluation is not None:
-            evaluation = evaluation.rename_column(data_args.label_column, "label")
-    # From here on the model's label2id is the only label map: the data's labels are checked against it and the
-    # collator maps string labels through it.
-    train = labels_as_names(train)
-    evaluation = labels_as_names(evaluation) if evaluation is not None else None
-    check_labels(model.config, train, evaluation)
+    for split, dataset in splits.items():
+        if dataset is None:
+            continue
+        dataset = drop_unused_modality_columns(data_args, modalities, dataset)
+        if data_args.label_column != "label" and data_args.label_column in dataset.column_names:
+            dataset = dataset.rename_column(data_args.label_column, "label")  # the collator reads "label"
+        # From here on the model's label2id is the only label map: the data's labels are checked against it and the
+        # collator maps string labels through it.
+        splits[split] = labels_as_names(dataset) if "label" in dataset.column_names else dataset
+    check_labels(model.config, splits["training"], splits["validation"], splits["test"])
     collator = DMILDataCollator(
         processor, label2id=dict(model.config.label2id), columns=columns, problem_type=model.config.problem_type
     )
-    return model, processor, collator, train, evaluation
+    return model, processor, collator, splits
+
+
+def run_title(config) -> str:
+    """What the console calls the run: DMIL, or the baseline it is (a paradigm without an interaction gate)."""
+    return "DMIL" if config.paradigm == "dmil" else f"{config.paradigm} baseline"
 
 
 def print_report(trainer, final_metrics: dict) -> None:
     from dmil_hf.metrics import per_type_summary
 
-    regression = trainer.model.config.problem_type == "regression"
+    config = trainer.model.config
+    regression = config.problem_type == "regression"
     # The prediction's own loss and two headline metrics, by problem type.
     columns = (
         [("eval MSE of the prediction", "eval_mse"), ("eval MAE", "eval_mae"), ("eval Pearson r", "eval_pearson")]
@@ -782,37 +857,122 @@ def print_report(trainer, final_metrics: dict) -> None:
           "eval_bce_final" if "eval_bce_final" in final_metrics else "eval_ce_final"),
          ("eval accuracy", "eval_accuracy"), ("eval macro-F1", "eval_f1_macro")]
     )
-    print("\n== DMIL run: per-stage results ==")
-    print("| stage | train loss (all terms) | eval loss (all terms) | " + " | ".join(c for c, _ in columns) + " |")
-    print("|---|---|---|---|---|---|")
-    for stage, m in sorted(trainer.stage_results.items()):
-        cells = [m.get("train_loss"), m.get("eval_loss"), *[m.get(key) for _, key in columns]]
-        print(f"| {stage} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
-    print("(A stage's loss sums every term it counts, and stage 3 counts the most, so losses grow from stage to stage;"
-          " the prediction's CE is comparable across stages.)")
-    components = trainer.model.config.interaction_components if trainer.model.config.paradigm == "dmil" else []
+    if trainer.stage_results:
+        print(f"\n== {run_title(config)} run: per-stage results ==")
+        print("| stage | train loss (all terms) | eval loss (all terms) | " + " | ".join(c for c, _ in columns) + " |")
+        print("|---|---|---|---|---|---|")
+        for stage, m in sorted(trainer.stage_results.items()):
+            cells = [m.get("train_loss"), m.get("eval_loss"), *[m.get(key) for _, key in columns]]
+            print(f"| {stage} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
+        if len(trainer.stage_results) > 1:
+            print("(A stage's loss sums every term it counts, and stage 3 counts the most, so losses grow from stage to "
+                  "stage; the prediction's CE is comparable across stages.)")
+    components = config.interaction_components if config.paradigm == "dmil" else []
     metric = "mae" if regression else "accuracy"
     rows = per_type_summary(final_metrics, components, metric=metric)
     if rows:
-        print(f"\n== final model: {metric} and mean gate weights per interaction type ==")
-        print(f"| type | {metric} | " + " | ".join(f"gate {c}" for c in components) + " |")
+        gates_title = " and mean gate weights" if components else ""
+        print(f"\n== final model: {metric}{gates_title} per interaction type ==")
+        print(f"| type | {metric} |" + "".join(f" gate {c} |" for c in components))
         print("|---|---|" + "---|" * len(components))
-        for kind, accuracy, gates in rows:
-            print(f"| {kind} | {accuracy:.4f} | " + " | ".join("-" if g is None else f"{g:.3f}" for g in gates) + " |")
+        for kind, value, gates in rows:
+            print(f"| {kind} | {value:.4f} |" + "".join(" - |" if g is None else f" {g:.3f} |" for g in gates))
     keys = ("eval_accuracy", "eval_f1_micro", "eval_f1_macro", "eval_synergy_indicator", "eval_mae", "eval_pearson")
-    print("\n" + ", ".join(f"{k}={final_metrics[k]:.4f}" for k in keys if k in final_metrics))
+    if any(k in final_metrics for k in keys):
+        print("\n" + ", ".join(f"{k}={final_metrics[k]:.4f}" for k in keys if k in final_metrics))
 
 
 def setup_logging() -> None:
-    """This script's messages from INFO up (e.g. the derived dataloader_num_workers) on stderr. Other loggers keep
-    their levels; transformers' follow the Trainer's --log_level."""
+    """This script's and dmil_hf's messages from INFO up (the derived dataloader_num_workers, which stage a resumed
+    run resumes from, the best checkpoint a stage reloads) on stderr. Other loggers keep their levels; transformers'
+    follow the Trainer's --log_level."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logger.setLevel(logging.INFO)
+    logging.getLogger("dmil_hf").setLevel(logging.INFO)
+    # transformers' own bars (writing and loading weights) would nest inside a stage's training bar on the console;
+    # the Trainer's bars are not these and stay.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
+# The files a run writes to output_dir besides the model: final evaluation, prediction metrics, predictions.
+EVAL_RESULTS, PREDICT_RESULTS, PREDICTIONS = "eval_results.json", "predict_results.json", "predictions.csv"
+
+
+def check_modes(model_args: ModelArguments, training_args: DMILTrainingArguments) -> None:
+    """--do_train / --do_eval / --do_predict, checked before anything loads. A run that does not train evaluates or
+    predicts with the saved model of --init_from, and writes nothing but its result files, none of which it may
+    overwrite (unless --overwrite_output_dir)."""
+    if training_args.do_train:
+        return
+    if not model_args.init_from:
+        raise ValueError("--do_train false evaluates or predicts with a saved model: give it with --init_from PATH "
+                         "(e.g. OUTPUT_DIR/final of an earlier run)")
+    if not (training_args.do_eval or training_args.do_predict):
+        raise ValueError("--do_train false with --do_eval false and --do_predict false leaves nothing to do")
+    if training_args.resume_from_checkpoint:
+        raise ValueError("--resume_from_checkpoint continues training: it cannot go with --do_train false")
+    written = [EVAL_RESULTS] * training_args.do_eval + [PREDICT_RESULTS, PREDICTIONS] * training_args.do_predict
+    existing = [name for name in written if os.path.exists(os.path.join(training_args.output_dir, name))]
+    if existing and not training_args.overwrite_output_dir:
+        raise ValueError(
+            f"output_dir {training_args.output_dir} already holds {', '.join(existing)}: give another --output_dir, "
+            "or --overwrite_output_dir true to replace those files (nothing else in it is touched)"
+        )
+
+
+def check_splits(training_args: DMILTrainingArguments, evaluation: Dataset | None, test: Dataset | None) -> None:
+    """The splits the modes need, before anything trains: --do_predict needs a test split; a run that does not
+    train and asks for --do_eval needs an evaluation split. Without an evaluation split, the base config's
+    eval_strategy is turned off, with a warning (the Trainer would refuse it)."""
+    if training_args.do_predict and test is None:
+        raise ValueError("--do_predict needs data to predict: give --test_file (or a dataset with a --test_split "
+                         "split, 'test' by default)")
+    if evaluation is None and training_args.do_eval and not training_args.do_train:
+        raise ValueError("--do_eval needs an evaluation split: give --validation_file (or --eval_split)")
+    if evaluation is None and training_args.eval_strategy != "no":
+        if training_args.do_train:
+            logger.warning("no evaluation data: nothing is evaluated during training (eval_strategy %s -> no)",
+                           training_args.eval_strategy.value)
+        from transformers.trainer_utils import IntervalStrategy
+
+        training_args.eval_strategy = IntervalStrategy.NO
+
+
+def write_predictions(prediction, config, path: str) -> None:
+    """`--do_predict`'s predictions.csv: one row per test sample with its index, the predicted label and its
+    probability, the true label when the data has one, and (DMIL) the sample's interaction weights, one column per
+    component (`interaction_redundancy`, ...): the per-sample interaction view as data."""
+    import csv
+
+    import numpy as np
+
+    outputs = prediction.predictions
+    logits = np.asarray(outputs["logits"], dtype=np.float64)
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    predicted = probabilities.argmax(-1)
+    weights = outputs.get("interaction_weights") if isinstance(outputs, dict) else None
+    components = config.interaction_components if weights is not None else []
+    labels = prediction.label_ids
+    header = ["index", "prediction", "score", *(["label"] if labels is not None else []),
+              *(f"interaction_{c}" for c in components)]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for i, label_id in enumerate(predicted):
+            row = [i, config.id2label[int(label_id)], f"{probabilities[i, label_id]:.6f}"]
+            if labels is not None:
+                row.append(config.id2label[int(labels[i])])
+            row += [f"{w:.6f}" for w in (weights[i] if weights is not None else [])]
+            writer.writerow(row)
 
 
 def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     model_args, data_args, training_args, config_file = parse_arguments(sys.argv[1:] if argv is None else argv)
+    check_modes(model_args, training_args)
     from transformers import set_seed
 
     from dmil_hf import DMILForMultimodalClassification, DMILTrainer
@@ -822,44 +982,79 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
     processor = collator = None
     with training_args.main_process_first(desc="dataset preparation"):
-        if data_args.train_file is None and data_args.dataset == "synthetic":
+        if data_args.train_file is None and data_args.dataset == "synthetic" and not (
+            data_args.validation_file or data_args.test_file
+        ):
             train, evaluation, config, processor = load_synthetic(data_args, model_args, training_args.seed)
             train, evaluation = select_samples(train, evaluation, data_args)
-            model = DMILForMultimodalClassification(config)
+            test = evaluation  # the benchmark's held-out split is its test split
+            if model_args.init_from:
+                model = DMILForMultimodalClassification.from_pretrained(model_args.init_from)
+            else:
+                model = DMILForMultimodalClassification(config)
         else:
-            model, processor, collator, train, evaluation = prepare_user_data(model_args, data_args)
+            model, processor, collator, splits = prepare_user_data(model_args, data_args, training_args.do_train)
+            train, evaluation, test = splits["training"], splits["validation"], splits["test"]
             # The collator reads the raw columns; the Trainer must not drop them.
             training_args.remove_unused_columns = False
-    types = (
-        evaluation[data_args.interaction_type_column]
-        if evaluation is not None and data_args.interaction_type_column in evaluation.column_names
-        else None
-    )
+    if not training_args.do_train:
+        train = None
+    check_splits(training_args, evaluation, test)
+
+    def metrics_for(dataset):
+        column = data_args.interaction_type_column
+        types = dataset[column] if dataset is not None and column in dataset.column_names else None
+        return make_compute_metrics(model.config, interaction_types=types)
+
     trainer = DMILTrainer(
         model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, data_collator=collator,
-        processing_class=processor,
-        compute_metrics=make_compute_metrics(model.config, interaction_types=types) if evaluation is not None else None,
+        processing_class=processor, compute_metrics=metrics_for(evaluation) if evaluation is not None else None,
     )
+    modes = [name for name, on in (("train", training_args.do_train), ("evaluate", training_args.do_eval),
+                                   ("predict", training_args.do_predict)) if on]
+    print(f"\n{run_title(model.config)} run on {', '.join(model.config.modalities)}: {', '.join(modes)}; "
+          f"config {config_file}", flush=True)
     # With --push_to_hub the trainer checks the Hub before training (and stops with an error saying what failed). An
     # upload that fails later only ends train() with DMILHubUploadError, on every process, once every stage is saved:
     # the run is finished and reported here, then fails with that error, which names the command to push it.
-    push_error = None
-    try:
-        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    except DMILHubUploadError as err:
-        push_error = err
-    # train() writes final/ once the model is complete; a run of fewer stages (--stages 1,2) gets one here too.
-    final_dir = trainer.final_dir or trainer.save_final(os.path.join(training_args.output_dir, "final"))
-    metrics = trainer.evaluate() if evaluation is not None else {}
-    metrics["stages"] = {str(k): v for k, v in trainer.stage_results.items()}
+    push_error = final_dir = None
+    if training_args.do_train:
+        try:
+            trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        except DMILHubUploadError as err:
+            push_error = err
+        # train() writes final/ once the model is complete; a run of fewer stages (--stages 1,2) gets one here too.
+        final_dir = trainer.final_dir or trainer.save_final(os.path.join(training_args.output_dir, "final"))
+    metrics = trainer.evaluate() if training_args.do_eval and evaluation is not None else {}
+    if training_args.do_train:
+        metrics["stages"] = {str(k): v for k, v in trainer.stage_results.items()}
+    prediction = None
+    if training_args.do_predict:
+        trainer.compute_metrics = metrics_for(test)
+        prediction = trainer.predict(test, metric_key_prefix="predict")
+    written = []
     if trainer.is_world_process_zero():
-        with open(os.path.join(training_args.output_dir, "eval_results.json"), "w") as f:
-            json.dump(metrics, f, indent=2, default=float)
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        if training_args.do_train or metrics:
+            written.append(os.path.join(training_args.output_dir, EVAL_RESULTS))
+            with open(written[-1], "w") as f:
+                json.dump(metrics, f, indent=2, default=float)
+        if prediction is not None:
+            written.append(os.path.join(training_args.output_dir, PREDICTIONS))
+            write_predictions(prediction, model.config, written[-1])
+            if prediction.label_ids is not None:  # test metrics need the test labels
+                written.append(os.path.join(training_args.output_dir, PREDICT_RESULTS))
+                with open(written[-1], "w") as f:
+                    json.dump(prediction.metrics, f, indent=2, default=float)
         print_report(trainer, metrics)
-        print(f"\nconfig: {config_file or 'command line only (no config file)'}; final model: {final_dir}; "
-              f"results: {os.path.join(training_args.output_dir, 'eval_results.json')}")
+        if prediction is not None and "predict_accuracy" in prediction.metrics:
+            print(f"predict_accuracy={prediction.metrics['predict_accuracy']:.4f} on {len(test)} test rows")
+        model_line = f"final model: {final_dir}" if final_dir else f"model: {model_args.init_from} (not trained)"
+        print(f"\nconfig: {config_file}; {model_line}; results: {', '.join(written) or 'none'}")
     if push_error is not None:
         raise push_error
+    if prediction is not None:
+        metrics["predict"] = prediction.metrics
     return metrics
 
 
