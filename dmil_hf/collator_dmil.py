@@ -53,11 +53,17 @@ class DMILDataCollator:
     columns: dict[str, str] | None = None
 
     def column_of(self, modality: str) -> str:
-        """The example field that holds a modality: `text_key` / `image_key` / `audio_key` for the three-slot
-        modalities, `columns[modality]` or the modality's name for the others."""
+        """The example field that holds a modality: `columns[modality]`; else `text_key` / `image_key` /
+        `audio_key` for the three-slot modalities, unless another modality has that field as its name (a modality's
+        own name always wins over a three-slot alias: an `image` video row beside a `vision` image row reads
+        `image`, and `vision` reads `vision`); else the modality's name."""
         if self.columns and modality in self.columns:
             return self.columns[modality]
-        return {"text": self.text_key, "vision": self.image_key, "audio": self.audio_key}.get(modality, modality)
+        alias = {"text": self.text_key, "vision": self.image_key, "audio": self.audio_key}.get(modality)
+        names = [row["name"] for row in self.processor.modality_table]
+        if alias is None or (alias != modality and alias in names):
+            return modality
+        return alias
 
     def __call__(self, examples: list[dict[str, Any]]) -> BatchFeature:
         if not isinstance(examples, (list, tuple)) or not examples:
@@ -66,6 +72,15 @@ class DMILDataCollator:
             if not isinstance(example, dict):
                 raise TypeError(f"examples[{i}] must be a dict, got {type(example).__name__}")
         kinds = {row["name"]: row["kind"] for row in self.processor.modality_table}
+        readers: dict[str, list[str]] = {}
+        for modality in kinds:
+            readers.setdefault(self.column_of(modality), []).append(modality)
+        shared = {column: names for column, names in readers.items() if len(names) > 1}
+        if shared:
+            raise ValueError(
+                f"DMILDataCollator would read one example field for several modalities ({shared}); give each its own "
+                "with columns={modality: field}"
+            )
         inputs: dict[str, list] = {}
         for modality, kind in kinds.items():
             values = [example.get(self.column_of(modality)) for example in examples]
