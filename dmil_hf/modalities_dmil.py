@@ -99,7 +99,8 @@ class Modality:
         temporal_pooling: how an image backbone's per-frame vectors of a video become one (`"mean"` or `"max"`,
             over the frames present).
         num_frames: frames the processor samples per clip (uniformly; shorter clips are padded and masked); None
-            keeps every frame. A video backbone with a fixed clip length needs exactly its `num_frames`.
+            keeps every frame. A video backbone with a fixed clip length needs exactly its `num_frames`, and reads a
+            short clip's padding as the clip's own frames stretched over its length (`inputs_dmil.fill_clip`).
     """
 
     name: str

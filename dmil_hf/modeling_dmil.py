@@ -226,7 +226,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
     `facs_input_features` `(batch, steps, dim)` with `facs_attention_mask`).
 
     Missing modalities: an input left out of the call (or marked False in `modality_mask`, shape
-    `(batch, num_modalities)`, columns in table order) removes that modality's uniqueness from the gate, removes it
+    `(batch, num_modalities)`, columns in table order, or whose mask keeps none of a sample's tokens, frames or
+    steps) removes that modality's uniqueness from the gate, removes it
     from the synergy input (zeroed), and takes R from the predictors v_m of the modalities present; the gate
     renormalises over what remains. Synergy needs two present modalities. The joint baseline zeroes the missing
     features and the ensemble averages the modalities present.
@@ -513,7 +514,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 e.g. `rgb_pixel_values` `(batch, frames, channels, height, width)` and `rgb_attention_mask`
                 `(batch, frames)` for a video, `facs_input_features` `(batch, steps, dim)` for features.
             modality_mask: `(batch, num_modalities)` bool, False where a sample lacks that modality (columns in the
-                order of `config.modalities`).
+                order of `config.modalities`). A sample whose mask of a modality keeps nothing (every token, frame
+                or step masked out) lacks it too.
             labels: `(batch,)` class ids in `[0, num_labels)`.
             stage: which training stage's loss to compute (1, 2 or 3; default 3, every term). Stage 1 runs only
                 the backbones and level 1.
