@@ -14,6 +14,9 @@ from .media_dmil import _is_clip_with_rate
 if TYPE_CHECKING:
     from .processing_dmil import DMILProcessor
 
+# The default example field of each three-slot modality (`text_key`, `image_key`, `audio_key`).
+_DEFAULT_KEYS = {"text": "text", "vision": "image", "audio": "audio"}
+
 
 @dataclass
 class DMILDataCollator:
@@ -54,14 +57,16 @@ class DMILDataCollator:
 
     def column_of(self, modality: str) -> str:
         """The example field that holds a modality: `columns[modality]`; else `text_key` / `image_key` /
-        `audio_key` for the three-slot modalities, unless another modality has that field as its name (a modality's
-        own name always wins over a three-slot alias: an `image` video row beside a `vision` image row reads
-        `image`, and `vision` reads `vision`); else the modality's name."""
+        `audio_key` for the three-slot modalities, unless the key is left at its default and another modality has
+        it as its name (a modality's own name always wins over a three-slot alias: an `image` video row beside a
+        `vision` image row reads `image`, and `vision` reads `vision`); else the modality's name."""
         if self.columns and modality in self.columns:
             return self.columns[modality]
         alias = {"text": self.text_key, "vision": self.image_key, "audio": self.audio_key}.get(modality)
+        if alias is None:
+            return modality
         names = [row["name"] for row in self.processor.modality_table]
-        if alias is None or (alias != modality and alias in names):
+        if alias == _DEFAULT_KEYS[modality] and alias != modality and alias in names:
             return modality
         return alias
 

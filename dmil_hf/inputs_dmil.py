@@ -149,7 +149,7 @@ def _check_features(name: str, features: torch.Tensor, route: ModalityRoute) -> 
 
 
 # What one step of each kind's time axis is called, for the error on an input with none.
-_TIME_UNITS = {"image": "pixel", "video": "frame", "audio": "sample", "features": "step"}
+_TIME_UNITS = {"image": "pixel", "video": "frame", "audio": "sample (or spectrogram frame)", "features": "step"}
 
 
 def fill_clip(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -12,16 +12,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import tempfile
 
-import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from dmil_hf import DMILConfig, DMILForMultimodalClassification, Modality  # noqa: E402
-from dmil_hf.modalities_dmil import input_names  # noqa: E402
-from dmil_hf.testing_utils import (  # noqa: E402
+from dmil_hf import DMILConfig, DMILForMultimodalClassification, Modality
+from dmil_hf.modalities_dmil import input_names
+from dmil_hf.testing_utils import (
     tiny_audio_config,
     tiny_feature_encoder_config,
     tiny_text_config,
