@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import AutoModel
+
+from .modalities_dmil import KINDS
 
 # The three-slot API's modalities, in their fixed order (kept for code written against it).
 MODALITIES = ("text", "vision", "audio")
@@ -139,6 +142,60 @@ _KIND_OF_SLOT = {"vision": "image"}
 def backbone_spec(model_type: str, kind: str) -> BackboneSpec:
     """The spec of a backbone family, or the default of the modality's kind (`"vision"` is read as `"image"`)."""
     return BACKBONES.get(model_type, DEFAULT_SPECS[_KIND_OF_SLOT.get(kind, kind)])
+
+
+# Families that take a main input another kind shares but a layout only one kind has: dmil_hf's feature encoder takes
+# `input_features` (batch, steps, feature_dim), the name Whisper gives its spectrograms, and nothing an audio
+# feature extractor emits.
+KIND_ONLY_FAMILIES: dict[str, str] = {"dmil_feature_encoder": "features"}
+# A config with this attribute describes a spectrogram encoder (Whisper, AST): an audio backbone, never a `features`
+# one, although Whisper's main input is `input_features` too.
+_SPECTROGRAM_ATTRIBUTE = "num_mel_bins"
+# Families that fit each kind, for the error on one that does not.
+_KIND_EXAMPLES = {
+    "text": "bert, roberta", "image": "vit, dinov2, clip_vision_model", "video": "vit (per frame) or videomae",
+    "audio": "wav2vec2, whisper, audio-spectrogram-transformer", "features": "dmil_feature_encoder",
+}
+
+
+def backbone_main_input(config: Any) -> str | None:
+    """The `main_input_name` of the model AutoModel builds for `config`, read from its class without building it;
+    None for a family AutoModel does not know (a remote-code backbone), which is checked once built."""
+    try:
+        model_class = AutoModel._model_mapping[type(config)]
+    except (KeyError, AttributeError, ImportError, ValueError):
+        return None
+    if isinstance(model_class, (tuple, list)):
+        model_class = model_class[0]
+    return getattr(model_class, "main_input_name", None)
+
+
+def check_backbone_fits(modality: str, kind: str, config: Any, main_input: str | None = None) -> None:
+    """Refuse a backbone that cannot take its modality kind's input, before anything is built or loaded.
+
+    The backbone's main input name (`main_input` from a built backbone, else `backbone_main_input`) tells which kinds
+    it encodes (`modalities_dmil.KindSpec.backbone_inputs`: `input_ids` text, `pixel_values` image and video,
+    `input_values`/`input_features` audio, `input_features` features); so a family missing from `BACKBONES` works
+    with its kind's defaults as long as its input fits. Two refinements where a name is shared: dmil_hf's feature
+    encoder is for `features` only, and a spectrogram encoder (a config with `num_mel_bins`) is audio, not features.
+    A family whose input cannot be told without building it is checked by the model once built.
+    """
+    model_type = getattr(config, "model_type", type(config).__name__)
+    spec = KINDS[kind]
+    own_kind = KIND_ONLY_FAMILIES.get(model_type)
+    main_input = main_input or backbone_main_input(config)
+    problem = None
+    if own_kind is not None and own_kind != kind:
+        problem = f"the {model_type} encoder is for {own_kind} modalities only"
+    elif main_input is not None and main_input not in spec.backbone_inputs:
+        problem = f"its {model_type} backbone takes {main_input}, not {' or '.join(spec.backbone_inputs)}"
+    elif kind == "features" and own_kind is None and hasattr(config, _SPECTROGRAM_ATTRIBUTE):
+        problem = f"its {model_type} backbone encodes audio spectrograms, not pre-extracted feature vectors"
+    if problem is not None:
+        raise ValueError(
+            f"modality {modality!r} is of kind {kind!r}, but {problem}; give it a backbone that takes {kind} input "
+            f"(e.g. {_KIND_EXAMPLES[kind]}), or the row the kind its backbone encodes"
+        )
 
 
 def backbone_width(config: Any, spec: BackboneSpec) -> int:

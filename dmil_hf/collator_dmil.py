@@ -14,6 +14,9 @@ from .media_dmil import _is_clip_with_rate
 if TYPE_CHECKING:
     from .processing_dmil import DMILProcessor
 
+# The default example field of each three-slot modality (`text_key`, `image_key`, `audio_key`).
+_DEFAULT_KEYS = {"text": "text", "vision": "image", "audio": "audio"}
+
 
 @dataclass
 class DMILDataCollator:
@@ -94,11 +97,19 @@ class DMILDataCollator:
                     raise TypeError(f"DMILDataCollator columns[{modality!r}] must be a field name (str), got {field!r}")
 
     def column_of(self, modality: str) -> str:
-        """The example field that holds a modality: `text_key` / `image_key` / `audio_key` for the three-slot
-        modalities, `columns[modality]` or the modality's name for the others."""
+        """The example field that holds a modality: `columns[modality]`; else `text_key` / `image_key` /
+        `audio_key` for the three-slot modalities, unless the key is left at its default and another modality has
+        it as its name (a modality's own name always wins over a three-slot alias: an `image` video row beside a
+        `vision` image row reads `image`, and `vision` reads `vision`); else the modality's name."""
         if self.columns and modality in self.columns:
             return self.columns[modality]
-        return {"text": self.text_key, "vision": self.image_key, "audio": self.audio_key}.get(modality, modality)
+        alias = {"text": self.text_key, "vision": self.image_key, "audio": self.audio_key}.get(modality)
+        if alias is None:
+            return modality
+        names = [row["name"] for row in self.processor.modality_table]
+        if alias == _DEFAULT_KEYS[modality] and alias != modality and alias in names:
+            return modality
+        return alias
 
     def __call__(self, examples: list[dict[str, Any]]) -> BatchFeature:
         if not isinstance(examples, (list, tuple)) or not examples:
@@ -107,6 +118,15 @@ class DMILDataCollator:
             if not isinstance(example, dict):
                 raise TypeError(f"examples[{i}] must be a dict, got {type(example).__name__}")
         kinds = {row["name"]: row["kind"] for row in self.processor.modality_table}
+        readers: dict[str, list[str]] = {}
+        for modality in kinds:
+            readers.setdefault(self.column_of(modality), []).append(modality)
+        shared = {column: names for column, names in readers.items() if len(names) > 1}
+        if shared:
+            raise ValueError(
+                f"DMILDataCollator would read one example field for several modalities ({shared}); give each its own "
+                "with columns={modality: field}"
+            )
         fields = {field for example in examples for field in example}
         inputs: dict[str, list] = {}
         for modality, kind in kinds.items():

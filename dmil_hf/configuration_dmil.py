@@ -7,7 +7,7 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 from transformers.utils import logging
 
-from .backbones_dmil import FAST_PATHS, POOLERS, backbone_spec
+from .backbones_dmil import FAST_PATHS, POOLERS, backbone_spec, check_backbone_fits
 from .feature_encoder_dmil import DMILFeatureEncoderConfig
 from .modalities_dmil import KINDS, LEGACY_MODALITIES, Modality, validate_table
 from .stages_dmil import DEFAULT_KEY, IMAGE_SLOT_NAME, per_modality_value
@@ -131,6 +131,8 @@ def _table_rows(
                 for name, kind in LEGACY_MODALITIES.items() if slots[name] is not None]
         if rows:
             validate_table(rows)
+        for row in rows:
+            check_backbone_fits(row.name, row.kind, row.backbone)
         return rows
     table_names = {row["name"] if isinstance(row, dict) else getattr(row, "name", None) for row in table}
     stray = [f"{name}_config" for name, value in slots.items() if value is not None and name not in table_names]
@@ -149,6 +151,7 @@ def _table_rows(
         if backbone is None:
             backbone = saved
         backbone = _as_backbone_config(backbone if backbone is not None else {}, row.kind, f"modality {row.name!r}'s backbone")
+        check_backbone_fits(row.name, row.kind, backbone)
         row = Modality(row.name, row.kind, backbone, row.pooling, row.temporal_pooling,
                        _clip_length(row, backbone))
         rows.append(row)

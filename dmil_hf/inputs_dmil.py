@@ -148,6 +148,22 @@ def _check_features(name: str, features: torch.Tensor, route: ModalityRoute) -> 
         )
 
 
+# What one step of each kind's time axis is called, for the error on an input with none.
+_TIME_UNITS = {"image": "pixel", "video": "frame", "audio": "sample (or spectrogram frame)", "features": "step"}
+
+
+def fill_clip(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A `(batch, frames, ...)` clip whose padded frames (mask 0, after the real ones) are replaced by the real frames
+    stretched over the clip's length: real frames `[a, b]` of a 4-frame clip become `[a, a, b, b]`, as a video
+    sampler repeats the frames of a clip shorter than its window. A clip without padding is returned as it is; one
+    without a real frame keeps its first frame (it is a missing modality, never read)."""
+    steps = frames.shape[1]
+    real = mask.to(torch.bool).sum(dim=1, keepdim=True)  # (batch, 1)
+    index = torch.arange(steps, device=frames.device).unsqueeze(0) * real.clamp(min=1) // steps  # (batch, frames)
+    rows = torch.arange(frames.shape[0], device=frames.device).unsqueeze(1)
+    return frames[rows, index]
+
+
 def check_modality(route: ModalityRoute, given: dict[str, torch.Tensor], check_values_too: bool) -> dict[str, torch.Tensor]:
     """Check one modality's inputs (`given`: input name -> tensor) and return the backbone's forward kwargs, plus
     `"attention_mask"` for the modality's time mask (tokens, samples, frames or steps)."""
@@ -171,6 +187,13 @@ def check_modality(route: ModalityRoute, given: dict[str, torch.Tensor], check_v
         _check_audio(main_name, main, route)
     else:
         _check_features(main_name, main, route)
+    if kind != "text" and 0 in main.shape[1:]:
+        # Pooling over an empty axis is NaN (or an error deep in a backbone), with check_inputs off too.
+        raise ValueError(
+            f"{main_name} has shape {tuple(main.shape)}, with an empty axis: each sample needs at least one "
+            f"{_TIME_UNITS[kind]} (leave the input out when no sample has it; a sample without it is marked False in "
+            "modality_mask, or by a mask of zeros)"
+        )
     if check_values_too and main.is_floating_point():
         check_values(main_name, main)
     kwargs = {route.backbone_input: main}
@@ -185,6 +208,14 @@ def check_modality(route: ModalityRoute, given: dict[str, torch.Tensor], check_v
             # The time axis: dim 1 for waveforms, AST's (frames, mel), video frames and feature steps; dim 2 for
             # Whisper's (mel, frames).
             _check_mask(names.mask, mask, main_name, main, (1, 2) if kind == "audio" else (1,))
+        if kind == "video" and not route.per_frame and check_values_too:
+            kept = mask.to(torch.bool)
+            if bool((kept[:, 1:] & ~kept[:, :-1]).any()):
+                raise ValueError(
+                    f"{names.mask} must mark each clip's real frames first, then its padding (ones, then zeros): the "
+                    f"{route.backbone_config.model_type} backbone reads a clip's frames in order, and a short clip's "
+                    "padding is filled with its real frames"
+                )
         kwargs["attention_mask"] = mask
     for extra in names.extra:
         if extra in given:
@@ -195,4 +226,4 @@ def check_modality(route: ModalityRoute, given: dict[str, torch.Tensor], check_v
     return kwargs
 
 
-__all__ = ["ModalityRoute", "check_modality", "check_tensor", "check_values", "MAX_INPUT_MAGNITUDE"]
+__all__ = ["ModalityRoute", "check_modality", "check_tensor", "check_values", "fill_clip", "MAX_INPUT_MAGNITUDE"]

@@ -35,6 +35,9 @@ class KindSpec:
             `pixel_values`, `input_values` and `audio_attention_mask`).
         default_model_type: the backbone built from a config dict without a `model_type`.
         has_mask: whether the model takes a mask over the modality's time axis (tokens, samples, frames, steps).
+        backbone_inputs: the main input names (`main_input_name`) of the backbones that can encode this kind: a row
+            whose backbone takes another input (a wav2vec2 for a video, ViT for features) is refused at
+            construction rather than crashing inside the backbone at its first forward.
     """
 
     processor_slot: str | None
@@ -42,24 +45,41 @@ class KindSpec:
     legacy_name: str | None
     default_model_type: str
     has_mask: bool
+    backbone_inputs: tuple[str, ...] = ()
 
 
 KINDS: dict[str, KindSpec] = {
-    "text": KindSpec("tokenizer", "input_ids", "text", "bert", has_mask=True),
-    "image": KindSpec("image_processor", "pixel_values", "vision", "vit", has_mask=False),
+    "text": KindSpec("tokenizer", "input_ids", "text", "bert", has_mask=True, backbone_inputs=("input_ids",)),
+    "image": KindSpec("image_processor", "pixel_values", "vision", "vit", has_mask=False,
+                      backbone_inputs=("pixel_values",)),
     # Frames of one clip: (batch, frames, channels, height, width), through an image backbone frame by frame (then
     # pooled over time) or a video backbone (VideoMAE) whole.
-    "video": KindSpec("image_processor", "pixel_values", None, "vit", has_mask=True),
-    "audio": KindSpec("feature_extractor", "input_values", "audio", "wav2vec2", has_mask=True),
+    "video": KindSpec("image_processor", "pixel_values", None, "vit", has_mask=True, backbone_inputs=("pixel_values",)),
+    # Waveforms (wav2vec2's input_values) or spectrograms (AST's input_values, Whisper's input_features).
+    "audio": KindSpec("feature_extractor", "input_values", "audio", "wav2vec2", has_mask=True,
+                      backbone_inputs=("input_values", "input_features")),
     # Pre-extracted feature sequences (batch, steps, dim) or vectors (batch, dim).
-    "features": KindSpec(None, "input_features", None, "dmil_feature_encoder", has_mask=True),
+    "features": KindSpec(None, "input_features", None, "dmil_feature_encoder", has_mask=True,
+                         backbone_inputs=("input_features",)),
 }
 
 # The three-slot API's modalities in their fixed order, and the legacy name of each kind.
 LEGACY_MODALITIES = {"text": "text", "vision": "image", "audio": "audio"}
 TEMPORAL_POOLINGS = ("mean", "max")
-# Names a modality may not take: they are the model's own forward arguments.
-RESERVED_NAMES = frozenset({"modality", "modality_mask", "labels", "stage", "return_dict", "input", "inputs"})
+# Names a modality may not take, because a modality's name is also a keyword of the model's forward, the processor's
+# call, an example field the collator reads, or a pipeline call argument, and the two would be confused (an input
+# silently dropped or sent to the wrong place). `text`, `audio` and `images` stay allowed: they are the three-slot
+# aliases, and a modality of that name always takes them (see `DMILProcessor.__call__`).
+RESERVED_NAMES = frozenset({
+    # DMILForMultimodalClassification.forward (a `modality` row's mask would be `modality_mask`)
+    "modality", "modality_mask", "labels", "stage", "return_dict", "input", "inputs", "self",
+    # DMILProcessor.__call__
+    "sampling_rate", "return_tensors", "return_modality_mask", "text_kwargs", "images_kwargs", "audio_kwargs",
+    # DMILDataCollator's example fields (the label; a waveform's rate is `sampling_rate`, above)
+    "label",
+    # the multimodal-classification pipeline's call arguments
+    "top_k", "batch_size", "num_workers",
+})
 MIN_MODALITIES, MAX_MODALITIES = 2, 4
 
 
@@ -79,7 +99,8 @@ class Modality:
         temporal_pooling: how an image backbone's per-frame vectors of a video become one (`"mean"` or `"max"`,
             over the frames present).
         num_frames: frames the processor samples per clip (uniformly; shorter clips are padded and masked); None
-            keeps every frame. A video backbone with a fixed clip length needs exactly its `num_frames`.
+            keeps every frame. A video backbone with a fixed clip length needs exactly its `num_frames`, and reads a
+            short clip's padding as the clip's own frames stretched over its length (`inputs_dmil.fill_clip`).
     """
 
     name: str
@@ -93,7 +114,10 @@ class Modality:
         if not isinstance(self.name, str) or not self.name.isidentifier() or keyword.iskeyword(self.name):
             raise ValueError(f"a modality name must be a Python identifier such as 'rgb', got {self.name!r}")
         if self.name in RESERVED_NAMES or self.name.startswith("_"):
-            raise ValueError(f"{self.name!r} cannot name a modality (reserved: {sorted(RESERVED_NAMES)})")
+            raise ValueError(
+                f"{self.name!r} cannot name a modality: it is a keyword of the model, processor, collator or pipeline "
+                f"(reserved: {', '.join(sorted(RESERVED_NAMES))}; names starting with '_' are reserved too)"
+            )
         if self.kind not in KINDS:
             raise ValueError(f"modality {self.name!r}: kind must be one of {tuple(KINDS)}, got {self.kind!r}")
         if self.temporal_pooling not in TEMPORAL_POOLINGS:
@@ -161,10 +185,13 @@ def pop_prefixed(kwargs: dict[str, Any], names: list[str]) -> dict[str, dict[str
     """Take the keyword arguments meant for one modality's loader out of `kwargs`: `rgb_revision="main"` becomes
     `{"rgb": {"revision": "main"}}`. `<name>_config` keys stay (they are config fields, the three-slot form's)."""
     options: dict[str, dict[str, Any]] = {name: {} for name in names}
+    # Longest name first: with modalities `rgb` and `rgb_flow`, `rgb_flow_revision` is rgb_flow's `revision`, not
+    # rgb's `flow_revision`.
+    longest_first = sorted(names, key=len, reverse=True)
     for key in list(kwargs):
         if key.endswith("_config"):
             continue
-        for name in names:
+        for name in longest_first:
             if key.startswith(f"{name}_") and len(key) > len(name) + 1:
                 options[name][key[len(name) + 1 :]] = kwargs.pop(key)
                 break
@@ -193,4 +220,5 @@ def validate_table(modalities: list[Modality]) -> None:
 
 __all__ = [
     "KINDS", "KindSpec", "Modality", "InputNames", "input_names", "pop_prefixed", "validate_table", "LEGACY_MODALITIES",
+    "RESERVED_NAMES",
 ]

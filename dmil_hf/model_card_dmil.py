@@ -10,7 +10,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from .hub_dmil import resolve_repo_id
-from .pipeline_dmil import INPUT_KEYS
+from .pipeline_dmil import input_keys
 from .metrics import per_type_summary
 from .stages_dmil import EVERYTHING, STAGE_PLANS
 
@@ -54,15 +54,15 @@ def _stage_loss(config, stage: int) -> str:
 # An example value of each kind for the card's pipeline call; the three-slot modalities use their input keys.
 _EXAMPLE = {"text": '"a sentence"', "image": '"photo.png"', "video": '"clip.mp4"', "audio": '"clip.wav"',
             "features": "features"}
-# The pipeline's input key of each three-slot modality ("image" for "vision").
-_THREE_SLOT_KEYS = {modality: key for key, modality in INPUT_KEYS.items()}
 
 
 def _example_input(config) -> str:
     """The pipeline input of the card's usage example: one value per modality, keyed as the pipeline takes it."""
     parts = []
+    # The pipeline's three-slot key of a three-slot modality ("image" for "vision"), else the modality's name.
+    aliases = {modality: key for key, modality in input_keys(config).items() if key != modality}
     for row in config.modality_specs:
-        key = _THREE_SLOT_KEYS[row.name] if row.is_legacy_slot else row.name
+        key = aliases.get(row.name, row.name)
         parts.append(f'"{key}": {_EXAMPLE[row.kind]}')
     return ", ".join(parts)
 

@@ -24,6 +24,7 @@ from .backbones_dmil import (
     apply_fast_paths,
     backbone_spec,
     backbone_width,
+    check_backbone_fits,
 )
 from .configuration_dmil import DMILConfig, _as_backbone_config
 from .feature_encoder_dmil import DMILFeatureEncoder, DMILFeatureEncoderConfig
@@ -49,7 +50,7 @@ from .heads_dmil import (  # noqa: F401  (re-exported: the method's modules, imp
     kl_per_dim,
     masked_mean,
 )
-from .inputs_dmil import MAX_INPUT_MAGNITUDE, ModalityRoute, check_modality, check_tensor  # noqa: F401
+from .inputs_dmil import MAX_INPUT_MAGNITUDE, ModalityRoute, check_modality, check_tensor, fill_clip  # noqa: F401
 from .modalities_dmil import LEGACY_MODALITIES, Modality, input_names, pop_prefixed
 from .problem_types_dmil import PROBLEM_TYPES, SINGLE_LABEL, resolve_problem_type
 from .stages_dmil import STAGES
@@ -157,6 +158,7 @@ def _load_backbone(path: str, modality: Modality, pooling: str | None, options: 
         path, return_unused_kwargs=True, **hub_kwargs, **{k: v for k, v in extra.items() if k not in hub_kwargs}
     )
     config = _as_backbone_config(full_config, modality.kind)
+    check_backbone_fits(modality.name, modality.kind, config)
     spec = backbone_spec(config.model_type, modality.kind)
     load_kwargs = {**_init_kwargs(spec, pooling), **hub_kwargs, **model_kwargs, "dtype": dtype}
     if config.model_type in LOCAL_ENCODERS:
@@ -225,7 +227,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
     `facs_input_features` `(batch, steps, dim)` with `facs_attention_mask`).
 
     Missing modalities: an input left out of the call (or marked False in `modality_mask`, shape
-    `(batch, num_modalities)`, columns in table order) removes that modality's uniqueness from the gate, removes it
+    `(batch, num_modalities)`, columns in table order, or whose mask keeps none of a sample's tokens, frames or
+    steps) removes that modality's uniqueness from the gate, removes it
     from the synergy input (zeroed), and takes R from the predictors v_m of the modalities present; the gate
     renormalises over what remains. Synergy needs two present modalities. The joint baseline zeroes the missing
     features and the ensemble averages the modalities present.
@@ -287,6 +290,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         backbone = self.backbones[modality.name]
         spec = self.specs[modality.name]
         backbone_input = backbone.main_input_name
+        # Again with the backbone built: a remote-code family's input is only known now.
+        check_backbone_fits(modality.name, modality.kind, backbone.config, backbone_input)
         takes_mask = "attention_mask" in inspect.signature(backbone.forward).parameters
         names = input_names(modality, backbone_input if modality.kind == "audio" else None)
         return ModalityRoute(modality, names, spec, modality.backbone, backbone_input, takes_mask)
@@ -336,6 +341,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 backbone = _load_backbone(str(row.backbone), row, chosen, options[row.name])
             else:
                 config = _as_backbone_config(row.backbone if row.backbone is not None else {}, row.kind)
+                check_backbone_fits(row.name, row.kind, config)
                 spec = backbone_spec(config.model_type, row.kind)
                 backbone = _build_backbone(config, spec, chosen or spec.pooling)
             backbones[row.name] = backbone
@@ -392,13 +398,28 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             raise ValueError(f"inputs disagree on the batch size: {batch_sizes}")
         return grouped, next(iter(batch_sizes.values()))
 
-    def _presence(self, grouped: dict, batch_size: int, modality_mask: torch.Tensor | None, device) -> torch.Tensor:
+    def _presence(
+        self, grouped: dict, batch_size: int, modality_mask: torch.Tensor | None, device
+    ) -> tuple[torch.Tensor, bool]:
+        """Which samples have which modality, `(batch, num_modalities)` bool, and whether every sample has every
+        modality (False whenever that is not known without a host sync, which `check_inputs=False` rules out).
+
+        A modality is missing for a sample when its inputs are left out of the call, when `modality_mask` says so,
+        or when the sample's time mask keeps nothing (every token, sample, frame or step masked out): an input made
+        of padding alone carries nothing, and would otherwise get a uniqueness weight of its own.
+        """
         # Built on the device (a fill per absent modality): torch.tensor(list, device=cuda) would be a blocking
         # host-to-device copy in every forward.
         present = torch.ones(batch_size, len(self.modalities), dtype=torch.bool, device=device)
+        time_masked = False
         for k, m in enumerate(self.modalities):
             if m not in grouped:
                 present[:, k] = False
+                continue
+            mask = grouped[m].get("attention_mask")
+            if mask is not None:
+                present[:, k] &= mask.to(device=device).bool().any(dim=1)
+                time_masked = True
         if modality_mask is not None:
             if not isinstance(modality_mask, torch.Tensor) or modality_mask.shape != (batch_size, len(self.modalities)):
                 raise ValueError(
@@ -410,9 +431,20 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 if not bool(((modality_mask == 0) | (modality_mask == 1)).all()):
                     raise ValueError("modality_mask must hold only 0/1 or False/True, got other values")
             present = present & modality_mask.to(device=device, dtype=torch.bool)
-        if self.config.check_inputs and not bool(present.any(dim=1).all()):
-            raise ValueError("every sample needs at least one modality; modality_mask leaves a sample with none")
-        return present
+        all_given = modality_mask is None and len(grouped) == len(self.modalities)
+        if self.config.check_inputs:
+            # One host sync for both reads.
+            some, every = torch.stack([present.any(dim=1).all(), present.all()]).tolist()
+            if not some:
+                empty = (~present.any(dim=1)).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"every sample needs at least one modality; sample(s) {empty} have none (modality_mask False, or "
+                    "every token, frame or step of their inputs masked out by the attention masks)"
+                )
+            all_given = all_given and every
+        elif time_masked:
+            all_given = False  # a sample may have masked out a modality; not known without reading the masks
+        return present, all_given
 
     def _check_labels(self, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
         """The labels checked for `config.problem_type` and in the form the losses take. A config without a problem
@@ -447,6 +479,13 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         """Pooled encoder features of one modality, `(batch, width)`; a video through an image backbone is encoded
         frame by frame and pooled over its frames (`temporal_pooling`)."""
         route = self.routes[modality]
+        if route.modality.kind == "video" and not route.per_frame and "attention_mask" in inputs:
+            # A video backbone (VideoMAE) reads every frame of its fixed-length clip and takes no frame mask: a short
+            # clip's padded frames are replaced by its own frames, stretched over the clip, so that padding is never
+            # read as real (black) frames. A clip with every frame masked is a missing modality (`_presence`).
+            inputs = dict(inputs)
+            mask = inputs.pop("attention_mask")
+            inputs[route.backbone_input] = fill_clip(inputs[route.backbone_input], mask)
         if not route.per_frame:
             return self._encode_backbone(modality, inputs)
         frames = inputs[route.backbone_input]
@@ -491,7 +530,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 e.g. `rgb_pixel_values` `(batch, frames, channels, height, width)` and `rgb_attention_mask`
                 `(batch, frames)` for a video, `facs_input_features` `(batch, steps, dim)` for features.
             modality_mask: `(batch, num_modalities)` bool, False where a sample lacks that modality (columns in the
-                order of `config.modalities`).
+                order of `config.modalities`). A sample whose mask of a modality keeps nothing (every token, frame
+                or step masked out) lacks it too.
             labels: by `config.problem_type`: `(batch,)` class ids in `[0, num_labels)`
                 (`"single_label_classification"`), `(batch, num_labels)` multi-hot targets in [0, 1]
                 (`"multi_label_classification"`), or `(batch,)` / `(batch, num_labels)` real targets (`"regression"`).
@@ -507,15 +547,15 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         if labels is not None:
             labels = self._check_labels(labels, batch_size)
         device = next(iter(next(iter(grouped.values())).values())).device
-        present = self._presence(grouped, batch_size, modality_mask, device)
+        present, all_given = self._presence(grouped, batch_size, modality_mask, device)
 
         z = {m: self.projections[m](self.encode(m, grouped[m])) for m in self.modalities if m in grouped}
         dtype = next(iter(z.values())).dtype
         for m in self.modalities:  # a modality absent from the whole batch: zero features, never a backbone call
             if m not in z:
                 z[m] = torch.zeros(batch_size, self.config.latent_dim, device=device, dtype=dtype)
-        # Known without looking at tensor values, so skipping the missing-modality fallback is no data-dependent branch.
-        all_given = modality_mask is None and len(grouped) == len(self.modalities)
+        # Known without looking at tensor values (or read in check_inputs' host sync), so skipping the missing-modality
+        # fallback is no data-dependent branch of a compiled graph.
         out = self.head(ModalityFeatures(z, present, all_given), labels, stage)
         return out if return_dict else out.to_tuple()
 

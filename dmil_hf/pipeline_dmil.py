@@ -22,6 +22,21 @@ TASK = "multimodal-classification"
 # The three-slot modalities' input keys (the model's config.modalities call images "vision"); every modality is also
 # its own key (`rgb`, `flow`, `facs`, `vision`).
 INPUT_KEYS = {"text": "text", "image": "vision", "audio": "audio"}
+
+
+def input_keys(config: Any) -> dict[str, str]:
+    """Input key -> modality: every modality's name, and the three-slot key of each three-slot modality (`image` for
+    an image row named `vision`) unless another modality has that key as its name: a modality's own name always wins
+    over a three-slot alias (an `image` video row beside a `vision` image row takes `image`; `vision` takes
+    `vision`)."""
+    keys = {m: m for m in config.modalities}
+    for row in config.modality_specs:
+        alias = next(key for key, modality in INPUT_KEYS.items() if modality == row.name) if row.is_legacy_slot else None
+        if alias is not None and alias not in keys:
+            keys[alias] = row.name
+    return keys
+
+
 # "Not given" for top_k, which None cannot mean since top_k=None asks for every label (as in text-classification).
 _UNSET = object()
 # What turns the model's outputs into scores (`function_to_apply`), as in transformers' text-classification pipeline.
@@ -115,8 +130,7 @@ class MultimodalClassificationPipeline(Pipeline):
                 "the processor for the model's modality table (DMILProcessor.for_model(model.config, ...))"
             )
         # Input key -> modality: every modality's name, and the three-slot keys of the three-slot modalities.
-        self._input_keys = {m: m for m in modalities}
-        self._input_keys.update({key: m for key, m in INPUT_KEYS.items() if m in modalities})
+        self._input_keys = input_keys(self.model.config)
         # The text backbone's own limit, so that a tokenizer saved without model_max_length cannot send it longer
         # texts than its position embeddings cover.
         text = next((m for m in self.model.config.modality_specs if m.kind == "text"), None)
@@ -217,7 +231,7 @@ class MultimodalClassificationPipeline(Pipeline):
         modalities = self.model.config.modalities
         unknown = sorted(set(inputs) - set(self._input_keys))
         for key in unknown:
-            if key in INPUT_KEYS:
+            if key in INPUT_KEYS and INPUT_KEYS[key] not in modalities:
                 raise ValueError(
                     f"the input has {key!r}, but this model has no {INPUT_KEYS[key]} backbone "
                     f"(its modalities: {', '.join(modalities)})"
@@ -304,4 +318,5 @@ def save_for_pipeline(model, processor, save_directory: str | os.PathLike, **kwa
     return os.fspath(save_directory)
 
 
-__all__ = ["SCORE_FUNCTIONS", "MultimodalClassificationPipeline", "default_score_function", "save_for_pipeline", "TASK"]
+__all__ = ["SCORE_FUNCTIONS", "MultimodalClassificationPipeline", "default_score_function", "input_keys",
+           "save_for_pipeline", "TASK"]

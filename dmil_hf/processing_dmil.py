@@ -552,15 +552,19 @@ class DMILProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ arguments
 
     def _argument_of(self, row: Modality) -> str:
-        """The argument name a modality is reported under: the three-slot argument, else its name."""
-        return MODALITY_ARGUMENTS[row.name] if row.is_legacy_slot else row.name
+        """The argument name a modality is reported under: the three-slot argument (unless another modality has it
+        as its name), else its name."""
+        alias = MODALITY_ARGUMENTS.get(row.name)
+        return alias if row.is_legacy_slot and (alias == row.name or alias not in self.modalities) else row.name
 
     def _argument_names(self) -> list[str]:
         return [self._argument_of(row) for row in self._rows]
 
     def _by_modality(self, legacy: dict[str, Any], named: dict[str, Any]) -> dict[str, Any]:
-        """The given inputs keyed by modality name: `text=`/`images=`/`audio=` go to the modality of that kind (its
-        three-slot name, or the only one of its kind); any other keyword must name a modality."""
+        """The given inputs keyed by modality name: `text=`/`images=`/`audio=` go to the modality of that name when
+        there is one, whatever its kind (a modality's own name always wins over a three-slot alias), else to the
+        modality of that kind (its three-slot name, or the only one of its kind); any other keyword must name a
+        modality."""
         unknown = sorted(set(named) - set(self.modalities))
         if unknown:
             raise TypeError(
@@ -570,6 +574,9 @@ class DMILProcessor(ProcessorMixin):
         given = {m: v for m, v in named.items() if v is not None}
         for argument, value in legacy.items():
             if value is None:
+                continue
+            if argument in self.modalities:  # a `text` features row, an `audio` video row: the name is theirs
+                given[argument] = value
                 continue
             slot = next(m for m, a in MODALITY_ARGUMENTS.items() if a == argument)
             kind = LEGACY_MODALITIES[slot]
