@@ -10,7 +10,7 @@ from .backbones_dmil import FAST_PATHS, POOLERS, backbone_spec
 from .feature_encoder_dmil import DMILFeatureEncoderConfig
 from .modalities_dmil import KINDS, LEGACY_MODALITIES, Modality, validate_table
 
-PARADIGMS = ("dmil", "joint", "ensemble")
+PARADIGMS = ("dmil", "joint", "ensemble", "i2m2")
 # Registries of DMIL's swappable parts (the modules live in modeling_dmil; the names are checked here).
 SYNERGY_FUSION_NAMES = ("linear", "mlp")
 REDUNDANCY_READOUT_NAMES = ("joint", "per_modality")
@@ -158,7 +158,8 @@ class DMILConfig(PretrainedConfig):
             Dimension d of the projected features Z_m and of every latent (M, N, R, U, S).
         paradigm (`str`, defaults to `"dmil"`):
             `"dmil"` (decomposition + gate), `"joint"` (concatenated features, MLP head, one CE) or `"ensemble"`
-            (one head per modality, each with its own CE, logits averaged).
+            (one head per modality, each with its own CE, logits averaged) or `"i2m2"` (I2M2, Madaan et al. 2024:
+            per-modality experts and an inter-modality expert, their log-probabilities summed, one CE).
         pooling (`dict[str, str]`, *optional*):
             Per-modality override of the pooling from the backbone table (a name in `backbones_dmil.POOLERS`:
             `"cls"`, `"mean"` or `"pooler"`); a row's own `pooling` lands here too.

@@ -3,7 +3,7 @@
 A head takes the projected features Z_m of every modality (`ModalityFeatures`) and returns the prediction and the
 stage's loss (`DMILOutput`). `HEADS` maps `config.paradigm` to its head: `DMILHead` (the two-level variational
 decomposition, synergy fusion and the per-sample interaction gate), and the baselines on the same features,
-`JointHead` and `EnsembleHead`. Latents are typed (`GaussianLatent`, `IntraModalLatents`, `ConsistencyLatents`).
+`JointHead`, `EnsembleHead` and `I2M2Head`. Latents are typed (`GaussianLatent`, `IntraModalLatents`, `ConsistencyLatents`).
 
 Read top-down: the output dataclass, the Gaussian and loss helpers, the small fusion modules, the registries of
 DMIL's variants, then the heads.
@@ -446,6 +446,52 @@ class EnsembleHead(nn.Module):
         return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms)
 
 
+def expert_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """An expert's log-probabilities log p(y | .) from its logits (float32): what a product of experts multiplies."""
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+def product_of_experts(expert_logits: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """log prod_e p_e(y | .) up to a per-sample constant: the sum of the experts' log-probabilities over the experts
+    each sample has. `expert_logits` is `(B, E, C)`, `available` `(B, E)` bool; an unavailable expert contributes
+    nothing (its factor is 1). The result is the combined prediction's logits (softmax renormalises)."""
+    log_probs = expert_log_probs(expert_logits)
+    return (log_probs * available.unsqueeze(-1).to(log_probs.dtype)).sum(dim=1)
+
+
+class I2M2Head(nn.Module):
+    """The I2M2 baseline (Madaan, Makino, Chopra, Cho, "Jointly Modeling Inter- & Intra-Modality Dependencies for
+    Multi-modal Learning", NeurIPS 2024): one intra-modality expert p(y | x_m) per modality (an MLP on Z_m) and one
+    inter-modality expert p(y | x_1..x_K) (an MLP on the concatenated Z's, a missing modality's zeroed), combined as a
+    product of experts, log p(y | x) = sum_e log p_e(y | .) + const, and trained end to end with one cross-entropy on
+    the combined prediction (the paper's objective; it trains no expert with a loss of its own). A missing
+    modality's intra expert leaves the product. The paper also reports initialising the experts from separately
+    trained models; at an equal step budget that pretraining is not done here.
+
+    `modality_logits` are the intra experts; `component_logits` is not set (I2M2 has no R/U/S components)."""
+
+    def __init__(self, config: DMILConfig):
+        super().__init__()
+        self.modalities = list(config.modalities)
+        dim = config.latent_dim
+        self.intra_experts = nn.ModuleDict({m: MLP(dim, dim, config.num_labels) for m in self.modalities})
+        self.inter_expert = MLP(len(self.modalities) * dim, dim, config.num_labels)
+
+    def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
+        z, present = features.z, features.present
+        modality_logits = torch.stack([self.intra_experts[m](z[m]) for m in self.modalities], dim=1)
+        fused = torch.cat([z[m] * present[:, k : k + 1].to(z[m].dtype) for k, m in enumerate(self.modalities)], -1)
+        inter_logits = self.inter_expert(fused)
+        experts = torch.cat([modality_logits, inter_logits.unsqueeze(1)], dim=1)
+        available = torch.cat([present, torch.ones_like(present[:, :1])], dim=1)
+        logits = product_of_experts(experts, available)
+        loss = terms = None
+        if labels is not None:
+            terms = {"ce_final": task_loss(logits, labels, reduction="mean")}
+            loss = terms["ce_final"]
+        return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms)
+
+
 class DMILHead(nn.Module):
     """DMIL (paper Fig. 2): level 1 splits each Z_m into M_m (usable alone) and N_m (the rest); level 2 splits the
     M's into redundancy R and uniquenesses U_m; a fusion of the synergy inputs and their pairwise products gives
@@ -598,3 +644,4 @@ class DMILHead(nn.Module):
 
 # `config.paradigm` -> the head that reads the modalities' features.
 HEADS: dict[str, type[nn.Module]] = {"dmil": DMILHead, "joint": JointHead, "ensemble": EnsembleHead}
+HEADS["i2m2"] = I2M2Head

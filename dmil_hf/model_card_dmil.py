@@ -109,7 +109,7 @@ def render_model_card(
         {
             "stage": k,
             "trains": _stage_trains(config, k, args.finetune_method) if paradigm == "dmil" else "everything",
-            "loss": _stage_loss(config, k) if paradigm == "dmil" else "ce_final" if paradigm == "joint" else "ce_modality_*",
+            "loss": _stage_loss(config, k) if paradigm == "dmil" else "ce_final" if paradigm in ("joint", "i2m2") else "ce_modality_*",
             "epochs": f"{args.stage_value('num_train_epochs', k):g}",
             "max_steps": "-" if args.stage_value("max_steps", k) in (None, -1) else args.stage_value("max_steps", k),
             "learning_rate": args.stage_value("learning_rate", k),

@@ -33,9 +33,9 @@ def test_benchmark_writes_the_documented_json(bench, tmp_path):
     allowed = {"accuracy", "accuracy_R", "accuracy_U_text", "accuracy_U_vision", "accuracy_S", "synergy_indicator",
                "robust_accuracy_R"}
     gates = {f"gate_{c}_{t}" for c in report["components"] for t in ("R", "U_text", "U_vision", "S")}
-    assert {r["method"] for r in rows} == {"joint", "ensemble", "dmil_reference", "dmil"}
+    assert {r["method"] for r in rows} == {"joint", "ensemble", "dmil_reference", "dmil", "i2m2"}
     assert {r["mixture"] for r in rows} == {"half_U_half_R", "synergy_heavy"}
-    assert {r["metric"] for r in rows if r["method"] in ("joint", "ensemble")} == allowed
+    assert {r["metric"] for r in rows if r["method"] in ("joint", "ensemble", "i2m2")} == allowed
     # DMIL methods also report the gate's mean weight of each component per interaction type.
     assert {r["metric"] for r in rows if r["method"] == "dmil"} == allowed | gates
     assert set(report["gate_summary"]) <= gates
