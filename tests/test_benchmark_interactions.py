@@ -65,4 +65,5 @@ def test_quick_preset_is_small(bench):
     settings, _ = bench.parse_settings(["--quick"])
     assert len(settings.seeds) == 3 and "synergy_heavy" in settings.mixtures
     assert any("U" in m for m in settings.mixtures)
-    assert settings.total_steps * len(settings.seeds) * len(settings.mixtures) * len(settings.methods) <= 10000
+    # Per method compared (the list of baselines grows: i2m2 joined it): at most 2500 optimizer steps in all.
+    assert settings.total_steps * len(settings.seeds) * len(settings.mixtures) <= 2500
