@@ -348,13 +348,59 @@ class GateInputs:
     modality_logits: torch.Tensor  # (B, K, C) level-1 unimodal heads
     available: torch.Tensor  # (B, K+2) bool
     present: torch.Tensor  # (B, K) bool
+    combination: str = "mixture"  # config.component_combination
+
+    def combine(self, weights: torch.Tensor) -> torch.Tensor:
+        """The final logits from the components under `weights` (the gate's, or them detached)."""
+        return COMPONENT_COMBINATIONS[self.combination](weights, self)
+
+
+def expert_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """An expert's log-probabilities log p(y | .) from its logits (float32): what a product of experts multiplies."""
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+def product_of_experts(expert_logits: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """log prod_e p_e(y | .) up to a per-sample constant: the sum of the experts' log-probabilities over the experts
+    each sample has. `expert_logits` is `(B, E, C)`, `available` `(B, E)` bool; an unavailable expert contributes
+    nothing (its factor is 1). The result is the combined prediction's logits (softmax renormalises)."""
+    log_probs = expert_log_probs(expert_logits)
+    return (log_probs * available.unsqueeze(-1).to(log_probs.dtype)).sum(dim=1)
+
+
+def mixture_combination(weights: torch.Tensor, inputs: GateInputs) -> torch.Tensor:
+    """`"mixture"` (reference): sum_c g_c logits_c. This already is the gated product of the component experts:
+    sum_c g_c log p_c differs from it by sum_c g_c logsumexp(logits_c), a per-sample constant, so the two have the
+    same softmax, the same CE and the same argmax (`tests/test_modeling.py`)."""
+    return (weights.unsqueeze(-1) * inputs.component_logits.float()).sum(dim=1)
+
+
+def product_combination(weights: torch.Tensor, inputs: GateInputs) -> torch.Tensor:
+    """`"product"`: I2M2's combination on DMIL's components, sum_c log p_c over the available components, every
+    component with weight 1; the gate still gives each sample's interaction weights but does not weigh the
+    prediction."""
+    return product_of_experts(inputs.component_logits, inputs.available)
+
+
+def mixture_x_unimodal_combination(weights: torch.Tensor, inputs: GateInputs) -> torch.Tensor:
+    """`"mixture_x_unimodal"`: I2M2 with DMIL's gated mixture as the inter-modality expert and the level-1 unimodal
+    heads p(y | M_m) as the intra-modality experts: log p_mixture + sum_m log p(y | M_m) over the modalities present.
+    Two agreeing modalities sharpen each other (R), and a flat unimodal head leaves the sample to the mixture."""
+    mixture = expert_log_probs(mixture_combination(weights, inputs))
+    return mixture + product_of_experts(inputs.modality_logits, inputs.present)
+
+
+COMPONENT_COMBINATIONS = {
+    "mixture": mixture_combination,
+    "product": product_combination,
+    "mixture_x_unimodal": mixture_x_unimodal_combination,
+}
 
 
 def mixture_gate_objective(inputs: GateInputs, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`"mixture"` (reference): the gate learns only through the CE of the gate-weighted logits. That CE rewards
     whichever component is most expressive, so an expressive synergy head takes every sample."""
-    logits = (inputs.weights.unsqueeze(-1) * inputs.component_logits.float()).sum(dim=1)
-    return logits, {}
+    return inputs.combine(inputs.weights), {}
 
 
 def composition_gate_objective(
@@ -364,7 +410,7 @@ def composition_gate_objective(
     (`interaction_composition`, a cross-entropy to its soft target, weighted by how informative the sample is),
     and the final CE sees the gate's weights detached, so it trains the components, not the routing. The gate
     then says which kind of information a sample rests on instead of which head is strongest."""
-    logits = (inputs.weights.detach().unsqueeze(-1) * inputs.component_logits.float()).sum(dim=1)
+    logits = inputs.combine(inputs.weights.detach())
     target, informative = interaction_composition(
         inputs.modality_logits, inputs.component_logits[:, -1], labels, inputs.present
     )
@@ -446,17 +492,17 @@ class EnsembleHead(nn.Module):
         return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms)
 
 
-def expert_log_probs(logits: torch.Tensor) -> torch.Tensor:
-    """An expert's log-probabilities log p(y | .) from its logits (float32): what a product of experts multiplies."""
-    return F.log_softmax(logits.float(), dim=-1)
-
-
-def product_of_experts(expert_logits: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-    """log prod_e p_e(y | .) up to a per-sample constant: the sum of the experts' log-probabilities over the experts
-    each sample has. `expert_logits` is `(B, E, C)`, `available` `(B, E)` bool; an unavailable expert contributes
-    nothing (its factor is 1). The result is the combined prediction's logits (softmax renormalises)."""
-    log_probs = expert_log_probs(expert_logits)
-    return (log_probs * available.unsqueeze(-1).to(log_probs.dtype)).sum(dim=1)
+def drop_one_modality(present: torch.Tensor, probability: float) -> torch.Tensor:
+    """`present` with one modality masked out of each sample with the given probability: one chosen at random among
+    those the sample has, and only where it has at least two (`config.modality_dropout`). Training on such samples
+    asks every component and the gate to cope with a modality that says nothing, which the ensemble's independent
+    heads get for free."""
+    has_two = present.sum(dim=1, keepdim=True) >= 2
+    drop = (torch.rand(present.shape[0], 1, device=present.device) < probability) & has_two
+    # A random present modality: the argmax of uniform noise over the present columns.
+    scores = torch.rand(present.shape, device=present.device).masked_fill(~present, -1.0)
+    chosen = F.one_hot(scores.argmax(dim=1), present.shape[1]).bool()
+    return present & ~(chosen & drop)
 
 
 class I2M2Head(nn.Module):
@@ -534,8 +580,10 @@ class DMILHead(nn.Module):
 
     def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
         config, modalities = self.config, self.modalities
-        z, present = features.z, features.present
+        z, present, all_given = features.z, features.present, features.all_given
         with_losses = labels is not None
+        if config.modality_dropout and self.training and with_losses and stage in (2, 3):
+            present, all_given = drop_one_modality(present, config.modality_dropout), False
         level1_losses = with_losses and stage in (1, 3)  # stage 2 trains nothing of level 1 and reads none of its terms
         # N is sampled whenever the head trains, even in stage 2 where level 1 is frozen and held in eval mode.
         level1 = {
@@ -575,7 +623,7 @@ class DMILHead(nn.Module):
 
         m_means = {m: level1[m].m.mu for m in modalities}
         level2 = self.consistency_decomposition(
-            m_means, present, with_losses=with_losses, all_given=features.all_given,
+            m_means, present, with_losses=with_losses, all_given=all_given,
             need_predictors=config.redundancy_readout != "joint",
         )
         synergy = self.synergy_fusion(synergy_inputs)
@@ -596,11 +644,11 @@ class DMILHead(nn.Module):
             log_probs = F.log_softmax(component_logits.detach().float(), dim=-1).to(gate_input[0].dtype)
             gate_input.append((log_probs * available.unsqueeze(-1).to(log_probs.dtype)).flatten(1))
         weights = self.interaction_gate(gate_input, available)
+        gate = GateInputs(weights, component_logits, modality_logits, available, present, config.component_combination)
         if not with_losses:
-            # Every gate objective predicts with the same mixture; they differ only in what trains the gate.
-            logits = (weights.unsqueeze(-1) * component_logits.float()).sum(dim=1)
+            # Every gate objective predicts with the same combination; they differ only in what trains the gate.
+            logits = gate.combine(weights)
         else:
-            gate = GateInputs(weights, component_logits, modality_logits, available, present)
             logits, gate_terms = GATE_OBJECTIVES[config.gate_objective](gate, labels)
             terms["ce_final"] = task_loss(logits, labels, reduction="mean")
             terms.update(gate_terms)
