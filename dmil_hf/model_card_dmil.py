@@ -19,6 +19,16 @@ from .stages_dmil import EVERYTHING, STAGE_PLANS
 _DEFAULT_TEMPLATE = files(__package__) / "templates" / "model_card.md"
 
 
+# What a baseline paradigm is, in the card's words (DMIL's own card describes its gate instead).
+PARADIGM_DESCRIPTIONS = {
+    "joint": "an MLP on the concatenated features of every modality, trained with one cross-entropy",
+    "ensemble": "one MLP head per modality, each with its own cross-entropy, logits averaged",
+    "i2m2": (
+        "I2M2 (Madaan et al., NeurIPS 2024): an expert p(y | x_m) per modality and an inter-modality expert "
+        "p(y | x_1..x_K), their log-probabilities summed and trained end to end with one cross-entropy"
+    ),
+}
+
 def _template_text(template: str | None) -> str:
     """The Jinja source of the model card: `template` (a file path) if given, else the template shipped with dmil_hf.
     A missing file is an error, never a silent switch to another template."""
@@ -143,6 +153,7 @@ def render_model_card(
     template_str = _template_text(template)
     kwargs = dict(
         model_name=repo_id, repo_id=repo_id, paradigm=paradigm, components=config.interaction_components,
+        paradigm_description=PARADIGM_DESCRIPTIONS.get(paradigm, paradigm),
         backbones=backbones, num_labels=config.num_labels,
         labels=[config.id2label[i] for i in range(config.num_labels)], latent_dim=config.latent_dim,
         finetune_method=args.finetune_method, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
