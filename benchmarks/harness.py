@@ -4,7 +4,7 @@ markdown table and the chart.
 
 A *method* is a paradigm plus DMIL config values and, for DMIL, the split of the step budget over its stages:
 
-* ``joint``, ``ensemble``: the baselines (one stage, the whole budget);
+* ``joint``, ``ensemble``, ``i2m2``: the baselines (one stage, the whole budget);
 * ``dmil_reference``: `DMILConfig.reference()` with the reference code's epoch split (10/5/55 of 70 epochs);
 * ``dmil``: the library's default DMIL;
 * ``dmil:field=value+field=value``: the default with some fields changed (ablations), e.g.
@@ -74,6 +74,9 @@ BASE_METHODS = {
     "dmil_reference": Method("dmil_reference", "dmil", dict(REFERENCE_PRESET), REFERENCE_STAGE_FRACTIONS),
     "dmil": Method("dmil", "dmil", {}, DEFAULT_STAGE_FRACTIONS),
 }
+# I2M2 (Madaan et al., NeurIPS 2024): intra- and inter-modality experts, log-probabilities summed, one stage.
+BASE_METHODS["i2m2"] = Method("i2m2", "i2m2")
+METHODS = (*METHODS, "i2m2")
 
 
 def parse_method(name: str) -> Method:
@@ -296,7 +299,7 @@ def benchmark_parser(description: str, quick_help: str) -> argparse.ArgumentPars
     parser.add_argument("--mixtures", type=comma_tuple(str))
     parser.add_argument("--seeds", type=comma_tuple(int))
     parser.add_argument("--methods", type=comma_tuple(str), help="comma-separated methods: joint, ensemble, "
-                        "dmil_reference, dmil, or ablations like dmil:gate_objective=mixture+stages=0.4/0.2/0.4")
+                        "i2m2, dmil_reference, dmil, or ablations like dmil:gate_objective=mixture+stages=0.4/0.2/0.4")
     parser.add_argument("--steps", dest="total_steps", type=int, help="optimizer steps per method")
     parser.add_argument("--batch-size", dest="batch_size", type=int)
     parser.add_argument("--n-train", dest="n_train", type=int)

@@ -14,12 +14,13 @@ from .stages_dmil import DEFAULT_KEY, IMAGE_SLOT_NAME, per_modality_value
 
 logger = logging.get_logger(__name__)
 
-PARADIGMS = ("dmil", "joint", "ensemble")
+PARADIGMS = ("dmil", "joint", "ensemble", "i2m2")
 # Registries of DMIL's swappable parts (the modules live in modeling_dmil; the names are checked here).
 SYNERGY_FUSION_NAMES = ("linear", "mlp")
 REDUNDANCY_READOUT_NAMES = ("joint", "per_modality")
 GATE_OBJECTIVE_NAMES = ("mixture", "composition")
 SYNERGY_INPUT_NAMES = ("n", "z", "z_detached")
+COMPONENT_COMBINATION_NAMES = ("mixture", "product", "mixture_x_unimodal")
 
 # The reference implementation (bjlfzs/DMIL, CREMA-D config) as config values; see `DMILConfig.reference`. Its stage-1
 # weights are per modality (visual beta_kl 0.4 / beta_rec 0.1, audio 2.0 / 0.5, times lamb 0.2 and its internal 0.1
@@ -206,7 +207,8 @@ class DMILConfig(PretrainedConfig):
             Dimension d of the projected features Z_m and of every latent (M, N, R, U, S).
         paradigm (`str`, defaults to `"dmil"`):
             `"dmil"` (decomposition + gate), `"joint"` (concatenated features, MLP head, one CE) or `"ensemble"`
-            (one head per modality, each with its own CE, logits averaged).
+            (one head per modality, each with its own CE, logits averaged) or `"i2m2"` (I2M2, Madaan et al. 2024:
+            per-modality experts and an inter-modality expert, their log-probabilities summed, one CE).
         pooling (`dict[str, str]`, *optional*):
             Per-modality override of the pooling from the backbone table (a name in `backbones_dmil.POOLERS`:
             `"cls"`, `"mean"` or `"pooler"`); a row's own `pooling` lands here too.
@@ -231,6 +233,15 @@ class DMILConfig(PretrainedConfig):
             the components only), so that the gate says which kind of information a sample rests on.
         gate_composition_weight (`float`, defaults to 1.0):
             Weight of the gate's composition loss in stages 2 and 3 (used by `gate_objective="composition"`).
+        component_combination (`str`, defaults to `"mixture"`):
+            How the component heads make the prediction: `"mixture"` (the reference: sum_c g_c logits_c, which is
+            also the gate-weighted product of the component experts, sum_c g_c log p_c, up to a per-sample
+            constant), `"product"` (I2M2's unweighted product of the available components; the gate only reports)
+            or `"mixture_x_unimodal"` (I2M2 with the gated mixture as its inter-modality expert: log p_mixture plus
+            the level-1 unimodal heads' log-probabilities). Measured in the README's "Method" section.
+        modality_dropout (`float`, defaults to 0.0):
+            In stages 2 and 3, the probability that one of a training sample's modalities (chosen at random, where
+            it has at least two) is masked out for that step, as a missing modality is.
         gate_reads_predictions (`bool`, defaults to `False`):
             Whether the gate also reads the component heads' log-probabilities (detached) next to the latents.
         stage1_synergy_weight (`float`, defaults to 0.0):
@@ -313,6 +324,8 @@ class DMILConfig(PretrainedConfig):
         gate_objective: str = "composition",
         gate_composition_weight: float = 1.0,
         gate_reads_predictions: bool = False,
+        component_combination: str = "mixture",
+        modality_dropout: float = 0.0,
         stage1_synergy_weight: float = 0.0,
         kl_weight: float = 0.02,
         alignment_weight: float = 1.0,
@@ -358,6 +371,7 @@ class DMILConfig(PretrainedConfig):
             ("synergy_input", synergy_input, SYNERGY_INPUT_NAMES),
             ("redundancy_readout", redundancy_readout, REDUNDANCY_READOUT_NAMES),
             ("gate_objective", gate_objective, GATE_OBJECTIVE_NAMES),
+            ("component_combination", component_combination, COMPONENT_COMBINATION_NAMES),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -371,6 +385,10 @@ class DMILConfig(PretrainedConfig):
         self.gate_objective = gate_objective
         self.gate_composition_weight = float(gate_composition_weight)
         self.gate_reads_predictions = bool(gate_reads_predictions)
+        if not 0.0 <= float(modality_dropout) < 1.0:
+            raise ValueError(f"modality_dropout must be a probability in [0, 1), got {modality_dropout!r}")
+        self.component_combination = component_combination
+        self.modality_dropout = float(modality_dropout)
         self.stage1_synergy_weight = float(stage1_synergy_weight)
         self.kl_weight = float(kl_weight)
         self.alignment_weight = float(alignment_weight)

@@ -3,7 +3,7 @@
 A head takes the projected features Z_m of every modality (`ModalityFeatures`) and returns the prediction and the
 stage's loss (`DMILOutput`). `HEADS` maps `config.paradigm` to its head: `DMILHead` (the two-level variational
 decomposition, synergy fusion and the per-sample interaction gate), and the baselines on the same features,
-`JointHead` and `EnsembleHead`. Latents are typed (`GaussianLatent`, `IntraModalLatents`, `ConsistencyLatents`).
+`JointHead`, `EnsembleHead` and `I2M2Head`. Latents are typed (`GaussianLatent`, `IntraModalLatents`, `ConsistencyLatents`).
 
 Read top-down: the output dataclass, the Gaussian and loss helpers, the small fusion modules, the registries of
 DMIL's variants, then the heads.
@@ -14,7 +14,6 @@ and transformers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from itertools import combinations
 from typing import NamedTuple
@@ -25,7 +24,13 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .configuration_dmil import DMILConfig
-from .problem_types_dmil import PROBLEM_TYPES, problem_type_of, resolve_problem_type
+from .problem_types_dmil import (
+    PROBLEM_TYPES,
+    combine_experts,
+    infer_problem_type,
+    problem_type_of,
+    resolve_problem_type,
+)
 from .stages_dmil import stage_term_weights
 
 
@@ -369,13 +374,59 @@ class GateInputs:
     available: torch.Tensor  # (B, K+2) bool
     present: torch.Tensor  # (B, K) bool
     problem_type: str | None = None  # config.problem_type (set by the model's first forward with labels)
+    combination: str = "mixture"  # config.component_combination
+
+    def combine(self, weights: torch.Tensor) -> torch.Tensor:
+        """The final logits from the components under `weights` (the gate's, or them detached)."""
+        return COMPONENT_COMBINATIONS[self.combination](weights, self)
+
+
+def product_of_experts(
+    expert_logits: torch.Tensor, available: torch.Tensor, problem_type: str | None = None
+) -> torch.Tensor:
+    """log prod_e p_e(y | .) up to a per-sample constant, as logits of the problem type: for classes the sum of the
+    experts' log-probabilities (softmax renormalises), for multi-label the sum of their log-odds, for a regression
+    the mean of their predictions (`problem_types_dmil.combine_experts`). `expert_logits` is `(B, E, C)`, `available`
+    `(B, E)` bool; an unavailable expert contributes nothing (its factor is 1)."""
+    problem_type = problem_type or infer_problem_type(expert_logits.shape[-1])
+    return combine_experts(expert_logits, problem_type, dim=1, available=available)
+
+
+def mixture_combination(weights: torch.Tensor, inputs: GateInputs) -> torch.Tensor:
+    """`"mixture"` (reference): sum_c g_c logits_c. This already is the gated product of the component experts:
+    sum_c g_c log p_c differs from it by sum_c g_c logsumexp(logits_c), a per-sample constant, so the two have the
+    same softmax, the same CE and the same argmax (`tests/test_modeling.py`)."""
+    return (weights.unsqueeze(-1) * inputs.component_logits.float()).sum(dim=1)
+
+
+def product_combination(weights: torch.Tensor, inputs: GateInputs) -> torch.Tensor:
+    """`"product"`: I2M2's combination on DMIL's components, sum_c log p_c over the available components, every
+    component with weight 1; the gate still gives each sample's interaction weights but does not weigh the
+    prediction."""
+    return product_of_experts(inputs.component_logits, inputs.available, inputs.problem_type)
+
+
+def mixture_x_unimodal_combination(weights: torch.Tensor, inputs: GateInputs) -> torch.Tensor:
+    """`"mixture_x_unimodal"`: I2M2 with DMIL's gated mixture as the inter-modality expert and the level-1 unimodal
+    heads p(y | M_m) as the intra-modality experts: log p_mixture + sum_m log p(y | M_m) over the modalities present.
+    Two agreeing modalities sharpen each other (R), and a flat unimodal head leaves the sample to the mixture."""
+    mixture = mixture_combination(weights, inputs)
+    experts = torch.cat([mixture.unsqueeze(1), inputs.modality_logits], dim=1)
+    available = torch.cat([torch.ones_like(inputs.present[:, :1]), inputs.present], dim=1)
+    return product_of_experts(experts, available, inputs.problem_type)
+
+
+COMPONENT_COMBINATIONS = {
+    "mixture": mixture_combination,
+    "product": product_combination,
+    "mixture_x_unimodal": mixture_x_unimodal_combination,
+}
 
 
 def mixture_gate_objective(inputs: GateInputs, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`"mixture"` (reference): the gate learns only through the CE of the gate-weighted logits. That CE rewards
     whichever component is most expressive, so an expressive synergy head takes every sample."""
-    logits = (inputs.weights.unsqueeze(-1) * inputs.component_logits.float()).sum(dim=1)
-    return logits, {}
+    return inputs.combine(inputs.weights), {}
 
 
 def composition_gate_objective(
@@ -385,7 +436,7 @@ def composition_gate_objective(
     (`interaction_composition`, a cross-entropy to its soft target, weighted by how informative the sample is),
     and the final CE sees the gate's weights detached, so it trains the components, not the routing. The gate
     then says which kind of information a sample rests on instead of which head is strongest."""
-    logits = (inputs.weights.detach().unsqueeze(-1) * inputs.component_logits.float()).sum(dim=1)
+    logits = inputs.combine(inputs.weights.detach())
     target, informative = interaction_composition(
         inputs.modality_logits, inputs.component_logits[:, -1], labels, inputs.present, inputs.problem_type
     )
@@ -469,6 +520,54 @@ class EnsembleHead(nn.Module):
         return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms)
 
 
+def drop_one_modality(present: torch.Tensor, probability: float) -> torch.Tensor:
+    """`present` with one modality masked out of each sample with the given probability: one chosen at random among
+    those the sample has, and only where it has at least two (`config.modality_dropout`). Training on such samples
+    asks every component and the gate to cope with a modality that says nothing, which the ensemble's independent
+    heads get for free."""
+    has_two = present.sum(dim=1, keepdim=True) >= 2
+    drop = (torch.rand(present.shape[0], 1, device=present.device) < probability) & has_two
+    # A random present modality: the argmax of uniform noise over the present columns.
+    scores = torch.rand(present.shape, device=present.device).masked_fill(~present, -1.0)
+    chosen = F.one_hot(scores.argmax(dim=1), present.shape[1]).bool()
+    return present & ~(chosen & drop)
+
+
+class I2M2Head(nn.Module):
+    """The I2M2 baseline (Madaan, Makino, Chopra, Cho, "Jointly Modeling Inter- & Intra-Modality Dependencies for
+    Multi-modal Learning", NeurIPS 2024): one intra-modality expert p(y | x_m) per modality (an MLP on Z_m) and one
+    inter-modality expert p(y | x_1..x_K) (an MLP on the concatenated Z's, a missing modality's zeroed), combined as a
+    product of experts, log p(y | x) = sum_e log p_e(y | .) + const, and trained end to end with one cross-entropy on
+    the combined prediction (the paper's objective; it trains no expert with a loss of its own). A missing
+    modality's intra expert leaves the product. The paper also reports initialising the experts from separately
+    trained models; at an equal step budget that pretraining is not done here.
+
+    `modality_logits` are the intra experts; `component_logits` is not set (I2M2 has no R/U/S components)."""
+
+    def __init__(self, config: DMILConfig):
+        super().__init__()
+        self.config = config
+        self.modalities = list(config.modalities)
+        dim = config.latent_dim
+        self.intra_experts = nn.ModuleDict({m: MLP(dim, dim, config.num_labels) for m in self.modalities})
+        self.inter_expert = MLP(len(self.modalities) * dim, dim, config.num_labels)
+
+    def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
+        z, present = features.z, features.present
+        modality_logits = torch.stack([self.intra_experts[m](z[m]) for m in self.modalities], dim=1)
+        fused = torch.cat([z[m] * present[:, k : k + 1].to(z[m].dtype) for k, m in enumerate(self.modalities)], -1)
+        inter_logits = self.inter_expert(fused)
+        experts = torch.cat([modality_logits, inter_logits.unsqueeze(1)], dim=1)
+        available = torch.cat([present, torch.ones_like(present[:, :1])], dim=1)
+        problem_type = resolve_problem_type(self.config, labels)
+        logits = product_of_experts(experts, available, problem_type)
+        loss = terms = None
+        if labels is not None:
+            terms = {"ce_final": task_loss(logits, labels, "mean", problem_type)}
+            loss = terms["ce_final"]
+        return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms)
+
+
 class DMILHead(nn.Module):
     """DMIL (paper Fig. 2): level 1 splits each Z_m into M_m (usable alone) and N_m (the rest); level 2 splits the
     M's into redundancy R and uniquenesses U_m; a fusion of the synergy inputs and their pairwise products gives
@@ -512,8 +611,10 @@ class DMILHead(nn.Module):
     def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
         config, modalities = self.config, self.modalities
         problem_type = config.problem_type
-        z, present = features.z, features.present
+        z, present, all_given = features.z, features.present, features.all_given
         with_losses = labels is not None
+        if config.modality_dropout and self.training and with_losses and stage in (2, 3):
+            present, all_given = drop_one_modality(present, config.modality_dropout), False
         level1_losses = with_losses and stage in (1, 3)  # stage 2 trains nothing of level 1 and reads none of its terms
         # N is sampled whenever the head trains, even in stage 2 where level 1 is frozen and held in eval mode.
         level1 = {
@@ -553,7 +654,7 @@ class DMILHead(nn.Module):
 
         m_means = {m: level1[m].m.mu for m in modalities}
         level2 = self.consistency_decomposition(
-            m_means, present, with_losses=with_losses, all_given=features.all_given,
+            m_means, present, with_losses=with_losses, all_given=all_given,
             need_predictors=config.redundancy_readout != "joint",
         )
         synergy = self.synergy_fusion(synergy_inputs)
@@ -577,11 +678,14 @@ class DMILHead(nn.Module):
             read = read.to(gate_input[0].dtype)
             gate_input.append((read * available.unsqueeze(-1).to(read.dtype)).flatten(1))
         weights = self.interaction_gate(gate_input, available)
+        gate = GateInputs(
+            weights, component_logits, modality_logits, available, present, problem_type=problem_type,
+            combination=config.component_combination,
+        )
         if not with_losses:
-            # Every gate objective predicts with the same mixture; they differ only in what trains the gate.
-            logits = (weights.unsqueeze(-1) * component_logits.float()).sum(dim=1)
+            # Every gate objective predicts with the same combination; they differ only in what trains the gate.
+            logits = gate.combine(weights)
         else:
-            gate = GateInputs(weights, component_logits, modality_logits, available, present, problem_type)
             logits, gate_terms = GATE_OBJECTIVES[config.gate_objective](gate, labels)
             terms["ce_final"] = task_loss(logits, labels, "mean", problem_type)
             terms.update(gate_terms)
@@ -625,3 +729,4 @@ class DMILHead(nn.Module):
 
 # `config.paradigm` -> the head that reads the modalities' features.
 HEADS: dict[str, type[nn.Module]] = {"dmil": DMILHead, "joint": JointHead, "ensemble": EnsembleHead}
+HEADS["i2m2"] = I2M2Head

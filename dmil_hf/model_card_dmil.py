@@ -104,7 +104,7 @@ TASK_LINES = {
 
 
 # The loss of a baseline's single stage, by paradigm (a paradigm not listed gets a generic phrase).
-_BASELINE_LOSS = {"joint": "ce_final", "ensemble": "ce_modality_*"}
+_BASELINE_LOSS = {"joint": "ce_final", "ensemble": "ce_modality_*", "i2m2": "ce_final"}
 
 
 def has_interactions(config) -> bool:

@@ -218,7 +218,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
     or dmil_hf's feature encoder for pre-extracted feature sequences. Its pooled vector is projected to Z_m, and the
     features of every modality go to the head of `config.paradigm`: `"dmil"` (level 1 splits Z_m into M_m, usable
     alone, and N_m, the rest; level 2 splits the M's into redundancy R and uniquenesses U_m; a fusion gives
-    synergy S; a per-sample gate weighs the component heads), or the `"joint"` and `"ensemble"` baselines.
+    synergy S; a per-sample gate weighs the component heads), or the `"joint"`, `"ensemble"` and `"i2m2"` baselines.
 
     Inputs are keyword arguments named by the table (`model.input_names`): the three-slot names for modalities
     called `text`, `vision` and `audio` (`input_ids`, `attention_mask`, `token_type_ids`, `pixel_values`,
@@ -231,7 +231,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
     steps) removes that modality's uniqueness from the gate, removes it
     from the synergy input (zeroed), and takes R from the predictors v_m of the modalities present; the gate
     renormalises over what remains. Synergy needs two present modalities. The joint baseline zeroes the missing
-    features and the ensemble averages the modalities present.
+    features, the ensemble averages the modalities present and I2M2 leaves a missing modality's expert out of its
+    product.
 
     Example:
 

@@ -59,8 +59,8 @@ def default_score_function(config) -> str:
 
 
 class MultimodalClassificationPipeline(Pipeline):
-    r"""Classify samples made of any of text, an image and an audio clip with a DMIL model (or its joint / ensemble
-    baselines), and report how much each prediction rests on redundant, unique and synergistic information.
+    r"""Classify samples made of any of text, an image and an audio clip with a DMIL model (or its joint / ensemble /
+    I2M2 baselines), and report how much each prediction rests on redundant, unique and synergistic information.
 
     Inputs: a dict with any of the keys `"text"` (str; "" or whitespace counts as missing), `"image"` (PIL image,
     numpy array, torch tensor or file path; uint8 arrays are 0..255, float arrays [0, 1]) and `"audio"` (1-D
@@ -75,8 +75,8 @@ class MultimodalClassificationPipeline(Pipeline):
     in transformers' text-classification pipeline, the softmax probability (single-label), each label's own sigmoid
     probability (multi-label), or the predicted value itself (regression: `[{"label": "LABEL_0", "score": 0.73}]`
     for one target); `interactions` is the sample's gate over `model.config.interaction_components` (the same dict on
-    every label of a sample; it sums to 1) and is left out for the `"joint"` and `"ensemble"` paradigms, which have
-    no gate.
+    every label of a sample; it sums to 1) and is left out for the `"joint"`, `"ensemble"` and `"i2m2"` paradigms,
+    which have no gate.
 
     Args (call time):
         top_k (`int` or None, defaults to 1): how many labels to return per input; None returns every label. As

@@ -177,18 +177,33 @@ def _values(logits: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------- products of experts (I2M2)
 
 
-def _sum_of_log_probabilities(expert_logits: torch.Tensor, dim: int) -> torch.Tensor:
-    return F.log_softmax(expert_logits.float(), dim=-1).sum(dim)
+def _weights(expert_logits: torch.Tensor, dim: int, available: torch.Tensor | None) -> torch.Tensor | None:
+    # An unavailable expert's factor is 1: it is left out of the product (`available` is (B, E) along `dim`).
+    if available is None:
+        return None
+    return available.to(torch.float32).reshape(*available.shape, *([1] * (expert_logits.dim() - available.dim())))
 
 
-def _sum_of_logits(expert_logits: torch.Tensor, dim: int) -> torch.Tensor:
+def _sum_of_log_probabilities(expert_logits: torch.Tensor, dim: int, available: torch.Tensor | None = None) -> torch.Tensor:
+    log_probs = F.log_softmax(expert_logits.float(), dim=-1)
+    weights = _weights(expert_logits, dim, available)
+    return (log_probs if weights is None else log_probs * weights).sum(dim)
+
+
+def _sum_of_logits(expert_logits: torch.Tensor, dim: int, available: torch.Tensor | None = None) -> torch.Tensor:
     # A product of Bernoulli experts, renormalised over {0, 1}: its log-odds are the sum of the experts' log-odds.
-    return expert_logits.float().sum(dim)
+    weights = _weights(expert_logits, dim, available)
+    logits = expert_logits.float()
+    return (logits if weights is None else logits * weights).sum(dim)
 
 
-def _mean_of_predictions(expert_logits: torch.Tensor, dim: int) -> torch.Tensor:
+def _mean_of_predictions(expert_logits: torch.Tensor, dim: int, available: torch.Tensor | None = None) -> torch.Tensor:
     # A product of Gaussian experts of one fixed variance is the Gaussian at the mean of their means.
-    return expert_logits.float().mean(dim)
+    weights = _weights(expert_logits, dim, available)
+    values = expert_logits.float()
+    if weights is None:
+        return values.mean(dim)
+    return (values * weights).sum(dim) / weights.sum(dim).clamp(min=1.0)
 
 
 @dataclass(frozen=True)
@@ -205,7 +220,8 @@ class ProblemType:
         ceiling: the most information a prediction can hold, in nats, given `num_labels` (a perfect one; for
             regression its average over samples). Normalises a sample's total into its routing weight.
         gate_features: what the gate reads of a head's output (`gate_reads_predictions`).
-        combine: `(expert_logits, dim)` -> the product of the experts stacked along `dim`, as logits of this problem
+        combine: `(expert_logits, dim, available=None)` -> the product of the experts stacked along `dim` (those
+            `available` marks, `(B, E)` bool), as logits of this problem
             type (see `combine_experts`).
         loss_name: the loss the `ce_*` terms hold under this problem type.
     """
@@ -215,7 +231,7 @@ class ProblemType:
     information: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     ceiling: Callable[[int], float]
     gate_features: Callable[[torch.Tensor], torch.Tensor]
-    combine: Callable[[torch.Tensor, int], torch.Tensor]
+    combine: Callable[..., torch.Tensor]
     loss_name: str
 
 
@@ -247,11 +263,14 @@ def problem_type_of(logits: torch.Tensor, labels: torch.Tensor, problem_type: st
     return PROBLEM_TYPES[name]
 
 
-def combine_experts(expert_logits: torch.Tensor, problem_type: str, dim: int = 1) -> torch.Tensor:
+def combine_experts(
+    expert_logits: torch.Tensor, problem_type: str, dim: int = 1, available: torch.Tensor | None = None
+) -> torch.Tensor:
     """The product of experts (I2M2's sum of log-probabilities) of predictions stacked along `dim`, as logits of
     `problem_type`: single-label, the sum of the experts' log-softmax; multi-label, the sum of their logits (the
     product of each label's Bernoullis, renormalised); regression, the mean of their predictions (the product of
-    Gaussians of one fixed variance: a precision-weighted mean with equal precisions). Computed in float32.
+    Gaussians of one fixed variance: a precision-weighted mean with equal precisions). `available` (`(B, E)` bool)
+    leaves an expert out of a sample's product (a missing modality's). Computed in float32.
 
     Example:
 
@@ -264,7 +283,7 @@ def combine_experts(expert_logits: torch.Tensor, problem_type: str, dim: int = 1
     """
     if problem_type not in PROBLEM_TYPES:
         raise ValueError(f"problem_type must be one of {sorted(PROBLEM_TYPES)}, got {problem_type!r}")
-    return PROBLEM_TYPES[problem_type].combine(expert_logits, dim)
+    return PROBLEM_TYPES[problem_type].combine(expert_logits, dim, available)
 
 
 __all__ = [

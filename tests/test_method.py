@@ -12,6 +12,7 @@ from torch import nn
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, Modality
 from dmil_hf.configuration_dmil import REFERENCE_PRESET
+from dmil_hf.heads_dmil import GateInputs, drop_one_modality
 from dmil_hf.modeling_dmil import (
     MLPSynergyFusion,
     SynergyFusion,
@@ -141,7 +142,9 @@ def test_configs_saved_before_the_variants_load_with_their_modules(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("synergy_fusion", "bilinear"), ("gate_objective", "oracle"),
-                                          ("redundancy_readout", "max"), ("synergy_input", "x")])
+                                          ("redundancy_readout", "max"), ("synergy_input", "x"),
+                                          ("component_combination", "stacking"), ("modality_dropout", 1.0),
+                                          ("modality_dropout", -0.1)])
 def test_unknown_variant_is_an_error(field, value):
     with pytest.raises(ValueError, match=field):
         make_config(TEXT_VISION, **{field: value})
@@ -171,6 +174,89 @@ def test_mlp_fusion_learns_a_sum_modulo_c_that_the_linear_fusion_cannot():
 
     assert fit(MLPSynergyFusion(2, d)) == 1.0
     assert fit(SynergyFusion(2, d)) <= fit(MLPSynergyFusion(2, d))
+
+
+def _gate_inputs(combination):
+    # 2 modalities, 2 classes: components [R, U_a, U_b, S]; sample 1 lacks modality b (no U_b, no S).
+    component_logits = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 0.0]],
+                                     [[0.0, 1.0], [2.0, 0.0], [5.0, -5.0], [7.0, 0.0]]])
+    modality_logits = torch.tensor([[[0.0, 1.0], [1.0, 0.0]], [[4.0, 0.0], [-6.0, 6.0]]])
+    available = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    present = torch.tensor([[True, True], [True, False]])
+    weights = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.0, 0.0]])
+    return GateInputs(weights, component_logits, modality_logits, available, present, combination)
+
+
+def test_component_combinations_pinned():
+    lse = lambda *x: math.log(sum(math.exp(v) for v in x))  # noqa: E731
+    mixture = _gate_inputs("mixture")
+    # sum_c g_c logits_c: row 0 [0.1 + 0.9, 0.4], row 1 [1.0, 0.5].
+    torch.testing.assert_close(mixture.combine(mixture.weights), torch.tensor([[1.0, 0.4], [1.0, 0.5]]))
+    product = _gate_inputs("product")
+    # sum of log-softmax over the available components (row 1: R and U_a only).
+    row0 = [sum(c[k] - lse(*c) for c in ([1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 0.0])) for k in range(2)]
+    row1 = [sum(c[k] - lse(*c) for c in ([0.0, 1.0], [2.0, 0.0])) for k in range(2)]
+    torch.testing.assert_close(product.combine(product.weights), torch.tensor([row0, row1]), rtol=0, atol=1e-6)
+    both = _gate_inputs("mixture_x_unimodal")
+    # log-softmax of the mixture plus the present unimodal heads' log-softmax (row 1: modality a only).
+    row0 = [[1.0, 0.4][k] - lse(1.0, 0.4) + [0.0, 1.0][k] - lse(0.0, 1.0) + [1.0, 0.0][k] - lse(1.0, 0.0)
+            for k in range(2)]
+    row1 = [[1.0, 0.5][k] - lse(1.0, 0.5) + [4.0, 0.0][k] - lse(4.0, 0.0) for k in range(2)]
+    torch.testing.assert_close(both.combine(both.weights), torch.tensor([row0, row1]), rtol=0, atol=1e-6)
+
+
+def test_the_mixture_of_logits_is_the_gated_product_of_the_component_experts():
+    """sum_c g_c logits_c and sum_c g_c log p_c differ by a per-sample constant: same softmax, CE and gradients. A
+    'gated product' with convex gate weights would therefore change nothing; what I2M2's product changes is the
+    weights (1 for every expert), which `"product"` and `"mixture_x_unimodal"` measure."""
+    inputs = _gate_inputs("mixture")
+    logits = inputs.component_logits.clone().requires_grad_(True)
+    labels = torch.tensor([1, 0])
+    mixture = (inputs.weights.unsqueeze(-1) * logits).sum(1)
+    gated_product = (inputs.weights.unsqueeze(-1) * F.log_softmax(logits, -1)).sum(1)
+    torch.testing.assert_close(mixture.softmax(-1), gated_product.softmax(-1))
+    grad_mixture, = torch.autograd.grad(F.cross_entropy(mixture, labels), logits)
+    grad_product, = torch.autograd.grad(F.cross_entropy(gated_product, labels), logits)
+    torch.testing.assert_close(grad_mixture, grad_product)
+
+
+def test_drop_one_modality_masks_exactly_one_present_modality_of_the_chosen_samples():
+    torch.manual_seed(0)
+    present = torch.tensor([[True, True, True], [True, False, True], [False, True, False]]).repeat(200, 1)
+    dropped = drop_one_modality(present, 0.999999)
+    assert not bool((dropped & ~present).any())  # never adds a modality
+    lost = (present & ~dropped).sum(1)
+    torch.testing.assert_close(lost, (present.sum(1) >= 2).long())  # one gone where two or more were, none otherwise
+    # The modality dropped is chosen at random among those present.
+    assert (present & ~dropped)[0::3].float().mean(0).min() > 0.2
+    assert bool((drop_one_modality(present, 0.0) == present).all())
+    half = drop_one_modality(present, 0.5)
+    assert 0.4 < (present & ~half).any(1)[present.sum(1) >= 2].float().mean() < 0.6
+
+
+def test_modality_dropout_acts_in_training_stages_2_and_3_only():
+    base = make_config(TEXT_VISION)
+    dropping = make_config(TEXT_VISION, modality_dropout=0.9)
+    torch.manual_seed(0)
+    model = DMILForMultimodalClassification(base)
+    other = DMILForMultimodalClassification(dropping)
+    other.load_state_dict(model.state_dict())
+    inputs = random_inputs(base, batch_size=8)
+    with torch.no_grad():
+        model.eval(), other.eval()
+        torch.testing.assert_close(other(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+        model.train(), other.train()
+        for stage, differs in ((1, False), (2, True), (3, True)):
+            torch.manual_seed(1)
+            a = model(**inputs, stage=stage)
+            torch.manual_seed(1)
+            b = other(**inputs, stage=stage)
+            assert (not torch.equal(a.logits, b.logits)) == differs, stage
+    # A dropped modality leaves the gate like a missing one: some training samples lose uniqueness_vision or S.
+    torch.manual_seed(2)
+    with torch.no_grad():
+        weights = other(**inputs, stage=2).interaction_weights
+    assert bool((weights == 0).any())
 
 
 def test_per_modality_redundancy_readout_averages_the_predictor_logits():

@@ -2,6 +2,8 @@
 (KLs, gate, posterior means, fusion modules), synergy learning, missing modalities, input checking, loss terms
 and batching equivalence. Offline, tiny random backbones."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,10 +13,11 @@ from transformers import AutoModel
 
 from dmil_hf import DMILForMultimodalClassification
 from dmil_hf.configuration_dmil import REFERENCE_PRESET
+from dmil_hf.heads_dmil import I2M2Head, ModalityFeatures, product_of_experts
 from dmil_hf.modeling_dmil import DiagonalGaussianHead, InteractionGate, SynergyFusion, gaussian_kl
 from dmil_hf.testing_utils import random_inputs, tiny_audio_config, tiny_text_config, tiny_vision_config
 
-PARADIGMS = ("dmil", "joint", "ensemble")
+PARADIGMS = ("dmil", "joint", "ensemble", "i2m2")
 MODALITY_SETS = (("text", "vision"), ("text", "vision", "audio"))
 INPUT_NAMES = {"text": ("input_ids", "attention_mask"), "vision": ("pixel_values",), "audio": ("input_values",)}
 
@@ -290,6 +293,47 @@ def test_synergy_fusion_pinned():
     assert fusion3([a, b, c]).item() == 1 + 20 + 300 + 2000 + 30000 + 600000
 
 
+def test_i2m2_product_of_experts_pinned():
+    """I2M2's combination: the sum of the experts' log-probabilities, a missing modality's intra expert left out."""
+    # Experts (intra a, intra b, inter) on 2 classes; sample 1 lacks modality b.
+    logits = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]],
+                           [[3.0, 0.0], [9.0, -9.0], [0.0, 0.0]]])
+    available = torch.tensor([[True, True, True], [True, False, True]])
+    l2, l3, l4 = math.log(2.0), math.log1p(math.exp(-1.0)), math.log1p(math.exp(-2.0))
+    l5 = math.log1p(math.exp(-3.0))
+    # log_softmax of [0, 0] is -log 2 each; of [1, 0]: [-log(1+e^-1), -1-log(1+e^-1)]; of [0, 2]: [-2-l4, -l4].
+    expected = torch.tensor([[-l2 - l3 - 2.0 - l4, -l2 - 1.0 - l3 - l4],
+                             [-l5 - l2, -3.0 - l5 - l2]])
+    torch.testing.assert_close(product_of_experts(logits, available), expected, rtol=0, atol=1e-6)
+
+    # The head: intra experts on Z_a and Z_b, the inter expert on [Z_a, Z_b * present_b], summed as above.
+    config = make_config(("text", "vision"), paradigm="i2m2", num_labels=2, latent_dim=2)
+    head = I2M2Head(config)
+    with torch.no_grad():
+        for expert in (*head.intra_experts.values(), head.inter_expert):
+            expert.fc1.weight.copy_(torch.eye(2, expert.fc1.in_features))
+            expert.fc1.bias.zero_()
+            expert.fc2.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
+            expert.fc2.bias.copy_(torch.tensor([0.0, 0.5]))
+    z = {"text": torch.tensor([[1.0, 2.0], [0.5, -1.0]]), "vision": torch.tensor([[-1.0, 3.0], [7.0, 7.0]])}
+    present = torch.tensor([[True, True], [True, False]])
+    out = head(ModalityFeatures(z, present), labels=torch.tensor([0, 1]))
+
+    def mlp(x):  # the pinned weights: fc1 = first two inputs, fc2 = [h0, 0.5 - h1]
+        h = F.gelu(x[:, :2])
+        return torch.stack([h[:, 0], 0.5 - h[:, 1]], dim=-1)
+
+    intra = torch.stack([mlp(z["text"]), mlp(z["vision"])], dim=1)
+    inter = mlp(torch.cat([z["text"], z["vision"] * present[:, 1:].float()], dim=-1))  # first 2 inputs: Z_text
+    expected = F.log_softmax(intra[:, 0], -1) + F.log_softmax(inter, -1)
+    expected[0] += F.log_softmax(intra[0, 1], -1)
+    torch.testing.assert_close(out.modality_logits, intra, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.logits, expected, rtol=0, atol=1e-6)
+    assert set(out.loss_terms) == {"ce_final"}  # one CE on the combined prediction, no per-expert loss
+    torch.testing.assert_close(out.loss, F.cross_entropy(expected, torch.tensor([0, 1])), rtol=0, atol=1e-6)
+    assert out.interaction_weights is None and out.component_logits is None
+
+
 def test_interaction_gate_pinned():
     gate = InteractionGate(num_components=3, dim=1)
     with torch.no_grad():
@@ -433,6 +477,20 @@ def test_modality_left_out_of_the_call(paradigm):
     if paradigm == "ensemble":
         torch.testing.assert_close(one.logits, one.modality_logits[:, 0], rtol=0, atol=1e-6)
         assert one.loss_terms["ce_modality_audio"].item() == 0.0
+    if paradigm == "i2m2":
+        # Text alone: the product of text's intra expert and the inter expert; the other intra experts are left out.
+        head, seen = model.head, []
+        handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        with torch.no_grad():
+            model(**without(inputs, "vision", "audio"))
+        handle.remove()
+        text_z = seen[0].z["text"]
+        zero = torch.zeros_like(text_z)
+        with torch.no_grad():
+            inter = head.inter_expert(torch.cat([text_z, zero, zero], dim=-1))
+            intra = head.intra_experts["text"](text_z)
+        torch.testing.assert_close(one.modality_logits[:, 0], intra, rtol=0, atol=1e-6)
+        torch.testing.assert_close(one.logits, F.log_softmax(intra, -1) + F.log_softmax(inter, -1), rtol=0, atol=1e-5)
 
 
 def test_missing_modality_trains(config_factory):
@@ -696,7 +754,8 @@ def test_loss_terms_per_stage_and_weighted_loss(modalities, preset):
 
 
 def test_baseline_losses():
-    for paradigm, names in (("joint", {"ce_final"}), ("ensemble", {"ce_modality_text", "ce_modality_vision"})):
+    for paradigm, names in (("joint", {"ce_final"}), ("ensemble", {"ce_modality_text", "ce_modality_vision"}),
+                            ("i2m2", {"ce_final"})):
         config = make_config(("text", "vision"), paradigm=paradigm)
         model = build(config)
         inputs = random_inputs(config)
@@ -707,6 +766,9 @@ def test_baseline_losses():
         if paradigm == "joint":
             torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, inputs["labels"]))
             assert out.interaction_weights is None and out.modality_logits is None
+        elif paradigm == "i2m2":
+            torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, inputs["labels"]))
+            assert out.interaction_weights is None and out.modality_logits.shape == (4, 2, 3)
         else:
             torch.testing.assert_close(out.logits, out.modality_logits.mean(1))
 

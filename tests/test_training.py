@@ -275,3 +275,14 @@ def test_model_card_reports_stages_and_per_type_figures(tmp_path):
     assert "| type | accuracy | gate redundancy | gate uniqueness_text | gate uniqueness_vision | gate synergy |" in card
     assert "| R | 1.0000 | 0.7000 | - | - | - |" in card and "| U_text | 0.8000 | - | - | - | 0.0500 |" in card
     assert "eval_component_accuracy_synergy`=0.3000" in card and "eval_runtime" not in card
+
+
+@pytest.mark.parametrize("paradigm", ["i2m2", "joint"])
+def test_a_baselines_model_card_describes_it_without_a_gate(tmp_path, paradigm):
+    from dmil_hf.model_card_dmil import render_model_card
+
+    model = DMILForMultimodalClassification(make_config(("text", "vision"), paradigm=paradigm))
+    card = render_model_card(model, make_args(tmp_path), {1: {"eval_accuracy": 0.5}}).content
+    assert "interaction composition" not in card and "It has no interaction gate." in card
+    assert ("I2M2 (Madaan et al., NeurIPS 2024)" in card) == (paradigm == "i2m2")
+    assert "| 1 | everything | ce_final |" in card
