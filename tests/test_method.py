@@ -184,7 +184,7 @@ def _gate_inputs(combination):
     available = torch.tensor([[True, True, True, True], [True, True, False, False]])
     present = torch.tensor([[True, True], [True, False]])
     weights = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.0, 0.0]])
-    return GateInputs(weights, component_logits, modality_logits, available, present, combination)
+    return GateInputs(weights, component_logits, modality_logits, available, present, combination=combination)
 
 
 def test_component_combinations_pinned():

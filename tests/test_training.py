@@ -283,6 +283,6 @@ def test_a_baselines_model_card_describes_it_without_a_gate(tmp_path, paradigm):
 
     model = DMILForMultimodalClassification(make_config(("text", "vision"), paradigm=paradigm))
     card = render_model_card(model, make_args(tmp_path), {1: {"eval_accuracy": 0.5}}).content
-    assert "interaction composition" not in card and "It has no interaction gate." in card
-    assert ("I2M2 (Madaan et al., NeurIPS 2024)" in card) == (paradigm == "i2m2")
+    assert "Every prediction comes with its" not in card and "It has no interaction gate" in card
+    assert ("Madaan" in card and "NeurIPS 2024" in card) == (paradigm == "i2m2")
     assert "| 1 | everything | ce_final |" in card
