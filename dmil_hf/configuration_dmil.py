@@ -10,7 +10,7 @@ from .backbones_dmil import FAST_PATHS, POOLERS, backbone_spec
 from .feature_encoder_dmil import DMILFeatureEncoderConfig
 from .modalities_dmil import KINDS, LEGACY_MODALITIES, Modality, validate_table
 
-PARADIGMS = ("dmil", "joint", "ensemble")
+PARADIGMS = ("dmil", "joint", "ensemble", "two_stage")
 # Registries of DMIL's swappable parts (the modules live in modeling_dmil; the names are checked here).
 SYNERGY_FUSION_NAMES = ("linear", "mlp")
 REDUNDANCY_READOUT_NAMES = ("joint", "per_modality")
@@ -157,8 +157,13 @@ class DMILConfig(PretrainedConfig):
         latent_dim (`int`, defaults to 64):
             Dimension d of the projected features Z_m and of every latent (M, N, R, U, S).
         paradigm (`str`, defaults to `"dmil"`):
-            `"dmil"` (decomposition + gate), `"joint"` (concatenated features, MLP head, one CE) or `"ensemble"`
-            (one head per modality, each with its own CE, logits averaged).
+            `"dmil"` (decomposition + gate), `"joint"` (concatenated features, MLP head, one CE), `"ensemble"`
+            (one head per modality, each with its own CE, logits averaged) or `"two_stage"` (unimodal pretraining,
+            then a joint head with the encoders fine-tuned; Du et al., ICML 2023).
+        baseline_hidden_dim (`int`, defaults to 128):
+            Hidden width of the baselines' MLP heads (joint, ensemble, two_stage). Configs saved before this field
+            existed load with the width they were trained with, `latent_dim`, which made the joint baseline weaker
+            than the same model written plainly (README, "Baselines").
         pooling (`dict[str, str]`, *optional*):
             Per-modality override of the pooling from the backbone table (a name in `backbones_dmil.POOLERS`:
             `"cls"`, `"mean"` or `"pooler"`); a row's own `pooling` lands here too.
@@ -254,6 +259,7 @@ class DMILConfig(PretrainedConfig):
         modality_table: list[Modality | dict] | None = None,
         latent_dim: int = 64,
         paradigm: str = "dmil",
+        baseline_hidden_dim: int = 128,
         pooling: dict[str, str] | None = None,
         logvar_clamp: float = 8.0,
         synergy_fusion: str = "mlp",
@@ -293,6 +299,8 @@ class DMILConfig(PretrainedConfig):
             raise ValueError(f"paradigm must be one of {PARADIGMS}, got {paradigm!r}")
         if int(latent_dim) < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+        if isinstance(baseline_hidden_dim, bool) or not isinstance(baseline_hidden_dim, int) or baseline_hidden_dim < 1:
+            raise ValueError(f"baseline_hidden_dim must be a positive integer, got {baseline_hidden_dim!r}")
         names = [row.name for row in rows]
         for modality, mode in pooling.items():
             if modality not in names or mode not in POOLERS:
@@ -317,6 +325,7 @@ class DMILConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         self.latent_dim = int(latent_dim)
         self.paradigm = paradigm
+        self.baseline_hidden_dim = baseline_hidden_dim
         self.pooling = pooling
         self.logvar_clamp = float(logvar_clamp)
         self.synergy_fusion = synergy_fusion
@@ -377,6 +386,9 @@ class DMILConfig(PretrainedConfig):
             # Saved before the variants existed: keep the modules it was trained with (identical logits on load).
             legacy = {**_LEGACY_VALUES, "stage1_kl_weight": config_dict.get("kl_weight", 0.02)}
             config_dict = {**legacy, **config_dict}
+        if "baseline_hidden_dim" not in config_dict and "baseline_hidden_dim" not in kwargs and config_dict.get("model_type") == "dmil":
+            # Saved before the field existed: the baselines' heads were latent_dim wide.
+            config_dict = {**config_dict, "baseline_hidden_dim": config_dict.get("latent_dim", 64)}
         return super().from_dict(config_dict, **kwargs)
 
     @property

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from .hub_dmil import resolve_repo_id
 from .pipeline_dmil import INPUT_KEYS
 from .metrics import per_type_summary
-from .stages_dmil import EVERYTHING, STAGE_PLANS
+from .stages_dmil import EVERYTHING, stage_plans
 
 # Read through importlib.resources, so that an installed wheel finds it as well as a source checkout (it is listed in
 # pyproject.toml's [tool.setuptools.package-data]).
@@ -38,18 +38,28 @@ def _template_text(template: str | None) -> str:
 
 def _stage_trains(config, stage: int, method: str) -> str:
     """What trains in a stage, read from the stage table."""
-    modules = STAGE_PLANS[stage].trained_modules(config)
+    plan = stage_plans(config.paradigm)[stage]
+    modules = plan.trained_modules(config)
     if EVERYTHING in modules:
-        return f"everything (backbones via {method})"
+        return f"everything (backbones via {method})" if plan.finetune else "everything"
     return ", ".join(m.replace("_", " ") for m in modules)
 
 
 def _stage_loss(config, stage: int) -> str:
     """The stage's loss terms with their weights, read from the stage table."""
     return " + ".join(
-        term if weight == "1" else f"{weight} · {term}" for term, weight in STAGE_PLANS[stage].describe_weights(config)
+        term if weight == "1" else f"{weight} · {term}"
+        for term, weight in stage_plans(config.paradigm)[stage].describe_weights(config)
     )
 
+
+# What each baseline is, for its card (the DMIL card describes the gate instead).
+BASELINE_DESCRIPTIONS = {
+    "joint": "the concatenated features of every modality, an MLP head, one cross-entropy",
+    "ensemble": "one MLP head per modality, each trained with its own cross-entropy, logits averaged",
+    "two_stage": "unimodal pretraining of each encoder with its own head, then a joint MLP head on the concatenated "
+                 "features with the encoders fine-tuned; Du et al., ICML 2023",
+}
 
 # An example value of each kind for the card's pipeline call; the three-slot modalities use their input keys.
 _EXAMPLE = {"text": '"a sentence"', "image": '"photo.png"', "video": '"clip.mp4"', "audio": '"clip.wav"',
@@ -86,7 +96,7 @@ def _per_type_rows(metrics: dict[str, float], components: list[str]) -> list[dic
 PLOT_TITLES = {
     "interaction_weights.png": "Interaction weights of the evaluation samples (the gate's view of the data)",
     "accuracy_per_type.png": "Accuracy per interaction type",
-    "training_curves.png": "Training curves over the three stages",
+    "training_curves.png": "Training curves over the stages",
 }
 
 
@@ -104,12 +114,12 @@ def render_model_card(
     ]
     base_models = [b["name"] for b in backbones if "/" in b["name"] and not Path(b["name"]).exists()]
     paradigm = config.paradigm
-    stage_numbers = args.stage_list if paradigm == "dmil" else [1]
+    stage_numbers = [k for k in args.stage_list if k in stage_plans(paradigm)]
     stages = [
         {
             "stage": k,
-            "trains": _stage_trains(config, k, args.finetune_method) if paradigm == "dmil" else "everything",
-            "loss": _stage_loss(config, k) if paradigm == "dmil" else "ce_final" if paradigm == "joint" else "ce_modality_*",
+            "trains": _stage_trains(config, k, args.finetune_method),
+            "loss": _stage_loss(config, k),
             "epochs": f"{args.stage_value('num_train_epochs', k):g}",
             "max_steps": "-" if args.stage_value("max_steps", k) in (None, -1) else args.stage_value("max_steps", k),
             "learning_rate": args.stage_value("learning_rate", k),
@@ -143,6 +153,7 @@ def render_model_card(
     template_str = _template_text(template)
     kwargs = dict(
         model_name=repo_id, repo_id=repo_id, paradigm=paradigm, components=config.interaction_components,
+        baseline_description=BASELINE_DESCRIPTIONS.get(paradigm, "a baseline on the same backbones"),
         backbones=backbones, num_labels=config.num_labels,
         labels=[config.id2label[i] for i in range(config.num_labels)], latent_dim=config.latent_dim,
         finetune_method=args.finetune_method, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
