@@ -219,6 +219,24 @@ def score_runs(
     return scores
 
 
+def plain_peer_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each library baseline against its plain-PyTorch peer run beside it (`plain_peers.PLAIN_PEERS`), per mixture and
+    metric: the library's mean minus the plain one's (>= 0 where the library is at least as strong)."""
+    peers = plain_peers()
+    by_key = {(r["mixture"], r["method"], r["metric"]): r for r in rows}
+    gaps = []
+    for (mixture, method, metric), row in by_key.items():
+        if method not in peers or metric.startswith("gate_"):
+            continue
+        library = by_key.get((mixture, peers[method][1], metric))
+        if library is None or math.isnan(row["mean"]) or math.isnan(library["mean"]):
+            continue
+        gaps.append({"library": peers[method][1], "plain": method, "mixture": mixture, "metric": metric,
+                     "library_mean": library["mean"], "plain_mean": row["mean"],
+                     "difference": library["mean"] - row["mean"]})
+    return gaps
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
@@ -291,6 +309,7 @@ def build_report(
     robustness: str, started: float, **extra: Any,
 ) -> dict[str, Any]:
     """The JSON report every interaction benchmark writes (schema shared, so the tables and chart read both)."""
+    rows = aggregate(per_seed, [m.name for m in methods], mixtures)
     return {
         "benchmark": benchmark,
         "unimodal_reference": UNIMODAL_REFERENCE,
@@ -306,7 +325,8 @@ def build_report(
         "components": ["redundancy", *[f"uniqueness_{m}" for m in modalities], "synergy"],
         "interaction_types": interaction_types,
         "gate_summary": gate_summary_names(interaction_types[mixtures[0]], modalities),
-        "rows": aggregate(per_seed, [m.name for m in methods], mixtures),
+        "rows": rows,
+        "plain_peer_gaps": plain_peer_gaps(rows),
         **extra,
         "synergy_indicator_chance": chance,
         "per_seed": per_seed,
@@ -361,6 +381,10 @@ def emit(report: dict[str, Any], out: str | None, chart: str | None = None) -> N
     print(markdown_table(report))
     print()
     print(gate_table(report))
+    for gap in report.get("plain_peer_gaps", []):
+        if gap["metric"] in ("accuracy", "accuracy_S"):
+            print(f"{gap['mixture']}: {gap['library']} - {gap['plain']} {gap['metric']}: {gap['difference']:+.3f} "
+                  f"({gap['library_mean']:.3f} vs {gap['plain_mean']:.3f})")
     print(f"\n{UNIMODAL_REFERENCE}.\n{report['budget']}.\n{report['robustness']}.\n"
           f"wall time {report['wall_time_s']:.0f} s")
     if out:

@@ -36,11 +36,16 @@ from transformers import get_linear_schedule_with_warmup, set_seed
 PLAIN_HIDDEN_DIM = 128
 
 
-def plain_pool(kind: str, output: Any) -> torch.Tensor:
-    """An image backbone's [CLS] token; the mean of `last_hidden_state` over positions for every other kind (the
-    benchmarks' audio and feature inputs are unpadded)."""
+def plain_pool(kind: str, output: Any, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """An image backbone's [CLS] token; for every other kind the mean of `last_hidden_state` over the positions the
+    attention mask keeps (text), or over all of them (the benchmarks' audio is unpadded)."""
     hidden = output.last_hidden_state
-    return hidden[:, 0] if kind in ("image", "vision") else hidden.mean(dim=1)
+    if kind in ("image", "vision"):
+        return hidden[:, 0]
+    if mask is None or mask.shape[1] != hidden.shape[1]:
+        return hidden.mean(dim=1)
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
 class PlainEncoders(nn.Module):
@@ -53,7 +58,10 @@ class PlainEncoders(nn.Module):
         self.widths = {m: b.config.hidden_size for m, b in backbones.items()}
 
     def forward(self, inputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return {m: plain_pool(self.kinds[m], self.backbones[m](**inputs[m])) for m in self.backbones}
+        return {
+            m: plain_pool(self.kinds[m], self.backbones[m](**inputs[m]), inputs[m].get("attention_mask"))
+            for m in self.backbones
+        }
 
 
 def plain_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
