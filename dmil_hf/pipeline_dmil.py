@@ -41,7 +41,8 @@ class MultimodalClassificationPipeline(Pipeline):
     Output, per input: a list of the `top_k` best labels, best first, each
     `{"label": str, "score": float, "interactions": {component: weight}}`. `score` is the softmax probability;
     `interactions` is the sample's gate over `model.config.interaction_components` (the same dict on every label of
-    a sample; it sums to 1) and is left out for the `"joint"` and `"ensemble"` paradigms, which have no gate.
+    a sample; it sums to 1) and is left out for the baselines (`"joint"`, `"ensemble"`, `"two_stage"`), which have
+    no gate.
 
     Args (call time):
         top_k (`int` or None, defaults to 1): how many labels to return per input; None returns every label. As
