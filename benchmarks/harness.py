@@ -5,6 +5,10 @@ markdown table and the chart.
 A *method* is a paradigm plus DMIL config values and, for DMIL, the split of the step budget over its stages:
 
 * ``joint``, ``ensemble``, ``i2m2``: the baselines (one stage, the whole budget);
+* ``two_stage``: unimodal pretraining, then a joint head with the encoders fine-tuned (Du et al., ICML 2023), its
+  two stages splitting the budget (`TWO_STAGE_FRACTIONS`);
+* ``plain_joint``, ``plain_ensemble`` (`plain_peers.PLAIN_PEERS`): the same baselines written plainly in PyTorch, on
+  the same backbones, data, budget and optimizer, the check that the library's are at least as strong;
 * ``dmil_reference``: `DMILConfig.reference()` with the reference code's epoch split (10/5/55 of 70 epochs);
 * ``dmil``: the library's default DMIL;
 * ``dmil:field=value+field=value``: the default with some fields changed (ablations), e.g.
@@ -48,6 +52,8 @@ UNIMODAL_REFERENCE = (
 REFERENCE_STAGE_FRACTIONS = (10 / 70, 5 / 70, 55 / 70)
 # The library default's split, chosen on the synthetic benchmark (README, "Method").
 DEFAULT_STAGE_FRACTIONS = (0.5, 0.25, 0.25)
+# two_stage: half the budget for unimodal pretraining, half for joint fine-tuning.
+TWO_STAGE_FRACTIONS = (0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -55,22 +61,25 @@ class Method:
     name: str
     paradigm: str
     config: dict[str, Any] = field(default_factory=dict)
-    stage_fractions: tuple[float, float, float] | None = None
+    # The split of the step budget over the paradigm's stages (DMIL's three, two_stage's two); None for DMIL: the
+    # library default's, for a one-stage baseline: everything in its stage.
+    stage_fractions: tuple[float, ...] | None = None
     # DMIL's peak learning rate per stage; None: the benchmark's shared stage_learning_rates.
     stage_learning_rates: tuple[float, float, float] | None = None
 
-    def stage_steps(self, total_steps: int) -> tuple[int, int, int]:
-        """DMIL's steps per stage: the three add up to the baselines' `total_steps` (equal budget)."""
-        f1, f2, _ = self.stage_fractions or DEFAULT_STAGE_FRACTIONS
-        s1 = max(1, round(f1 * total_steps))
-        s2 = max(1, round(f2 * total_steps))
-        return s1, s2, max(1, total_steps - s1 - s2)
+    def stage_steps(self, total_steps: int) -> tuple[int, ...]:
+        """Steps per stage: they add up to the one-stage baselines' `total_steps` (equal budget); the last stage
+        takes what the others leave."""
+        fractions = self.stage_fractions or (DEFAULT_STAGE_FRACTIONS if self.paradigm == "dmil" else (1.0,))
+        steps = [max(1, round(f * total_steps)) for f in fractions[:-1]]
+        return (*steps, max(1, total_steps - sum(steps)))
 
 
 METHODS = ("joint", "ensemble", "dmil_reference", "dmil")  # what the benchmarks compare by default
 BASE_METHODS = {
     "joint": Method("joint", "joint"),
     "ensemble": Method("ensemble", "ensemble"),
+    "two_stage": Method("two_stage", "two_stage", stage_fractions=TWO_STAGE_FRACTIONS),
     "dmil_reference": Method("dmil_reference", "dmil", dict(REFERENCE_PRESET), REFERENCE_STAGE_FRACTIONS),
     "dmil": Method("dmil", "dmil", {}, DEFAULT_STAGE_FRACTIONS),
 }
@@ -79,28 +88,48 @@ BASE_METHODS["i2m2"] = Method("i2m2", "i2m2")
 METHODS = (*METHODS, "i2m2")
 
 
+def plain_peers() -> dict[str, Any]:
+    """The plain-PyTorch peers (`plain_peers.PLAIN_PEERS`: name -> (model class, library paradigm))."""
+    from plain_peers import PLAIN_PEERS
+
+    return PLAIN_PEERS
+
+
 def parse_method(name: str) -> Method:
-    """A method by name; `base:field=value+field=value` changes config fields (and `stages=a/b/c`) of a DMIL base."""
+    """A method by name; `base:field=value+field=value` changes config fields (and, for DMIL, `stages=a/b/c` and
+    `lrs=a/b/c`) of a base method, e.g. ``joint:joint_hidden_dim=32``."""
     base_name, _, overrides = name.partition(":")
+    peers = plain_peers()
+    if base_name in peers:
+        options = {}
+        for item in filter(None, overrides.split("+")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} of method {name!r} is not option=value")
+            options[key] = yaml.safe_load(value)
+        return Method(name, peers[base_name][1], options)
     if base_name not in BASE_METHODS:
-        raise ValueError(f"unknown method {base_name!r}; choose from {sorted(BASE_METHODS)} (optionally with ':field=value')")
+        raise ValueError(
+            f"unknown method {base_name!r}; choose from {sorted([*BASE_METHODS, *peers])} (optionally with "
+            "':field=value')"
+        )
     base = BASE_METHODS[base_name]
     if not overrides:
         return base
-    if base.paradigm != "dmil":
-        raise ValueError(f"only DMIL methods take overrides, got {name!r}")
     config, schedule = dict(base.config), {"stages": base.stage_fractions, "lrs": base.stage_learning_rates}
     for item in overrides.split("+"):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} of method {name!r} is not field=value")
         if key in schedule:
+            if base.paradigm != "dmil":
+                raise ValueError(f"{key}= sets DMIL's three stages; {name!r} is not a DMIL method")
             schedule[key] = tuple(float(x) for x in value.split("/"))
             if len(schedule[key]) != 3:
                 raise ValueError(f"{key}= takes three values a/b/c (stages 1, 2, 3), got {value!r}")
         else:
             config[key] = yaml.safe_load(value)
-    return Method(name, "dmil", config, schedule["stages"], schedule["lrs"])
+    return Method(name, base.paradigm, config, schedule["stages"], schedule["lrs"])
 
 
 # ---------------------------------------------------------------------- one training run
@@ -121,15 +150,16 @@ class RunSettings:
 
 
 def training_arguments(settings: RunSettings, method: Method, seed: int, output_dir: str) -> DMILTrainingArguments:
-    lr1, lr2, lr3 = method.stage_learning_rates or settings.stage_learning_rates
+    rates = method.stage_learning_rates or settings.stage_learning_rates
+    steps = method.stage_steps(settings.total_steps)
     if method.paradigm == "dmil":
-        s1, s2, s3 = method.stage_steps(settings.total_steps)
-        stage_args: dict[str, Any] = dict(
-            stage1_max_steps=s1, stage2_max_steps=s2, stage3_max_steps=s3,
-            stage1_learning_rate=lr1, stage2_learning_rate=lr2, stage3_learning_rate=lr3,
-        )
+        stage_args: dict[str, Any] = {}
+        for k, (s, lr) in enumerate(zip(steps, rates), start=1):
+            stage_args.update({f"stage{k}_max_steps": s, f"stage{k}_learning_rate": lr})
     else:
-        stage_args = dict(max_steps=settings.total_steps, learning_rate=lr1)
+        # The baselines train their backbones at DMIL's stage-1 rate in every stage they have.
+        stage_args = {f"stage{k}_max_steps": s for k, s in enumerate(steps, start=1)}
+        stage_args.update(max_steps=settings.total_steps, learning_rate=rates[0])
     return DMILTrainingArguments(
         output_dir=output_dir, per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size, finetune_method=settings.finetune_method,
@@ -143,6 +173,10 @@ def train_and_predict(
     settings: RunSettings, method: Method, build_model: Callable[[Method], Any], seed: int, train, tests: dict
 ) -> dict[str, Any]:
     """Train one method from `build_model(method)` and return its predictions on each of `tests` (name -> data)."""
+    if method.name.partition(":")[0] in plain_peers():
+        from plain_peers import train_and_predict_plain
+
+        return train_and_predict_plain(settings, method, build_model, seed, train, tests)
     set_seed(seed)
     model = build_model(method)
     with tempfile.TemporaryDirectory(prefix=f"dmil-bench-{method.paradigm}-") as tmp:
@@ -186,6 +220,24 @@ def score_runs(
         components = run["config"].interaction_components if run["config"].paradigm == "dmil" else None
         scores[name] = {k: metrics.get(k, math.nan) for k in metric_names(interaction_types, components)}
     return scores
+
+
+def plain_peer_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each library baseline against its plain-PyTorch peer run beside it (`plain_peers.PLAIN_PEERS`), per mixture and
+    metric: the library's mean minus the plain one's (>= 0 where the library is at least as strong)."""
+    peers = plain_peers()
+    by_key = {(r["mixture"], r["method"], r["metric"]): r for r in rows}
+    gaps = []
+    for (mixture, method, metric), row in by_key.items():
+        if method not in peers or metric.startswith("gate_"):
+            continue
+        library = by_key.get((mixture, peers[method][1], metric))
+        if library is None or math.isnan(row["mean"]) or math.isnan(library["mean"]):
+            continue
+        gaps.append({"library": peers[method][1], "plain": method, "mixture": mixture, "metric": metric,
+                     "library_mean": library["mean"], "plain_mean": row["mean"],
+                     "difference": library["mean"] - row["mean"]})
+    return gaps
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -260,13 +312,14 @@ def build_report(
     robustness: str, started: float, **extra: Any,
 ) -> dict[str, Any]:
     """The JSON report every interaction benchmark writes (schema shared, so the tables and chart read both)."""
+    rows = aggregate(per_seed, [m.name for m in methods], mixtures)
     return {
         "benchmark": benchmark,
         "unimodal_reference": UNIMODAL_REFERENCE,
         "budget": (
-            f"{settings.total_steps} optimizer steps of batch {settings.batch_size} per method; DMIL stages 1/2/3: "
+            f"{settings.total_steps} optimizer steps of batch {settings.batch_size} per method; steps per stage: "
             + "; ".join(f"{m.name} {'/'.join(map(str, m.stage_steps(settings.total_steps)))}"
-                        for m in methods if m.paradigm == "dmil")
+                        for m in methods if len(m.stage_steps(settings.total_steps)) > 1)
         ),
         "robustness": robustness,
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
@@ -275,7 +328,8 @@ def build_report(
         "components": ["redundancy", *[f"uniqueness_{m}" for m in modalities], "synergy"],
         "interaction_types": interaction_types,
         "gate_summary": gate_summary_names(interaction_types[mixtures[0]], modalities),
-        "rows": aggregate(per_seed, [m.name for m in methods], mixtures),
+        "rows": rows,
+        "plain_peer_gaps": plain_peer_gaps(rows),
         **extra,
         "synergy_indicator_chance": chance,
         "per_seed": per_seed,
@@ -330,6 +384,10 @@ def emit(report: dict[str, Any], out: str | None, chart: str | None = None) -> N
     print(markdown_table(report))
     print()
     print(gate_table(report))
+    for gap in report.get("plain_peer_gaps", []):
+        if gap["metric"] in ("accuracy", "accuracy_S"):
+            print(f"{gap['mixture']}: {gap['library']} - {gap['plain']} {gap['metric']}: {gap['difference']:+.3f} "
+                  f"({gap['library_mean']:.3f} vs {gap['plain_mean']:.3f})")
     print(f"\n{UNIMODAL_REFERENCE}.\n{report['budget']}.\n{report['robustness']}.\n"
           f"wall time {report['wall_time_s']:.0f} s")
     if out:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Where DMIL stands against the joint and ensemble baselines, per interaction type, on REAL signals.
+"""Where DMIL stands against the joint, ensemble and two-stage baselines (and a plain-PyTorch joint beside the library's,
+`plain_peers.py`), per interaction type, on REAL signals.
 
 Data (`real_signals_data.py`): real handwritten digits (scikit-learn), spoken digits synthesised by espeak-ng with
 test voices unseen in training (committed as `benchmarks/data/spoken_digits.npz`), and digit sentences read by a
@@ -58,7 +59,8 @@ class RealSignalSettings:
     modalities: tuple[str, ...] = ("vision", "audio")
     mixtures: tuple[str, ...] = ("half_U_half_R", "synergy_heavy", "balanced")
     seeds: tuple[int, ...] = (0, 1, 2)
-    methods: tuple[str, ...] = METHODS
+    # The plain-PyTorch joint runs beside the library's (plain_peers.py): the check that the baseline is not a strawman.
+    methods: tuple[str, ...] = (*METHODS, "two_stage", "plain_joint")
     corrupt_modality: str = "vision"
     n_train: int = 4000
     n_test: int = 1000

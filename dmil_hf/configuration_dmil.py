@@ -14,7 +14,7 @@ from .stages_dmil import DEFAULT_KEY, IMAGE_SLOT_NAME, per_modality_value
 
 logger = logging.get_logger(__name__)
 
-PARADIGMS = ("dmil", "joint", "ensemble", "i2m2")
+PARADIGMS = ("dmil", "joint", "ensemble", "two_stage", "i2m2")
 # Registries of DMIL's swappable parts (the modules live in modeling_dmil; the names are checked here).
 SYNERGY_FUSION_NAMES = ("linear", "mlp")
 REDUNDANCY_READOUT_NAMES = ("joint", "per_modality")
@@ -206,9 +206,14 @@ class DMILConfig(PretrainedConfig):
         latent_dim (`int`, defaults to 64):
             Dimension d of the projected features Z_m and of every latent (M, N, R, U, S).
         paradigm (`str`, defaults to `"dmil"`):
-            `"dmil"` (decomposition + gate), `"joint"` (concatenated features, MLP head, one CE) or `"ensemble"`
-            (one head per modality, each with its own CE, logits averaged) or `"i2m2"` (I2M2, Madaan et al. 2024:
-            per-modality experts and an inter-modality expert, their log-probabilities summed, one CE).
+            `"dmil"` (decomposition + gate), `"joint"` (concatenated features, MLP head, one CE), `"ensemble"`
+            (one head per modality, each with its own CE, logits averaged), `"two_stage"` (unimodal pretraining,
+            then a joint head with the encoders fine-tuned; Du et al., ICML 2023) or `"i2m2"` (I2M2, Madaan et al.
+            2024: per-modality experts and an inter-modality expert, their log-probabilities summed, one CE).
+        baseline_hidden_dim (`int`, defaults to 128):
+            Hidden width of the baselines' MLP heads (joint, ensemble, two_stage, i2m2). Configs saved before this field
+            existed load with the width they were trained with, `latent_dim`, which made the joint baseline weaker
+            than the same model written plainly (README, "Baselines").
         pooling (`dict[str, str]`, *optional*):
             Per-modality override of the pooling from the backbone table (a name in `backbones_dmil.POOLERS`:
             `"cls"`, `"mean"` or `"pooler"`); a row's own `pooling` lands here too.
@@ -316,6 +321,7 @@ class DMILConfig(PretrainedConfig):
         modality_table: list[Modality | dict] | None = None,
         latent_dim: int = 64,
         paradigm: str = "dmil",
+        baseline_hidden_dim: int = 128,
         pooling: dict[str, str] | None = None,
         logvar_clamp: float = 8.0,
         synergy_fusion: str = "mlp",
@@ -357,6 +363,8 @@ class DMILConfig(PretrainedConfig):
             raise ValueError(f"paradigm must be one of {PARADIGMS}, got {paradigm!r}")
         if int(latent_dim) < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+        if isinstance(baseline_hidden_dim, bool) or not isinstance(baseline_hidden_dim, int) or baseline_hidden_dim < 1:
+            raise ValueError(f"baseline_hidden_dim must be a positive integer, got {baseline_hidden_dim!r}")
         names = [row.name for row in rows]
         for modality, mode in pooling.items():
             if modality not in names or mode not in POOLERS:
@@ -377,6 +385,7 @@ class DMILConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         self.latent_dim = int(latent_dim)
         self.paradigm = paradigm
+        self.baseline_hidden_dim = baseline_hidden_dim
         self.pooling = pooling
         self.logvar_clamp = float(logvar_clamp)
         self.synergy_fusion = synergy_fusion
@@ -441,6 +450,9 @@ class DMILConfig(PretrainedConfig):
             # Saved before the variants existed: keep the modules it was trained with (identical logits on load).
             legacy = {**_LEGACY_VALUES, "stage1_kl_weight": config_dict.get("kl_weight", 0.02)}
             config_dict = {**legacy, **config_dict}
+        if "baseline_hidden_dim" not in config_dict and "baseline_hidden_dim" not in kwargs and config_dict.get("model_type") == "dmil":
+            # Saved before the field existed: the baselines' heads were latent_dim wide.
+            config_dict = {**config_dict, "baseline_hidden_dim": config_dict.get("latent_dim", 64)}
         return super().from_dict(_weights_it_was_trained_with(config_dict), **kwargs)
 
     @property

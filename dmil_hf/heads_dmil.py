@@ -3,7 +3,8 @@
 A head takes the projected features Z_m of every modality (`ModalityFeatures`) and returns the prediction and the
 stage's loss (`DMILOutput`). `HEADS` maps `config.paradigm` to its head: `DMILHead` (the two-level variational
 decomposition, synergy fusion and the per-sample interaction gate), and the baselines on the same features,
-`JointHead`, `EnsembleHead` and `I2M2Head`. Latents are typed (`GaussianLatent`, `IntraModalLatents`, `ConsistencyLatents`).
+`JointHead`, `EnsembleHead`, `TwoStageHead` and `I2M2Head`. Latents are typed (`GaussianLatent`, `IntraModalLatents`,
+`ConsistencyLatents`).
 
 Read top-down: the output dataclass, the Gaussian and loss helpers, the small fusion modules, the registries of
 DMIL's variants, then the heads.
@@ -47,8 +48,8 @@ class DMILOutput(ModelOutput):
             (DMIL only); a missing modality's uniqueness, and synergy when fewer than two modalities are present,
             get weight 0.
         component_logits: `(batch, K + 2, num_labels)` logits of the redundancy, uniqueness and synergy heads.
-        modality_logits: `(batch, K, num_labels)` unimodal predictions (DMIL: heads on M_m; ensemble: the
-            per-modality heads; joint: none). Used for the synergy indicator.
+        modality_logits: `(batch, K, num_labels)` unimodal predictions (DMIL: heads on M_m; ensemble and two_stage:
+            the per-modality heads; joint: none). Used for the synergy indicator.
         loss_terms: every unweighted term of the requested stage by name, e.g. `kl_M_text`, `align_R_vision`,
             `ce_synergy`; weights are the config's `*_weight` fields. The `ce_*` terms hold the problem type's loss
             (`task_loss`: cross-entropy, binary cross-entropy or squared error).
@@ -467,56 +468,119 @@ class ModalityFeatures:
     all_given: bool = False
 
 
-class JointHead(nn.Module):
-    """The joint-fusion baseline: an MLP on the concatenated features (a missing modality's are zeroed), one task loss.
+def joint_input(features: ModalityFeatures, modalities: list[str]) -> torch.Tensor:
+    """The concatenated features of every modality, a missing modality's zeroed."""
+    z, present = features.z, features.present
+    return torch.cat([z[m] * present[:, k : k + 1].to(z[m].dtype) for k, m in enumerate(modalities)], dim=-1)
+
+
+def unimodal_terms(modality_logits: torch.Tensor, labels: torch.Tensor, present: torch.Tensor,
+                   modalities: list[str], problem_type: str | None = None) -> dict[str, torch.Tensor]:
+    """`ce_modality_<m>`: each unimodal head's label loss on the samples that have its modality."""
+    return {
+        f"ce_modality_{m}": masked_mean(
+            task_loss(modality_logits[:, k], labels, problem_type=problem_type), present[:, k]
+        )
+        for k, m in enumerate(modalities)
+    }
+
+
+def present_mean(modality_logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """The mean of the unimodal logits `(B, K, C)` over the modalities each sample has."""
+    weights = present.to(modality_logits.dtype).unsqueeze(-1)
+    return (modality_logits * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class BaselineHead(nn.Module):
+    """What the baselines share: the loss is the sum of the stage's terms, weighted by the paradigm's stage table
+    (`stages_dmil.PARADIGM_STAGES`)."""
+
+    def __init__(self, config: DMILConfig):
+        super().__init__()
+        self.config = config
+        self.modalities = list(config.modalities)
+
+    def weighted_loss(self, terms: dict[str, torch.Tensor], stage: int) -> torch.Tensor:
+        weights = stage_term_weights(self.config, stage, terms)
+        return sum(weight * terms[name] for name, weight in weights.items() if weight)
+
+
+class JointHead(BaselineHead):
+    """The joint-fusion baseline: an MLP (hidden width `config.baseline_hidden_dim`) on the concatenated features (a
+    missing modality's are zeroed), one CE.
 
     A hidden layer matters: a linear head on a concatenation is a sum of per-modality scores, an ensemble in disguise
-    that cannot represent synergy.
+    that cannot represent synergy. Its width matters too: `latent_dim` wide (release 0.1's head, a 32-wide bottleneck
+    on the real-signal benchmark), it scored below the same model written plainly in PyTorch (README, "Baselines").
     """
 
     def __init__(self, config: DMILConfig):
-        super().__init__()
-        self.config = config
-        self.modalities = list(config.modalities)
-        self.joint_classifier = MLP(len(self.modalities) * config.latent_dim, config.latent_dim, config.num_labels)
+        super().__init__(config)
+        width = len(self.modalities) * config.latent_dim
+        self.joint_classifier = MLP(width, config.baseline_hidden_dim, config.num_labels)
 
     def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
-        z, present = features.z, features.present
-        fused = torch.cat([z[m] * present[:, k : k + 1].to(z[m].dtype) for k, m in enumerate(self.modalities)], -1)
-        logits = self.joint_classifier(fused)
+        logits = self.joint_classifier(joint_input(features, self.modalities))
         loss = terms = None
         if labels is not None:
             terms = {"ce_final": task_loss(logits, labels, "mean", self.config.problem_type)}
-            loss = terms["ce_final"]
+            loss = self.weighted_loss(terms, stage)
         return DMILOutput(loss=loss, logits=logits, loss_terms=terms)
 
 
-class EnsembleHead(nn.Module):
-    """The ensemble baseline: one MLP head per modality, each with its own task loss, logits (regression: predictions)
-    averaged over the modalities each sample has."""
+class EnsembleHead(BaselineHead):
+    """The ensemble baseline: one MLP head per modality (hidden width `config.baseline_hidden_dim`), each with its own
+    CE, logits averaged over the modalities each sample has."""
 
     def __init__(self, config: DMILConfig):
-        super().__init__()
-        self.config = config
-        self.modalities = list(config.modalities)
-        dim = config.latent_dim
-        self.ensemble_classifiers = nn.ModuleDict({m: MLP(dim, dim, config.num_labels) for m in self.modalities})
+        super().__init__(config)
+        dim, hidden = config.latent_dim, config.baseline_hidden_dim
+        self.ensemble_classifiers = nn.ModuleDict({m: MLP(dim, hidden, config.num_labels) for m in self.modalities})
 
     def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
         z, present = features.z, features.present
         modality_logits = torch.stack([self.ensemble_classifiers[m](z[m]) for m in self.modalities], dim=1)
-        weights = present.to(modality_logits.dtype).unsqueeze(-1)
-        logits = (modality_logits * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        logits = present_mean(modality_logits, present)
         loss = terms = None
         if labels is not None:
             # Each head has its own CE on its own modality: the sum trains K independent unimodal models.
-            terms = {
-                f"ce_modality_{m}": masked_mean(
-                    task_loss(modality_logits[:, k], labels, problem_type=self.config.problem_type), present[:, k]
-                )
-                for k, m in enumerate(self.modalities)
-            }
-            loss = sum(terms.values())
+            terms = unimodal_terms(modality_logits, labels, present, self.modalities, self.config.problem_type)
+            loss = self.weighted_loss(terms, stage)
+        return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms)
+
+
+class TwoStageHead(BaselineHead):
+    """The two-stage baseline (`paradigm="two_stage"`): unimodal pretraining, then joint fine-tuning.
+
+    Du et al., "On Uni-Modal Feature Learning in Supervised Multi-Modal Learning", ICML 2023: a jointly trained model
+    under-learns each modality's own features (modality competition); training every encoder on its modality alone
+    first, then a joint head on their features, recovers them (the recipe behind their uni-modal teacher, UMT).
+    Stage 1 trains the backbones, projections and one MLP head per modality (`unimodal_classifiers`), each with its
+    own CE, as the ensemble does; stage 2 trains a joint MLP head (`joint_classifier`) on the concatenated features
+    with everything fine-tuned, on one CE (`stages_dmil.PARADIGM_STAGES["two_stage"]`). In stage 1 the prediction is
+    the mean of the unimodal heads; from stage 2 on (and by default) it is the joint head's. `modality_logits` are
+    always the unimodal heads'.
+    """
+
+    def __init__(self, config: DMILConfig):
+        super().__init__(config)
+        dim, hidden, num_labels = config.latent_dim, config.baseline_hidden_dim, config.num_labels
+        self.unimodal_classifiers = nn.ModuleDict({m: MLP(dim, hidden, num_labels) for m in self.modalities})
+        self.joint_classifier = MLP(len(self.modalities) * dim, hidden, num_labels)
+
+    def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
+        z, present = features.z, features.present
+        modality_logits = torch.stack([self.unimodal_classifiers[m](z[m]) for m in self.modalities], dim=1)
+        terms = None
+        if stage == 1:
+            logits = present_mean(modality_logits, present)
+            if labels is not None:
+                terms = unimodal_terms(modality_logits, labels, present, self.modalities, self.config.problem_type)
+        else:
+            logits = self.joint_classifier(joint_input(features, self.modalities))
+            if labels is not None:
+                terms = {"ce_final": task_loss(logits, labels, "mean", self.config.problem_type)}
+        loss = self.weighted_loss(terms, stage) if terms else None
         return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms)
 
 
@@ -533,7 +597,7 @@ def drop_one_modality(present: torch.Tensor, probability: float) -> torch.Tensor
     return present & ~(chosen & drop)
 
 
-class I2M2Head(nn.Module):
+class I2M2Head(BaselineHead):
     """The I2M2 baseline (Madaan, Makino, Chopra, Cho, "Jointly Modeling Inter- & Intra-Modality Dependencies for
     Multi-modal Learning", NeurIPS 2024): one intra-modality expert p(y | x_m) per modality (an MLP on Z_m) and one
     inter-modality expert p(y | x_1..x_K) (an MLP on the concatenated Z's, a missing modality's zeroed), combined as a
@@ -545,18 +609,15 @@ class I2M2Head(nn.Module):
     `modality_logits` are the intra experts; `component_logits` is not set (I2M2 has no R/U/S components)."""
 
     def __init__(self, config: DMILConfig):
-        super().__init__()
-        self.config = config
-        self.modalities = list(config.modalities)
-        dim = config.latent_dim
-        self.intra_experts = nn.ModuleDict({m: MLP(dim, dim, config.num_labels) for m in self.modalities})
-        self.inter_expert = MLP(len(self.modalities) * dim, dim, config.num_labels)
+        super().__init__(config)
+        dim, hidden, num_labels = config.latent_dim, config.baseline_hidden_dim, config.num_labels
+        self.intra_experts = nn.ModuleDict({m: MLP(dim, hidden, num_labels) for m in self.modalities})
+        self.inter_expert = MLP(len(self.modalities) * dim, hidden, num_labels)
 
     def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
         z, present = features.z, features.present
         modality_logits = torch.stack([self.intra_experts[m](z[m]) for m in self.modalities], dim=1)
-        fused = torch.cat([z[m] * present[:, k : k + 1].to(z[m].dtype) for k, m in enumerate(self.modalities)], -1)
-        inter_logits = self.inter_expert(fused)
+        inter_logits = self.inter_expert(joint_input(features, self.modalities))
         experts = torch.cat([modality_logits, inter_logits.unsqueeze(1)], dim=1)
         available = torch.cat([present, torch.ones_like(present[:, :1])], dim=1)
         problem_type = resolve_problem_type(self.config, labels)
@@ -564,7 +625,7 @@ class I2M2Head(nn.Module):
         loss = terms = None
         if labels is not None:
             terms = {"ce_final": task_loss(logits, labels, "mean", problem_type)}
-            loss = terms["ce_final"]
+            loss = self.weighted_loss(terms, stage)
         return DMILOutput(loss=loss, logits=logits, modality_logits=modality_logits, loss_terms=terms)
 
 
@@ -728,5 +789,6 @@ class DMILHead(nn.Module):
 
 
 # `config.paradigm` -> the head that reads the modalities' features.
-HEADS: dict[str, type[nn.Module]] = {"dmil": DMILHead, "joint": JointHead, "ensemble": EnsembleHead}
-HEADS["i2m2"] = I2M2Head
+HEADS: dict[str, type[nn.Module]] = {
+    "dmil": DMILHead, "joint": JointHead, "ensemble": EnsembleHead, "two_stage": TwoStageHead, "i2m2": I2M2Head,
+}

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from .hub_dmil import resolve_repo_id
 from .pipeline_dmil import input_keys
 from .metrics import per_type_summary
-from .stages_dmil import EVERYTHING, STAGE_PLANS
+from .stages_dmil import EVERYTHING, stage_plans
 
 # Read through importlib.resources, so that an installed wheel finds it as well as a source checkout (it is listed in
 # pyproject.toml's [tool.setuptools.package-data]).
@@ -38,16 +38,18 @@ def _template_text(template: str | None) -> str:
 
 def _stage_trains(config, stage: int, method: str) -> str:
     """What trains in a stage, read from the stage table."""
-    modules = STAGE_PLANS[stage].trained_modules(config)
+    plan = stage_plans(config.paradigm)[stage]
+    modules = plan.trained_modules(config)
     if EVERYTHING in modules:
-        return f"everything (backbones via {method})"
+        return f"everything (backbones via {method})" if plan.finetune else "everything"
     return ", ".join(m.replace("_", " ") for m in modules)
 
 
 def _stage_loss(config, stage: int) -> str:
     """The stage's loss terms with their weights, read from the stage table."""
     return " + ".join(
-        term if weight == "1" else f"{weight} · {term}" for term, weight in STAGE_PLANS[stage].describe_weights(config)
+        term if weight == "1" else f"{weight} · {term}"
+        for term, weight in stage_plans(config.paradigm)[stage].describe_weights(config)
     )
 
 
@@ -101,10 +103,6 @@ TASK_LINES = {
         "mae",
     ),
 }
-
-
-# The loss of a baseline's single stage, by paradigm (a paradigm not listed gets a generic phrase).
-_BASELINE_LOSS = {"joint": "ce_final", "ensemble": "ce_modality_*", "i2m2": "ce_final"}
 
 
 def has_interactions(config) -> bool:
@@ -161,7 +159,7 @@ def _usage_path(args, repo_id: str, pushes: bool) -> str:
 PLOT_TITLES = {
     "interaction_weights.png": "Interaction weights of the evaluation samples (the gate's view of the data)",
     "accuracy_per_type.png": "Accuracy per interaction type",
-    "training_curves.png": "Training curves over the three stages",
+    "training_curves.png": "Training curves over the stages",
 }
 
 
@@ -181,12 +179,12 @@ def render_model_card(
     base_models = [b["name"] for b in backbones if "/" in b["name"] and not b["name"].endswith("(a local folder)")]
     paradigm = config.paradigm
     gated = has_interactions(config)
-    stage_numbers = args.stage_list if gated else [1]
+    stage_numbers = [k for k in args.stage_list if k in stage_plans(paradigm)]
     stages = [
         {
             "stage": k,
-            "trains": _stage_trains(config, k, args.finetune_method) if gated else "everything",
-            "loss": _stage_loss(config, k) if gated else _BASELINE_LOSS.get(paradigm, "the head's own loss terms"),
+            "trains": _stage_trains(config, k, args.finetune_method),
+            "loss": _stage_loss(config, k),
             "epochs": f"{args.stage_value('num_train_epochs', k):g}",
             "max_steps": "-" if args.stage_value("max_steps", k) in (None, -1) else args.stage_value("max_steps", k),
             "learning_rate": args.stage_value("learning_rate", k),

@@ -75,8 +75,8 @@ class MultimodalClassificationPipeline(Pipeline):
     in transformers' text-classification pipeline, the softmax probability (single-label), each label's own sigmoid
     probability (multi-label), or the predicted value itself (regression: `[{"label": "LABEL_0", "score": 0.73}]`
     for one target); `interactions` is the sample's gate over `model.config.interaction_components` (the same dict on
-    every label of a sample; it sums to 1) and is left out for the `"joint"`, `"ensemble"` and `"i2m2"` paradigms,
-    which have no gate.
+    every label of a sample; it sums to 1) and is left out for the baselines (`"joint"`, `"ensemble"`, `"two_stage"`, `"i2m2"`), which
+    have no gate.
 
     Args (call time):
         top_k (`int` or None, defaults to 1): how many labels to return per input; None returns every label. As

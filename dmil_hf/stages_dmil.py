@@ -1,7 +1,9 @@
-"""DMIL's stage table: per training stage, which modules train and which loss terms count with which weights.
+"""The stage tables: per paradigm and training stage, which modules train and which loss terms count with which
+weights.
 
-This is the single place that says it. The model's loss (`DMILForMultimodalClassification`), the trainer's freezing
-(`prepare_model_for_stage`) and the model card all read `STAGE_PLANS`; nothing else restates it.
+This is the single place that says it. The model's loss (`DMILForMultimodalClassification`), the trainer's stages and
+freezing (`DMILTrainer`, `prepare_model_for_stage`) and the model card all read `PARADIGM_STAGES` (DMIL's own table is
+`STAGE_PLANS`); nothing else restates it. A paradigm the table does not list trains everything in one stage.
 
 A loss term's weight is the product of the config fields it names (none: weight 1). A field may hold one float or a
 dict per modality (the reference code weighs stage 1 per modality); for a per-modality term such as `kl_M_audio` the
@@ -12,6 +14,9 @@ computed into the loss, and a module listed only under such terms does not train
     >>> from dmil_hf.stages_dmil import STAGE_PLANS
     >>> STAGE_PLANS[2].trains
     ('consistency_decomposition', 'synergy_fusion', 'component_classifiers', 'interaction_gate')
+    >>> from dmil_hf.stages_dmil import stage_plans
+    >>> [plan.title for plan in stage_plans("two_stage").values()]
+    ['unimodal pretraining', 'joint fine-tuning']
 """
 
 from __future__ import annotations
@@ -45,10 +50,15 @@ class LossTerm:
 
 @dataclass(frozen=True)
 class StagePlan:
+    """One training stage: its number and title, the top-level modules that train (`"*"`: every module), the loss
+    terms it counts, and whether its backbones train the way `finetune_method` says (`"lora"`: through adapters;
+    otherwise, and in every stage without this flag, fully)."""
+
     stage: int
     title: str
     trains: tuple[str, ...]
     terms: tuple[LossTerm, ...]
+    finetune: bool = False
 
     def term_weight(self, config, term: str) -> float | None:
         """The weight of a loss term in this stage, or None when the stage does not count it."""
@@ -160,6 +170,7 @@ STAGE_PLANS: dict[int, StagePlan] = {
         3,
         "interaction fine-tuning",
         trains=(EVERYTHING,),
+        finetune=True,
         terms=(
             LossTerm("ce_final"),
             LossTerm("ce_modality_*", ("stage3_modality_weight",)),
@@ -177,12 +188,43 @@ STAGE_PLANS: dict[int, StagePlan] = {
         ),
     ),
 }
-STAGES = tuple(STAGE_PLANS)
+
+# The baselines' stages (heads_dmil: JointHead, EnsembleHead, TwoStageHead). Their backbones train fully in every
+# stage, whatever finetune_method says, except two_stage's fine-tuning stage, which is the counterpart of DMIL's stage 3.
+_SINGLE_STAGE = {1: StagePlan(1, "training", trains=(EVERYTHING,), terms=())}
+PARADIGM_STAGES: dict[str, dict[int, StagePlan]] = {
+    "dmil": STAGE_PLANS,
+    "joint": {1: StagePlan(1, "joint training", trains=(EVERYTHING,), terms=(LossTerm("ce_final"),))},
+    "ensemble": {1: StagePlan(1, "unimodal training", trains=(EVERYTHING,), terms=(LossTerm("ce_modality_*"),))},
+    # Madaan et al. (NeurIPS 2024): the experts train end to end through the one loss of their product.
+    "i2m2": {1: StagePlan(1, "joint training of the experts", trains=(EVERYTHING,), terms=(LossTerm("ce_final"),))},
+    # Du et al. (ICML 2023): the encoders first learn their modality alone (each with its own head and CE), then a
+    # joint head on their concatenated features trains with everything fine-tuned.
+    "two_stage": {
+        1: StagePlan(1, "unimodal pretraining", trains=("backbones", "projections", "unimodal_classifiers"),
+                     terms=(LossTerm("ce_modality_*"),)),
+        2: StagePlan(2, "joint fine-tuning", trains=(EVERYTHING,), terms=(LossTerm("ce_final"),), finetune=True),
+    },
+}
+# Every stage number any paradigm has (the model's `stage` argument takes these).
+STAGES = tuple(sorted({k for plans in PARADIGM_STAGES.values() for k in plans}))
+
+
+def stage_plans(paradigm: str) -> dict[int, StagePlan]:
+    """The stages of a paradigm, by number (one stage that trains everything for a paradigm the table lacks)."""
+    return PARADIGM_STAGES.get(paradigm, _SINGLE_STAGE)
+
+
+def stage_plan(config, stage: int) -> StagePlan:
+    """The plan of `stage` for `config.paradigm`; a stage past the paradigm's last is its last (the model's default
+    stage, 3, means the finished model: a baseline's only stage, two_stage's joint fine-tuning)."""
+    plans = stage_plans(config.paradigm)
+    return plans[stage] if stage in plans else plans[max(plans)]
 
 
 def stage_term_weights(config, stage: int, terms) -> dict[str, float]:
     """Weight of each of `terms` (names) in `stage`; terms the stage does not count are left out."""
-    plan = STAGE_PLANS[stage]
+    plan = stage_plan(config, stage)
     weights = {}
     for name in terms:
         weight = plan.term_weight(config, name)

@@ -7,7 +7,9 @@ learning rate, writes its checkpoints under `output_dir/stage-k/checkpoint-*` an
 and starts from the previous stage's saved result. Devices, mixed precision and distribution are the Trainer's
 (and so Accelerate's) business; nothing here is home-made.
 
-The joint and ensemble baselines have a single stage (saved as `stage-1`) trained with the stage-1 settings.
+Every paradigm's stages come from its stage table (`stages_dmil.PARADIGM_STAGES`): the joint and ensemble baselines
+have a single stage (saved as `stage-1`) trained with the stage-1 settings; the two_stage baseline has two (unimodal
+pretraining, then joint fine-tuning), saved, resumed and scheduled (`stage1_*`, `stage2_*`) like DMIL's.
 
 Checkpoints are read back the way `from_pretrained` reads them (the Trainer's own raw `load_state_dict` misses the
 keys that transformers renames on load, e.g. ViT's), and a missing or unexpected key is an error.
@@ -57,7 +59,7 @@ from .hub_dmil import (
     resolve_repo_id,
 )
 from .modeling_dmil import DMILForMultimodalClassification
-from .stages_dmil import EVERYTHING, STAGE_PLANS
+from .stages_dmil import EVERYTHING, STAGES, stage_plans
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -133,7 +135,7 @@ class DMILTrainingArguments(TrainingArguments):
     # "full" by default: on the real-signal benchmark (README, "Method") LoRA stage 3 scored below full fine-tuning on
     # every seed; LoRA is for backbones too large to fine-tune fully.
     finetune_method: str = field(
-        default="full", metadata={"help": "How stage 3 trains the backbones: 'full' (default) or 'lora' (peft adapters)."}
+        default="full", metadata={"help": "How the fine-tuning stage (DMIL's 3, two_stage's 2) trains the backbones: 'full' (default) or 'lora' (peft adapters)."}
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
@@ -296,20 +298,22 @@ def prepare_model_for_stage(
     """Set what trains in a stage; returns the model to train (peft-wrapped for a LoRA stage 3) and the frozen
     modules, which the caller must hold in eval mode.
 
-    What trains is `stages_dmil.STAGE_PLANS[stage].trained_modules(config)`; in stage 3 (everything) the backbones
-    train through LoRA adapters when `finetune_method="lora"` (the heads then train fully as peft
-    `modules_to_save`). Baselines train everything in their single stage.
+    What trains is the paradigm's stage table (`stages_dmil.stage_plans(config.paradigm)[stage]`); in a fine-tuning
+    stage (DMIL's stage 3, two_stage's stage 2) the backbones train through LoRA adapters when
+    `finetune_method="lora"` (the heads then train fully as peft `modules_to_save`). The joint and ensemble baselines
+    train everything in their single stage.
     """
     model.requires_grad_(True)
     frozen: list[torch.nn.Module] = []
     # The stage table says what trains; everything else is frozen and held in eval mode (dropout off).
-    trained = STAGE_PLANS[stage].trained_modules(model.config) if model.config.paradigm == "dmil" else (EVERYTHING,)
+    plan = stage_plans(model.config.paradigm)[stage]
+    trained = plan.trained_modules(model.config)
     if EVERYTHING not in trained:
         for name, module in model.stage_modules().items():
             if name not in trained:
                 module.requires_grad_(False)
                 frozen.append(module)
-    if model.config.paradigm == "dmil" and stage == 3 and finetune_method == "lora":
+    if plan.finetune and finetune_method == "lora":
         model = add_lora(model, **(lora_kwargs or {}))
     return model, frozen
 
@@ -575,7 +579,8 @@ class DMILPrinterCallback(TrainerCallback):
 class DMILTrainer(Trainer):
     """A `Trainer` that runs DMIL's decomposition pretraining (stages 1-2) and interaction fine-tuning (stage 3).
 
-    `train()` runs the stages of `args.stages` in order and, once stage 3 (a baseline's single stage) is done, writes
+    `train()` runs the stages of `args.stages` that the model's paradigm has (`stages_dmil.stage_plans`: DMIL 1-3,
+    two_stage 1-2, joint and ensemble 1) in order and, once the paradigm's last stage is done, writes
     `output_dir/final` (`save_final`); `train(stage=k)` runs one. Under `resume_from_checkpoint=True`
     finished stages are loaded from `output_dir/stage-k` and the interrupted one resumes from its last complete
     checkpoint (an incomplete one, left by a kill during its write, is skipped with a warning); a checkpoint path
@@ -688,12 +693,20 @@ class DMILTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, stage: int | None = None, **kwargs):
         """Run the stages of `args.stages` (or only `stage`) in order; see the class docstring for resuming."""
         paradigm = _unwrap(self.model).config.paradigm
+        plans = stage_plans(paradigm)
         if stage is not None:
+            if stage not in plans:
+                raise ValueError(f"the {paradigm} paradigm has the stages {sorted(plans)}; got stage={stage!r}")
             stages = [stage]
         else:
-            stages = self.args.stage_list if paradigm == "dmil" else [1]
-        if paradigm != "dmil" and stages != [1]:
-            raise ValueError(f"the {paradigm} baseline has a single stage (1); got stages {stages}")
+            # args.stages (default "1,2,3") picks among the paradigm's own stages: a baseline runs its one, two_stage
+            # its two.
+            stages = [k for k in self.args.stage_list if k in plans]
+            if not stages:
+                raise ValueError(
+                    f"the {paradigm} paradigm has the stages {sorted(plans)}; stages={self.args.stages!r} names none "
+                    "of them"
+                )
         resume_stage, resume_path = None, None
         if isinstance(resume_from_checkpoint, str):
             match = re.search(r"stage-(\d)", str(Path(resume_from_checkpoint).resolve().parent.name))
@@ -733,7 +746,7 @@ class DMILTrainer(Trainer):
             if self.args.push_to_hub:
                 self._upload_or_defer(f"stage-{k}", self.stage_dir(k), lambda k=k: self._push_stage(k))
         final_dir = None
-        if stages[-1] == (max(STAGE_PLANS) if paradigm == "dmil" else 1):
+        if stages[-1] == max(plans):
             # The finished model, ready for AutoModel and the pipeline: final/ (model, processor, adapter, card). A run
             # that stops earlier (stages="1,2") leaves its result in its last stage's folder, to be continued.
             final_dir = self.save_final()
@@ -777,7 +790,7 @@ class DMILTrainer(Trainer):
     def _earlier_run_folders(self, stages: list[int]) -> list[str]:
         """The folders in output_dir that a run of `stages` would write or that would outlive it and be taken for its
         results: `stage-k` from the first stage run on, and `final/`."""
-        names = [f"stage-{k}" for k in sorted(STAGE_PLANS) if k >= min(stages)] + ["final"]
+        names = [f"stage-{k}" for k in STAGES if k >= min(stages)] + ["final"]
         folders = [os.path.join(self._base_output_dir, name) for name in names]
         return [folder for folder in folders if os.path.exists(folder)]
 

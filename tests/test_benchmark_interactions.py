@@ -26,6 +26,7 @@ def test_benchmark_writes_the_documented_json(bench, tmp_path):
     report = bench.main([
         "--seeds", "0", "--steps", "4", "--batch-size", "8", "--n-train", "48", "--n-test", "40",
         "--mixtures", "half_U_half_R,synergy_heavy", "--out", str(out), "--chart", str(tmp_path / "chart.png"),
+        "--methods", "joint,ensemble,dmil_reference,dmil,two_stage,plain_joint",
     ])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert "ensemble" in report["unimodal_reference"]
@@ -33,9 +34,10 @@ def test_benchmark_writes_the_documented_json(bench, tmp_path):
     allowed = {"accuracy", "accuracy_R", "accuracy_U_text", "accuracy_U_vision", "accuracy_S", "synergy_indicator",
                "robust_accuracy_R"}
     gates = {f"gate_{c}_{t}" for c in report["components"] for t in ("R", "U_text", "U_vision", "S")}
-    assert {r["method"] for r in rows} == {"joint", "ensemble", "dmil_reference", "dmil", "i2m2"}
+    assert {r["method"] for r in rows} == {"joint", "ensemble", "dmil_reference", "dmil", "two_stage", "plain_joint", "i2m2"}
     assert {r["mixture"] for r in rows} == {"half_U_half_R", "synergy_heavy"}
-    assert {r["metric"] for r in rows if r["method"] in ("joint", "ensemble", "i2m2")} == allowed
+    baselines = ("joint", "ensemble", "two_stage", "plain_joint", "i2m2")
+    assert {r["metric"] for r in rows if r["method"] in baselines} == allowed
     # DMIL methods also report the gate's mean weight of each component per interaction type.
     assert {r["metric"] for r in rows if r["method"] == "dmil"} == allowed | gates
     assert set(report["gate_summary"]) <= gates
@@ -47,9 +49,20 @@ def test_benchmark_writes_the_documented_json(bench, tmp_path):
     by_key = {(r["method"], r["mixture"], r["metric"]): r for r in rows}
     assert math.isnan(by_key[("joint", "half_U_half_R", "accuracy_S")]["mean"])
     assert not math.isnan(by_key[("joint", "synergy_heavy", "accuracy_S")]["mean"])
-    # Equal budget: DMIL's three stages together take the baselines' step count, for every DMIL method.
-    for name in ("dmil", "dmil_reference", "dmil:stages=0.2/0.2/0.6"):
+    # Equal budget: DMIL's three stages (two_stage's two) together take the baselines' step count.
+    for name in ("dmil", "dmil_reference", "dmil:stages=0.2/0.2/0.6", "two_stage", "joint"):
         assert sum(bench.parse_method(name).stage_steps(4)) == 4
+    assert bench.parse_method("two_stage").stage_steps(4) == (2, 2)
+    # The plain peer beside the library's joint: the report says how far apart they are.
+    gaps = {(g["mixture"], g["metric"]): g for g in report["plain_peer_gaps"]}
+    gap = gaps[("synergy_heavy", "accuracy")]
+    assert (gap["library"], gap["plain"]) == ("joint", "plain_joint")
+    assert gap["difference"] == pytest.approx(by_key[("joint", "synergy_heavy", "accuracy")]["mean"]
+                                              - by_key[("plain_joint", "synergy_heavy", "accuracy")]["mean"])
+    assert bench.parse_method("plain_joint:hidden_dim=32").config == {"hidden_dim": 32}
+    assert bench.parse_method("joint:baseline_hidden_dim=32").config == {"baseline_hidden_dim": 32}
+    with pytest.raises(ValueError, match="DMIL"):
+        bench.parse_method("joint:stages=0.5/0.25/0.25")
     assert bench.parse_method("dmil:gate_objective=mixture+stage1_synergy_weight=0").config == {
         "gate_objective": "mixture", "stage1_synergy_weight": 0}
     assert "| half_U_half_R | dmil |" in bench.gate_table(report)

@@ -17,7 +17,7 @@ from dmil_hf.heads_dmil import I2M2Head, ModalityFeatures, product_of_experts
 from dmil_hf.modeling_dmil import DiagonalGaussianHead, InteractionGate, SynergyFusion, gaussian_kl
 from dmil_hf.testing_utils import random_inputs, tiny_audio_config, tiny_text_config, tiny_vision_config
 
-PARADIGMS = ("dmil", "joint", "ensemble", "i2m2")
+PARADIGMS = ("dmil", "joint", "ensemble", "two_stage", "i2m2")
 MODALITY_SETS = (("text", "vision"), ("text", "vision", "audio"))
 INPUT_NAMES = {"text": ("input_ids", "attention_mask"), "vision": ("pixel_values",), "audio": ("input_values",)}
 
@@ -491,6 +491,11 @@ def test_modality_left_out_of_the_call(paradigm):
             intra = head.intra_experts["text"](text_z)
         torch.testing.assert_close(one.modality_logits[:, 0], intra, rtol=0, atol=1e-6)
         torch.testing.assert_close(one.logits, F.log_softmax(intra, -1) + F.log_softmax(inter, -1), rtol=0, atol=1e-5)
+    if paradigm == "two_stage":
+        with torch.no_grad():
+            pretraining = model(**without(inputs, "vision", "audio"), stage=1)
+        torch.testing.assert_close(pretraining.logits, pretraining.modality_logits[:, 0], rtol=0, atol=1e-6)
+        assert pretraining.loss_terms["ce_modality_audio"].item() == 0.0
 
 
 def test_missing_modality_trains(config_factory):
@@ -754,21 +759,24 @@ def test_loss_terms_per_stage_and_weighted_loss(modalities, preset):
 
 
 def test_baseline_losses():
-    for paradigm, names in (("joint", {"ce_final"}), ("ensemble", {"ce_modality_text", "ce_modality_vision"}),
-                            ("i2m2", {"ce_final"})):
+    unimodal = {"ce_modality_text", "ce_modality_vision"}
+    for paradigm, stage, names in (
+        ("joint", None, {"ce_final"}), ("ensemble", None, unimodal),
+        ("two_stage", 1, unimodal), ("two_stage", 2, {"ce_final"}), ("two_stage", None, {"ce_final"}),
+        ("i2m2", None, {"ce_final"}),
+    ):
         config = make_config(("text", "vision"), paradigm=paradigm)
         model = build(config)
         inputs = random_inputs(config)
         with torch.no_grad():
-            out = model(**inputs)
+            out = model(**inputs, stage=stage)
         assert set(out.loss_terms) == names
         torch.testing.assert_close(out.loss, sum(out.loss_terms.values()))
-        if paradigm == "joint":
+        if names == {"ce_final"}:
             torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, inputs["labels"]))
-            assert out.interaction_weights is None and out.modality_logits is None
-        elif paradigm == "i2m2":
-            torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, inputs["labels"]))
-            assert out.interaction_weights is None and out.modality_logits.shape == (4, 2, 3)
+            assert out.interaction_weights is None
+            # two_stage keeps its unimodal heads', i2m2 its intra experts'
+            assert (out.modality_logits is None) == (paradigm == "joint")
         else:
             torch.testing.assert_close(out.logits, out.modality_logits.mean(1))
 

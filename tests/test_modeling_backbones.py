@@ -211,7 +211,7 @@ def _bf16_step(model, inputs):
     return out
 
 
-@pytest.mark.parametrize("paradigm", ["dmil", "joint", "ensemble", "i2m2"])
+@pytest.mark.parametrize("paradigm", ["dmil", "joint", "ensemble", "two_stage", "i2m2"])
 def test_bf16_autocast_forward_backward(paradigm):
     config = make_config(paradigm=paradigm)
     model = build(config).train()

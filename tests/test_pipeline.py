@@ -173,7 +173,7 @@ def test_top_k(saved):
             pipe(x, top_k=bad)
 
 
-@pytest.mark.parametrize("paradigm", ["joint", "ensemble", "i2m2"])
+@pytest.mark.parametrize("paradigm", ["joint", "ensemble", "two_stage", "i2m2"])
 def test_baselines_have_no_interactions_and_hand_built_models_run_in_eval(tmp_path, paradigm):
     model, processor = make_model_and_processor(tmp_path, ("text", "audio"), paradigm=paradigm)
     assert model.training

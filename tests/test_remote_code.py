@@ -70,6 +70,7 @@ def test_remote_code_load_without_the_package(tmp_path):
         "joint-whisper": make_config(("text", "audio"), paradigm="joint", text="roberta", audio="whisper"),
         "ensemble-clip": make_config(("vision", "audio"), paradigm="ensemble", vision="clip_vision_model"),
         "i2m2": make_config(("text", "vision"), paradigm="i2m2"),
+        "two_stage": make_config(("text", "vision"), paradigm="two_stage"),
         # A modality table: frames through a per-frame image backbone, and dmil_hf's own feature encoder.
         "video-features": DMILConfig(
             modality_table=[Modality("rgb", "video", tiny_vision_config()),

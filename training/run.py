@@ -80,7 +80,10 @@ class ModelArguments:
         },
     )
     init_from: str | None = field(default=None, metadata={"help": "A saved DMIL model to start from instead."})
-    paradigm: str = field(default="dmil", metadata={"help": "'dmil', 'joint', 'ensemble' or 'i2m2'."})
+    paradigm: str = field(
+        default="dmil",
+        metadata={"help": "'dmil', 'joint', 'ensemble', 'two_stage' or 'i2m2' (dmil_hf.configuration_dmil.PARADIGMS)."},
+    )
     dmil_preset: str = field(
         default="default",
         metadata={"help": "'default' (the library's DMIL) or 'reference' (DMILConfig.reference(): the authors' code)."},
