@@ -26,7 +26,7 @@ def test_benchmark_writes_the_documented_json(bench, tmp_path):
     report = bench.main([
         "--seeds", "0", "--steps", "4", "--batch-size", "8", "--n-train", "48", "--n-test", "40",
         "--mixtures", "half_U_half_R,synergy_heavy", "--out", str(out), "--chart", str(tmp_path / "chart.png"),
-        "--methods", "joint,ensemble,dmil_reference,dmil,two_stage,plain_joint",
+        "--methods", "joint,ensemble,dmil_reference,dmil,two_stage,plain_joint,i2m2",
     ])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert "ensemble" in report["unimodal_reference"]
@@ -34,7 +34,8 @@ def test_benchmark_writes_the_documented_json(bench, tmp_path):
     allowed = {"accuracy", "accuracy_R", "accuracy_U_text", "accuracy_U_vision", "accuracy_S", "synergy_indicator",
                "robust_accuracy_R"}
     gates = {f"gate_{c}_{t}" for c in report["components"] for t in ("R", "U_text", "U_vision", "S")}
-    assert {r["method"] for r in rows} == {"joint", "ensemble", "dmil_reference", "dmil", "two_stage", "plain_joint", "i2m2"}
+    assert {r["method"] for r in rows} == {"joint", "ensemble", "dmil_reference", "dmil", "two_stage", "plain_joint",
+                                          "i2m2"}
     assert {r["mixture"] for r in rows} == {"half_U_half_R", "synergy_heavy"}
     baselines = ("joint", "ensemble", "two_stage", "plain_joint", "i2m2")
     assert {r["metric"] for r in rows if r["method"] in baselines} == allowed

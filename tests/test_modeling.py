@@ -307,7 +307,7 @@ def test_i2m2_product_of_experts_pinned():
     torch.testing.assert_close(product_of_experts(logits, available), expected, rtol=0, atol=1e-6)
 
     # The head: intra experts on Z_a and Z_b, the inter expert on [Z_a, Z_b * present_b], summed as above.
-    config = make_config(("text", "vision"), paradigm="i2m2", num_labels=2, latent_dim=2)
+    config = make_config(("text", "vision"), paradigm="i2m2", num_labels=2, latent_dim=2, baseline_hidden_dim=2)
     head = I2M2Head(config)
     with torch.no_grad():
         for expert in (*head.intra_experts.values(), head.inter_expert):
