@@ -211,7 +211,8 @@ class DMILConfig(PretrainedConfig):
             then a joint head with the encoders fine-tuned; Du et al., ICML 2023) or `"i2m2"` (I2M2, Madaan et al.
             2024: per-modality experts and an inter-modality expert, their log-probabilities summed, one CE).
         baseline_hidden_dim (`int`, defaults to 128):
-            Hidden width of the baselines' MLP heads (joint, ensemble, two_stage, i2m2). Configs saved before this field
+            Hidden width of the baselines' MLP heads (joint, ensemble, two_stage, i2m2), and the width their
+            projections map each backbone's pooled output to (`feature_dim`). Configs saved before this field
             existed load with the width they were trained with, `latent_dim`, which made the joint baseline weaker
             than the same model written plainly (README, "Baselines").
         pooling (`dict[str, str]`, *optional*):
@@ -454,6 +455,15 @@ class DMILConfig(PretrainedConfig):
             # Saved before the field existed: the baselines' heads were latent_dim wide.
             config_dict = {**config_dict, "baseline_hidden_dim": config_dict.get("latent_dim", 64)}
         return super().from_dict(_weights_it_was_trained_with(config_dict), **kwargs)
+
+    @property
+    def feature_dim(self) -> int:
+        """The width of the projected features Z_m a head reads: `latent_dim` for DMIL, whose latents all have that
+        width; `baseline_hidden_dim` for the baselines, so that a baseline is not squeezed through DMIL's latent
+        width before its head (a Linear to 32 dimensions in front of the joint MLP was what made the joint baseline
+        weaker than the same model written plainly, README "Baselines"). Configs saved before the field existed
+        load with `baseline_hidden_dim = latent_dim`, so their projections keep their shape."""
+        return self.latent_dim if self.paradigm == "dmil" else self.baseline_hidden_dim
 
     @property
     def modalities(self) -> list[str]:

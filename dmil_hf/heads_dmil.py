@@ -458,7 +458,7 @@ GATE_OBJECTIVES = {"mixture": mixture_gate_objective, "composition": composition
 
 @dataclass
 class ModalityFeatures:
-    """What the encoders hand to a head: the projected features Z_m `(batch, latent_dim)` of every modality (zeros
+    """What the encoders hand to a head: the projected features Z_m `(batch, config.feature_dim)` of every modality (zeros
     for a modality absent from the whole batch), which modalities each sample has `(batch, K)`, and whether that is
     known statically to be all of them (no `modality_mask`, every modality given), which lets DMIL skip its
     missing-modality fallback without a data-dependent branch."""
@@ -510,13 +510,14 @@ class JointHead(BaselineHead):
     missing modality's are zeroed), one CE.
 
     A hidden layer matters: a linear head on a concatenation is a sum of per-modality scores, an ensemble in disguise
-    that cannot represent synergy. Its width matters too: `latent_dim` wide (release 0.1's head, a 32-wide bottleneck
-    on the real-signal benchmark), it scored below the same model written plainly in PyTorch (README, "Baselines").
+    that cannot represent synergy. Its widths matter too: with the features projected to `latent_dim` and a head that
+    wide (release 0.1: a 32-wide bottleneck on the real-signal benchmark) it scored below the same model written
+    plainly in PyTorch; its features and hidden layer are now `baseline_hidden_dim` wide (README, "Baselines").
     """
 
     def __init__(self, config: DMILConfig):
         super().__init__(config)
-        width = len(self.modalities) * config.latent_dim
+        width = len(self.modalities) * config.feature_dim
         self.joint_classifier = MLP(width, config.baseline_hidden_dim, config.num_labels)
 
     def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
@@ -534,7 +535,7 @@ class EnsembleHead(BaselineHead):
 
     def __init__(self, config: DMILConfig):
         super().__init__(config)
-        dim, hidden = config.latent_dim, config.baseline_hidden_dim
+        dim, hidden = config.feature_dim, config.baseline_hidden_dim
         self.ensemble_classifiers = nn.ModuleDict({m: MLP(dim, hidden, config.num_labels) for m in self.modalities})
 
     def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
@@ -564,7 +565,7 @@ class TwoStageHead(BaselineHead):
 
     def __init__(self, config: DMILConfig):
         super().__init__(config)
-        dim, hidden, num_labels = config.latent_dim, config.baseline_hidden_dim, config.num_labels
+        dim, hidden, num_labels = config.feature_dim, config.baseline_hidden_dim, config.num_labels
         self.unimodal_classifiers = nn.ModuleDict({m: MLP(dim, hidden, num_labels) for m in self.modalities})
         self.joint_classifier = MLP(len(self.modalities) * dim, hidden, num_labels)
 
@@ -610,7 +611,7 @@ class I2M2Head(BaselineHead):
 
     def __init__(self, config: DMILConfig):
         super().__init__(config)
-        dim, hidden, num_labels = config.latent_dim, config.baseline_hidden_dim, config.num_labels
+        dim, hidden, num_labels = config.feature_dim, config.baseline_hidden_dim, config.num_labels
         self.intra_experts = nn.ModuleDict({m: MLP(dim, hidden, num_labels) for m in self.modalities})
         self.inter_expert = MLP(len(self.modalities) * dim, hidden, num_labels)
 

@@ -277,7 +277,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         if backbones:
             raise ValueError(f"backbones given for modalities the config lacks: {sorted(backbones)}")
         self.routes = {m.name: self._route(m) for m in config.modality_specs}
-        dim = config.latent_dim
+        dim = config.feature_dim
         self.projections = nn.ModuleDict(
             {m: nn.Linear(backbone_width(config.backbone_config(m), self.specs[m]), dim) for m in self.modalities}
         )
@@ -554,7 +554,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         dtype = next(iter(z.values())).dtype
         for m in self.modalities:  # a modality absent from the whole batch: zero features, never a backbone call
             if m not in z:
-                z[m] = torch.zeros(batch_size, self.config.latent_dim, device=device, dtype=dtype)
+                z[m] = torch.zeros(batch_size, self.config.feature_dim, device=device, dtype=dtype)
         # Known without looking at tensor values (or read in check_inputs' host sync), so skipping the missing-modality
         # fallback is no data-dependent branch of a compiled graph.
         out = self.head(ModalityFeatures(z, present, all_given), labels, stage)

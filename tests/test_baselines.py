@@ -43,7 +43,7 @@ def _plain_copy(model):
     config = model.config
     backbones = copy.deepcopy(dict(model.backbones.items()))
     kinds = {m.name: m.kind for m in config.modality_specs}
-    args = (backbones, kinds, config.num_labels, config.baseline_hidden_dim, config.latent_dim)
+    args = (backbones, kinds, config.num_labels, config.baseline_hidden_dim, config.feature_dim)
     with torch.no_grad():
         if config.paradigm == "joint":
             plain = PlainJoint(*args)
@@ -95,7 +95,10 @@ def test_baseline_head_width_and_old_configs():
     config = make_config(MODALITIES, paradigm="joint", latent_dim=8)
     assert config.baseline_hidden_dim == 128  # not the latent_dim bottleneck of the 0.1 heads
     model = DMILForMultimodalClassification(config)
-    assert model.head.joint_classifier.fc1.weight.shape == (128, 2 * 8)
+    # The features a baseline head reads are that wide too: no latent_dim-wide projection in front of it.
+    assert config.feature_dim == 128 and model.projections["vision"].out_features == 128
+    assert model.head.joint_classifier.fc1.weight.shape == (128, 2 * 128)
+    assert DMILForMultimodalClassification(make_config(MODALITIES, latent_dim=8)).projections["vision"].out_features == 8
     # A saved config keeps its width; one saved before the field existed has the old heads' (latent_dim).
     saved = config.to_dict()
     assert DMILConfig.from_dict(saved).baseline_hidden_dim == 128

@@ -30,7 +30,7 @@ SINGLE, MULTI, REGRESSION = "single_label_classification", "multi_label_classifi
 def feature_config(num_labels, problem_type=None, paradigm="dmil", **kwargs):
     """Two feature modalities: the heads alone run on fixed features, no backbone needed."""
     return DMILConfig(modality_table=[Modality("a", "features"), Modality("b", "features")], num_labels=num_labels,
-                      latent_dim=8, paradigm=paradigm, problem_type=problem_type, **kwargs)
+                      latent_dim=8, baseline_hidden_dim=8, paradigm=paradigm, problem_type=problem_type, **kwargs)
 
 
 def features(batch=4, seed=0):
@@ -68,7 +68,7 @@ def test_task_loss_is_transformers_loss_of_each_problem_type():
         task_loss(logits, ids, "max")
 
 
-@pytest.mark.parametrize("paradigm", ["dmil", "joint", "ensemble"])
+@pytest.mark.parametrize("paradigm", ["dmil", "joint", "ensemble", "two_stage", "i2m2"])
 @pytest.mark.parametrize("problem_type, num_labels", [(REGRESSION, 1), (REGRESSION, 2), (MULTI, 3)])
 def test_every_paradigm_trains_with_the_problem_types_loss(paradigm, problem_type, num_labels):
     config = feature_config(num_labels, problem_type, paradigm)
