@@ -282,3 +282,22 @@ def test_dataloader_workers_refuse_other_values(capsys, value):
     with pytest.raises(SystemExit):
         run.parse_arguments(["--dataloader_num_workers", value])
     assert "expected a number of processes (0 or more) or 'auto'" in capsys.readouterr().err
+
+
+def test_a_modality_named_like_a_three_slot_column_reads_that_column():
+    """The own-name rule on the command line: beside a `vision` image row, a video row named `image` reads the column
+    `image` (the default --image_column), and `vision` reads `vision`; a flag that is set still wins."""
+    from dmil_hf import DMILConfig, Modality
+    from dmil_hf.testing_utils import tiny_vision_config
+
+    run = import_cli()
+    config = DMILConfig(modality_table=[Modality("vision", "image", tiny_vision_config()),
+                                        Modality("image", "video", tiny_vision_config(), num_frames=2)],
+                        num_labels=2, latent_dim=8)
+    assert run.modality_columns(run.DataArguments(), config) == {"vision": "vision", "image": "image"}
+    assert run.modality_columns(run.DataArguments(image_column="photo"), config) == {"vision": "photo", "image": "image"}
+    from dmil_hf.testing_utils import tiny_audio_config
+
+    three_slot = DMILConfig(vision_config=tiny_vision_config(), audio_config=tiny_audio_config(), num_labels=2,
+                            latent_dim=8)
+    assert run.modality_columns(run.DataArguments(), three_slot) == {"vision": "image", "audio": "audio"}

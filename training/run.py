@@ -615,8 +615,10 @@ def parse_modalities(specs: list[str]) -> list:
 
 
 def modality_columns(data_args: DataArguments, config) -> dict[str, str]:
-    """Each of the model's modalities -> the data column it reads: --text_column/--image_column/--audio_column for
-    the three-slot modalities, --modality_column NAME=COLUMN or the modality's name for the others."""
+    """Each of the model's modalities -> the data column it reads: --modality_column NAME=COLUMN; else
+    --text_column/--image_column/--audio_column for the three-slot modalities (left at its default, the flag's column
+    goes to the modality of that name if there is one, and the three-slot modality reads its own name); else the
+    modality's name."""
     overrides = {}
     for item in data_args.modality_column or []:
         name, sep, column = item.partition("=")
@@ -626,10 +628,20 @@ def modality_columns(data_args: DataArguments, config) -> dict[str, str]:
     unknown = sorted(set(overrides) - set(config.modalities))
     if unknown:
         raise ValueError(f"--modality_column names {unknown}, which are not modalities of the model ({config.modalities})")
-    return {
-        m.name: overrides.get(m.name) or (getattr(data_args, MODALITY_COLUMN_FIELDS[m.name]) if m.is_legacy_slot else m.name)
-        for m in config.modality_specs
-    }
+    def column(row) -> str:
+        if row.name in overrides:
+            return overrides[row.name]
+        if not row.is_legacy_slot:
+            return row.name
+        flag = MODALITY_COLUMN_FIELDS[row.name]
+        value = getattr(data_args, flag)
+        # A modality's own name wins over a three-slot alias (as in the collator and the pipeline): with an `image`
+        # video row beside the `vision` image row, the default --image_column (image) is the video's column.
+        if value == DataArguments.__dataclass_fields__[flag].default and value != row.name and value in config.modalities:
+            return row.name
+        return value
+
+    return {m.name: column(m) for m in config.modality_specs}
 
 
 def check_columns(data_args: DataArguments, fields: dict[str, str], splits: dict[str, Dataset | None]) -> None:
