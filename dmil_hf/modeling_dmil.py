@@ -91,14 +91,23 @@ class DMILPreTrainedModel(PreTrainedModel):
         transformers would log the missing keys and initialise those modules at random. Checkpoints of the
         three-slot releases (head modules at the top level) load with their keys mapped under `head.`."""
         want_info = kwargs.pop("output_loading_info", False)
+        # transformers raises a bare RuntimeError after its load report when a shape differs; we load with the
+        # mismatch allowed and raise our own error below, unless the caller asked for the mismatch to be ignored.
+        allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         kwargs["key_mapping"] = {**LEGACY_KEY_MAPPING, **(kwargs.get("key_mapping") or {})}
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
         # transformers keeps the renamings it loaded with and reverts them on save_pretrained: without this, a model
         # loaded here would be saved back under the old key names.
         conversions = getattr(model, "_weight_conversions", None)
         if conversions:
             model._weight_conversions = [c for c in conversions if not _is_legacy_renaming(c)]
         problems = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys")}
+        if not allow_mismatch:
+            problems["mismatched_keys"] = sorted(
+                f"{key} {tuple(saved)} -> {tuple(wanted)}" for key, saved, wanted in info.get("mismatched_keys") or []
+            )
         if any(problems.values()):
             details = "; ".join(f"{len(keys)} {kind.replace('_', ' ')}, e.g. {keys[:4]}" for kind, keys in problems.items() if keys)
             raise ValueError(
