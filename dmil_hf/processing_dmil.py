@@ -427,27 +427,42 @@ class DMILProcessor(ProcessorMixin):
         return output
 
     @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        # ProcessorMixin loads every slot with its Auto class and fails on the ones saved empty.
-        processor_dict = processor_dict or {}
+    def _load_sub_processors(cls, pretrained_model_name_or_path, processor_dict: dict, kwargs: dict) -> dict[str, Any]:
+        """Each sub-processor slot loaded, for every supported transformers release: one given by the caller is
+        kept, one saved empty (`null`) stays None (ProcessorMixin would look for it with its Auto class and fail),
+        the image processor goes through `load_image_processor` (a PIL class where the Auto class needs
+        torchvision). Consumes `subfolder` and the given sub-processors from `kwargs`."""
         subfolder = kwargs.pop("subfolder", "")
-        loaders = {
-            "tokenizer": AutoTokenizer, "feature_extractor": AutoFeatureExtractor
-        }
-        args = []
+        loaded = {}
         for attribute in SUB_PROCESSORS.values():
-            if attribute in processor_dict and processor_dict[attribute] is None:
-                args.append(None)
+            given = kwargs.pop(attribute, None)
+            if given is not None or (attribute in processor_dict and processor_dict[attribute] is None):
+                loaded[attribute] = given
+            elif attribute == "image_processor":
+                config_dict = processor_dict.get(attribute)
+                loaded[attribute] = load_image_processor(
+                    pretrained_model_name_or_path, config_dict=config_dict if isinstance(config_dict, dict) else None,
+                    subfolder=subfolder, **kwargs,
+                )
             else:
-                if attribute == "image_processor":
-                    args.append(load_image_processor(
-                        pretrained_model_name_or_path, config_dict=processor_dict.get(attribute), subfolder=subfolder,
-                        **kwargs,
-                    ))
-                    continue
-                loader = loaders[attribute]
-                args.append(loader.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs))
-        return args
+                loader = {"tokenizer": AutoTokenizer, "feature_extractor": AutoFeatureExtractor}[attribute]
+                loaded[attribute] = loader.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        return loaded
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # transformers < 5.25 loads the sub-processors here, positionally in get_attributes() order.
+        loaded = cls._load_sub_processors(pretrained_model_name_or_path, processor_dict or {}, kwargs)
+        return [loaded[attribute] for attribute in SUB_PROCESSORS.values()]
+
+    @classmethod
+    def _resolve_subprocessors(cls, pretrained_model_name_or_path, processor_dict, **kwargs):
+        # transformers >= 5.25 loads them here and hands (processor_dict, kwargs) to from_dict; of the kwargs only
+        # __init__ arguments (e.g. text_max_length=) are meant for the processor, the rest were for the loaders.
+        kwargs.pop("return_unused_kwargs", None)
+        processor_dict = {**processor_dict, **cls._load_sub_processors(pretrained_model_name_or_path, processor_dict, kwargs)}
+        init_arguments = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        return processor_dict, {key: value for key, value in kwargs.items() if key in init_arguments}
 
     # ------------------------------------------------------------------ processing
 

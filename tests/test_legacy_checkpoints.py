@@ -12,6 +12,11 @@ import dmil_hf  # noqa: F401  (registers the Auto classes)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "v0_1_0"
 
+# The expected outputs were computed by the transformers release of their day: a later release may sum a backbone's
+# floats in another order (transformers 5.25 moves the logits by about 2e-8). A wrong or re-initialised weight moves
+# them by orders of magnitude more, so float32 round-off is the bar, not bit equality.
+ROUND_OFF = {"rtol": 1e-5, "atol": 1e-6}
+
 
 @pytest.mark.parametrize("paradigm", ["dmil", "joint", "ensemble"])
 def test_release_0_1_0_checkpoints_give_identical_outputs(paradigm):
@@ -21,10 +26,10 @@ def test_release_0_1_0_checkpoints_give_identical_outputs(paradigm):
     expected = torch.load(folder / "expected.pt")
     with torch.no_grad():
         out = model.eval()(**expected["inputs"])
-    torch.testing.assert_close(out.logits, expected["logits"], rtol=0, atol=0)
+    torch.testing.assert_close(out.logits, expected["logits"], **ROUND_OFF)
     if paradigm == "dmil":
         assert model.config.synergy_fusion == "linear" and model.config.synergy_input == "n"
-        torch.testing.assert_close(out.interaction_weights, expected["interaction_weights"], rtol=0, atol=0)
+        torch.testing.assert_close(out.interaction_weights, expected["interaction_weights"], **ROUND_OFF)
 
 
 # Saved by the last code with three fixed modality slots (commit ca35480, before the modality table and the head
@@ -41,9 +46,9 @@ def test_three_slot_checkpoints_give_identical_outputs(name):
     expected = torch.load(folder / "expected.pt")
     with torch.no_grad():
         out = model.eval()(**expected["inputs"])
-    torch.testing.assert_close(out.logits, expected["logits"], rtol=0, atol=0)
+    torch.testing.assert_close(out.logits, expected["logits"], **ROUND_OFF)
     if "interaction_weights" in expected:
-        torch.testing.assert_close(out.interaction_weights, expected["interaction_weights"], rtol=0, atol=0)
+        torch.testing.assert_close(out.interaction_weights, expected["interaction_weights"], **ROUND_OFF)
 
 
 # Saved by the code whose feature encoder stacked nn.TransformerEncoderLayer (commit 1ecb244): a DMIL over a
