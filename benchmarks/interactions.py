@@ -172,8 +172,9 @@ def run_benchmark(settings: BenchmarkSettings, log=print) -> dict[str, Any]:
         return {"train": splits["train"], "test": test, "test_corrupted": corrupted.select(r_rows)}
 
     def build_model(mixture: str, method: Method) -> DMILForMultimodalClassification:
-        config = tiny_config_for(settings.spec(mixture), paradigm=method.paradigm, latent_dim=settings.latent_dim,
-                                 **method.config)
+        # A method's own fields (an ablation's `dmil:latent_dim=128`) win over the benchmark's settings.
+        fields = {"latent_dim": settings.latent_dim, **method.config}
+        config = tiny_config_for(settings.spec(mixture), paradigm=method.paradigm, **fields)
         return DMILForMultimodalClassification(config)
 
     per_seed, chance = run_seeds(

@@ -92,9 +92,11 @@ def build_model(settings: RealSignalSettings, method: Method) -> DMILForMultimod
     backbones = backbone_configs(settings.modalities)
     labels = {i: str(i) for i in range(NUM_CLASSES)}
     text_kwargs = {"text_num_hidden_layers": settings.text_layers} if "text" in backbones else {}
+    # A method's own fields (an ablation's `dmil:latent_dim=128`) win over the benchmark's settings.
+    fields = {"latent_dim": settings.latent_dim, **method.config}
     return DMILForMultimodalClassification.from_backbones_pretrained(
-        **backbones, **text_kwargs, paradigm=method.paradigm, num_labels=NUM_CLASSES, latent_dim=settings.latent_dim,
-        id2label=labels, label2id={v: k for k, v in labels.items()}, **method.config,
+        **backbones, **text_kwargs, paradigm=method.paradigm, num_labels=NUM_CLASSES,
+        id2label=labels, label2id={v: k for k, v in labels.items()}, **fields,
     )
 
 
