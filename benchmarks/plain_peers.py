@@ -10,9 +10,11 @@ gives the library's methods, and nothing else (no gradient clipping, weight deca
 
 * ``plain_joint``: pooled features concatenated -> Linear(hidden 128) -> GELU -> Linear -> one cross-entropy;
 * ``plain_ensemble``: per modality, pooled features -> Linear(128) -> GELU -> Linear with its own cross-entropy;
-  logits averaged.
+  logits averaged;
+* ``plain_i2m2``: per-modality MLP experts and a joint MLP expert on the pooled features, log-probabilities summed,
+  one cross-entropy (I2M2, Madaan et al. 2024).
 
-`PLAIN_PEERS` maps a method name to its model class; a new peer (say ``plain_i2m2``) is a class with the
+`PLAIN_PEERS` maps a method name to its model class; a new peer is a class with the
 constructor `(backbones, kinds, num_labels, hidden_dim)` and a forward `(inputs, labels) -> (loss, predictions)`,
 added to that dict. `harness.parse_method` knows every name in it, so ``--methods joint,ensemble,plain_joint`` puts
 a plain row next to the library's in any interaction benchmark.
@@ -114,11 +116,40 @@ class PlainEnsemble(nn.Module):
         return loss, {"logits": modality_logits.mean(dim=1), "modality_logits": modality_logits}
 
 
+class PlainI2M2(nn.Module):
+    """I2M2 (Madaan et al., NeurIPS 2024) written plainly: an MLP expert per modality on its pooled features and an
+    inter-modality MLP expert on their concatenation, log-softmaxes summed (a product of experts), one cross-entropy
+    on the sum and none on the experts. With `projection_dim`, each pooled vector is first projected (as the
+    library's projections do)."""
+
+    def __init__(self, backbones: dict[str, nn.Module], kinds: dict[str, str], num_labels: int,
+                 hidden_dim: int = PLAIN_HIDDEN_DIM, projection_dim: int | None = None):
+        super().__init__()
+        self.encoders = PlainEncoders(backbones, kinds)
+        widths = {m: projection_dim or w for m, w in self.encoders.widths.items()}
+        self.projections = nn.ModuleDict(
+            {m: nn.Linear(w, projection_dim) if projection_dim else nn.Identity() for m, w in self.encoders.widths.items()}
+        )
+        self.intra = nn.ModuleDict({m: plain_mlp(w, hidden_dim, num_labels) for m, w in widths.items()})
+        self.inter = plain_mlp(sum(widths.values()), hidden_dim, num_labels)
+
+    def forward(self, inputs, labels=None):
+        pooled = self.encoders(inputs)
+        names = list(self.encoders.backbones)
+        features = {m: self.projections[m](pooled[m]) for m in names}
+        modality_logits = torch.stack([self.intra[m](features[m]) for m in names], dim=1)
+        inter = self.inter(torch.cat([features[m] for m in names], dim=-1))
+        logits = modality_logits.log_softmax(-1).sum(1) + inter.log_softmax(-1)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return loss, {"logits": logits, "modality_logits": modality_logits}
+
+
 # method name -> (plain model class, the library paradigm whose run of the same seed supplies the backbones and the
 # config the scores are read with)
 PLAIN_PEERS: dict[str, tuple[type[nn.Module], str]] = {
     "plain_joint": (PlainJoint, "joint"),
     "plain_ensemble": (PlainEnsemble, "ensemble"),
+    "plain_i2m2": (PlainI2M2, "i2m2"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The baselines: the library's joint and ensemble ARE the plain-PyTorch models of benchmarks/plain_peers.py (same
+"""The baselines: the library's joint, ensemble and I2M2 ARE the plain-PyTorch models of benchmarks/plain_peers.py (same
 weights, same inputs: same outputs, losses, gradients and optimizer steps), their head width, and the two-stage
 baseline's schedule (unimodal pretraining, then joint fine-tuning) through DMILTrainer."""
 
@@ -20,7 +20,7 @@ from dmil_hf.testing_utils import random_inputs
 from dmil_hf.training_dmil import STAGE_MARKER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from plain_peers import PlainEnsemble, PlainJoint  # noqa: E402
+from plain_peers import PlainEnsemble, PlainI2M2, PlainJoint  # noqa: E402
 
 MODALITIES = ("vision", "audio")  # [CLS] and unmasked mean pooling: what the plain peers do
 
@@ -51,6 +51,14 @@ def _plain_copy(model):
                 plain.projections[m].load_state_dict(model.projections[m].state_dict())
             plain.classifier[0].load_state_dict(model.head.joint_classifier.fc1.state_dict())
             plain.classifier[2].load_state_dict(model.head.joint_classifier.fc2.state_dict())
+        elif config.paradigm == "i2m2":
+            plain = PlainI2M2(*args)
+            for m in MODALITIES:
+                plain.projections[m].load_state_dict(model.projections[m].state_dict())
+                for k in (0, 2):
+                    plain.intra[m][k].load_state_dict(getattr(model.head.intra_experts[m], f"fc{k // 2 + 1}").state_dict())
+            for k in (0, 2):
+                plain.inter[k].load_state_dict(getattr(model.head.inter_expert, f"fc{k // 2 + 1}").state_dict())
         else:
             plain = PlainEnsemble(*args)
             for m in MODALITIES:
@@ -64,7 +72,7 @@ def _plain_inputs(inputs):
     return {"vision": {"pixel_values": inputs["pixel_values"]}, "audio": {"input_values": inputs["input_values"]}}
 
 
-@pytest.mark.parametrize("paradigm", ["joint", "ensemble"])
+@pytest.mark.parametrize("paradigm", ["joint", "ensemble", "i2m2"])
 def test_library_baseline_is_the_plain_pytorch_model(paradigm):
     model = _library(paradigm)
     plain = _plain_copy(model)
@@ -77,9 +85,9 @@ def test_library_baseline_is_the_plain_pytorch_model(paradigm):
         loss, predictions = plain(_plain_inputs(inputs), labels)
         torch.testing.assert_close(out.logits, predictions["logits"], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(out.loss, loss, rtol=1e-5, atol=1e-6)
-        if paradigm == "joint":
+        if paradigm in ("joint", "i2m2"):
             torch.testing.assert_close(out.loss, F.cross_entropy(predictions["logits"], labels), rtol=1e-5, atol=1e-6)
-        else:
+        if paradigm != "joint":
             torch.testing.assert_close(out.modality_logits, predictions["modality_logits"], rtol=1e-5, atol=1e-6)
         for optimizer, value in zip(optimizers, (out.loss, loss)):
             optimizer.zero_grad()
