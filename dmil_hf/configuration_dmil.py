@@ -21,6 +21,7 @@ REDUNDANCY_READOUT_NAMES = ("joint", "per_modality")
 GATE_OBJECTIVE_NAMES = ("mixture", "composition")
 SYNERGY_INPUT_NAMES = ("n", "z", "z_detached")
 COMPONENT_COMBINATION_NAMES = ("mixture", "product", "mixture_x_unimodal")
+PROJECTION_NAMES = ("linear", "mlp")
 
 # The reference implementation (bjlfzs/DMIL, CREMA-D config) as config values; see `DMILConfig.reference`. Its stage-1
 # weights are per modality (visual beta_kl 0.4 / beta_rec 0.1, audio 2.0 / 0.5, times lamb 0.2 and its internal 0.1
@@ -96,6 +97,11 @@ def _weight(name: str, value: float | dict[str, float], rows: list[Modality]) ->
     if not rows:
         return {k: float(v) for k, v in value.items()}
     return {row.name: per_modality_value(name, value, row.name, row.kind) for row in rows}
+
+
+def _default_projection(paradigm: str) -> str:
+    """`projection` when none is given: see the field's docstring."""
+    return "linear"
 
 
 def _weights_it_was_trained_with(config_dict: dict[str, Any]) -> dict[str, Any]:
@@ -332,6 +338,7 @@ class DMILConfig(PretrainedConfig):
         gate_composition_weight: float = 1.0,
         gate_reads_predictions: bool = False,
         component_combination: str = "mixture",
+        projection: str | None = None,
         modality_dropout: float = 0.0,
         stage1_synergy_weight: float = 0.0,
         kl_weight: float = 0.02,
@@ -381,6 +388,7 @@ class DMILConfig(PretrainedConfig):
             ("redundancy_readout", redundancy_readout, REDUNDANCY_READOUT_NAMES),
             ("gate_objective", gate_objective, GATE_OBJECTIVE_NAMES),
             ("component_combination", component_combination, COMPONENT_COMBINATION_NAMES),
+            ("projection", projection if projection is not None else "linear", PROJECTION_NAMES),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -398,6 +406,7 @@ class DMILConfig(PretrainedConfig):
         if not 0.0 <= float(modality_dropout) < 1.0:
             raise ValueError(f"modality_dropout must be a probability in [0, 1), got {modality_dropout!r}")
         self.component_combination = component_combination
+        self.projection = projection if projection is not None else _default_projection(paradigm)
         self.modality_dropout = float(modality_dropout)
         self.stage1_synergy_weight = float(stage1_synergy_weight)
         self.kl_weight = float(kl_weight)
@@ -451,6 +460,9 @@ class DMILConfig(PretrainedConfig):
             # Saved before the variants existed: keep the modules it was trained with (identical logits on load).
             legacy = {**_LEGACY_VALUES, "stage1_kl_weight": config_dict.get("kl_weight", 0.02)}
             config_dict = {**legacy, **config_dict}
+        if "projection" not in config_dict and "projection" not in kwargs and config_dict.get("model_type") == "dmil":
+            # Saved before the field existed: every projection was one Linear.
+            config_dict = {**config_dict, "projection": "linear"}
         if "baseline_hidden_dim" not in config_dict and "baseline_hidden_dim" not in kwargs and config_dict.get("model_type") == "dmil":
             # Saved before the field existed: the baselines' heads were latent_dim wide.
             config_dict = {**config_dict, "baseline_hidden_dim": config_dict.get("latent_dim", 64)}

@@ -288,6 +288,11 @@ class MLPSynergyFusion(SynergyFusion):
 
 SYNERGY_FUSIONS: dict[str, type[SynergyFusion]] = {"linear": SynergyFusion, "mlp": MLPSynergyFusion}
 
+# `config.projection`: how a backbone's pooled vector becomes Z_m (`(in_dim, out_dim) -> module`). `"linear"` is the
+# reference's one Linear; `"mlp"` puts a hidden layer (as wide as Z) before it, which gives DMIL's unimodal evidence
+# (M_m and its linear head) the depth of a baseline's MLP expert.
+PROJECTIONS = {"linear": nn.Linear, "mlp": lambda in_dim, out_dim: MLP(in_dim, out_dim, out_dim)}
+
 
 class InteractionGate(nn.Module):
     """g = softmax(MLP([R, U_1..U_K, S])) over the K + 2 components, with unavailable components masked out."""

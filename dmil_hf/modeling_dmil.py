@@ -43,6 +43,7 @@ from .heads_dmil import (  # noqa: F401  (re-exported: the method's modules, imp
     IntraModalDecomposition,
     JointHead,
     MLPSynergyFusion,
+    PROJECTIONS,
     ModalityFeatures,
     SynergyFusion,
     gaussian_kl,
@@ -288,7 +289,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         self.routes = {m.name: self._route(m) for m in config.modality_specs}
         dim = config.feature_dim
         self.projections = nn.ModuleDict(
-            {m: nn.Linear(backbone_width(config.backbone_config(m), self.specs[m]), dim) for m in self.modalities}
+            {m: PROJECTIONS[config.projection](backbone_width(config.backbone_config(m), self.specs[m]), dim)
+             for m in self.modalities}
         )
         self.head = HEADS[config.paradigm](config)
         self.main_input_name = self.routes[self.modalities[0]].names.main
