@@ -487,6 +487,15 @@ def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: i
     return splits["train"], splits["test"], config, synthetic_processor(spec)
 
 
+def _file_format(path: str) -> str:
+    """The `datasets` builder of a data file, from its extension: csv, json (also .jsonl) or parquet."""
+    extension = Path(path).suffix.lstrip(".").lower()
+    formats = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
+    if extension not in formats:
+        raise ValueError(f"cannot tell the format of {path!r}: give a .csv, .json, .jsonl or .parquet file")
+    return formats[extension]
+
+
 def load_user_splits(data_args: DataArguments, need_train: bool = True) -> dict[str, Dataset | None]:
     """The user's `train`, `validation` and `test` splits (None where there is none): from `--train_file`,
     `--validation_file` and `--test_file`, else from a `load_from_disk` folder or a Hub dataset (`--train_split`,
@@ -501,8 +510,13 @@ def load_user_splits(data_args: DataArguments, need_train: bool = True) -> dict[
     if files:
         if need_train and "train" not in files:
             raise ValueError("--validation_file / --test_file need a --train_file to train on (or --do_train false)")
-        extension = Path(next(iter(files.values()))).suffix.lstrip(".").replace("jsonl", "json")
-        raw = datasets.load_dataset(extension, data_files=files)
+        # Each file on its own: one load_dataset over all of them gives every split the first file's columns, so a
+        # test file without labels would get a label column of None (and a test.jsonl beside a train.csv would be
+        # read as csv).
+        raw = datasets.DatasetDict({
+            split: datasets.load_dataset(_file_format(path), data_files={split: path})[split]
+            for split, path in files.items()
+        })
         names = {"train": "train", "validation": "validation", "test": "test"}
     else:
         raw = (datasets.load_from_disk(data_args.dataset) if os.path.isdir(data_args.dataset)
@@ -697,6 +711,15 @@ def labels_as_names(dataset: Dataset) -> Dataset:
     )
 
 
+def has_labels(dataset: Dataset) -> bool:
+    """Whether the "label" column holds any label: not every value None, nor (a ClassLabel) every value -1, the
+    `datasets` value for "no label"."""
+    import datasets
+
+    no_label = (None, -1) if isinstance(dataset.features["label"], datasets.ClassLabel) else (None,)
+    return any(value not in no_label for value in dataset["label"])
+
+
 def _is_model_label(value: object, config: PretrainedConfig) -> bool:
     if isinstance(value, str):
         return value in config.label2id
@@ -844,6 +867,10 @@ def prepare_user_data(model_args: ModelArguments, data_args: DataArguments, need
         dataset = drop_unused_modality_columns(data_args, modalities, dataset)
         if data_args.label_column != "label" and data_args.label_column in dataset.column_names:
             dataset = dataset.rename_column(data_args.label_column, "label")  # the collator reads "label"
+        if split == "test" and "label" in dataset.column_names and not has_labels(dataset):
+            # A test split's labels are optional; a Hub test split often has the column with none in it (None, or
+            # ClassLabel's -1, as GLUE's): predicted without labels rather than refused.
+            dataset = dataset.remove_columns("label")
         # From here on the model's label2id is the only label map: the data's labels are checked against it and the
         # collator maps string labels through it.
         splits[split] = labels_as_names(dataset) if "label" in dataset.column_names else dataset
@@ -913,6 +940,8 @@ def setup_logging() -> None:
 
 # The files a run writes to output_dir besides the model: final evaluation, prediction metrics, predictions.
 EVAL_RESULTS, PREDICT_RESULTS, PREDICTIONS = "eval_results.json", "predict_results.json", "predictions.csv"
+# The test metrics the console shows after --do_predict with labels (those of the model's problem type are there).
+PREDICT_HEADLINE = ("predict_accuracy", "predict_f1_micro", "predict_mae", "predict_pearson")
 
 
 def check_modes(model_args: ModelArguments, training_args: DMILTrainingArguments) -> None:
@@ -955,33 +984,71 @@ def check_splits(training_args: DMILTrainingArguments, evaluation: Dataset | Non
         training_args.eval_strategy = IntervalStrategy.NO
 
 
+def prediction_columns(logits, labels, config) -> tuple[list[str], list[list]]:
+    """The header and rows of predictions.csv (without index and interaction weights) for `config.problem_type`, read
+    as transformers' text-classification pipeline (and ours) reads each type:
+
+    - single-label: `prediction` (the class), `score` (its softmax probability), `label` (the true class);
+    - multi-label: `prediction` (a JSON list of the classes whose sigmoid probability is above 1/2, the threshold the
+      metrics use), `score_<class>` (each class's own probability), `label` (a JSON list of the true classes);
+    - regression: `prediction` (the predicted value) and `label` (the target), or `prediction_<target>` and
+      `label_<target>` for several targets: a value has no probability.
+    """
+    import numpy as np
+
+    names = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(logits.shape[-1])]
+    problem_type = config.problem_type or (
+        "regression" if config.num_labels == 1 else "single_label_classification"
+    )
+    if problem_type == "regression":
+        suffixes = [""] if len(names) == 1 else [f"_{name}" for name in names]
+        header = [f"prediction{s}" for s in suffixes]
+        rows = [[f"{v:.6g}" for v in row] for row in logits]
+        if labels is not None:
+            targets = np.asarray(labels, dtype=np.float64).reshape(len(logits), -1)
+            header += [f"label{s}" for s in suffixes]
+            rows = [row + [f"{v:.6g}" for v in target] for row, target in zip(rows, targets)]
+        return header, rows
+    if problem_type == "multi_label_classification":
+        probabilities = 1 / (1 + np.exp(-logits))
+        header = ["prediction", *(f"score_{name}" for name in names)]
+        rows = [[json.dumps([n for n, on in zip(names, logit > 0) if on]), *(f"{p:.6f}" for p in row)]
+                for logit, row in zip(logits, probabilities)]
+        if labels is not None:
+            header.append("label")
+            rows = [row + [json.dumps([n for n, on in zip(names, np.asarray(target) >= 0.5) if on])]
+                    for row, target in zip(rows, labels)]
+        return header, rows
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    predicted = probabilities.argmax(-1)
+    header = ["prediction", "score"]
+    rows = [[names[k], f"{probabilities[i, k]:.6f}"] for i, k in enumerate(predicted)]
+    if labels is not None:
+        header.append("label")
+        rows = [row + [names[int(label)]] for row, label in zip(rows, labels)]
+    return header, rows
+
+
 def write_predictions(prediction, config, path: str) -> None:
-    """`--do_predict`'s predictions.csv: one row per test sample with its index, the predicted label and its
-    probability, the true label when the data has one, and (DMIL) the sample's interaction weights, one column per
-    component (`interaction_redundancy`, ...): the per-sample interaction view as data."""
+    """`--do_predict`'s predictions.csv: one row per test sample with its index, the prediction in the columns of its
+    problem type (`prediction_columns`: for a classification, the predicted label and its probability), the true
+    label when the data has one, and (DMIL) the sample's interaction weights, one column per component
+    (`interaction_redundancy`, ...): the per-sample interaction view as data."""
     import csv
 
     import numpy as np
 
     outputs = prediction.predictions
-    logits = np.asarray(outputs["logits"], dtype=np.float64)
-    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
-    probabilities /= probabilities.sum(-1, keepdims=True)
-    predicted = probabilities.argmax(-1)
+    logits = np.asarray(outputs["logits"] if isinstance(outputs, dict) else outputs, dtype=np.float64)
     weights = outputs.get("interaction_weights") if isinstance(outputs, dict) else None
     components = config.interaction_components if weights is not None else []
-    labels = prediction.label_ids
-    header = ["index", "prediction", "score", *(["label"] if labels is not None else []),
-              *(f"interaction_{c}" for c in components)]
+    header, rows = prediction_columns(logits, prediction.label_ids, config)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        for i, label_id in enumerate(predicted):
-            row = [i, config.id2label[int(label_id)], f"{probabilities[i, label_id]:.6f}"]
-            if labels is not None:
-                row.append(config.id2label[int(labels[i])])
-            row += [f"{w:.6f}" for w in (weights[i] if weights is not None else [])]
-            writer.writerow(row)
+        writer.writerow(["index", *header, *(f"interaction_{c}" for c in components)])
+        for i, row in enumerate(rows):
+            writer.writerow([i, *row, *(f"{w:.6f}" for w in (weights[i] if weights is not None else []))])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -1062,8 +1129,11 @@ def main(argv: list[str] | None = None) -> dict:
                 with open(written[-1], "w") as f:
                     json.dump(prediction.metrics, f, indent=2, default=float)
         print_report(trainer, metrics)
-        if prediction is not None and "predict_accuracy" in prediction.metrics:
-            print(f"predict_accuracy={prediction.metrics['predict_accuracy']:.4f} on {len(test)} test rows")
+        # The test split's headline metrics (labels given), by problem type as in the evaluation's line.
+        headline = [f"{key}={prediction.metrics[key]:.4f}" for key in PREDICT_HEADLINE
+                    if prediction is not None and key in prediction.metrics]
+        if headline:
+            print(f"{', '.join(headline)} on {len(test)} test rows")
         model_line = f"final model: {final_dir}" if final_dir else f"model: {model_args.init_from} (not trained)"
         print(f"\nconfig: {config_file}; {model_line}; results: {', '.join(written) or 'none'}")
     if push_error is not None:
