@@ -431,7 +431,8 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, DMI
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=base + flags)
     # TrainingArguments turns do_eval on whenever eval_strategy is not "no"; here --do_eval is the final evaluation
     # (and a run without training's only one), so the value given stands.
-    training_args.do_eval = parser.parse_known_args(base + flags)[0].do_eval
+    # argparse's own parse: this parser's would derive (and log) the worker count a second time.
+    training_args.do_eval = HfArgumentParser.parse_known_args(parser, base + flags)[0].do_eval
     training_args.resume_from_checkpoint = resume_value(training_args.resume_from_checkpoint)
     return model_args, data_args, training_args, config_file
 
