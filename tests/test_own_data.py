@@ -193,6 +193,19 @@ def test_own_data_flags_start_from_the_own_data_job_shown_by_help(capsys):
     assert "training/configs/own_data.yaml" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("flags, job", [
+    (["--dataset", "my_ds"], "own"),
+    (["--dataset=my_ds"], "own"),  # argparse's other spelling started the synthetic job's tiny, CPU-only values
+    (["--dataset=my_ds", "--dataset", "synthetic"], "default"),  # the last value counts, as in argparse
+    (["--dataset", "synthetic", "--dataset=my_ds"], "own"),
+    (["--dataset=synthetic"], "default"),
+])
+def test_a_dataset_flag_in_either_spelling_starts_the_own_data_job(flags, job):
+    run = import_cli()
+    expected = run.OWN_DATA_CONFIG if job == "own" else run.DEFAULT_CONFIG
+    assert run.split_config_file(flags) == (str(expected), flags)
+
+
 # ------------------------------------------------------------------------------------------- MiniLM offline
 
 
