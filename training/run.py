@@ -465,22 +465,42 @@ def preset_kwargs(model_args: ModelArguments) -> dict:
 
 
 # ModelArguments fields that name the user's backbones or model, which the synthetic benchmark (its own tiny model
-# and data) cannot use.
+# and data) cannot use. A saved model of the benchmark itself (--init_from) is the exception: `synthetic_misfit`.
 USER_MODEL_FIELDS = ("modality", "text_model", "vision_model", "audio_model", "init_from")
+# Backbone config fields that the benchmark's generated inputs depend on: token ids, image size and channels.
+SYNTHETIC_INPUT_FIELDS = ("model_type", "vocab_size", "image_size", "num_channels")
+
+
+def synthetic_misfit(path: str, expected: PretrainedConfig) -> str | None:
+    """Why the saved model at `path` cannot take the synthetic benchmark's data built for `expected` (the tiny
+    config of the --synthetic_* options), or None when it can: the same modalities, classes and input sizes, as a
+    model trained on the benchmark with those options has."""
+    from dmil_hf import DMILConfig
+
+    try:
+        saved = DMILConfig.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        return f"it does not load as a DMIL model ({type(err).__name__})"
+    if list(saved.modalities) != list(expected.modalities):
+        return f"its modalities are {saved.modalities}, the benchmark's {expected.modalities} (--synthetic_modalities)"
+    if saved.num_labels != expected.num_labels:
+        return f"it has {saved.num_labels} labels, the benchmark {expected.num_labels} (--synthetic_num_labels)"
+    # The benchmark's labels are class ids: the same number of classes under other names is another task.
+    if dict(saved.id2label) != dict(expected.id2label):
+        return f"its classes are {sorted(saved.label2id)}, the benchmark's {sorted(expected.label2id)}"
+    for name in expected.modalities:
+        ours, theirs = expected.backbone_config(name), saved.backbone_config(name)
+        for key in SYNTHETIC_INPUT_FIELDS:
+            if hasattr(ours, key) and getattr(theirs, key, None) != getattr(ours, key):
+                return (f"its {name} backbone has {key}={getattr(theirs, key, None)!r} where the benchmark's inputs "
+                        f"need {getattr(ours, key)!r}")
+    return None
 
 
 def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: int):
-    """The synthetic benchmark's splits, the tiny model's config and the processor its saved model serves with."""
+    """The synthetic benchmark's splits, the tiny model's config and the processor its saved model serves with.
+    `--init_from` may name a model trained on the benchmark (to evaluate, predict or train on), no other model."""
     from dmil_hf.data import SyntheticInteractionSpec, make_interaction_splits, synthetic_processor, tiny_config_for
-
-    given = [f"--{name}" for name in USER_MODEL_FIELDS if getattr(model_args, name)]
-    if given:
-        # The benchmark builds its own tiny model: it would train that and ignore the backbones given.
-        raise ValueError(
-            f"{' and '.join(given)} name{'s' if len(given) == 1 else ''} the model for your own data, but no data was "
-            "given, and the built-in synthetic benchmark has its own tiny model. Give the data with --train_file "
-            "(csv/json/parquet, with --validation_file) or --dataset (a Hub dataset or a save_to_disk folder)"
-        )
 
     spec = SyntheticInteractionSpec(
         modalities=tuple(m.strip() for m in data_args.synthetic_modalities.split(",") if m.strip()),
@@ -488,9 +508,21 @@ def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: i
         mixture=data_args.synthetic_mixture,
         dominant_modality=data_args.synthetic_dominant_modality,
     )
-    splits = make_interaction_splits(data_args.synthetic_train_size, data_args.synthetic_eval_size, seed=seed, spec=spec)
     config = tiny_config_for(spec, paradigm=model_args.paradigm, latent_dim=model_args.latent_dim,
                              check_inputs=model_args.check_inputs, **preset_kwargs(model_args))
+    given = [f"--{name}" for name in USER_MODEL_FIELDS if name != "init_from" and getattr(model_args, name)]
+    misfit = synthetic_misfit(model_args.init_from, config) if model_args.init_from and not given else None
+    if given or misfit:
+        # The benchmark builds its own tiny model: it would train that and ignore the backbones given.
+        given = given or ["--init_from"]
+        reason = f" ({model_args.init_from}: {misfit})" if misfit else ""
+        raise ValueError(
+            f"{' and '.join(given)} name{'s' if len(given) == 1 else ''} the model for your own data{reason}, but no "
+            "data was given, and the built-in synthetic benchmark has its own tiny model (--init_from takes a model "
+            "trained on it). Give the data with --train_file (csv/json/parquet, with --validation_file) or --dataset "
+            "(a Hub dataset or a save_to_disk folder)"
+        )
+    splits = make_interaction_splits(data_args.synthetic_train_size, data_args.synthetic_eval_size, seed=seed, spec=spec)
     return splits["train"], splits["test"], config, synthetic_processor(spec)
 
 
