@@ -323,7 +323,8 @@ class RunArgumentParser(HfArgumentParser):
             ("do_eval", "Evaluate the final (or --init_from) model on the evaluation split (--validation_file, "
                         "--eval_split) and write eval_results.json."),
             ("do_predict", "Predict the test split (--test_file, --test_split) and write predictions.csv (each "
-                           "row's prediction, score, label if any, interaction weights) and predict_results.json."),
+                           "row's prediction with its score, per-label scores or value by problem type, its label "
+                           "if any, its interaction weights) and predict_results.json."),
         ):
             action = self._option_string_actions[f"--{name}"]
             action.default, action.help = name != "do_predict", help_text
