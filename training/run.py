@@ -323,7 +323,8 @@ class RunArgumentParser(HfArgumentParser):
             ("do_eval", "Evaluate the final (or --init_from) model on the evaluation split (--validation_file, "
                         "--eval_split) and write eval_results.json."),
             ("do_predict", "Predict the test split (--test_file, --test_split) and write predictions.csv (each "
-                           "row's prediction, score, label if any, interaction weights) and predict_results.json."),
+                           "row's prediction with its score, per-label scores or value by problem type, its label "
+                           "if any, its interaction weights) and predict_results.json."),
         ):
             action = self._option_string_actions[f"--{name}"]
             action.default, action.help = name != "do_predict", help_text
@@ -410,7 +411,13 @@ def split_config_file(argv: list[str]) -> tuple[str, list[str]]:
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         return argv[0], argv[1:]
     names = {arg.split("=", 1)[0].replace("-", "_").replace("__", "--", 1) for arg in argv if arg.startswith("--")}
-    dataset = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--dataset"), "synthetic")
+    # The --dataset value argparse would keep: the last one, given as `--dataset X` or `--dataset=X`.
+    dataset = "synthetic"
+    for i, arg in enumerate(argv):
+        if arg == "--dataset" and i + 1 < len(argv):
+            dataset = argv[i + 1]
+        elif arg.startswith("--dataset="):
+            dataset = arg.split("=", 1)[1]
     if names & set(OWN_JOB_FLAGS) or dataset != "synthetic":
         return str(OWN_DATA_CONFIG), argv
     return str(DEFAULT_CONFIG), argv
@@ -431,7 +438,8 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, DMI
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=base + flags)
     # TrainingArguments turns do_eval on whenever eval_strategy is not "no"; here --do_eval is the final evaluation
     # (and a run without training's only one), so the value given stands.
-    training_args.do_eval = parser.parse_known_args(base + flags)[0].do_eval
+    # argparse's own parse: this parser's would derive (and log) the worker count a second time.
+    training_args.do_eval = HfArgumentParser.parse_known_args(parser, base + flags)[0].do_eval
     training_args.resume_from_checkpoint = resume_value(training_args.resume_from_checkpoint)
     return model_args, data_args, training_args, config_file
 
@@ -458,22 +466,42 @@ def preset_kwargs(model_args: ModelArguments) -> dict:
 
 
 # ModelArguments fields that name the user's backbones or model, which the synthetic benchmark (its own tiny model
-# and data) cannot use.
+# and data) cannot use. A saved model of the benchmark itself (--init_from) is the exception: `synthetic_misfit`.
 USER_MODEL_FIELDS = ("modality", "text_model", "vision_model", "audio_model", "init_from")
+# Backbone config fields that the benchmark's generated inputs depend on: token ids, image size and channels.
+SYNTHETIC_INPUT_FIELDS = ("model_type", "vocab_size", "image_size", "num_channels")
+
+
+def synthetic_misfit(path: str, expected: PretrainedConfig) -> str | None:
+    """Why the saved model at `path` cannot take the synthetic benchmark's data built for `expected` (the tiny
+    config of the --synthetic_* options), or None when it can: the same modalities, classes and input sizes, as a
+    model trained on the benchmark with those options has."""
+    from dmil_hf import DMILConfig
+
+    try:
+        saved = DMILConfig.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        return f"it does not load as a DMIL model ({type(err).__name__})"
+    if list(saved.modalities) != list(expected.modalities):
+        return f"its modalities are {saved.modalities}, the benchmark's {expected.modalities} (--synthetic_modalities)"
+    if saved.num_labels != expected.num_labels:
+        return f"it has {saved.num_labels} labels, the benchmark {expected.num_labels} (--synthetic_num_labels)"
+    # The benchmark's labels are class ids: the same number of classes under other names is another task.
+    if dict(saved.id2label) != dict(expected.id2label):
+        return f"its classes are {sorted(saved.label2id)}, the benchmark's {sorted(expected.label2id)}"
+    for name in expected.modalities:
+        ours, theirs = expected.backbone_config(name), saved.backbone_config(name)
+        for key in SYNTHETIC_INPUT_FIELDS:
+            if hasattr(ours, key) and getattr(theirs, key, None) != getattr(ours, key):
+                return (f"its {name} backbone has {key}={getattr(theirs, key, None)!r} where the benchmark's inputs "
+                        f"need {getattr(ours, key)!r}")
+    return None
 
 
 def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: int):
-    """The synthetic benchmark's splits, the tiny model's config and the processor its saved model serves with."""
+    """The synthetic benchmark's splits, the tiny model's config and the processor its saved model serves with.
+    `--init_from` may name a model trained on the benchmark (to evaluate, predict or train on), no other model."""
     from dmil_hf.data import SyntheticInteractionSpec, make_interaction_splits, synthetic_processor, tiny_config_for
-
-    given = [f"--{name}" for name in USER_MODEL_FIELDS if getattr(model_args, name)]
-    if given:
-        # The benchmark builds its own tiny model: it would train that and ignore the backbones given.
-        raise ValueError(
-            f"{' and '.join(given)} name{'s' if len(given) == 1 else ''} the model for your own data, but no data was "
-            "given, and the built-in synthetic benchmark has its own tiny model. Give the data with --train_file "
-            "(csv/json/parquet, with --validation_file) or --dataset (a Hub dataset or a save_to_disk folder)"
-        )
 
     spec = SyntheticInteractionSpec(
         modalities=tuple(m.strip() for m in data_args.synthetic_modalities.split(",") if m.strip()),
@@ -481,10 +509,31 @@ def load_synthetic(data_args: DataArguments, model_args: ModelArguments, seed: i
         mixture=data_args.synthetic_mixture,
         dominant_modality=data_args.synthetic_dominant_modality,
     )
-    splits = make_interaction_splits(data_args.synthetic_train_size, data_args.synthetic_eval_size, seed=seed, spec=spec)
     config = tiny_config_for(spec, paradigm=model_args.paradigm, latent_dim=model_args.latent_dim,
                              check_inputs=model_args.check_inputs, **preset_kwargs(model_args))
+    given = [f"--{name}" for name in USER_MODEL_FIELDS if name != "init_from" and getattr(model_args, name)]
+    misfit = synthetic_misfit(model_args.init_from, config) if model_args.init_from and not given else None
+    if given or misfit:
+        # The benchmark builds its own tiny model: it would train that and ignore the backbones given.
+        given = given or ["--init_from"]
+        reason = f" ({model_args.init_from}: {misfit})" if misfit else ""
+        raise ValueError(
+            f"{' and '.join(given)} name{'s' if len(given) == 1 else ''} the model for your own data{reason}, but no "
+            "data was given, and the built-in synthetic benchmark has its own tiny model (--init_from takes a model "
+            "trained on it). Give the data with --train_file (csv/json/parquet, with --validation_file) or --dataset "
+            "(a Hub dataset or a save_to_disk folder)"
+        )
+    splits = make_interaction_splits(data_args.synthetic_train_size, data_args.synthetic_eval_size, seed=seed, spec=spec)
     return splits["train"], splits["test"], config, synthetic_processor(spec)
+
+
+def _file_format(path: str) -> str:
+    """The `datasets` builder of a data file, from its extension: csv, json (also .jsonl) or parquet."""
+    extension = Path(path).suffix.lstrip(".").lower()
+    formats = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
+    if extension not in formats:
+        raise ValueError(f"cannot tell the format of {path!r}: give a .csv, .json, .jsonl or .parquet file")
+    return formats[extension]
 
 
 def load_user_splits(data_args: DataArguments, need_train: bool = True) -> dict[str, Dataset | None]:
@@ -501,8 +550,13 @@ def load_user_splits(data_args: DataArguments, need_train: bool = True) -> dict[
     if files:
         if need_train and "train" not in files:
             raise ValueError("--validation_file / --test_file need a --train_file to train on (or --do_train false)")
-        extension = Path(next(iter(files.values()))).suffix.lstrip(".").replace("jsonl", "json")
-        raw = datasets.load_dataset(extension, data_files=files)
+        # Each file on its own: one load_dataset over all of them gives every split the first file's columns, so a
+        # test file without labels would get a label column of None (and a test.jsonl beside a train.csv would be
+        # read as csv).
+        raw = datasets.DatasetDict({
+            split: datasets.load_dataset(_file_format(path), data_files={split: path})[split]
+            for split, path in files.items()
+        })
         names = {"train": "train", "validation": "validation", "test": "test"}
     else:
         raw = (datasets.load_from_disk(data_args.dataset) if os.path.isdir(data_args.dataset)
@@ -697,6 +751,15 @@ def labels_as_names(dataset: Dataset) -> Dataset:
     )
 
 
+def has_labels(dataset: Dataset) -> bool:
+    """Whether the "label" column holds any label: not every value None, nor (a ClassLabel) every value -1, the
+    `datasets` value for "no label"."""
+    import datasets
+
+    no_label = (None, -1) if isinstance(dataset.features["label"], datasets.ClassLabel) else (None,)
+    return any(value not in no_label for value in dataset["label"])
+
+
 def _is_model_label(value: object, config: PretrainedConfig) -> bool:
     if isinstance(value, str):
         return value in config.label2id
@@ -844,6 +907,10 @@ def prepare_user_data(model_args: ModelArguments, data_args: DataArguments, need
         dataset = drop_unused_modality_columns(data_args, modalities, dataset)
         if data_args.label_column != "label" and data_args.label_column in dataset.column_names:
             dataset = dataset.rename_column(data_args.label_column, "label")  # the collator reads "label"
+        if split == "test" and "label" in dataset.column_names and not has_labels(dataset):
+            # A test split's labels are optional; a Hub test split often has the column with none in it (None, or
+            # ClassLabel's -1, as GLUE's): predicted without labels rather than refused.
+            dataset = dataset.remove_columns("label")
         # From here on the model's label2id is the only label map: the data's labels are checked against it and the
         # collator maps string labels through it.
         splits[split] = labels_as_names(dataset) if "label" in dataset.column_names else dataset
@@ -913,6 +980,8 @@ def setup_logging() -> None:
 
 # The files a run writes to output_dir besides the model: final evaluation, prediction metrics, predictions.
 EVAL_RESULTS, PREDICT_RESULTS, PREDICTIONS = "eval_results.json", "predict_results.json", "predictions.csv"
+# The test metrics the console shows after --do_predict with labels (those of the model's problem type are there).
+PREDICT_HEADLINE = ("predict_accuracy", "predict_f1_micro", "predict_mae", "predict_pearson")
 
 
 def check_modes(model_args: ModelArguments, training_args: DMILTrainingArguments) -> None:
@@ -955,33 +1024,71 @@ def check_splits(training_args: DMILTrainingArguments, evaluation: Dataset | Non
         training_args.eval_strategy = IntervalStrategy.NO
 
 
+def prediction_columns(logits, labels, config) -> tuple[list[str], list[list]]:
+    """The header and rows of predictions.csv (without index and interaction weights) for `config.problem_type`, read
+    as transformers' text-classification pipeline (and ours) reads each type:
+
+    - single-label: `prediction` (the class), `score` (its softmax probability), `label` (the true class);
+    - multi-label: `prediction` (a JSON list of the classes whose sigmoid probability is above 1/2, the threshold the
+      metrics use), `score_<class>` (each class's own probability), `label` (a JSON list of the true classes);
+    - regression: `prediction` (the predicted value) and `label` (the target), or `prediction_<target>` and
+      `label_<target>` for several targets: a value has no probability.
+    """
+    import numpy as np
+
+    names = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(logits.shape[-1])]
+    problem_type = config.problem_type or (
+        "regression" if config.num_labels == 1 else "single_label_classification"
+    )
+    if problem_type == "regression":
+        suffixes = [""] if len(names) == 1 else [f"_{name}" for name in names]
+        header = [f"prediction{s}" for s in suffixes]
+        rows = [[f"{v:.6g}" for v in row] for row in logits]
+        if labels is not None:
+            targets = np.asarray(labels, dtype=np.float64).reshape(len(logits), -1)
+            header += [f"label{s}" for s in suffixes]
+            rows = [row + [f"{v:.6g}" for v in target] for row, target in zip(rows, targets)]
+        return header, rows
+    if problem_type == "multi_label_classification":
+        probabilities = 1 / (1 + np.exp(-logits))
+        header = ["prediction", *(f"score_{name}" for name in names)]
+        rows = [[json.dumps([n for n, on in zip(names, logit > 0) if on]), *(f"{p:.6f}" for p in row)]
+                for logit, row in zip(logits, probabilities)]
+        if labels is not None:
+            header.append("label")
+            rows = [row + [json.dumps([n for n, on in zip(names, np.asarray(target) >= 0.5) if on])]
+                    for row, target in zip(rows, labels)]
+        return header, rows
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    predicted = probabilities.argmax(-1)
+    header = ["prediction", "score"]
+    rows = [[names[k], f"{probabilities[i, k]:.6f}"] for i, k in enumerate(predicted)]
+    if labels is not None:
+        header.append("label")
+        rows = [row + [names[int(label)]] for row, label in zip(rows, labels)]
+    return header, rows
+
+
 def write_predictions(prediction, config, path: str) -> None:
-    """`--do_predict`'s predictions.csv: one row per test sample with its index, the predicted label and its
-    probability, the true label when the data has one, and (DMIL) the sample's interaction weights, one column per
-    component (`interaction_redundancy`, ...): the per-sample interaction view as data."""
+    """`--do_predict`'s predictions.csv: one row per test sample with its index, the prediction in the columns of its
+    problem type (`prediction_columns`: for a classification, the predicted label and its probability), the true
+    label when the data has one, and (DMIL) the sample's interaction weights, one column per component
+    (`interaction_redundancy`, ...): the per-sample interaction view as data."""
     import csv
 
     import numpy as np
 
     outputs = prediction.predictions
-    logits = np.asarray(outputs["logits"], dtype=np.float64)
-    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
-    probabilities /= probabilities.sum(-1, keepdims=True)
-    predicted = probabilities.argmax(-1)
+    logits = np.asarray(outputs["logits"] if isinstance(outputs, dict) else outputs, dtype=np.float64)
     weights = outputs.get("interaction_weights") if isinstance(outputs, dict) else None
     components = config.interaction_components if weights is not None else []
-    labels = prediction.label_ids
-    header = ["index", "prediction", "score", *(["label"] if labels is not None else []),
-              *(f"interaction_{c}" for c in components)]
+    header, rows = prediction_columns(logits, prediction.label_ids, config)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        for i, label_id in enumerate(predicted):
-            row = [i, config.id2label[int(label_id)], f"{probabilities[i, label_id]:.6f}"]
-            if labels is not None:
-                row.append(config.id2label[int(labels[i])])
-            row += [f"{w:.6f}" for w in (weights[i] if weights is not None else [])]
-            writer.writerow(row)
+        writer.writerow(["index", *header, *(f"interaction_{c}" for c in components)])
+        for i, row in enumerate(rows):
+            writer.writerow([i, *row, *(f"{w:.6f}" for w in (weights[i] if weights is not None else []))])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -1062,8 +1169,11 @@ def main(argv: list[str] | None = None) -> dict:
                 with open(written[-1], "w") as f:
                     json.dump(prediction.metrics, f, indent=2, default=float)
         print_report(trainer, metrics)
-        if prediction is not None and "predict_accuracy" in prediction.metrics:
-            print(f"predict_accuracy={prediction.metrics['predict_accuracy']:.4f} on {len(test)} test rows")
+        # The test split's headline metrics (labels given), by problem type as in the evaluation's line.
+        headline = [f"{key}={prediction.metrics[key]:.4f}" for key in PREDICT_HEADLINE
+                    if prediction is not None and key in prediction.metrics]
+        if headline:
+            print(f"{', '.join(headline)} on {len(test)} test rows")
         model_line = f"final model: {final_dir}" if final_dir else f"model: {model_args.init_from} (not trained)"
         print(f"\nconfig: {config_file}; {model_line}; results: {', '.join(written) or 'none'}")
     if push_error is not None:
