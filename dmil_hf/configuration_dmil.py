@@ -162,7 +162,8 @@ def _table_rows(
 
 def _clip_length(row: Modality, backbone: PretrainedConfig) -> int | None:
     """A video row's frame count: a video backbone of a fixed clip length (VideoMAE) sets it."""
-    fixed = getattr(backbone, "num_frames", None) if backbone_spec(backbone.model_type, row.kind).input_rank == 5 else None
+    clip = backbone_spec(backbone.model_type, row.kind, backbone).input_rank == 5
+    fixed = getattr(backbone, "num_frames", None) if clip else None
     if fixed is None:
         return row.num_frames
     if row.num_frames not in (None, fixed):

@@ -168,7 +168,7 @@ def _load_backbone(path: str, modality: Modality, pooling: str | None, options: 
     )
     config = _as_backbone_config(full_config, modality.kind)
     check_backbone_fits(modality.name, modality.kind, config)
-    spec = backbone_spec(config.model_type, modality.kind)
+    spec = backbone_spec(config.model_type, modality.kind, config)
     load_kwargs = {**_init_kwargs(spec, pooling), **hub_kwargs, **model_kwargs, "dtype": dtype}
     if config.model_type in LOCAL_ENCODERS:
         return LOCAL_ENCODERS[config.model_type].from_pretrained(path, config=config, **load_kwargs)
@@ -275,7 +275,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             )
         backbones = dict(backbones or {})
         self.modalities = config.modalities
-        self.specs = {m.name: backbone_spec(m.backbone.model_type, m.kind) for m in config.modality_specs}
+        self.specs = {m.name: backbone_spec(m.backbone.model_type, m.kind, m.backbone) for m in config.modality_specs}
         self.pooling = {m: config.pooling.get(m, self.specs[m].pooling) for m in self.modalities}
         self.backbones = nn.ModuleDict()
         for m in self.modalities:
@@ -352,7 +352,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             else:
                 config = _as_backbone_config(row.backbone if row.backbone is not None else {}, row.kind)
                 check_backbone_fits(row.name, row.kind, config)
-                spec = backbone_spec(config.model_type, row.kind)
+                spec = backbone_spec(config.model_type, row.kind, config)
                 backbone = _build_backbone(config, spec, chosen or spec.pooling)
             backbones[row.name] = backbone
             table.append(Modality(row.name, row.kind, backbone.config, row.pooling, row.temporal_pooling, row.num_frames))

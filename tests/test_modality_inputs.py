@@ -175,6 +175,56 @@ def test_a_family_missing_from_the_backbone_table_works_with_its_kinds_defaults(
     assert torch.isfinite(model(**inputs).logits).all()
 
 
+def tiny_clip_encoder(family):
+    """Off-table encoders of whole clips (a `num_frames` config), which the table does not list."""
+    from transformers import TimesformerConfig, VivitConfig
+
+    layers = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
+    if family == "timesformer":
+        return TimesformerConfig(image_size=16, patch_size=8, num_frames=2, **layers)
+    return VivitConfig(image_size=16, tubelet_size=[2, 8, 8], num_frames=2, **layers)
+
+
+@pytest.mark.parametrize("family", ["timesformer", "vivit"])
+def test_a_clip_encoder_missing_from_the_table_takes_the_clip_whole_and_is_no_image_backbone(family):
+    # Run frame by frame (the image default), these crashed inside the backbone ("not enough values to unpack").
+    model, inputs = model_and_inputs([Modality("clip", "video", tiny_clip_encoder(family)),
+                                      Modality("facs", "features", tiny_feature_encoder_config())])
+    assert model.config.modality("clip").num_frames == 2 and not model.routes["clip"].per_frame
+    inputs["clip_attention_mask"][1, 1:] = 0  # a short clip: its padding is filled with its own frames
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        padded = dict(inputs, clip_pixel_values=inputs["clip_pixel_values"].clone())
+        padded["clip_pixel_values"][1, 1:] = 3.0
+        torch.testing.assert_close(model(**padded).logits, logits)
+    with pytest.raises(ValueError, match=f"modality 'clip' is of kind 'image', but its {family} backbone encodes video clips"):
+        make([Modality("clip", "image", tiny_clip_encoder(family)), Modality("facs", "features", tiny_feature_encoder_config())])
+
+
+def test_videomae_for_an_image_row_is_refused_as_a_clip_encoder():
+    # It was refused with "num_frames is for video modalities", although the row gave no num_frames.
+    with pytest.raises(ValueError, match="videomae backbone encodes video clips of 4 frames, not single images"):
+        make([Modality("probe", "image", tiny_video_config()), Modality("other", "image", tiny_vision_config())])
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_an_encoder_decoder_family_missing_from_the_table_is_refused_at_construction(family):
+    # T5 stopped at the first forward ("You must specify exactly one of input_ids or inputs_embeds"); BART ran its
+    # decoder and a saved model could not be loaded back (its tied embeddings reported missing).
+    from transformers import BartConfig, T5Config
+
+    backbone = (T5Config(d_model=32, num_layers=1, num_heads=4, d_ff=37, vocab_size=99, d_kv=8) if family == "t5" else
+                BartConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                           decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, vocab_size=99))
+    rows = [Modality("words", "text", backbone), Modality("facs", "features", tiny_feature_encoder_config())]
+    with pytest.raises(ValueError, match=f"modality 'words': its {family} backbone is an encoder-decoder model.*model_class"):
+        make(rows)
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        DMILForMultimodalClassification.from_backbones_pretrained(modality_table=rows, num_labels=2)
+    # Whisper, in the table with its encoder class, is still taken.
+    make([Modality("speech", "audio", tiny_audio_config("whisper")), Modality("facs", "features", tiny_feature_encoder_config())])
+
+
 # ------------------------------------------------------------------------------------------- names
 
 
