@@ -330,7 +330,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
 
         Keyword arguments prefixed with a modality's name and `_` go to that backbone's `from_pretrained` (e.g.
         `vision_revision="main"`, `rgb_attn_implementation="eager"`); the rest go to [`DMILConfig`] (e.g.
-        `num_labels`, `latent_dim`, `paradigm`, `id2label`). Backbones load in float32 whatever their checkpoint's
+        `num_labels`, `latent_dim`, `paradigm`, `id2label`), and so does any of its own arguments whatever the
+        modality names (`gate_objective` with a modality named `gate`). Backbones load in float32 whatever their checkpoint's
         dtype: mixed precision is the Trainer's job (`bf16=True`).
         """
         slots = {"text": text, "vision": vision, "audio": audio}
@@ -342,7 +343,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             rows = list(modality_table)
         if len(rows) < 2:
             raise ValueError("from_backbones_pretrained needs at least two modalities (two of text=, vision=, audio=)")
-        options = pop_prefixed(kwargs, [row.name for row in rows])  # the rest go to DMILConfig
+        # The rest go to DMILConfig, its own arguments always (a modality named `latent` leaves `latent_dim` alone).
+        options = pop_prefixed(kwargs, [row.name for row in rows], keep=config_arguments())
         pooling = dict(kwargs.get("pooling") or {})
         backbones, table = {}, []
         for row in rows:
@@ -568,6 +570,13 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         # fallback is no data-dependent branch of a compiled graph.
         out = self.head(ModalityFeatures(z, present, all_given), labels, stage)
         return out if return_dict else out.to_tuple()
+
+
+def config_arguments() -> set[str]:
+    """The keyword arguments `DMILConfig` takes as its own: its fields and `PretrainedConfig`'s (`num_labels`,
+    `id2label`, `problem_type`, ...), which `from_backbones_pretrained` never reads as a modality's loader argument."""
+    names = {*inspect.signature(DMILConfig.__init__).parameters, *inspect.signature(PretrainedConfig.__init__).parameters}
+    return (names - {"self", "kwargs"}) | {"num_labels", "attn_implementation", "output_attentions", "custom_pipelines"}
 
 
 def load_kwargs_config(load_kwargs: dict) -> dict:

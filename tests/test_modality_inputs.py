@@ -16,6 +16,7 @@ from dmil_hf.modalities_dmil import RESERVED_NAMES, pop_prefixed
 from dmil_hf.pipeline_dmil import input_keys
 from dmil_hf.testing_utils import (
     random_inputs,
+    save_tiny_backbones,
     tiny_audio_config,
     tiny_feature_encoder_config,
     tiny_text_config,
@@ -277,3 +278,16 @@ def test_prefixed_loader_arguments_go_to_the_longest_matching_name():
     options = pop_prefixed(kwargs, ["rgb", "rgb_flow"])
     assert options == {"rgb": {"revision": "b"}, "rgb_flow": {"revision": "a"}}
     assert kwargs == {"rgb_flow_config": {}, "num_labels": 2}
+
+
+@pytest.mark.parametrize("name, argument, value", [("gate", "gate_objective", "mixture"), ("latent", "latent_dim", 8),
+                                                   ("num", "num_labels", 5), ("problem", "problem_type", "regression")])
+def test_the_configs_own_arguments_are_never_a_modalitys_loader_argument(tmp_path, name, argument, value):
+    # `gate_objective` was taken as the `gate` backbone's `objective`: a TypeError inside BertModel.__init__.
+    paths = save_tiny_backbones(str(tmp_path), ("text", "vision"))
+    rows = [Modality(name, "text", paths["text"]), Modality("photo", "image", paths["vision"])]
+    kwargs = {"num_labels": 2, "latent_dim": 16, argument: value}
+    model = DMILForMultimodalClassification.from_backbones_pretrained(modality_table=rows, **kwargs)
+    assert getattr(model.config, argument) == value
+    options = pop_prefixed({argument: value, f"{name}_revision": "main"}, [name], keep={argument})
+    assert options == {name: {"revision": "main"}}
