@@ -291,3 +291,30 @@ def test_the_configs_own_arguments_are_never_a_modalitys_loader_argument(tmp_pat
     assert getattr(model.config, argument) == value
     options = pop_prefixed({argument: value, f"{name}_revision": "main"}, [name], keep={argument})
     assert options == {name: {"revision": "main"}}
+
+
+# ------------------------------------------------------------------------------------------- ragged lists, every kind
+
+_RAGGED_IMAGE = [[[0, 0, 0]] * 16] * 15 + [[[0, 0, 0]] * 15]  # one row a pixel short
+
+
+@pytest.mark.parametrize("column, value, says", [
+    ("photo", _RAGGED_IMAGE, r"examples\[1\]\['photo'\] must be an image"),
+    ("clip", [np.zeros((16, 16, 3), np.uint8).tolist(), _RAGGED_IMAGE], r"examples\[1\]\['clip'\] frame 1 must be an image"),
+    ("audio", [[0.0] * 10, [0.0] * 9], r"examples\[1\]\['audio'\] must be a waveform"),
+    ("audio", ["a"] * 1600, r"examples\[1\]\['audio'\] must be a waveform"),
+    ("facs", [[1.0] * 6, [1.0] * 5], r"facs\[1\]: the steps have different sizes"),
+])
+def test_a_ragged_list_in_an_example_is_an_error_naming_the_field(column, value, says):
+    # Images, frames and waveforms stored as nested lists (as datasets stores them) got numpy's bare "setting an array
+    # element with a sequence", naming neither the field nor the sample.
+    config = make([Modality("photo", "image", tiny_vision_config()), Modality("clip", "video", tiny_vision_config()),
+                   Modality("audio", "audio", tiny_audio_config()), Modality("facs", "features", tiny_feature_encoder_config())])
+    processor = DMILProcessor.for_model(config, image_processor=ViTImageProcessorPil(size={"height": 16, "width": 16}),
+                                        feature_extractor=Wav2Vec2FeatureExtractor())
+    image = np.zeros((16, 16, 3), np.uint8).tolist()
+    example = {"photo": image, "clip": [image, image], "audio": [0.0] * 1600, "facs": [[1.0] * 6] * 2, "label": 0}
+    collator = DMILDataCollator(processor)
+    assert collator([example, example])["labels"].shape == (2,)
+    with pytest.raises(ValueError, match=says):
+        collator([example, {**example, column: value}])
