@@ -410,7 +410,13 @@ def split_config_file(argv: list[str]) -> tuple[str, list[str]]:
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         return argv[0], argv[1:]
     names = {arg.split("=", 1)[0].replace("-", "_").replace("__", "--", 1) for arg in argv if arg.startswith("--")}
-    dataset = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--dataset"), "synthetic")
+    # The --dataset value argparse would keep: the last one, given as `--dataset X` or `--dataset=X`.
+    dataset = "synthetic"
+    for i, arg in enumerate(argv):
+        if arg == "--dataset" and i + 1 < len(argv):
+            dataset = argv[i + 1]
+        elif arg.startswith("--dataset="):
+            dataset = arg.split("=", 1)[1]
     if names & set(OWN_JOB_FLAGS) or dataset != "synthetic":
         return str(OWN_DATA_CONFIG), argv
     return str(DEFAULT_CONFIG), argv
