@@ -135,13 +135,33 @@ DEFAULT_SPECS: dict[str, BackboneSpec] = {
     "audio": BackboneSpec(pooling="mean"),
     "features": BackboneSpec(pooling="mean"),
 }
+# A config with this attribute describes an encoder of whole clips (VideoMAE, TimeSformer, ViViT): it takes
+# (batch, frames, channels, height, width), never single images, so a family the table lacks is run on the clip whole
+# (as VideoMAE is) rather than frame by frame, which would crash inside it.
+_CLIP_ATTRIBUTE = "num_frames"
+DEFAULT_CLIP_SPEC = BackboneSpec(
+    pooling="mean", input_rank=5, input_shape=config_dims("num_frames", "num_channels", "image_size", "image_size"),
+)
 # The three-slot API called the image kind "vision".
 _KIND_OF_SLOT = {"vision": "image"}
 
 
-def backbone_spec(model_type: str, kind: str) -> BackboneSpec:
-    """The spec of a backbone family, or the default of the modality's kind (`"vision"` is read as `"image"`)."""
-    return BACKBONES.get(model_type, DEFAULT_SPECS[_KIND_OF_SLOT.get(kind, kind)])
+def is_clip_encoder(config: Any) -> bool:
+    """Whether a backbone config describes an encoder of whole video clips (a fixed `num_frames`)."""
+    frames = getattr(config, _CLIP_ATTRIBUTE, None)
+    return isinstance(frames, int) and not isinstance(frames, bool)
+
+
+def backbone_spec(model_type: str, kind: str, config: Any = None) -> BackboneSpec:
+    """The spec of a backbone family, or the default of the modality's kind (`"vision"` is read as `"image"`); for a
+    video row whose family the table lacks, `config` tells a clip encoder (`DEFAULT_CLIP_SPEC`) from an image
+    backbone run per frame."""
+    if model_type in BACKBONES:
+        return BACKBONES[model_type]
+    kind = _KIND_OF_SLOT.get(kind, kind)
+    if kind == "video" and config is not None and is_clip_encoder(config):
+        return DEFAULT_CLIP_SPEC
+    return DEFAULT_SPECS[kind]
 
 
 # Families that take a main input another kind shares but a layout only one kind has: dmil_hf's feature encoder takes
@@ -176,9 +196,11 @@ def check_backbone_fits(modality: str, kind: str, config: Any, main_input: str |
     The backbone's main input name (`main_input` from a built backbone, else `backbone_main_input`) tells which kinds
     it encodes (`modalities_dmil.KindSpec.backbone_inputs`: `input_ids` text, `pixel_values` image and video,
     `input_values`/`input_features` audio, `input_features` features); so a family missing from `BACKBONES` works
-    with its kind's defaults as long as its input fits. Two refinements where a name is shared: dmil_hf's feature
-    encoder is for `features` only, and a spectrogram encoder (a config with `num_mel_bins`) is audio, not features.
-    A family whose input cannot be told without building it is checked by the model once built.
+    with its kind's defaults as long as its input fits. Refinements where a name is shared: dmil_hf's feature
+    encoder is for `features` only, a spectrogram encoder (a config with `num_mel_bins`) is audio, not features, and
+    a clip encoder (a config with `num_frames`: VideoMAE, TimeSformer) is video, not image. An encoder-decoder family
+    the table lacks is refused (its encoder must be named there). A family whose input cannot be told without
+    building it is checked by the model once built.
     """
     model_type = getattr(config, "model_type", type(config).__name__)
     spec = KINDS[kind]
@@ -191,10 +213,20 @@ def check_backbone_fits(modality: str, kind: str, config: Any, main_input: str |
         problem = f"its {model_type} backbone takes {main_input}, not {' or '.join(spec.backbone_inputs)}"
     elif kind == "features" and own_kind is None and hasattr(config, _SPECTROGRAM_ATTRIBUTE):
         problem = f"its {model_type} backbone encodes audio spectrograms, not pre-extracted feature vectors"
+    elif kind == "image" and is_clip_encoder(config):
+        problem = f"its {model_type} backbone encodes video clips of {config.num_frames} frames, not single images"
     if problem is not None:
         raise ValueError(
             f"modality {modality!r} is of kind {kind!r}, but {problem}; give it a backbone that takes {kind} input "
             f"(e.g. {_KIND_EXAMPLES[kind]}), or the row the kind its backbone encodes"
+        )
+    if getattr(config, "is_encoder_decoder", False) and model_type not in BACKBONES:
+        # T5's forward stops without decoder inputs, BART's runs its decoder and ties weights a saved DMIL model
+        # cannot load back: DMIL pools an encoder's states, which the table's `model_class` names (as for Whisper).
+        raise ValueError(
+            f"modality {modality!r}: its {model_type} backbone is an encoder-decoder model; DMIL needs its encoder "
+            f"alone. Add the family to dmil_hf.backbones_dmil.BACKBONES with its encoder class as model_class (as "
+            f"'whisper' has)"
         )
 
 

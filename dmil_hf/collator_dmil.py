@@ -134,15 +134,16 @@ class DMILDataCollator:
             if column not in fields and not self.allow_missing_modalities:
                 raise ValueError(self._absent_column_message(modality, column, fields, kinds))
             values = [example.get(column) for example in examples]
+            where = [f"examples[{i}][{column!r}]" for i in range(len(examples))]
             if kind == "audio":
-                values = [self._audio_item(v, example) for v, example in zip(values, examples)]
+                values = [self._audio_item(v, example, at) for v, example, at in zip(values, examples, where)]
             elif kind == "image":
                 # datasets stores an image array as nested lists of pixel values.
-                values = [np.asarray(v) if isinstance(v, list) else v for v in values]
+                values = [_list_as_array(v, at, _IMAGE) if isinstance(v, list) else v for v, at in zip(values, where)]
             elif kind == "video":
                 # ... and each frame of a clip the same way.
-                values = [[np.asarray(f) if isinstance(f, list) else f for f in v] if isinstance(v, list) else v
-                          for v in values]
+                values = [[_list_as_array(f, f"{at} frame {t}", _IMAGE) if isinstance(f, list) else f
+                           for t, f in enumerate(v)] if isinstance(v, list) else v for v, at in zip(values, where)]
             if any(v is not None for v in values):
                 inputs[modality] = values
         batch = self.processor(**inputs, return_modality_mask=self.return_modality_mask)
@@ -231,9 +232,10 @@ class DMILDataCollator:
             raise ValueError(f"the multi-hot labels of a batch have different lengths: {[len(r) for r in rows]}")
         return torch.tensor(rows, dtype=torch.float32)
 
-    def _audio_item(self, value: Any, example: dict[str, Any]) -> Any:
+    def _audio_item(self, value: Any, example: dict[str, Any], where: str) -> Any:
         if isinstance(value, (list, tuple)) and not _is_clip_with_rate(value):
-            value = np.asarray(value, dtype=np.float32)  # datasets stores waveforms as lists of floats
+            # datasets stores waveforms as lists of floats
+            value = _list_as_array(value, where, "a waveform: one flat list of numbers", np.float32)
         rate = example.get(self.sampling_rate_key)
         if rate is not None and isinstance(value, (np.ndarray, torch.Tensor)):
             return (value, int(rate))
@@ -256,6 +258,18 @@ class DMILDataCollator:
                 f"examples[{index}] label must be an int class id or a str label, got {type(label).__name__}"
             )
         return int(label)
+
+
+_IMAGE = "an image: nested lists of pixel values (height, width[, channels]) whose rows all have one length"
+
+
+def _list_as_array(value: list | tuple, where: str, what: str, dtype: Any = None) -> np.ndarray:
+    """A value `datasets` stores as nested lists, as an array; a ragged or non-numeric one is a ValueError naming the
+    example field (numpy's own error names neither the field nor the sample)."""
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{where} must be {what}; numpy cannot make an array of it ({err})") from None
 
 
 def _labels_problem_type(labels: list[Any]) -> str:

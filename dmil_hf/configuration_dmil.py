@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
@@ -10,7 +11,7 @@ from transformers.utils import logging
 from .backbones_dmil import FAST_PATHS, POOLERS, backbone_spec, check_backbone_fits
 from .feature_encoder_dmil import DMILFeatureEncoderConfig
 from .modalities_dmil import KINDS, LEGACY_MODALITIES, Modality, validate_table
-from .stages_dmil import DEFAULT_KEY, IMAGE_SLOT_NAME, per_modality_value
+from .stages_dmil import DEFAULT_KEY, IMAGE_SLOT_NAME, WEIGHT_FIELDS, per_modality_value
 
 logger = logging.get_logger(__name__)
 
@@ -168,7 +169,8 @@ def _table_rows(
 
 def _clip_length(row: Modality, backbone: PretrainedConfig) -> int | None:
     """A video row's frame count: a video backbone of a fixed clip length (VideoMAE) sets it."""
-    fixed = getattr(backbone, "num_frames", None) if backbone_spec(backbone.model_type, row.kind).input_rank == 5 else None
+    clip = backbone_spec(backbone.model_type, row.kind, backbone).input_rank == 5
+    fixed = getattr(backbone, "num_frames", None) if clip else None
     if fixed is None:
         return row.num_frames
     if row.num_frames not in (None, fixed):
@@ -197,7 +199,8 @@ class DMILConfig(PretrainedConfig):
 
     Holds the configs of two or three backbones (any `AutoConfig`-able text, vision and audio encoder) and the sizes
     and loss weights of the decomposition. Loss-weight defaults follow the reference implementation of the paper
-    (``reference/dmil-method.md`` §3-4); every term they weight is reported by name in the model output.
+    (``reference/dmil-method.md`` §3-4); every term they weight is reported by name in the model output. Each loss
+    weight (`stages_dmil.WEIGHT_FIELDS`) must be a finite number >= 0, a `ValueError` otherwise.
 
     Args:
         modality_table (`list[Modality | dict]`, *optional*):
@@ -421,6 +424,11 @@ class DMILConfig(PretrainedConfig):
         self.stage3_reconstruction_z_weight = float(stage3_reconstruction_z_weight)
         self.stage3_reconstruction_m_weight = float(stage3_reconstruction_m_weight)
         self.check_inputs = bool(check_inputs)
+        for field in WEIGHT_FIELDS:
+            # A negative weight would maximise its term and a NaN one make every loss NaN, both without a word.
+            value = getattr(self, field)
+            if any(not math.isfinite(v) or v < 0 for v in (value.values() if isinstance(value, dict) else [value])):
+                raise ValueError(f"{field} must be a finite loss weight >= 0 (or a dict of them), got {value!r}")
         unknown = [name for name in fast_paths if name not in FAST_PATHS]
         if unknown or isinstance(fast_paths, str):
             raise ValueError(f"fast_paths must be a list of names in {sorted(FAST_PATHS)}, got {fast_paths!r}")

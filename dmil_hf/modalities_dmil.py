@@ -18,6 +18,7 @@ standard library.
 from __future__ import annotations
 
 import keyword
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,15 +182,19 @@ def input_names(modality: Modality, main_input: str | None = None) -> InputNames
     )
 
 
-def pop_prefixed(kwargs: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+def pop_prefixed(
+    kwargs: dict[str, Any], names: list[str], keep: Collection[str] = ()
+) -> dict[str, dict[str, Any]]:
     """Take the keyword arguments meant for one modality's loader out of `kwargs`: `rgb_revision="main"` becomes
-    `{"rgb": {"revision": "main"}}`. `<name>_config` keys stay (they are config fields, the three-slot form's)."""
+    `{"rgb": {"revision": "main"}}`. `<name>_config` keys stay (they are config fields, the three-slot form's), and so
+    do the keys in `keep` (the model config's own arguments: with a modality named `gate`, `gate_objective` is the
+    config's field, not that backbone's `objective`)."""
     options: dict[str, dict[str, Any]] = {name: {} for name in names}
     # Longest name first: with modalities `rgb` and `rgb_flow`, `rgb_flow_revision` is rgb_flow's `revision`, not
     # rgb's `flow_revision`.
     longest_first = sorted(names, key=len, reverse=True)
     for key in list(kwargs):
-        if key.endswith("_config"):
+        if key.endswith("_config") or key in keep:
             continue
         for name in longest_first:
             if key.startswith(f"{name}_") and len(key) > len(name) + 1:

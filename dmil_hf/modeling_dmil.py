@@ -169,7 +169,7 @@ def _load_backbone(path: str, modality: Modality, pooling: str | None, options: 
     )
     config = _as_backbone_config(full_config, modality.kind)
     check_backbone_fits(modality.name, modality.kind, config)
-    spec = backbone_spec(config.model_type, modality.kind)
+    spec = backbone_spec(config.model_type, modality.kind, config)
     load_kwargs = {**_init_kwargs(spec, pooling), **hub_kwargs, **model_kwargs, "dtype": dtype}
     if config.model_type in LOCAL_ENCODERS:
         return LOCAL_ENCODERS[config.model_type].from_pretrained(path, config=config, **load_kwargs)
@@ -276,7 +276,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             )
         backbones = dict(backbones or {})
         self.modalities = config.modalities
-        self.specs = {m.name: backbone_spec(m.backbone.model_type, m.kind) for m in config.modality_specs}
+        self.specs = {m.name: backbone_spec(m.backbone.model_type, m.kind, m.backbone) for m in config.modality_specs}
         self.pooling = {m: config.pooling.get(m, self.specs[m].pooling) for m in self.modalities}
         self.backbones = nn.ModuleDict()
         for m in self.modalities:
@@ -332,7 +332,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
 
         Keyword arguments prefixed with a modality's name and `_` go to that backbone's `from_pretrained` (e.g.
         `vision_revision="main"`, `rgb_attn_implementation="eager"`); the rest go to [`DMILConfig`] (e.g.
-        `num_labels`, `latent_dim`, `paradigm`, `id2label`). Backbones load in float32 whatever their checkpoint's
+        `num_labels`, `latent_dim`, `paradigm`, `id2label`), and so does any of its own arguments whatever the
+        modality names (`gate_objective` with a modality named `gate`). Backbones load in float32 whatever their checkpoint's
         dtype: mixed precision is the Trainer's job (`bf16=True`).
         """
         slots = {"text": text, "vision": vision, "audio": audio}
@@ -344,7 +345,8 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             rows = list(modality_table)
         if len(rows) < 2:
             raise ValueError("from_backbones_pretrained needs at least two modalities (two of text=, vision=, audio=)")
-        options = pop_prefixed(kwargs, [row.name for row in rows])  # the rest go to DMILConfig
+        # The rest go to DMILConfig, its own arguments always (a modality named `latent` leaves `latent_dim` alone).
+        options = pop_prefixed(kwargs, [row.name for row in rows], keep=config_arguments())
         pooling = dict(kwargs.get("pooling") or {})
         backbones, table = {}, []
         for row in rows:
@@ -354,7 +356,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             else:
                 config = _as_backbone_config(row.backbone if row.backbone is not None else {}, row.kind)
                 check_backbone_fits(row.name, row.kind, config)
-                spec = backbone_spec(config.model_type, row.kind)
+                spec = backbone_spec(config.model_type, row.kind, config)
                 backbone = _build_backbone(config, spec, chosen or spec.pooling)
             backbones[row.name] = backbone
             table.append(Modality(row.name, row.kind, backbone.config, row.pooling, row.temporal_pooling, row.num_frames))
@@ -570,6 +572,13 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         # fallback is no data-dependent branch of a compiled graph.
         out = self.head(ModalityFeatures(z, present, all_given), labels, stage)
         return out if return_dict else out.to_tuple()
+
+
+def config_arguments() -> set[str]:
+    """The keyword arguments `DMILConfig` takes as its own: its fields and `PretrainedConfig`'s (`num_labels`,
+    `id2label`, `problem_type`, ...), which `from_backbones_pretrained` never reads as a modality's loader argument."""
+    names = {*inspect.signature(DMILConfig.__init__).parameters, *inspect.signature(PretrainedConfig.__init__).parameters}
+    return (names - {"self", "kwargs"}) | {"num_labels", "attn_implementation", "output_attentions", "custom_pipelines"}
 
 
 def load_kwargs_config(load_kwargs: dict) -> dict:

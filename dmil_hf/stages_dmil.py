@@ -208,6 +208,11 @@ PARADIGM_STAGES: dict[str, dict[int, StagePlan]] = {
 }
 # Every stage number any paradigm has (the model's `stage` argument takes these).
 STAGES = tuple(sorted({k for plans in PARADIGM_STAGES.values() for k in plans}))
+# Every config field that weighs a loss term in some stage (the config checks each is a finite weight >= 0).
+WEIGHT_FIELDS = tuple(sorted({
+    field for plans in PARADIGM_STAGES.values() for plan in plans.values() for term in plan.terms
+    for field in term.weights
+}))
 
 
 def stage_plans(paradigm: str) -> dict[int, StagePlan]:

@@ -326,7 +326,31 @@ def add_lora(model: DMILForMultimodalClassification, **lora_kwargs: Any) -> torc
     lora_kwargs.setdefault("target_modules", lora_target_regex(model))
     lora = LoraConfig(modules_to_save=head_module_names(model), task_type=None, **lora_kwargs)
     _refuse_unreachable_targets(model, lora)
+    _refuse_backbones_without_targets(model, lora)
     return get_peft_model(model, lora)
+
+
+def _refuse_backbones_without_targets(model: torch.nn.Module, lora: Any) -> None:
+    """Raise before wrapping when a backbone has no module the LoRA targets match: in a LoRA stage it would neither
+    train nor say so (a family the table lacks whose attention has other leaf names, GPT-2's `c_attn`, or
+    `lora_target_modules` naming one family's leaves only); peft itself complains only when no backbone matches."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    backbones = getattr(model, "backbones", None) or {}
+    untargeted = [
+        f"{modality} ({backbone.config.model_type})"
+        for modality, backbone in backbones.items()
+        if not any(
+            check_target_module_exists(lora, f"backbones.{modality}.{name}")
+            for name, _ in backbone.named_modules() if name
+        )
+    ]
+    if untargeted:
+        raise ValueError(
+            f"LoRA target_modules {lora.target_modules!r} match no module of the backbone(s) {', '.join(untargeted)}, "
+            "which would then not train in the LoRA stage; give leaf names that each backbone has "
+            "(lora_target_modules, or the family's lora_targets in dmil_hf.backbones_dmil.BACKBONES)"
+        )
 
 
 def _refuse_unreachable_targets(model: torch.nn.Module, lora: Any) -> None:

@@ -302,3 +302,23 @@ def test_a_modality_named_like_a_three_slot_column_reads_that_column():
     three_slot = DMILConfig(vision_config=tiny_vision_config(), audio_config=tiny_audio_config(), num_labels=2,
                             latent_dim=8)
     assert run.modality_columns(run.DataArguments(), three_slot) == {"vision": "image", "audio": "audio"}
+
+
+def test_the_column_a_modality_reads_is_never_dropped_as_an_unused_three_slot_column():
+    """A table without a `vision` row treated the default --image_column (`image`) as an unused three-slot column and
+    dropped it, although a modality named `image` reads it: training then stopped in the collator with 'no example of
+    the batch has the field image'. Columns of three-slot modalities the model lacks (`text`) still go."""
+    from datasets import Dataset
+
+    from dmil_hf import DMILConfig, Modality
+    from dmil_hf.testing_utils import tiny_audio_config, tiny_feature_encoder_config
+
+    run = import_cli()
+    config = DMILConfig(modality_table=[Modality("image", "features", tiny_feature_encoder_config()),
+                                        Modality("audio", "audio", tiny_audio_config())], num_labels=2, latent_dim=8)
+    data_args = run.DataArguments()
+    columns = run.modality_columns(data_args, config)
+    assert columns == {"image": "image", "audio": "audio"}
+    data = Dataset.from_dict({"image": [[[0.0] * 6]], "audio": ["a.wav"], "text": ["a cat"], "label": [0]})
+    kept = run.drop_unused_modality_columns(data_args, config.modalities, data, read=set(columns.values()))
+    assert kept.column_names == ["image", "audio", "label"]

@@ -178,3 +178,14 @@ def test_backbone_config_lookup():
 def test_bad_config_is_rejected(kwargs, error, match):
     with pytest.raises(error, match=match):
         DMILConfig(**kwargs)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("kl_weight", -1.0), ("stage2_component_weight", float("nan")), ("gate_composition_weight", float("inf")),
+    ("stage1_kl_weight", {"text": 0.1, "vision": -0.5}), ("stage1_reconstruction_weight", {"default": float("nan")}),
+])
+def test_a_loss_weight_must_be_finite_and_not_negative(field, value):
+    # A negative weight maximised its term and a NaN one made every loss NaN, both accepted without a word.
+    with pytest.raises(ValueError, match=f"{field} must be a finite loss weight >= 0"):
+        DMILConfig(text_config=tiny_text_config(), vision_config=tiny_vision_config(), **{field: value})
+    DMILConfig(text_config=tiny_text_config(), vision_config=tiny_vision_config(), **{field: 0.0})  # 0 turns a term off

@@ -49,6 +49,7 @@ def test_adapters_run_in_every_mode_and_survive_merge_and_reload(family, tmp_pat
     peft_model = add_lora(model, r=4, lora_alpha=8, lora_dropout=0.0)
     adapted = [name for name, _ in peft_model.named_modules() if name.endswith(".lora_B.default")]
     assert adapted and all(".backbones.m." in name or ".backbones.vec." in name for name in adapted)
+    assert any(".backbones.m." in name for name in adapted)  # the family under test has adapters of its own
     with torch.no_grad():  # adapters away from their zero init, so that each one changes the output
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
@@ -104,3 +105,28 @@ def test_add_lora_refuses_targets_whose_weight_is_read_directly(family, target):
     with pytest.raises(ValueError, match="never run"):
         add_lora(model, target_modules=target)
     assert not any("lora_" in name for name, _ in model.named_parameters())  # refused before wrapping
+
+
+def test_add_lora_refuses_a_backbone_that_no_target_matches():
+    # GPT-2 (not in the table) has no query/value/q_proj/v_proj: its backbone got no adapter and, in a LoRA stage 3,
+    # silently did not train, while peft was content with the other backbone's adapters.
+    from transformers import GPT2Config
+
+    rows = [Modality("words", "text", GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=99)),
+            Modality("vec", "features", tiny_feature_encoder_config(num_hidden_layers=1))]
+    model = DMILForMultimodalClassification(DMILConfig(modality_table=rows, num_labels=3, latent_dim=16))
+    with pytest.raises(ValueError, match=r"match no module of the backbone\(s\) words \(gpt2\)"):
+        add_lora(model)
+    add_lora(model, target_modules=["c_attn", "linear1"])  # names each backbone has: taken
+
+
+def test_lora_target_modules_that_name_one_familys_leaves_only_are_refused():
+    # The trainer's lora_target_modules override goes to every backbone: query/value fit BERT, not wav2vec2.
+    from dmil_hf.training_dmil import lora_target_regex
+
+    config = DMILConfig(modality_table=[Modality("text", "text", tiny_backbone_config("bert")[1]),
+                                        Modality("audio", "audio", tiny_backbone_config("wav2vec2")[1])],
+                        num_labels=3, latent_dim=16)
+    model = DMILForMultimodalClassification(config)
+    with pytest.raises(ValueError, match=r"backbone\(s\) audio \(wav2vec2\), which would then not train"):
+        add_lora(model, target_modules=lora_target_regex(model, ["query", "value"]))

@@ -16,6 +16,7 @@ from dmil_hf.modalities_dmil import RESERVED_NAMES, pop_prefixed
 from dmil_hf.pipeline_dmil import input_keys
 from dmil_hf.testing_utils import (
     random_inputs,
+    save_tiny_backbones,
     tiny_audio_config,
     tiny_feature_encoder_config,
     tiny_text_config,
@@ -175,6 +176,56 @@ def test_a_family_missing_from_the_backbone_table_works_with_its_kinds_defaults(
     assert torch.isfinite(model(**inputs).logits).all()
 
 
+def tiny_clip_encoder(family):
+    """Off-table encoders of whole clips (a `num_frames` config), which the table does not list."""
+    from transformers import TimesformerConfig, VivitConfig
+
+    layers = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
+    if family == "timesformer":
+        return TimesformerConfig(image_size=16, patch_size=8, num_frames=2, **layers)
+    return VivitConfig(image_size=16, tubelet_size=[2, 8, 8], num_frames=2, **layers)
+
+
+@pytest.mark.parametrize("family", ["timesformer", "vivit"])
+def test_a_clip_encoder_missing_from_the_table_takes_the_clip_whole_and_is_no_image_backbone(family):
+    # Run frame by frame (the image default), these crashed inside the backbone ("not enough values to unpack").
+    model, inputs = model_and_inputs([Modality("clip", "video", tiny_clip_encoder(family)),
+                                      Modality("facs", "features", tiny_feature_encoder_config())])
+    assert model.config.modality("clip").num_frames == 2 and not model.routes["clip"].per_frame
+    inputs["clip_attention_mask"][1, 1:] = 0  # a short clip: its padding is filled with its own frames
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        padded = dict(inputs, clip_pixel_values=inputs["clip_pixel_values"].clone())
+        padded["clip_pixel_values"][1, 1:] = 3.0
+        torch.testing.assert_close(model(**padded).logits, logits)
+    with pytest.raises(ValueError, match=f"modality 'clip' is of kind 'image', but its {family} backbone encodes video clips"):
+        make([Modality("clip", "image", tiny_clip_encoder(family)), Modality("facs", "features", tiny_feature_encoder_config())])
+
+
+def test_videomae_for_an_image_row_is_refused_as_a_clip_encoder():
+    # It was refused with "num_frames is for video modalities", although the row gave no num_frames.
+    with pytest.raises(ValueError, match="videomae backbone encodes video clips of 4 frames, not single images"):
+        make([Modality("probe", "image", tiny_video_config()), Modality("other", "image", tiny_vision_config())])
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_an_encoder_decoder_family_missing_from_the_table_is_refused_at_construction(family):
+    # T5 stopped at the first forward ("You must specify exactly one of input_ids or inputs_embeds"); BART ran its
+    # decoder and a saved model could not be loaded back (its tied embeddings reported missing).
+    from transformers import BartConfig, T5Config
+
+    backbone = (T5Config(d_model=32, num_layers=1, num_heads=4, d_ff=37, vocab_size=99, d_kv=8) if family == "t5" else
+                BartConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                           decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, vocab_size=99))
+    rows = [Modality("words", "text", backbone), Modality("facs", "features", tiny_feature_encoder_config())]
+    with pytest.raises(ValueError, match=f"modality 'words': its {family} backbone is an encoder-decoder model.*model_class"):
+        make(rows)
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        DMILForMultimodalClassification.from_backbones_pretrained(modality_table=rows, num_labels=2)
+    # Whisper, in the table with its encoder class, is still taken.
+    make([Modality("speech", "audio", tiny_audio_config("whisper")), Modality("facs", "features", tiny_feature_encoder_config())])
+
+
 # ------------------------------------------------------------------------------------------- names
 
 
@@ -227,3 +278,43 @@ def test_prefixed_loader_arguments_go_to_the_longest_matching_name():
     options = pop_prefixed(kwargs, ["rgb", "rgb_flow"])
     assert options == {"rgb": {"revision": "b"}, "rgb_flow": {"revision": "a"}}
     assert kwargs == {"rgb_flow_config": {}, "num_labels": 2}
+
+
+@pytest.mark.parametrize("name, argument, value", [("gate", "gate_objective", "mixture"), ("latent", "latent_dim", 8),
+                                                   ("num", "num_labels", 5), ("problem", "problem_type", "regression")])
+def test_the_configs_own_arguments_are_never_a_modalitys_loader_argument(tmp_path, name, argument, value):
+    # `gate_objective` was taken as the `gate` backbone's `objective`: a TypeError inside BertModel.__init__.
+    paths = save_tiny_backbones(str(tmp_path), ("text", "vision"))
+    rows = [Modality(name, "text", paths["text"]), Modality("photo", "image", paths["vision"])]
+    kwargs = {"num_labels": 2, "latent_dim": 16, argument: value}
+    model = DMILForMultimodalClassification.from_backbones_pretrained(modality_table=rows, **kwargs)
+    assert getattr(model.config, argument) == value
+    options = pop_prefixed({argument: value, f"{name}_revision": "main"}, [name], keep={argument})
+    assert options == {name: {"revision": "main"}}
+
+
+# ------------------------------------------------------------------------------------------- ragged lists, every kind
+
+_RAGGED_IMAGE = [[[0, 0, 0]] * 16] * 15 + [[[0, 0, 0]] * 15]  # one row a pixel short
+
+
+@pytest.mark.parametrize("column, value, says", [
+    ("photo", _RAGGED_IMAGE, r"examples\[1\]\['photo'\] must be an image"),
+    ("clip", [np.zeros((16, 16, 3), np.uint8).tolist(), _RAGGED_IMAGE], r"examples\[1\]\['clip'\] frame 1 must be an image"),
+    ("audio", [[0.0] * 10, [0.0] * 9], r"examples\[1\]\['audio'\] must be a waveform"),
+    ("audio", ["a"] * 1600, r"examples\[1\]\['audio'\] must be a waveform"),
+    ("facs", [[1.0] * 6, [1.0] * 5], r"facs\[1\]: the steps have different sizes"),
+])
+def test_a_ragged_list_in_an_example_is_an_error_naming_the_field(column, value, says):
+    # Images, frames and waveforms stored as nested lists (as datasets stores them) got numpy's bare "setting an array
+    # element with a sequence", naming neither the field nor the sample.
+    config = make([Modality("photo", "image", tiny_vision_config()), Modality("clip", "video", tiny_vision_config()),
+                   Modality("audio", "audio", tiny_audio_config()), Modality("facs", "features", tiny_feature_encoder_config())])
+    processor = DMILProcessor.for_model(config, image_processor=ViTImageProcessorPil(size={"height": 16, "width": 16}),
+                                        feature_extractor=Wav2Vec2FeatureExtractor())
+    image = np.zeros((16, 16, 3), np.uint8).tolist()
+    example = {"photo": image, "clip": [image, image], "audio": [0.0] * 1600, "facs": [[1.0] * 6] * 2, "label": 0}
+    collator = DMILDataCollator(processor)
+    assert collator([example, example])["labels"].shape == (2,)
+    with pytest.raises(ValueError, match=says):
+        collator([example, {**example, column: value}])
