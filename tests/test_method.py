@@ -389,3 +389,18 @@ def test_model_card_loss_lists_only_terms_the_model_computes():
     assert "gate_composition" in _stage_loss(default, 2) and "gate_composition" not in _stage_loss(mixture, 2)
     assert "ce_synergy" not in _stage_loss(default, 1)  # stage1_synergy_weight is 0 by default
     assert "stage1_synergy_weight=1.0 · ce_synergy" in _stage_loss(make_config(TEXT_VISION, stage1_synergy_weight=1.0), 1)
+
+
+def test_projection_registry_builds_the_named_module_and_round_trips(tmp_path):
+    """`projection` picks Z_m's module from `PROJECTIONS`; a saved model keeps it, and the default is the Linear every
+    earlier config had (so old checkpoints keep their keys)."""
+    from dmil_hf.heads_dmil import MLP
+
+    assert make_config(("vision", "audio")).projection == "linear"
+    model = DMILForMultimodalClassification(make_config(("vision", "audio"), latent_dim=8, projection="mlp"))
+    assert isinstance(model.projections["vision"], MLP) and model.projections["vision"].fc2.out_features == 8
+    model.save_pretrained(tmp_path)
+    loaded = DMILForMultimodalClassification.from_pretrained(tmp_path)
+    assert loaded.config.projection == "mlp" and isinstance(loaded.projections["audio"], MLP)
+    with pytest.raises(ValueError, match="projection must be one of"):
+        make_config(("vision", "audio"), projection="conv")
