@@ -43,7 +43,7 @@ import sys
 import textwrap
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,7 +88,7 @@ class ModelArguments:
         default="default",
         metadata={"help": "'default' (the library's DMIL) or 'reference' (DMILConfig.reference(): the authors' code)."},
     )
-    latent_dim: int = field(default=64, metadata={"help": "Dimension of the decomposition's latents."})
+    latent_dim: int = field(default=128, metadata={"help": "Dimension of the decomposition's latents."})
     problem_type: str | None = field(
         default=None,
         metadata={"help": "'single_label_classification', 'multi_label_classification' or 'regression' (default: "
@@ -714,12 +714,16 @@ def check_columns(data_args: DataArguments, fields: dict[str, str], splits: dict
                 )
 
 
-def drop_unused_modality_columns(data_args: DataArguments, modalities: list[str], dataset: Dataset) -> Dataset:
-    """The dataset without the columns of modalities the model has no backbone for: the collator would hand them to
-    a processor without that sub-processor. A warning says so, as the data had them."""
+def drop_unused_modality_columns(
+    data_args: DataArguments, modalities: list[str], dataset: Dataset, read: Collection[str] = ()
+) -> Dataset:
+    """The dataset without the columns of three-slot modalities the model has no backbone for: the collator would hand
+    them to a processor without that sub-processor. A column some modality reads (`read`: an `image` video row reads
+    the default --image_column) is kept. A warning says so, as the data had them."""
     unused = [
         getattr(data_args, field_name) for modality, field_name in MODALITY_COLUMN_FIELDS.items()
         if modality not in modalities and getattr(data_args, field_name) in dataset.column_names
+        and getattr(data_args, field_name) not in read
     ]
     if not unused:
         return dataset
@@ -904,7 +908,7 @@ def prepare_user_data(model_args: ModelArguments, data_args: DataArguments, need
     for split, dataset in splits.items():
         if dataset is None:
             continue
-        dataset = drop_unused_modality_columns(data_args, modalities, dataset)
+        dataset = drop_unused_modality_columns(data_args, modalities, dataset, read=set(columns.values()))
         if data_args.label_column != "label" and data_args.label_column in dataset.column_names:
             dataset = dataset.rename_column(data_args.label_column, "label")  # the collator reads "label"
         if split == "test" and "label" in dataset.column_names and not has_labels(dataset):
