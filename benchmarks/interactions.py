@@ -98,7 +98,8 @@ class BenchmarkSettings:
     stage_learning_rates: tuple[float, float, float] = (1e-3, 3e-3, 1e-3)
     warmup_ratio: float = 0.05  # of each stage's steps (transformers 5 takes a float < 1 in warmup_steps)
     weight_decay: float = 0.01
-    latent_dim: int = 32
+    # None: the library's default (DMILConfig.latent_dim), so that "dmil" is the DMIL a user gets.
+    latent_dim: int | None = None
     finetune_method: str = "full"  # the paper's stage 3; "lora" is this project's extension
     threads: int = 1
 
@@ -173,7 +174,7 @@ def run_benchmark(settings: BenchmarkSettings, log=print) -> dict[str, Any]:
 
     def build_model(mixture: str, method: Method) -> DMILForMultimodalClassification:
         # A method's own fields (an ablation's `dmil:latent_dim=128`) win over the benchmark's settings.
-        fields = {"latent_dim": settings.latent_dim, **method.config}
+        fields = {**({"latent_dim": settings.latent_dim} if settings.latent_dim else {}), **method.config}
         config = tiny_config_for(settings.spec(mixture), paradigm=method.paradigm, **fields)
         return DMILForMultimodalClassification(config)
 

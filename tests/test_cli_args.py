@@ -23,7 +23,7 @@ def test_flags_without_a_config_file_override_the_default_job_instead_of_replaci
     model_args, data_args, args, used = run.parse_arguments(["--output_dir", str(tmp_path), "--max_steps", "1"])
     assert used == str(run.DEFAULT_CONFIG)
     assert args.output_dir == str(tmp_path) and args.max_steps == 1
-    # The default job's values, not the dataclasses' defaults (latent_dim 64, finetune_method "full", no stage rates).
+    # The default job's values, not the dataclasses' defaults (latent_dim 128, finetune_method "full", no stage rates).
     assert model_args.latent_dim == default_job["latent_dim"] == 32
     assert args.finetune_method == default_job["finetune_method"] == "lora"
     for stage in (1, 2, 3):

@@ -60,7 +60,7 @@ def test_modalities_and_components_follow_fixed_order():
 def test_default_constructible_without_backbones():
     # transformers builds DMILConfig() for defaults; the model refuses it.
     config = DMILConfig()
-    assert config.modalities == [] and config.paradigm == "dmil" and config.latent_dim == 64
+    assert config.modalities == [] and config.paradigm == "dmil" and config.latent_dim == 128
     with pytest.raises(ValueError, match="two or three"):
         DMILForMultimodalClassification(config)
 

@@ -106,7 +106,7 @@ def _backbones(config):
 def test_reference_preset_values():
     # bjlfzs/DMIL (dmil-method.md §3-4): lamb 0.2 x internal 0.1; stage-1 weights per modality; 0.5 / 0.8 CE weights.
     assert REFERENCE_PRESET == {
-        "synergy_fusion": "linear", "synergy_input": "n", "redundancy_readout": "joint", "gate_objective": "mixture",
+        "latent_dim": 32, "synergy_fusion": "linear", "synergy_input": "n", "redundancy_readout": "joint", "gate_objective": "mixture",
         "stage1_synergy_weight": 0.0, "gate_composition_weight": 0.0, "gate_reads_predictions": False,
         "kl_weight": 0.02, "alignment_weight": 1.0,
         "stage1_kl_weight": {"audio": 0.04, "default": 0.008},
@@ -126,7 +126,7 @@ def test_default_differs_from_reference_only_in_documented_fields():
     default, reference = DMILConfig(), DMILConfig.reference()
     differing = sorted(k for k in REFERENCE_PRESET if getattr(default, k) != getattr(reference, k))
     assert differing == sorted([
-        "synergy_fusion", "synergy_input", "gate_objective", "gate_composition_weight", "stage1_kl_weight",
+        "latent_dim", "synergy_fusion", "synergy_input", "gate_objective", "gate_composition_weight", "stage1_kl_weight",
         "stage1_reconstruction_weight",
     ])
     for name in differing:  # every departure has its reason in the config's docstring
@@ -135,7 +135,7 @@ def test_default_differs_from_reference_only_in_documented_fields():
 
 def test_configs_saved_before_the_variants_load_with_their_modules(tmp_path):
     config = make_config(TEXT_VISION)
-    legacy = {k: v for k, v in config.to_dict().items() if k not in REFERENCE_PRESET or k == "kl_weight"}
+    legacy = {k: v for k, v in config.to_dict().items() if k not in REFERENCE_PRESET or k in ("kl_weight", "latent_dim")}
     loaded = DMILConfig.from_dict(legacy)
     assert (loaded.synergy_fusion, loaded.redundancy_readout, loaded.gate_objective) == ("linear", "joint", "mixture")
     assert loaded.stage1_synergy_weight == 0.0 and loaded.stage1_kl_weight == config.kl_weight
