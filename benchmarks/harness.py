@@ -262,6 +262,38 @@ def aggregate(per_seed: list[dict[str, Any]], methods: list[str], mixtures: list
     return rows
 
 
+# What one (mixture, seed) unit of `run_seeds` reads: closures cannot be pickled, so worker processes are forked and
+# inherit this instead of being sent it.
+_UNIT: dict[str, Any] = {}
+
+
+def _run_unit(mixture: str, seed: int) -> tuple[list[dict[str, Any]], float]:
+    """Train every method on one (mixture, seed); its per-method metric rows and the synergy indicator's chance."""
+    unit = _UNIT
+    torch.set_num_threads(unit["threads"])
+    settings, methods, log, start = unit["settings"], unit["methods"], unit["log"], unit["start"]
+    splits = unit["make_splits"](mixture, seed)
+    tests = {"clean": splits["test"], "corrupted": splits["test_corrupted"]}
+    runs = {
+        m.name: train_and_predict(settings, m, lambda method: unit["build_model"](mixture, method), seed,
+                                  splits["train"], tests)
+        for m in methods
+    }
+    scores = score_runs(unit["interaction_types"](mixture), runs, splits["test"], splits["test_corrupted"])
+    unimodal = np.asarray(runs["ensemble"]["clean"]["modality_logits"]).argmax(-1)
+    every_wrong = (unimodal != np.asarray(splits["test"]["labels"])[:, None]).all(1)
+    rows = []
+    for m in methods:
+        s = scores[m.name]
+        rows.append({"method": m.name, "mixture": mixture, "seed": seed,
+                     "train_time_s": round(runs[m.name]["train_time_s"], 2), **s})
+        gate = "  ".join(f"{k} {s[k]:.2f}" for k in s if k in ("gate_synergy_R", "gate_synergy_S"))
+        log(f"[{time.perf_counter() - start:6.0f}s] {mixture:>14} seed {seed} {m.name:>16}: "
+            f"acc {s['accuracy']:.3f}  S {s.get('accuracy_S', math.nan):.3f}  syn {s['synergy_indicator']:.3f}"
+            f"  robust_R {s['robust_accuracy_R']:.3f}  {gate}")
+    return rows, float(every_wrong.mean()) / unit["num_labels"]
+
+
 def run_seeds(
     *,
     settings: RunSettings,
@@ -273,36 +305,34 @@ def run_seeds(
     interaction_types: Callable[[str], list[str]],
     num_labels: int,
     log: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Train every method on every (mixture, seed); `make_splits(mixture, seed)` gives train / test / test_corrupted.
-    Returns the per-seed metric rows and the synergy indicator's chance level per mixture."""
+    Returns the per-seed metric rows and the synergy indicator's chance level per mixture. `jobs` > 1 trains that
+    many (mixture, seed) units at once in forked processes (one torch thread each): the same runs, the same rows, in
+    the same order, as seed and data depend on the unit alone."""
     if "ensemble" not in [m.name for m in methods]:
         raise ValueError("the ensemble run is the synergy indicator's unimodal reference: keep it in the methods")
-    start = time.perf_counter()
+    _UNIT.update(
+        settings=settings, methods=sorted(methods, key=lambda m: m.name != "ensemble"),  # ensemble first: others
+        make_splits=make_splits, build_model=build_model, interaction_types=interaction_types,  # are scored by it
+        num_labels=num_labels, log=log, start=time.perf_counter(), threads=torch.get_num_threads(),
+    )
+    units = [(mixture, seed) for mixture in mixtures for seed in seeds]
+    if jobs > 1 and len(units) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        _UNIT["threads"] = 1
+        with ProcessPoolExecutor(min(jobs, len(units)), mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_run_unit, *zip(*units)))
+    else:
+        results = [_run_unit(mixture, seed) for mixture, seed in units]
     per_seed: list[dict[str, Any]] = []
     chance_synergy: dict[str, list[float]] = {}
-    order = sorted(methods, key=lambda m: m.name != "ensemble")  # ensemble first: the others are scored against it
-    for mixture in mixtures:
-        for seed in seeds:
-            splits = make_splits(mixture, seed)
-            tests = {"clean": splits["test"], "corrupted": splits["test_corrupted"]}
-            runs = {
-                m.name: train_and_predict(settings, m, lambda method: build_model(mixture, method), seed,
-                                          splits["train"], tests)
-                for m in order
-            }
-            scores = score_runs(interaction_types(mixture), runs, splits["test"], splits["test_corrupted"])
-            unimodal = np.asarray(runs["ensemble"]["clean"]["modality_logits"]).argmax(-1)
-            every_wrong = (unimodal != np.asarray(splits["test"]["labels"])[:, None]).all(1)
-            chance_synergy.setdefault(mixture, []).append(float(every_wrong.mean()) / num_labels)
-            for m in order:
-                s = scores[m.name]
-                per_seed.append({"method": m.name, "mixture": mixture, "seed": seed,
-                                 "train_time_s": round(runs[m.name]["train_time_s"], 2), **s})
-                gate = "  ".join(f"{k} {s[k]:.2f}" for k in s if k in ("gate_synergy_R", "gate_synergy_S"))
-                log(f"[{time.perf_counter() - start:6.0f}s] {mixture:>14} seed {seed} {m.name:>16}: "
-                    f"acc {s['accuracy']:.3f}  S {s.get('accuracy_S', math.nan):.3f}  syn {s['synergy_indicator']:.3f}"
-                    f"  robust_R {s['robust_accuracy_R']:.3f}  {gate}")
+    for (mixture, _), (rows, chance) in zip(units, results):
+        per_seed.extend(rows)
+        chance_synergy.setdefault(mixture, []).append(chance)
     return per_seed, {m: float(np.mean(v)) for m, v in chance_synergy.items()}
 
 
@@ -359,6 +389,8 @@ def benchmark_parser(description: str, quick_help: str) -> argparse.ArgumentPars
     parser.add_argument("--n-train", dest="n_train", type=int)
     parser.add_argument("--n-test", dest="n_test", type=int)
     parser.add_argument("--finetune-method", dest="finetune_method", choices=("full", "lora"))
+    parser.add_argument("--jobs", type=int, help="(mixture, seed) units trained at once, each in its own process "
+                        "with one torch thread (default 1)")
     parser.add_argument("--threads", type=int, help="torch threads (default 1: tiny models gain nothing from more, "
                         "and on a shared 2-core machine 2 threads run several times slower)")
     return parser

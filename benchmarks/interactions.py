@@ -102,6 +102,8 @@ class BenchmarkSettings:
     latent_dim: int | None = None
     finetune_method: str = "full"  # the paper's stage 3; "lora" is this project's extension
     threads: int = 1
+    # (mixture, seed) units trained at once, each in its own process (harness.run_seeds).
+    jobs: int = 1
 
     def run_settings(self) -> RunSettings:
         return RunSettings(
@@ -182,7 +184,7 @@ def run_benchmark(settings: BenchmarkSettings, log=print) -> dict[str, Any]:
         settings=settings.run_settings(), methods=methods, mixtures=list(settings.mixtures),
         seeds=list(settings.seeds), make_splits=make_splits, build_model=build_model,
         interaction_types=lambda mixture: settings.spec(mixture).interaction_types,
-        num_labels=settings.num_labels, log=log,
+        num_labels=settings.num_labels, log=log, jobs=settings.jobs,
     )
     return build_report(
         benchmark="interactions (synthetic)", settings=settings, methods=methods, mixtures=list(settings.mixtures),

@@ -77,6 +77,8 @@ class RealSignalSettings:
     # too slow for 3 seeds x 4 methods here; the first two keep its pretrained embeddings and attention.
     text_layers: int = 2
     threads: int = 1
+    # (mixture, seed) units trained at once, each in its own process (harness.run_seeds).
+    jobs: int = 1
 
     def run_settings(self) -> RunSettings:
         return RunSettings(
@@ -117,7 +119,7 @@ def run_benchmark(settings: RealSignalSettings, log=print) -> dict[str, Any]:
         seeds=list(settings.seeds), make_splits=make_splits,
         build_model=lambda mixture, method: build_model(settings, method),
         interaction_types=lambda mixture: interaction_types_for(settings.modalities),
-        num_labels=NUM_CLASSES, log=log,
+        num_labels=NUM_CLASSES, log=log, jobs=settings.jobs,
     )
     modalities = [m for m in ("text", "vision", "audio") if m in settings.modalities]
     return build_report(

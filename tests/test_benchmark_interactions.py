@@ -81,3 +81,18 @@ def test_quick_preset_is_small(bench):
     assert any("U" in m for m in settings.mixtures)
     # Per method compared (the list of baselines grows: i2m2 joined it): at most 2500 optimizer steps in all.
     assert settings.total_steps * len(settings.seeds) * len(settings.mixtures) <= 2500
+
+
+def test_parallel_jobs_give_the_rows_of_a_serial_run(bench):
+    """`--jobs 2` trains the (mixture, seed) units in forked processes: the same rows, in the same order."""
+    argv = ["--seeds", "0,1", "--steps", "2", "--batch-size", "8", "--n-train", "24", "--n-test", "16",
+            "--mixtures", "half_U_half_R", "--methods", "ensemble,dmil"]
+
+    def rows(extra):
+        settings, _ = bench.parse_settings(argv + extra)
+        report = bench.run_benchmark(settings, log=lambda line: None)
+        return [{k: v for k, v in row.items() if k != "train_time_s"} for row in report["per_seed"]]
+
+    serial, parallel = rows([]), rows(["--jobs", "2"])
+    assert [(r["method"], r["seed"]) for r in parallel] == [("ensemble", 0), ("dmil", 0), ("ensemble", 1), ("dmil", 1)]
+    assert json.dumps(parallel, sort_keys=True) == json.dumps(serial, sort_keys=True)
