@@ -96,3 +96,32 @@ def test_parallel_jobs_give_the_rows_of_a_serial_run(bench):
     serial, parallel = rows([]), rows(["--jobs", "2"])
     assert [(r["method"], r["seed"]) for r in parallel] == [("ensemble", 0), ("dmil", 0), ("ensemble", 1), ("dmil", 1)]
     assert json.dumps(parallel, sort_keys=True) == json.dumps(serial, sort_keys=True)
+
+
+def test_reports_split_by_seed_merge_into_the_report_of_one_run(bench, tmp_path):
+    import importlib.util as util
+
+    spec = util.spec_from_file_location("merge_reports", BENCHMARK.parent / "merge_reports.py")
+    merge_reports = util.module_from_spec(spec)
+    spec.loader.exec_module(merge_reports)
+    argv = ["--steps", "2", "--batch-size", "8", "--n-train", "24", "--n-test", "16", "--mixtures", "synergy_heavy",
+            "--methods", "ensemble,joint,plain_joint"]
+
+    def run(seeds):
+        settings, _ = bench.parse_settings(argv + ["--seeds", seeds])
+        return bench.run_benchmark(settings, log=lambda line: None)
+
+    whole = run("0,1")
+    merged = merge_reports.merge([run("0"), run("1")])
+
+    def without_times(rows):
+        return json.dumps([{k: v for k, v in row.items() if k != "train_time_s"} for row in rows], sort_keys=True)
+
+    assert without_times(merged["per_seed"]) == without_times(whole["per_seed"])
+    assert json.dumps(merged["rows"], sort_keys=True) == json.dumps(whole["rows"], sort_keys=True)
+    assert merged["plain_peer_gaps"] == whole["plain_peer_gaps"]
+    assert merged["synergy_indicator_chance"] == pytest.approx(whole["synergy_indicator_chance"])
+    other = run("0")
+    other["settings"]["total_steps"] = 3
+    with pytest.raises(ValueError, match="total_steps"):
+        merge_reports.merge([whole, other])
