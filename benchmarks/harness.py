@@ -13,7 +13,8 @@ A *method* is a paradigm plus DMIL config values and, for DMIL, the split of the
 * ``dmil``: the library's default DMIL;
 * ``dmil:field=value+field=value``: the default with some fields changed (ablations), e.g.
   ``dmil:gate_objective=mixture``; ``stages=0.5/0.25/0.25`` sets the split of the budget and ``lrs=a/b/c`` the
-  peak learning rate of each stage.
+  peak learning rate of each stage; a `DMILTrainingArguments` field changes the training loop of any library method
+  (``joint:max_grad_norm=0``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class Method:
     stage_fractions: tuple[float, ...] | None = None
     # DMIL's peak learning rate per stage; None: the benchmark's shared stage_learning_rates.
     stage_learning_rates: tuple[float, float, float] | None = None
+    # DMILTrainingArguments fields this method changes (`joint:max_grad_norm=0`), for ablations of the loop.
+    training: dict[str, Any] = field(default_factory=dict)
 
     def stage_steps(self, total_steps: int) -> tuple[int, ...]:
         """Steps per stage: they add up to the one-stage baselines' `total_steps` (equal budget); the last stage
@@ -117,11 +120,15 @@ def parse_method(name: str) -> Method:
     if not overrides:
         return base
     config, schedule = dict(base.config), {"stages": base.stage_fractions, "lrs": base.stage_learning_rates}
+    training: dict[str, Any] = {}
+    argument_fields = {f.name for f in fields(DMILTrainingArguments)}
     for item in overrides.split("+"):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} of method {name!r} is not field=value")
-        if key in schedule:
+        if key in argument_fields and key not in schedule:  # `stages=a/b/c` is the budget split, not the field
+            training[key] = yaml.safe_load(value)
+        elif key in schedule:
             if base.paradigm != "dmil":
                 raise ValueError(f"{key}= sets DMIL's three stages; {name!r} is not a DMIL method")
             schedule[key] = tuple(float(x) for x in value.split("/"))
@@ -129,7 +136,7 @@ def parse_method(name: str) -> Method:
                 raise ValueError(f"{key}= takes three values a/b/c (stages 1, 2, 3), got {value!r}")
         else:
             config[key] = yaml.safe_load(value)
-    return Method(name, base.paradigm, config, schedule["stages"], schedule["lrs"])
+    return Method(name, base.paradigm, config, schedule["stages"], schedule["lrs"], training)
 
 
 # ---------------------------------------------------------------------- one training run
@@ -165,7 +172,7 @@ def training_arguments(settings: RunSettings, method: Method, seed: int, output_
         per_device_eval_batch_size=settings.eval_batch_size, finetune_method=settings.finetune_method,
         warmup_steps=settings.warmup_ratio, weight_decay=settings.weight_decay, lr_scheduler_type="linear",
         seed=seed, data_seed=seed, use_cpu=True, report_to=[], save_strategy="no", eval_strategy="no",
-        logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, **stage_args,
+        logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, **{**stage_args, **method.training},
     )
 
 
@@ -354,7 +361,7 @@ def build_report(
         "robustness": robustness,
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
         "methods": {m.name: {"paradigm": m.paradigm, "config": m.config, "stage_fractions": m.stage_fractions,
-                             "stage_learning_rates": m.stage_learning_rates} for m in methods},
+                             "stage_learning_rates": m.stage_learning_rates, "training": m.training} for m in methods},
         "components": ["redundancy", *[f"uniqueness_{m}" for m in modalities], "synergy"],
         "interaction_types": interaction_types,
         "gate_summary": gate_summary_names(interaction_types[mixtures[0]], modalities),
