@@ -22,7 +22,7 @@ REDUNDANCY_READOUT_NAMES = ("joint", "per_modality")
 GATE_OBJECTIVE_NAMES = ("mixture", "composition")
 SYNERGY_INPUT_NAMES = ("n", "z", "z_detached")
 COMPONENT_COMBINATION_NAMES = ("mixture", "product", "mixture_x_unimodal")
-PROJECTION_NAMES = ("linear", "mlp")
+PROJECTION_NAMES = ("linear", "mlp", "identity")
 
 # The reference implementation (bjlfzs/DMIL, CREMA-D config) as config values; see `DMILConfig.reference`. Its stage-1
 # weights are per modality (visual beta_kl 0.4 / beta_rec 0.1, audio 2.0 / 0.5, times lamb 0.2 and its internal 0.1
@@ -252,10 +252,12 @@ class DMILConfig(PretrainedConfig):
             constant), `"product"` (I2M2's unweighted product of the available components; the gate only reports)
             or `"mixture_x_unimodal"` (I2M2 with the gated mixture as its inter-modality expert: log p_mixture plus
             the level-1 unimodal heads' log-probabilities). Measured in the README's "Method" section.
-        projection (`str`, defaults to `"linear"`):
-            How each backbone's pooled vector becomes Z_m (`heads_dmil.PROJECTIONS`): `"linear"` (one Linear, the
-            reference's, and what configs saved before the field existed have) or `"mlp"` (Linear -> GELU -> Linear),
-            which lost 6.8 pp on the real-signal benchmark (README, "Method").
+        projection (`str`, *optional*):
+            How each backbone's pooled vector becomes the features Z_m a head reads (`heads_dmil.PROJECTIONS`):
+            `"linear"` (one Linear to `feature_dim`; DMIL's default, the reference's, and what every config saved
+            before the field existed has), `"mlp"` (Linear -> GELU -> Linear; it lost 6.8 pp for DMIL on the
+            real-signal benchmark, README "Method") or `"identity"` (the pooled vector itself, at the backbone's own
+            width; the baselines' default, so that each is the same model written plainly; not for DMIL).
         modality_dropout (`float`, defaults to 0.0):
             In stages 2 and 3, the probability that one of a training sample's modalities (chosen at random, where
             it has at least two) is masked out for that step, as a missing modality is.
@@ -343,7 +345,7 @@ class DMILConfig(PretrainedConfig):
         gate_composition_weight: float = 1.0,
         gate_reads_predictions: bool = False,
         component_combination: str = "mixture",
-        projection: str = "linear",
+        projection: str | None = None,
         modality_dropout: float = 0.0,
         stage1_synergy_weight: float = 0.0,
         kl_weight: float = 0.02,
@@ -393,7 +395,7 @@ class DMILConfig(PretrainedConfig):
             ("redundancy_readout", redundancy_readout, REDUNDANCY_READOUT_NAMES),
             ("gate_objective", gate_objective, GATE_OBJECTIVE_NAMES),
             ("component_combination", component_combination, COMPONENT_COMBINATION_NAMES),
-            ("projection", projection, PROJECTION_NAMES),
+            ("projection", projection or "linear", PROJECTION_NAMES),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -411,7 +413,14 @@ class DMILConfig(PretrainedConfig):
         if not 0.0 <= float(modality_dropout) < 1.0:
             raise ValueError(f"modality_dropout must be a probability in [0, 1), got {modality_dropout!r}")
         self.component_combination = component_combination
-        self.projection = projection
+        # Unset: DMIL's Linear to latent_dim; the baselines read the pooled features themselves, as the same models
+        # written plainly do (a Linear in front of their MLP heads cost the joint baseline 2-3 pp, README "Baselines").
+        self.projection = projection or ("linear" if paradigm == "dmil" else "identity")
+        if self.projection == "identity" and paradigm == "dmil":
+            raise ValueError(
+                "projection='identity' is for the baselines: DMIL's latents need every modality's features "
+                "latent_dim wide (use 'linear' or 'mlp')"
+            )
         self.modality_dropout = float(modality_dropout)
         self.stage1_synergy_weight = float(stage1_synergy_weight)
         self.kl_weight = float(kl_weight)
@@ -470,6 +479,9 @@ class DMILConfig(PretrainedConfig):
             # Saved before the variants existed: keep the modules it was trained with (identical logits on load).
             legacy = {**_LEGACY_VALUES, "stage1_kl_weight": config_dict.get("kl_weight", 0.02)}
             config_dict = {**legacy, **config_dict}
+        if "projection" not in config_dict and "projection" not in kwargs and config_dict.get("model_type") == "dmil":
+            # Saved before the field existed: every paradigm projected with one Linear.
+            config_dict = {**config_dict, "projection": "linear"}
         if "baseline_hidden_dim" not in config_dict and "baseline_hidden_dim" not in kwargs and config_dict.get("model_type") == "dmil":
             # Saved before the field existed: the baselines' heads were latent_dim wide.
             config_dict = {**config_dict, "baseline_hidden_dim": config_dict.get("latent_dim", 64)}
@@ -477,11 +489,13 @@ class DMILConfig(PretrainedConfig):
 
     @property
     def feature_dim(self) -> int:
-        """The width of the projected features Z_m a head reads: `latent_dim` for DMIL, whose latents all have that
-        width; `baseline_hidden_dim` for the baselines, so that a baseline is not squeezed through DMIL's latent
-        width before its head (a Linear to 32 dimensions in front of the joint MLP was what made the joint baseline
-        weaker than the same model written plainly, README "Baselines"). Configs saved before the field existed
-        load with `baseline_hidden_dim = latent_dim`, so their projections keep their shape."""
+        """The width a `"linear"` or `"mlp"` projection maps each backbone's pooled vector to: `latent_dim` for DMIL,
+        whose latents all have that width; `baseline_hidden_dim` for a baseline, so that it is not squeezed through
+        DMIL's latent width before its head (a Linear to 32 dimensions in front of the joint MLP made it weaker than
+        the same model written plainly, README "Baselines"). Configs saved before the field existed load with
+        `baseline_hidden_dim = latent_dim`, so their projections keep their shape. With `projection="identity"`
+        (the baselines' default) each modality's features keep the backbone's width instead
+        (`DMILForMultimodalClassification.feature_widths`)."""
         return self.latent_dim if self.paradigm == "dmil" else self.baseline_hidden_dim
 
     @property

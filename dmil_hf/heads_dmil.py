@@ -291,7 +291,18 @@ SYNERGY_FUSIONS: dict[str, type[SynergyFusion]] = {"linear": SynergyFusion, "mlp
 # `config.projection`: how a backbone's pooled vector becomes Z_m (`(in_dim, out_dim) -> module`). `"linear"` is the
 # reference's one Linear; `"mlp"` puts a hidden layer (as wide as Z) before it, which gives DMIL's unimodal evidence
 # (M_m and its linear head) the depth of a baseline's MLP expert.
-PROJECTIONS = {"linear": nn.Linear, "mlp": lambda in_dim, out_dim: MLP(in_dim, out_dim, out_dim)}
+PROJECTIONS = {
+    "linear": nn.Linear,
+    "mlp": lambda in_dim, out_dim: MLP(in_dim, out_dim, out_dim),
+    # The pooled vector itself (a baseline's head reads it as the same model written plainly does); its width is the
+    # backbone's, so only the baselines, whose heads take any width per modality, can have it.
+    "identity": lambda in_dim, out_dim: nn.Identity(),
+}
+
+
+def projected_width(projection: str, backbone_width: int, feature_dim: int) -> int:
+    """The width of Z_m under `projection`: the backbone's for `"identity"`, else `feature_dim`."""
+    return backbone_width if projection == "identity" else feature_dim
 
 
 class InteractionGate(nn.Module):
@@ -463,7 +474,7 @@ GATE_OBJECTIVES = {"mixture": mixture_gate_objective, "composition": composition
 
 @dataclass
 class ModalityFeatures:
-    """What the encoders hand to a head: the projected features Z_m `(batch, config.feature_dim)` of every modality (zeros
+    """What the encoders hand to a head: the projected features Z_m `(batch, width of m)` of every modality (zeros
     for a modality absent from the whole batch), which modalities each sample has `(batch, K)`, and whether that is
     known statically to be all of them (no `modality_mask`, every modality given), which lets DMIL skip its
     missing-modality fallback without a data-dependent branch."""
@@ -500,10 +511,13 @@ class BaselineHead(nn.Module):
     """What the baselines share: the loss is the sum of the stage's terms, weighted by the paradigm's stage table
     (`stages_dmil.PARADIGM_STAGES`)."""
 
-    def __init__(self, config: DMILConfig):
+    def __init__(self, config: DMILConfig, widths: dict[str, int] | None = None):
+        """`widths`: each modality's feature width (the model's `feature_widths`); `config.feature_dim` for all when
+        not given."""
         super().__init__()
         self.config = config
         self.modalities = list(config.modalities)
+        self.widths = {m: (widths or {}).get(m, config.feature_dim) for m in self.modalities}
 
     def weighted_loss(self, terms: dict[str, torch.Tensor], stage: int) -> torch.Tensor:
         weights = stage_term_weights(self.config, stage, terms)
@@ -520,10 +534,9 @@ class JointHead(BaselineHead):
     plainly in PyTorch; its features and hidden layer are now `baseline_hidden_dim` wide (README, "Baselines").
     """
 
-    def __init__(self, config: DMILConfig):
-        super().__init__(config)
-        width = len(self.modalities) * config.feature_dim
-        self.joint_classifier = MLP(width, config.baseline_hidden_dim, config.num_labels)
+    def __init__(self, config: DMILConfig, widths: dict[str, int] | None = None):
+        super().__init__(config, widths)
+        self.joint_classifier = MLP(sum(self.widths.values()), config.baseline_hidden_dim, config.num_labels)
 
     def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
         logits = self.joint_classifier(joint_input(features, self.modalities))
@@ -538,10 +551,12 @@ class EnsembleHead(BaselineHead):
     """The ensemble baseline: one MLP head per modality (hidden width `config.baseline_hidden_dim`), each with its own
     CE, logits averaged over the modalities each sample has."""
 
-    def __init__(self, config: DMILConfig):
-        super().__init__(config)
-        dim, hidden = config.feature_dim, config.baseline_hidden_dim
-        self.ensemble_classifiers = nn.ModuleDict({m: MLP(dim, hidden, config.num_labels) for m in self.modalities})
+    def __init__(self, config: DMILConfig, widths: dict[str, int] | None = None):
+        super().__init__(config, widths)
+        hidden = config.baseline_hidden_dim
+        self.ensemble_classifiers = nn.ModuleDict(
+            {m: MLP(self.widths[m], hidden, config.num_labels) for m in self.modalities}
+        )
 
     def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
         z, present = features.z, features.present
@@ -568,11 +583,13 @@ class TwoStageHead(BaselineHead):
     always the unimodal heads'.
     """
 
-    def __init__(self, config: DMILConfig):
-        super().__init__(config)
-        dim, hidden, num_labels = config.feature_dim, config.baseline_hidden_dim, config.num_labels
-        self.unimodal_classifiers = nn.ModuleDict({m: MLP(dim, hidden, num_labels) for m in self.modalities})
-        self.joint_classifier = MLP(len(self.modalities) * dim, hidden, num_labels)
+    def __init__(self, config: DMILConfig, widths: dict[str, int] | None = None):
+        super().__init__(config, widths)
+        hidden, num_labels = config.baseline_hidden_dim, config.num_labels
+        self.unimodal_classifiers = nn.ModuleDict(
+            {m: MLP(self.widths[m], hidden, num_labels) for m in self.modalities}
+        )
+        self.joint_classifier = MLP(sum(self.widths.values()), hidden, num_labels)
 
     def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
         z, present = features.z, features.present
@@ -614,11 +631,11 @@ class I2M2Head(BaselineHead):
 
     `modality_logits` are the intra experts; `component_logits` is not set (I2M2 has no R/U/S components)."""
 
-    def __init__(self, config: DMILConfig):
-        super().__init__(config)
-        dim, hidden, num_labels = config.feature_dim, config.baseline_hidden_dim, config.num_labels
-        self.intra_experts = nn.ModuleDict({m: MLP(dim, hidden, num_labels) for m in self.modalities})
-        self.inter_expert = MLP(len(self.modalities) * dim, hidden, num_labels)
+    def __init__(self, config: DMILConfig, widths: dict[str, int] | None = None):
+        super().__init__(config, widths)
+        hidden, num_labels = config.baseline_hidden_dim, config.num_labels
+        self.intra_experts = nn.ModuleDict({m: MLP(self.widths[m], hidden, num_labels) for m in self.modalities})
+        self.inter_expert = MLP(sum(self.widths.values()), hidden, num_labels)
 
     def forward(self, features: ModalityFeatures, labels: torch.Tensor | None = None, stage: int = 3) -> DMILOutput:
         z, present = features.z, features.present
@@ -657,7 +674,9 @@ class DMILHead(nn.Module):
     ```
     """
 
-    def __init__(self, config: DMILConfig):
+    def __init__(self, config: DMILConfig, widths: dict[str, int] | None = None):
+        # `widths` is every head's signature; DMIL's features are all `latent_dim` wide (the config refuses the
+        # "identity" projection for it).
         super().__init__()
         self.config = config
         self.modalities = list(config.modalities)

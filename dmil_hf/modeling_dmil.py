@@ -44,6 +44,7 @@ from .heads_dmil import (  # noqa: F401  (re-exported: the method's modules, imp
     JointHead,
     MLPSynergyFusion,
     PROJECTIONS,
+    projected_width,
     ModalityFeatures,
     SynergyFusion,
     gaussian_kl,
@@ -287,12 +288,15 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         if backbones:
             raise ValueError(f"backbones given for modalities the config lacks: {sorted(backbones)}")
         self.routes = {m.name: self._route(m) for m in config.modality_specs}
-        dim = config.feature_dim
+        widths = {m: backbone_width(config.backbone_config(m), self.specs[m]) for m in self.modalities}
         self.projections = nn.ModuleDict(
-            {m: PROJECTIONS[config.projection](backbone_width(config.backbone_config(m), self.specs[m]), dim)
-             for m in self.modalities}
+            {m: PROJECTIONS[config.projection](widths[m], config.feature_dim) for m in self.modalities}
         )
-        self.head = HEADS[config.paradigm](config)
+        # The width of each modality's features Z_m, as the head reads them.
+        self.feature_widths = {
+            m: projected_width(config.projection, widths[m], config.feature_dim) for m in self.modalities
+        }
+        self.head = HEADS[config.paradigm](config, self.feature_widths)
         self.main_input_name = self.routes[self.modalities[0]].names.main
         self.post_init()
         if config.fast_paths:
@@ -567,7 +571,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         dtype = next(iter(z.values())).dtype
         for m in self.modalities:  # a modality absent from the whole batch: zero features, never a backbone call
             if m not in z:
-                z[m] = torch.zeros(batch_size, self.config.feature_dim, device=device, dtype=dtype)
+                z[m] = torch.zeros(batch_size, self.feature_widths[m], device=device, dtype=dtype)
         # Known without looking at tensor values (or read in check_inputs' host sync), so skipping the missing-modality
         # fallback is no data-dependent branch of a compiled graph.
         out = self.head(ModalityFeatures(z, present, all_given), labels, stage)

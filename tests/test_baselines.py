@@ -25,9 +25,9 @@ from plain_peers import PlainEnsemble, PlainI2M2, PlainJoint  # noqa: E402
 MODALITIES = ("vision", "audio")  # [CLS] and unmasked mean pooling: what the plain peers do
 
 
-def _library(paradigm):
+def _library(paradigm, projection=None):
     torch.manual_seed(0)
-    config = make_config(MODALITIES, paradigm=paradigm, latent_dim=8, baseline_hidden_dim=12)
+    config = make_config(MODALITIES, paradigm=paradigm, latent_dim=8, baseline_hidden_dim=12, projection=projection)
     # Dropout off in the backbones, so that train-mode steps of the two models are comparable.
     for m in MODALITIES:
         backbone = config.backbone_config(m)
@@ -38,43 +38,51 @@ def _library(paradigm):
     return DMILForMultimodalClassification(config)
 
 
+def _copy_mlp(target, source):
+    """A plain `Linear -> GELU -> Linear` Sequential gets the weights of the library's `MLP`."""
+    target[0].load_state_dict(source.fc1.state_dict())
+    target[2].load_state_dict(source.fc2.state_dict())
+
+
 def _plain_copy(model):
-    """The plain peer of `model` (with its per-modality projection), holding copies of every weight of it."""
+    """The plain peer of `model` (with a per-modality projection when the model has a Linear one), holding copies of
+    every weight of it."""
     config = model.config
+    projected = config.projection == "linear"
     backbones = copy.deepcopy(dict(model.backbones.items()))
     kinds = {m.name: m.kind for m in config.modality_specs}
-    args = (backbones, kinds, config.num_labels, config.baseline_hidden_dim, config.feature_dim)
+    args = (backbones, kinds, config.num_labels, config.baseline_hidden_dim, config.feature_dim if projected else None)
+    peer = {"joint": PlainJoint, "ensemble": PlainEnsemble, "i2m2": PlainI2M2}[config.paradigm](*args)
     with torch.no_grad():
+        for m in MODALITIES:
+            if projected and config.paradigm == "ensemble":
+                peer.classifiers[m][0].load_state_dict(model.projections[m].state_dict())
+            elif projected:
+                peer.projections[m].load_state_dict(model.projections[m].state_dict())
         if config.paradigm == "joint":
-            plain = PlainJoint(*args)
-            for m in MODALITIES:
-                plain.projections[m].load_state_dict(model.projections[m].state_dict())
-            plain.classifier[0].load_state_dict(model.head.joint_classifier.fc1.state_dict())
-            plain.classifier[2].load_state_dict(model.head.joint_classifier.fc2.state_dict())
+            _copy_mlp(peer.classifier, model.head.joint_classifier)
         elif config.paradigm == "i2m2":
-            plain = PlainI2M2(*args)
             for m in MODALITIES:
-                plain.projections[m].load_state_dict(model.projections[m].state_dict())
-                for k in (0, 2):
-                    plain.intra[m][k].load_state_dict(getattr(model.head.intra_experts[m], f"fc{k // 2 + 1}").state_dict())
-            for k in (0, 2):
-                plain.inter[k].load_state_dict(getattr(model.head.inter_expert, f"fc{k // 2 + 1}").state_dict())
+                _copy_mlp(peer.intra[m], model.head.intra_experts[m])
+            _copy_mlp(peer.inter, model.head.inter_expert)
         else:
-            plain = PlainEnsemble(*args)
             for m in MODALITIES:
-                plain.classifiers[m][0].load_state_dict(model.projections[m].state_dict())
-                plain.classifiers[m][1][0].load_state_dict(model.head.ensemble_classifiers[m].fc1.state_dict())
-                plain.classifiers[m][1][2].load_state_dict(model.head.ensemble_classifiers[m].fc2.state_dict())
-    return plain
+                _copy_mlp(peer.classifiers[m][1] if projected else peer.classifiers[m],
+                          model.head.ensemble_classifiers[m])
+    return peer
 
 
 def _plain_inputs(inputs):
     return {"vision": {"pixel_values": inputs["pixel_values"]}, "audio": {"input_values": inputs["input_values"]}}
 
 
+@pytest.mark.parametrize("projection", [None, "linear"])
 @pytest.mark.parametrize("paradigm", ["joint", "ensemble", "i2m2"])
-def test_library_baseline_is_the_plain_pytorch_model(paradigm):
-    model = _library(paradigm)
+def test_library_baseline_is_the_plain_pytorch_model(paradigm, projection):
+    """By default a baseline reads the pooled features as its plain peer does (projection "identity"); with a Linear
+    projection it is the plain peer with that projection (`projection_dim`)."""
+    model = _library(paradigm, projection)
+    assert model.config.projection == (projection or "identity")
     plain = _plain_copy(model)
     inputs = random_inputs(model.config, batch_size=6, seed=1)
     labels = inputs["labels"]
@@ -103,15 +111,25 @@ def test_baseline_head_width_and_old_configs():
     config = make_config(MODALITIES, paradigm="joint", latent_dim=8)
     assert config.baseline_hidden_dim == 128  # not the latent_dim bottleneck of the 0.1 heads
     model = DMILForMultimodalClassification(config)
-    # The features a baseline head reads are that wide too: no latent_dim-wide projection in front of it.
-    assert config.feature_dim == 128 and model.projections["vision"].out_features == 128
-    assert model.head.joint_classifier.fc1.weight.shape == (128, 2 * 128)
-    assert DMILForMultimodalClassification(make_config(MODALITIES, latent_dim=8)).projections["vision"].out_features == 8
-    # A saved config keeps its width; one saved before the field existed has the old heads' (latent_dim).
+    # By default the head reads the pooled features at the backbones' own widths: no projection in front of it.
+    widths = {m: model.backbones[m].config.hidden_size for m in MODALITIES}
+    assert config.projection == "identity" and isinstance(model.projections["vision"], torch.nn.Identity)
+    assert model.feature_widths == widths
+    assert model.head.joint_classifier.fc1.weight.shape == (128, sum(widths.values()))
+    # With a Linear projection, its features are baseline_hidden_dim wide, not DMIL's latent_dim.
+    linear = DMILForMultimodalClassification(make_config(MODALITIES, paradigm="joint", latent_dim=8, projection="linear"))
+    assert linear.config.feature_dim == 128 and linear.projections["vision"].out_features == 128
+    assert linear.head.joint_classifier.fc1.weight.shape == (128, 2 * 128)
+    dmil = DMILForMultimodalClassification(make_config(MODALITIES, latent_dim=8))
+    assert dmil.config.projection == "linear" and dmil.projections["vision"].out_features == 8
+    with pytest.raises(ValueError, match="identity"):
+        make_config(MODALITIES, latent_dim=8, projection="identity")
+    # A saved config keeps its width and projection; one saved before a field existed has what it was trained with:
+    # the old heads' width (latent_dim), a Linear projection.
     saved = config.to_dict()
-    assert DMILConfig.from_dict(saved).baseline_hidden_dim == 128
-    old = {k: v for k, v in saved.items() if k != "baseline_hidden_dim"}
-    assert DMILConfig.from_dict(old).baseline_hidden_dim == 8
+    assert DMILConfig.from_dict(saved).baseline_hidden_dim == 128 and DMILConfig.from_dict(saved).projection == "identity"
+    old = {k: v for k, v in saved.items() if k not in ("baseline_hidden_dim", "projection")}
+    assert DMILConfig.from_dict(old).baseline_hidden_dim == 8 and DMILConfig.from_dict(old).projection == "linear"
     for bad in (0, -3, 2.5, True, "64"):
         with pytest.raises(ValueError, match="baseline_hidden_dim"):
             make_config(MODALITIES, paradigm="joint", baseline_hidden_dim=bad)
@@ -167,12 +185,14 @@ def test_two_stage_pretrains_unimodally_then_finetunes_jointly(tmp_path):
         assert keys, prefix
         return any(not torch.equal(a[k], b[k]) for k in keys)
 
-    # Stage 1: encoders and unimodal heads learn, the joint head does not exist for the loss.
-    for prefix in ("backbones.text.", "backbones.vision.", "projections.", "head.unimodal_classifiers."):
+    # Stage 1: encoders and unimodal heads learn, the joint head does not exist for the loss. (The default projection
+    # is the identity: no projection weights.)
+    assert not any(k.startswith("projections.") for k in start)
+    for prefix in ("backbones.text.", "backbones.vision.", "head.unimodal_classifiers."):
         assert moved(start, s1, prefix), prefix
     assert not moved(start, s1, "head.joint_classifier.")
     # Stage 2: the joint head trains with the encoders fine-tuned; the unimodal heads have no loss left.
-    for prefix in ("backbones.text.", "backbones.vision.", "projections.", "head.joint_classifier."):
+    for prefix in ("backbones.text.", "backbones.vision.", "head.joint_classifier."):
         assert moved(s1, s2, prefix), prefix
     assert not moved(s1, s2, "head.unimodal_classifiers.")
     # The final model predicts with the joint head; stage 1's evaluation read the unimodal heads' mean.
