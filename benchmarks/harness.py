@@ -175,9 +175,9 @@ def training_arguments(settings: RunSettings, method: Method, seed: int, output_
         output_dir=output_dir, per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size, finetune_method=settings.finetune_method,
         warmup_steps=settings.warmup_ratio, weight_decay=settings.weight_decay, lr_scheduler_type="linear",
-        max_grad_norm=settings.max_grad_norm,
         seed=seed, data_seed=seed, use_cpu=True, report_to=[], save_strategy="no", eval_strategy="no",
-        logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, **{**stage_args, **method.training},
+        logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        **{"max_grad_norm": settings.max_grad_norm, **stage_args, **method.training},
     )
 
 

@@ -63,11 +63,12 @@ def test_benchmark_writes_the_documented_json(bench, tmp_path):
     assert bench.parse_method("plain_joint:hidden_dim=32").config == {"hidden_dim": 32}
     assert bench.parse_method("joint:baseline_hidden_dim=32").config == {"baseline_hidden_dim": 32}
     # A DMILTrainingArguments field changes the method's training loop, not its config.
-    clipped = bench.parse_method("joint:max_grad_norm=0+baseline_hidden_dim=32")
-    assert (clipped.training, clipped.config) == ({"max_grad_norm": 0}, {"baseline_hidden_dim": 32})
+    clipped = bench.parse_method("joint:max_grad_norm=1.0+baseline_hidden_dim=32")
+    assert (clipped.training, clipped.config) == ({"max_grad_norm": 1.0}, {"baseline_hidden_dim": 32})
     harness = sys.modules["harness"]
     settings = harness.RunSettings(total_steps=4, batch_size=8, stage_learning_rates=(1e-3, 3e-3, 1e-3))
-    assert harness.training_arguments(settings, clipped, 0, str(tmp_path)).max_grad_norm == 0
+    assert harness.training_arguments(settings, clipped, 0, str(tmp_path)).max_grad_norm == 1.0
+    assert harness.training_arguments(settings, bench.parse_method("joint"), 0, str(tmp_path)).max_grad_norm == 0
     with pytest.raises(ValueError, match="DMIL"):
         bench.parse_method("joint:stages=0.5/0.25/0.25")
     assert bench.parse_method("dmil:gate_objective=mixture+stage1_synergy_weight=0").config == {
