@@ -135,6 +135,15 @@ def task_description(config) -> str:
     }[problem_type_of_config(config)]
 
 
+def model_noun(config) -> str:
+    """What the card calls the model in its opening line, by problem type."""
+    return {
+        "single_label_classification": "classifier",
+        "multi_label_classification": "multi-label classifier",
+        "regression": "regressor",
+    }[problem_type_of_config(config)]
+
+
 def backbone_display_name(name: str | None) -> str:
     """A backbone as the card names it: a Hub id as it is; a local folder (an absolute path, or one that exists
     here) by its folder name, marked as local, so that the card does not publish this machine's paths."""
@@ -223,7 +232,7 @@ def render_model_card(
     kwargs = dict(
         model_name=repo_id, repo_id=repo_id, model_path=_usage_path(args, repo_id, pushes), on_hub=pushes,
         paradigm=paradigm, has_interactions=gated, paradigm_summary=paradigm_summary(config),
-        task=task_description(config), components=config.interaction_components if gated else [],
+        task=task_description(config), model_noun=model_noun(config), components=config.interaction_components if gated else [],
         backbones=backbones, num_labels=config.num_labels,
         labels=[config.id2label[i] for i in range(config.num_labels)], latent_dim=config.latent_dim,
         finetune_method=args.finetune_method, lora_r=args.lora_r, lora_alpha=args.lora_alpha,

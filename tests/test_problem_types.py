@@ -434,5 +434,6 @@ def test_model_card_says_the_task_and_reads_per_type_mae(tmp_path):
     results = {3: {"eval_mae": 0.25, "eval_pearson": 0.9, "eval_mae_R": 0.125, "eval_gate_redundancy_R": 0.7}}
     card = render_model_card(DMILForMultimodalClassification(config), args, results).content
     assert "Task: regression of 1 target. In detail, regression: `score` is the predicted value" in card
+    assert "multimodal regressor built with" in card and "classifier" not in card.split("Task:")[0]
     assert "| 3 | eval_mae | 0.2500 |" in card and "| 3 | eval_pearson | 0.9000 |" in card
     assert "| type | mae | gate redundancy |" in card and "| R | 0.1250 | 0.7000 |" in card
