@@ -464,6 +464,9 @@ class DMILConfig(PretrainedConfig):
                 if getattr(self, key) is not None
             }
         super().__init__(**kwargs)
+        if self.num_labels < 1:
+            # Every head would have no output: a loss of an empty tensor, NaN, at the first step.
+            raise ValueError(f"num_labels must be at least 1 (classes, labels or regression targets), got {self.num_labels}")
 
     @classmethod
     def reference(cls, **kwargs) -> "DMILConfig":

@@ -189,3 +189,9 @@ def test_a_loss_weight_must_be_finite_and_not_negative(field, value):
     with pytest.raises(ValueError, match=f"{field} must be a finite loss weight >= 0"):
         DMILConfig(text_config=tiny_text_config(), vision_config=tiny_vision_config(), **{field: value})
     DMILConfig(text_config=tiny_text_config(), vision_config=tiny_vision_config(), **{field: 0.0})  # 0 turns a term off
+
+
+def test_num_labels_below_one_is_refused():
+    with pytest.raises(ValueError, match="num_labels must be at least 1"):
+        DMILConfig(num_labels=0)
+    assert DMILConfig(num_labels=1).num_labels == 1
