@@ -233,6 +233,26 @@ def _single_label(predictions, references, unimodal_predictions=None, modality_p
     return results
 
 
+def _with_heads_and_types(results, predictions, references, score, score_name, per_type_scores, modality_predictions,
+                          modality_names, interaction_types, gate_weights, component_predictions, component_names):
+    """`results` with what every problem type adds the same way, under its own scores: `score` of each unimodal head
+    (`modality_<score_name>_<m>`) and each component (`component_<score_name>_<c>`), `per_type_scores` (name ->
+    function) per interaction type, and the gate's mean weights per type."""
+    _check_names(modality_predictions, modality_names, "modality")
+    if modality_predictions is not None:
+        results.update(_per_column(score, modality_predictions, references, modality_names, f"modality_{score_name}"))
+    if interaction_types is not None:
+        for name, function in per_type_scores.items():
+            results.update(_per_type(function, predictions, references, interaction_types, name))
+    _check_names(component_predictions, component_names, "component")
+    _common(results, gate_weights, component_names, interaction_types)
+    if component_predictions is not None:
+        results.update(
+            _per_column(score, component_predictions, references, component_names, f"component_{score_name}")
+        )
+    return results
+
+
 def _micro_f1(predictions, references):
     return f1_scores(predictions, references)[0]
 
@@ -250,19 +270,10 @@ def _multi_label(predictions, references, unimodal_predictions=None, modality_pr
         every_unimodal_wrong = ~(unimodal == references[:, None]).all(-1).any(1)
         right = (predictions == references).all(-1)
         results["synergy_indicator"] = float((right & every_unimodal_wrong).mean())
-    _check_names(modality_predictions, modality_names, "modality")
-    if modality_predictions is not None:
-        results.update(_per_column(_micro_f1, modality_predictions, references, modality_names, "modality_f1_micro"))
-    if interaction_types is not None:
-        results.update(_per_type(exact_match, predictions, references, interaction_types, "accuracy"))
-        results.update(_per_type(_micro_f1, predictions, references, interaction_types, "f1_micro"))
-    _check_names(component_predictions, component_names, "component")
-    _common(results, gate_weights, component_names, interaction_types)
-    if component_predictions is not None:
-        results.update(
-            _per_column(_micro_f1, component_predictions, references, component_names, "component_f1_micro")
-        )
-    return results
+    return _with_heads_and_types(
+        results, predictions, references, _micro_f1, "f1_micro", {"accuracy": exact_match, "f1_micro": _micro_f1},
+        modality_predictions, modality_names, interaction_types, gate_weights, component_predictions, component_names,
+    )
 
 
 def _regression(predictions, references, unimodal_predictions=None, modality_predictions=None, modality_names=None,
@@ -275,18 +286,10 @@ def _regression(predictions, references, unimodal_predictions=None, modality_pre
         "mse": float(((predictions - references) ** 2).mean()) if references.size else float("nan"),
         "pearson": pearson(predictions, references),
     }
-    _check_names(modality_predictions, modality_names, "modality")
-    if modality_predictions is not None:
-        results.update(_per_column(mean_absolute_error, modality_predictions, references, modality_names, "modality_mae"))
-    if interaction_types is not None:
-        results.update(_per_type(mean_absolute_error, predictions, references, interaction_types, "mae"))
-    _check_names(component_predictions, component_names, "component")
-    _common(results, gate_weights, component_names, interaction_types)
-    if component_predictions is not None:
-        results.update(
-            _per_column(mean_absolute_error, component_predictions, references, component_names, "component_mae")
-        )
-    return results
+    return _with_heads_and_types(
+        results, predictions, references, mean_absolute_error, "mae", {"mae": mean_absolute_error},
+        modality_predictions, modality_names, interaction_types, gate_weights, component_predictions, component_names,
+    )
 
 
 # Config name (the problem type) -> (features of predictions / references, the computation).
