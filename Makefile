@@ -22,7 +22,8 @@ bench:
 bench-interactions:
 	$(PY) benchmarks/interactions.py --quick --out bench_out/interactions_quick.json
 
-# DMIL-default vs DMIL-reference vs joint vs ensemble vs I2M2 on real signals (handwritten + spoken digits), 3 seeds:
+# DMIL-default vs DMIL-reference vs joint, ensemble, I2M2, two-stage and the plain-PyTorch joint and I2M2 on real
+# signals (handwritten + spoken digits), 3 seeds:
 # the quick version (one mixture, 800 steps; its three seeds trained at once), < 10 min on 2 CPU cores.
 bench-method:
 	OMP_NUM_THREADS=1 $(PY) benchmarks/real_signals.py --quick --jobs 3 --out bench_out/real_quick.json

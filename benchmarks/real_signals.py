@@ -59,8 +59,9 @@ class RealSignalSettings:
     modalities: tuple[str, ...] = ("vision", "audio")
     mixtures: tuple[str, ...] = ("half_U_half_R", "synergy_heavy", "balanced")
     seeds: tuple[int, ...] = (0, 1, 2)
-    # The plain-PyTorch joint runs beside the library's (plain_peers.py): the check that the baseline is not a strawman.
-    methods: tuple[str, ...] = (*METHODS, "two_stage", "plain_joint")
+    # The plain-PyTorch joint and I2M2 run beside the library's (plain_peers.py): the check that the baselines are not
+    # strawmen; I2M2 is the strongest peer measured here.
+    methods: tuple[str, ...] = (*METHODS, "two_stage", "plain_joint", "plain_i2m2")
     corrupt_modality: str = "vision"
     n_train: int = 4000
     n_test: int = 1000
