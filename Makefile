@@ -24,6 +24,7 @@ bench-interactions:
 
 # DMIL-default vs DMIL-reference vs joint, ensemble, I2M2, two-stage and the plain-PyTorch joint and I2M2 on real
 # signals (handwritten + spoken digits), 3 seeds:
-# the quick version (one mixture, 800 steps; its three seeds trained at once), < 10 min on 2 CPU cores.
+# the quick version (one mixture, 800 steps; its three seeds trained at once): about 10 min on 2 CPU cores (596 s of
+# benchmark, 10 min 2 s with start-up, measured with eight methods while a pip install shared the cores at first).
 bench-method:
 	OMP_NUM_THREADS=1 $(PY) benchmarks/real_signals.py --quick --jobs 3 --out bench_out/real_quick.json
