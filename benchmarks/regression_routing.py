@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dmil_hf import DMILForMultimodalClassification  # noqa: E402
 from dmil_hf.data import SyntheticInteractionSpec, make_interaction_splits, tiny_config_for  # noqa: E402
-from dmil_hf.metrics import make_compute_metrics  # noqa: E402
+from dmil_hf.evaluation import make_compute_metrics  # noqa: E402
 from harness import (  # noqa: E402
     RunSettings,
     apply_arguments,

@@ -6,10 +6,20 @@ Importing the package registers `DMILConfig` and `DMILForMultimodalClassificatio
 
 from transformers import AutoConfig, AutoModel
 
-from .configuration_dmil import DMILConfig
-from .feature_encoder_dmil import DMILFeatureEncoder, DMILFeatureEncoderConfig
-from .modalities_dmil import Modality
-from .modeling_dmil import DMILForMultimodalClassification, DMILOutput, DMILPreTrainedModel
+from .models.dmil import (
+    TASK as _PIPELINE_TASK,
+    DMILConfig,
+    DMILFeatureEncoder,
+    DMILFeatureEncoderConfig,
+    DMILForMultimodalClassification,
+    DMILOutput,
+    DMILPreTrainedModel,
+    DMILProcessor,
+    Modality,
+    MultimodalClassificationPipeline,
+    prepare_media_columns,
+    save_for_pipeline,
+)
 
 AutoConfig.register("dmil", DMILConfig, exist_ok=True)
 AutoModel.register(DMILConfig, DMILForMultimodalClassification, exist_ok=True)
@@ -32,10 +42,6 @@ __version__ = "0.1.0"
 from transformers import AutoProcessor  # noqa: E402
 from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
 
-from .pipeline_dmil import TASK as _PIPELINE_TASK  # noqa: E402
-from .pipeline_dmil import MultimodalClassificationPipeline, save_for_pipeline  # noqa: E402
-from .processing_dmil import DMILDataCollator, DMILProcessor  # noqa: E402
-from .media_dmil import prepare_media_columns  # noqa: E402
 
 AutoProcessor.register(DMILConfig, DMILProcessor, exist_ok=True)
 DMILProcessor.register_for_auto_class()
@@ -52,7 +58,11 @@ __all__ += ["DMILTrainer", "DMILTrainingArguments"]
 def __getattr__(name: str):
     # The trainer pulls in transformers.Trainer (seconds to import); inference users should not pay for it.
     if name in ("DMILTrainer", "DMILTrainingArguments"):
-        from . import training_dmil
+        from .training import trainer
 
-        return getattr(training_dmil, name)
+        return getattr(trainer, name)
+    if name == "DMILDataCollator":
+        from .training.data_collator import DMILDataCollator
+
+        return DMILDataCollator
     raise AttributeError(f"module 'dmil_hf' has no attribute {name!r}")

@@ -69,7 +69,7 @@ def tiny_audio_config(family: str = "wav2vec2") -> PretrainedConfig:
 
 def tiny_feature_encoder_config(feature_dim: int = 6, num_hidden_layers: int = 1) -> PretrainedConfig:
     """dmil_hf's encoder of pre-extracted features, hidden 32 (a projection plus `num_hidden_layers` layers)."""
-    from .feature_encoder_dmil import DMILFeatureEncoderConfig
+    from .models.dmil.feature_encoder_dmil import DMILFeatureEncoderConfig
 
     return DMILFeatureEncoderConfig(
         feature_dim=feature_dim, hidden_size=32, num_hidden_layers=num_hidden_layers, num_attention_heads=4,
@@ -133,7 +133,7 @@ def random_inputs(
     config, batch_size: int = 4, seq_len: int = 8, num_samples: int = 1600, seed: int = 0, num_frames: int = 3,
 ) -> dict:
     """Random model inputs for every modality of a `DMILConfig`, with labels, named as the model takes them."""
-    from .modalities_dmil import input_names
+    from .models.dmil.modalities_dmil import input_names
 
     g = torch.Generator().manual_seed(seed)
     inputs = {"labels": torch.randint(0, config.num_labels, (batch_size,), generator=g)}

@@ -7,8 +7,8 @@ from conftest import make_config
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
-from dmil_hf.model_card_dmil import backbone_display_name, render_model_card
-from dmil_hf.training_dmil import DMILPrinterCallback, DMILProgressCallback, console_line
+from dmil_hf.hub.model_card import backbone_display_name, render_model_card
+from dmil_hf.training.trainer import DMILPrinterCallback, DMILProgressCallback, console_line
 
 
 def card_of(tmp_path, paradigm, **args):

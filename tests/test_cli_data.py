@@ -11,7 +11,7 @@ from transformers import AutoFeatureExtractor, AutoTokenizer
 
 import dmil_hf
 from dmil_hf import DMILForMultimodalClassification, DMILProcessor
-from dmil_hf.processing_dmil import load_image_processor
+from dmil_hf.models.dmil.processing_dmil import load_image_processor
 
 # The model's classes in the opposite order to the data's sorted labels (happy, sad).
 MODEL_LABELS = {0: "sad", 1: "happy"}

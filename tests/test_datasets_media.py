@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from transformers import AutoModel, ViTImageProcessorPil, Wav2Vec2FeatureExtractor
 
 from dmil_hf import DMILConfig, DMILDataCollator, DMILProcessor, Modality, prepare_media_columns
-from dmil_hf.media_dmil import _check_audio, _check_video
+from dmil_hf.models.dmil.media_dmil import _check_audio, _check_video
 from dmil_hf.testing_utils import tiny_audio_config, tiny_feature_encoder_config, tiny_vision_config
 
 RATE = 8000

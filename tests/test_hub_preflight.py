@@ -1,5 +1,5 @@
 """push_to_hub fails early or not at all: the Hub pre-flight check before training, uploads that fail mid-run (the run
-finishes, saved, and ends with an error naming the push command), and that command, `python -m dmil_hf.hub_dmil push`.
+finishes, saved, and ends with an error naming the push command), and that command, `python -m dmil_hf.hub.publisher push`.
 
 Everything talks to tests/fake_hub.py on 127.0.0.1 (or to a closed local port); the `online` fixture turns conftest's
 offline mode off for huggingface_hub and lets no socket reach anything but the loopback interface.
@@ -19,7 +19,7 @@ from test_training import make_args, make_data, two_modality_model
 from transformers import TrainerCallback
 
 from dmil_hf import DMILTrainer
-from dmil_hf.hub_dmil import (
+from dmil_hf.hub.publisher import (
     DMILHubPreflightError,
     DMILHubPublisher,
     DMILHubUploadError,
@@ -27,7 +27,7 @@ from dmil_hf.hub_dmil import (
     main,
     push_output_dir,
 )
-from dmil_hf.training_dmil import STAGE_MARKER
+from dmil_hf.training.trainer import STAGE_MARKER
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(REPO, "training", "run.py")
@@ -98,7 +98,7 @@ def assert_nothing_trained(tmp_path):
 def assert_says_how_to_push_later(message, tmp_path):
     assert "nothing was trained" in message and "push_to_hub" in message
     command = message.splitlines()[-1].strip()
-    assert command == f"python -m dmil_hf.hub_dmil push {tmp_path / 'run'} --repo_id someone/dmil --stages"
+    assert command == f"python -m dmil_hf.hub.publisher push {tmp_path / 'run'} --repo_id someone/dmil --stages"
 
 
 # ---------------------------------------------------------------- the pre-flight check, through train()
@@ -214,7 +214,7 @@ def test_an_upload_failing_mid_run_loses_nothing_and_the_error_names_the_command
     args = push_args(tmp_path, hub_token="hf_fake", save_strategy="steps", save_steps=1)
     trainer = DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data(8),
                           callbacks=[_HubGoesDown(hub)])
-    with caplog.at_level(logging.ERROR, logger="dmil_hf.training_dmil"), pytest.raises(DMILHubUploadError) as caught:
+    with caplog.at_level(logging.ERROR, logger="dmil_hf.training.trainer"), pytest.raises(DMILHubUploadError) as caught:
         trainer.train()
     run = tmp_path / "run"
     # Every stage trained and was saved, and so was the final model.
@@ -228,7 +228,7 @@ def test_an_upload_failing_mid_run_loses_nothing_and_the_error_names_the_command
     assert f"Not on the Hub: stage-1 ({run / 'stage-1'}), stage-2 (" in message
     assert f"the final model ({run / 'final'})." in message
     command = message.splitlines()[-1].strip()
-    assert command == f"python -m dmil_hf.hub_dmil push {run} --repo_id someone/dmil --stages"
+    assert command == f"python -m dmil_hf.hub.publisher push {run} --repo_id someone/dmil --stages"
     # Each failure was logged when it happened, with where the result is and the same command.
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(logged) == 4 and f"It is saved in {run / 'stage-1'}; the run carries on" in logged[0]
@@ -239,7 +239,7 @@ def test_an_upload_failing_mid_run_loses_nothing_and_the_error_names_the_command
     hub.down = False
     monkeypatch.setenv("HF_TOKEN", "hf_fake")
     argv = shlex.split(command)
-    assert argv[:3] == ["python", "-m", "dmil_hf.hub_dmil"]
+    assert argv[:3] == ["python", "-m", "dmil_hf.hub.publisher"]
     assert main(argv[3:]) == 0
     repo = hub.root / "someone" / "dmil"
     for name in ("config.json", "model.safetensors", "README.md", "modeling_dmil.py", "adapter/adapter_config.json",
@@ -292,7 +292,7 @@ def test_push_refuses_a_folder_without_a_finished_model(tmp_path, finished_run, 
 
 def test_push_command_as_a_module_fails_readably(tmp_path):
     env = {**os.environ, "PYTHONPATH": REPO, "HF_HOME": str(tmp_path / "hf_home")}
-    done = subprocess.run([sys.executable, "-m", "dmil_hf.hub_dmil", "push", str(tmp_path), "--repo_id", "someone/x"],
+    done = subprocess.run([sys.executable, "-m", "dmil_hf.hub.publisher", "push", str(tmp_path), "--repo_id", "someone/x"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: {tmp_path} holds no finished model") and "Traceback" not in done.stderr
@@ -333,7 +333,7 @@ def test_ddp_uploads_failing_after_the_check_end_the_finished_run_with_the_comma
         done = _ddp_run(tmp_path, hub.endpoint, 29563)
     assert done.returncode != 0
     run = tmp_path / "run"
-    assert done.stderr.count(f"python -m dmil_hf.hub_dmil push {run} --repo_id someone/ddp --stages") >= 2 + 4
+    assert done.stderr.count(f"python -m dmil_hf.hub.publisher push {run} --repo_id someone/ddp --stages") >= 2 + 4
     assert done.stderr.count("DMILHubUploadError: push_to_hub: training finished") == 2, done.stderr[-4000:]
     assert "per-stage results" in done.stdout  # the CLI finished its report before failing
     assert (run / "eval_results.json").is_file() and (run / "final" / "model.safetensors").is_file()

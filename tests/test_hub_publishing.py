@@ -1,4 +1,4 @@
-"""Hub publishing (dmil_hf.hub_dmil): the repo a run goes to and what each upload sends, with huggingface_hub's calls
+"""Hub publishing (dmil_hf.hub.publisher): the repo a run goes to and what each upload sends, with huggingface_hub's calls
 recorded instead of made. The end-to-end push through a local fake Hub is test_training.py's
 test_push_to_hub_and_load_back_with_remote_code."""
 
@@ -9,7 +9,7 @@ from huggingface_hub import HfApi
 from test_training import make_args, make_data, two_modality_model
 
 from dmil_hf import DMILTrainer
-from dmil_hf.hub_dmil import UPLOAD_IGNORE_PATTERNS, DMILHubPublisher, resolve_repo_id
+from dmil_hf.hub.publisher import UPLOAD_IGNORE_PATTERNS, DMILHubPublisher, resolve_repo_id
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from test_training import make_args, make_data, two_modality_model
 from transformers import EvalPrediction, TrainerCallback
 
 from dmil_hf import DMILTrainer
-from dmil_hf.metrics import make_compute_metrics
-from dmil_hf.plots_dmil import interaction_weights, plot_accuracy_per_type, plot_interaction_weights
+from dmil_hf.evaluation import make_compute_metrics
+from dmil_hf.evaluation.plots import interaction_weights, plot_accuracy_per_type, plot_interaction_weights
 
 
 class _Steps(TrainerCallback):

@@ -11,17 +11,17 @@ from conftest import make_config
 from torch import nn
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, Modality
-from dmil_hf.configuration_dmil import REFERENCE_PRESET
-from dmil_hf.heads_dmil import GateInputs, drop_one_modality
-from dmil_hf.modeling_dmil import (
+from dmil_hf.models.dmil.configuration_dmil import REFERENCE_PRESET
+from dmil_hf.models.dmil.heads_dmil import GateInputs, drop_one_modality
+from dmil_hf.models.dmil.modeling_dmil import (
     MLPSynergyFusion,
     SynergyFusion,
     interaction_composition,
 )
-from dmil_hf.stages_dmil import STAGE_PLANS
-from dmil_hf.modalities_dmil import KINDS
+from dmil_hf.models.dmil.stages_dmil import STAGE_PLANS
+from dmil_hf.models.dmil.modalities_dmil import KINDS
 from dmil_hf.testing_utils import random_inputs, tiny_audio_config, tiny_backbone_config, tiny_vision_config
-from dmil_hf.training_dmil import prepare_model_for_stage
+from dmil_hf.training.trainer import prepare_model_for_stage
 
 TEXT_VISION = ("text", "vision")
 
@@ -383,7 +383,7 @@ def test_gate_can_read_the_heads_predictions():
 
 
 def test_model_card_loss_lists_only_terms_the_model_computes():
-    from dmil_hf.model_card_dmil import _stage_loss
+    from dmil_hf.hub.model_card import _stage_loss
 
     default, mixture = make_config(TEXT_VISION), make_config(TEXT_VISION, gate_objective="mixture")
     assert "gate_composition" in _stage_loss(default, 2) and "gate_composition" not in _stage_loss(mixture, 2)
@@ -394,7 +394,7 @@ def test_model_card_loss_lists_only_terms_the_model_computes():
 def test_projection_registry_builds_the_named_module_and_round_trips(tmp_path):
     """`projection` picks Z_m's module from `PROJECTIONS`; a saved model keeps it, and the default is the Linear every
     earlier config had (so old checkpoints keep their keys)."""
-    from dmil_hf.heads_dmil import MLP
+    from dmil_hf.models.dmil.heads_dmil import MLP
 
     assert make_config(("vision", "audio")).projection == "linear"
     model = DMILForMultimodalClassification(make_config(("vision", "audio"), latent_dim=8, projection="mlp"))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from dmil_hf.metrics import METRICS_DIR, available_metrics, load_metric, metric_path
-from dmil_hf.metrics import make_compute_metrics, split_predictions
+from dmil_hf.evaluation import METRICS_DIR, available_metrics, load_metric, metric_path
+from dmil_hf.evaluation import make_compute_metrics, split_predictions
 
 # 6 samples, 3 classes, 2 modalities.
 Y = np.array([0, 1, 2, 0, 1, 2])
@@ -39,8 +39,8 @@ def test_metric_is_shipped_and_loads_offline(metric):
 
 
 def test_one_public_home_for_metrics():
-    # The evaluate loader and the compute_metrics helpers are both public names of dmil_hf.metrics.
-    import dmil_hf.metrics as metrics
+    # The evaluate loader and the compute_metrics helpers are both public names of dmil_hf.evaluation.
+    import dmil_hf.evaluation as metrics
 
     names = {"METRICS_DIR", "available_metrics", "load_metric", "metric_path", "PREDICTION_KEYS",
              "make_compute_metrics", "per_type_summary", "split_predictions"}

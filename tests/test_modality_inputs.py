@@ -12,8 +12,8 @@ import torch
 from transformers import BertConfig, ElectraConfig, ViTImageProcessorPil, Wav2Vec2FeatureExtractor, Wav2Vec2Model, pipeline
 
 from dmil_hf import DMILConfig, DMILDataCollator, DMILForMultimodalClassification, DMILProcessor, Modality
-from dmil_hf.modalities_dmil import RESERVED_NAMES, pop_prefixed
-from dmil_hf.pipeline_dmil import input_keys
+from dmil_hf.models.dmil.modalities_dmil import RESERVED_NAMES, pop_prefixed
+from dmil_hf.models.dmil.pipeline_dmil import input_keys
 from dmil_hf.testing_utils import (
     random_inputs,
     save_tiny_backbones,

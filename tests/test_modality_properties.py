@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, Modality
-from dmil_hf.modalities_dmil import input_names
+from dmil_hf.models.dmil.modalities_dmil import input_names
 from dmil_hf.testing_utils import (
     tiny_audio_config,
     tiny_feature_encoder_config,

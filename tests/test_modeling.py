@@ -12,9 +12,9 @@ from torch import nn
 from transformers import AutoModel
 
 from dmil_hf import DMILForMultimodalClassification
-from dmil_hf.configuration_dmil import REFERENCE_PRESET
-from dmil_hf.heads_dmil import I2M2Head, ModalityFeatures, product_of_experts
-from dmil_hf.modeling_dmil import DiagonalGaussianHead, InteractionGate, SynergyFusion, gaussian_kl
+from dmil_hf.models.dmil.configuration_dmil import REFERENCE_PRESET
+from dmil_hf.models.dmil.heads_dmil import I2M2Head, ModalityFeatures, product_of_experts
+from dmil_hf.models.dmil.modeling_dmil import DiagonalGaussianHead, InteractionGate, SynergyFusion, gaussian_kl
 from dmil_hf.testing_utils import random_inputs, tiny_audio_config, tiny_text_config, tiny_vision_config
 
 PARADIGMS = ("dmil", "joint", "ensemble", "two_stage", "i2m2")

@@ -30,8 +30,8 @@ from dmil_hf import (
     DMILTrainingArguments,
     Modality,
 )
-from dmil_hf.plots_dmil import interaction_weights
-from dmil_hf.processing_dmil import load_image_processor
+from dmil_hf.evaluation.plots import interaction_weights
+from dmil_hf.models.dmil.processing_dmil import load_image_processor
 from dmil_hf.testing_utils import random_inputs, save_tiny_backbones, tiny_video_config
 
 TVA = ("text", "vision", "audio")

@@ -16,13 +16,13 @@ from conftest import make_config
 
 import dmil_hf
 from dmil_hf import DMILForMultimodalClassification, DMILTrainingArguments
-from dmil_hf import model_card_dmil
-from dmil_hf.model_card_dmil import render_model_card
+from dmil_hf.hub import model_card as model_card_dmil
+from dmil_hf.hub.model_card import render_model_card
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = Path(dmil_hf.__file__).resolve().parent
-TEMPLATE = "templates/model_card.md"
-METRIC_SCRIPT = "metrics/interaction_metrics/interaction_metrics.py"
+TEMPLATE = "hub/templates/model_card.md"
+METRIC_SCRIPT = "evaluation/interaction_metrics/interaction_metrics.py"
 
 
 def package_data_ships(relative: str) -> bool:
@@ -39,9 +39,9 @@ def package_data_ships(relative: str) -> bool:
 
 
 def test_template_and_metric_script_are_package_data():
-    assert (files("dmil_hf") / "templates" / "model_card.md").is_file()
+    assert (files("dmil_hf.hub") / "templates" / "model_card.md").is_file()
     assert package_data_ships(TEMPLATE) and package_data_ships(METRIC_SCRIPT)
-    assert not package_data_ships("templates/other.txt")  # the matcher is not vacuous
+    assert not package_data_ships("hub/templates/other.txt")  # the matcher is not vacuous
     assert not (REPO / "model_cards" / "dmil.md").exists()  # one template, inside the package
 
 
@@ -89,7 +89,7 @@ def test_built_wheel_ships_the_template_and_an_install_reads_it(tmp_path):
 
     # A fresh process importing dmil_hf from the unpacked wheel (not the checkout) reads the template it carries.
     check = (
-        "import dmil_hf, sys; from dmil_hf.model_card_dmil import _template_text; from dmil_hf.metrics import metric_path; "
+        "import dmil_hf, sys; from dmil_hf.hub.model_card import _template_text; from dmil_hf.evaluation import metric_path; "
         "assert dmil_hf.__file__.startswith(sys.argv[1]), dmil_hf.__file__; "
         "assert metric_path('interaction_metrics').startswith(sys.argv[1]); "
         "sys.stdout.write(_template_text(None))"

@@ -12,7 +12,7 @@ from conftest import make_config
 from transformers import EvalPrediction
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, Modality
-from dmil_hf.heads_dmil import (
+from dmil_hf.models.dmil.heads_dmil import (
     HEADS,
     GateInputs,
     ModalityFeatures,
@@ -20,8 +20,8 @@ from dmil_hf.heads_dmil import (
     interaction_composition,
     task_loss,
 )
-from dmil_hf.metrics import make_compute_metrics, per_type_summary
-from dmil_hf.problem_types_dmil import PROBLEM_TYPES, combine_experts, infer_problem_type
+from dmil_hf.evaluation import make_compute_metrics, per_type_summary
+from dmil_hf.models.dmil.problem_types_dmil import PROBLEM_TYPES, combine_experts, infer_problem_type
 from dmil_hf.testing_utils import random_inputs
 
 SINGLE, MULTI, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
@@ -325,7 +325,7 @@ def test_synthetic_regression_task():
 
 
 def test_collator_labels_of_each_problem_type():
-    from dmil_hf.collator_dmil import DMILDataCollator
+    from dmil_hf.training.data_collator import DMILDataCollator
     from dmil_hf.data import SyntheticInteractionSpec, synthetic_processor
 
     processor = synthetic_processor(SyntheticInteractionSpec(modalities=("text", "vision")))
@@ -397,7 +397,7 @@ def test_multi_label_metrics_by_hand():
 
 def test_pipeline_scores_of_each_problem_type():
     from dmil_hf.data import SyntheticInteractionSpec, synthetic_processor, tiny_config_for
-    from dmil_hf.pipeline_dmil import TASK, MultimodalClassificationPipeline
+    from dmil_hf.models.dmil.pipeline_dmil import TASK, MultimodalClassificationPipeline
 
     classification = SyntheticInteractionSpec(modalities=("text", "vision"), num_labels=3)
     spec = classification.replace(task="regression")
@@ -426,8 +426,8 @@ def test_pipeline_scores_of_each_problem_type():
 
 
 def test_model_card_says_the_task_and_reads_per_type_mae(tmp_path):
-    from dmil_hf.model_card_dmil import render_model_card
-    from dmil_hf.training_dmil import DMILTrainingArguments
+    from dmil_hf.hub.model_card import render_model_card
+    from dmil_hf.training.trainer import DMILTrainingArguments
 
     config = make_config(("text", "vision"), num_labels=1, problem_type=REGRESSION)
     args = DMILTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])

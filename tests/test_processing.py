@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from dmil_hf import DMILDataCollator, DMILForMultimodalClassification, DMILProcessor
-from dmil_hf.processing_dmil import resample_audio
+from dmil_hf.models.dmil.processing_dmil import resample_audio
 
 WORDS = ["a", "cat", "dog", "sits", "barks", "on", "the", "mat", "loud", "quiet", "hello", "world"]
 SUBSETS = [("text", "vision"), ("text", "audio"), ("vision", "audio"), ("text", "vision", "audio")]

@@ -135,7 +135,7 @@ def test_truncated_wav_warns_with_the_decoded_length(tmp_path, caplog):
     truncated.write_bytes(data[: len(data) // 2])
     decoded = soundfile.info(truncated).frames  # what is left in the file
 
-    with caplog.at_level(logging.WARNING, logger="dmil_hf.processing_dmil"):
+    with caplog.at_level(logging.WARNING, logger="dmil_hf.models.dmil.processing_dmil"):
         processor(audio=full)
         assert not caplog.records
         batch = processor(audio=[full, truncated])

@@ -11,7 +11,7 @@ from conftest import make_config
 from test_training import make_args, make_data, two_modality_model
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer
-from dmil_hf.backbones_dmil import FAST_PATHS, apply_fast_paths
+from dmil_hf.models.dmil.backbones_dmil import FAST_PATHS, apply_fast_paths
 from dmil_hf.testing_utils import random_inputs, tiny_audio_config
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, TrainerCallback
 
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
-from dmil_hf.training_dmil import STAGE_MARKER
+from dmil_hf.training.trainer import STAGE_MARKER
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,10 +163,10 @@ def test_resume_inside_a_stage_matches_uninterrupted_run(tmp_path, stage, caplog
     run("interrupted", interrupt=True)
     assert (tmp_path / "interrupted" / f"stage-{stage}" / "checkpoint-2").is_dir()
     assert not (tmp_path / "interrupted" / f"stage-{stage}" / STAGE_MARKER).exists()
-    with caplog.at_level(logging.INFO, logger="dmil_hf.training_dmil"):
+    with caplog.at_level(logging.INFO, logger="dmil_hf.training.trainer"):
         run("interrupted", resume=True)
     # The resumed run says where each stage came from: the finished ones' folders, the interrupted one's checkpoint.
-    messages = [r.getMessage() for r in caplog.records if r.name == "dmil_hf.training_dmil"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "dmil_hf.training.trainer"]
     interrupted = tmp_path / "interrupted"
     assert f"stage 1 finished earlier: loaded from {interrupted / 'stage-1'}" in messages
     assert f"resuming stage {stage} from {interrupted / f'stage-{stage}' / 'checkpoint-2'}" in messages
@@ -257,7 +257,7 @@ def test_push_to_hub_and_load_back_with_remote_code(tmp_path):
 
 
 def test_model_card_reports_stages_and_per_type_figures(tmp_path):
-    from dmil_hf.model_card_dmil import render_model_card
+    from dmil_hf.hub.model_card import render_model_card
 
     args = make_args(tmp_path, stage1_num_train_epochs=6, stage3_max_steps=40, stage3_learning_rate=5e-4)
     results = {
@@ -279,7 +279,7 @@ def test_model_card_reports_stages_and_per_type_figures(tmp_path):
 
 @pytest.mark.parametrize("paradigm", ["i2m2", "joint"])
 def test_a_baselines_model_card_describes_it_without_a_gate(tmp_path, paradigm):
-    from dmil_hf.model_card_dmil import render_model_card
+    from dmil_hf.hub.model_card import render_model_card
 
     model = DMILForMultimodalClassification(make_config(("text", "vision"), paradigm=paradigm))
     card = render_model_card(model, make_args(tmp_path), {1: {"eval_accuracy": 0.5}}).content

@@ -82,7 +82,7 @@ class ModelArguments:
     init_from: str | None = field(default=None, metadata={"help": "A saved DMIL model to start from instead."})
     paradigm: str = field(
         default="dmil",
-        metadata={"help": "'dmil', 'joint', 'ensemble', 'two_stage' or 'i2m2' (dmil_hf.configuration_dmil.PARADIGMS)."},
+        metadata={"help": "'dmil', 'joint', 'ensemble', 'two_stage' or 'i2m2' (dmil_hf.models.dmil.configuration_dmil.PARADIGMS)."},
     )
     dmil_preset: str = field(
         default="default",
@@ -455,7 +455,7 @@ def resume_value(flag: str | None) -> str | bool | None:
 
 def preset_kwargs(model_args: ModelArguments) -> dict:
     """DMILConfig values of the chosen DMIL preset (the library default needs none) and of the speed levers."""
-    from dmil_hf.configuration_dmil import REFERENCE_PRESET
+    from dmil_hf.models.dmil.configuration_dmil import REFERENCE_PRESET
 
     presets = {"default": {}, "reference": dict(REFERENCE_PRESET)}
     if model_args.dmil_preset not in presets:
@@ -834,7 +834,7 @@ def build_user_model_and_processor(model_args: ModelArguments, data_args: DataAr
     from transformers import AutoFeatureExtractor, AutoTokenizer
 
     from dmil_hf import DMILForMultimodalClassification, DMILProcessor
-    from dmil_hf.processing_dmil import load_image_processor
+    from dmil_hf.models.dmil.processing_dmil import load_image_processor
 
     extra = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     if model_args.init_from:
@@ -931,7 +931,7 @@ def run_title(config) -> str:
 
 
 def print_report(trainer, final_metrics: dict) -> None:
-    from dmil_hf.metrics import per_type_summary
+    from dmil_hf.evaluation import per_type_summary
 
     config = trainer.model.config
     regression = config.problem_type == "regression"
@@ -1102,8 +1102,8 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import set_seed
 
     from dmil_hf import DMILForMultimodalClassification, DMILTrainer
-    from dmil_hf.hub_dmil import DMILHubUploadError
-    from dmil_hf.metrics import make_compute_metrics
+    from dmil_hf.hub.publisher import DMILHubUploadError
+    from dmil_hf.evaluation import make_compute_metrics
 
     set_seed(training_args.seed)
     processor = collator = None

@@ -84,8 +84,8 @@ import pyarrow as pa
 from datasets import Array2D, Array3D, Dataset, DatasetDict, DatasetInfo, Features, List, Value
 from datasets.features.features import Array2DExtensionType, Array3DExtensionType
 
-from ..backbones_dmil import MODALITIES
-from ..configuration_dmil import DMILConfig
+from ..models.dmil.backbones_dmil import MODALITIES
+from ..models.dmil.configuration_dmil import DMILConfig
 from ..testing_utils import tiny_audio_config, tiny_text_config, tiny_vision_config
 
 PAD_TOKEN_ID, CLS_TOKEN_ID, SEP_TOKEN_ID = 0, 1, 2
@@ -765,7 +765,7 @@ def synthetic_processor(spec: SyntheticInteractionSpec) -> Any:
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast, ViTImageProcessorPil, Wav2Vec2FeatureExtractor
 
-    from ..processing_dmil import DMILProcessor
+    from ..models.dmil.processing_dmil import DMILProcessor
 
     c = spec.num_labels
     words = ["[PAD]", "[CLS]", "[SEP]", *[f"a{v}" for v in range(c)], *[f"b{v}" for v in range(c)],

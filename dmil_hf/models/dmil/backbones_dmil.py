@@ -225,7 +225,7 @@ def check_backbone_fits(modality: str, kind: str, config: Any, main_input: str |
         # cannot load back: DMIL pools an encoder's states, which the table's `model_class` names (as for Whisper).
         raise ValueError(
             f"modality {modality!r}: its {model_type} backbone is an encoder-decoder model; DMIL needs its encoder "
-            f"alone. Add the family to dmil_hf.backbones_dmil.BACKBONES with its encoder class as model_class (as "
+            f"alone. Add the family to dmil_hf.models.dmil.backbones_dmil.BACKBONES with its encoder class as model_class (as "
             f"'whisper' has)"
         )
 
@@ -236,7 +236,7 @@ def backbone_width(config: Any, spec: BackboneSpec) -> int:
     if isinstance(width, bool) or not isinstance(width, int):
         raise ValueError(
             f"cannot read the width of the {config.model_type} backbone: its config has no integer {spec.width!r}; "
-            f"add the family to dmil_hf.backbones_dmil.BACKBONES with its width attribute"
+            f"add the family to dmil_hf.models.dmil.backbones_dmil.BACKBONES with its width attribute"
         )
     return width
 

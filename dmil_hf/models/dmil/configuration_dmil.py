@@ -202,7 +202,7 @@ class DMILConfig(PretrainedConfig):
         modality_table (`list[Modality | dict]`, *optional*):
             The modalities, two to four rows of [`Modality`]: a name (any identifier), a kind (`text`, `image`,
             `video`, `audio`, `features`), an encoder config and its pooling. Each row's encoder config is kept as
-            the attribute `<name>_config` (saved beside the table in `config.json`). See `dmil_hf.modalities_dmil`
+            the attribute `<name>_config` (saved beside the table in `config.json`). See `dmil_hf.models.dmil.modalities_dmil`
             for the input names each row gives the model.
         text_config, vision_config, audio_config (`PretrainedConfig` or `dict`, *optional*):
             The three-slot form (release 0.1): backbone configs of the modalities `text` (kind text), `vision` (kind

@@ -13,7 +13,7 @@ Example:
 >>> from datasets import Dataset
 >>> from dmil_hf import DMILForMultimodalClassification
 >>> from dmil_hf.data import SyntheticInteractionSpec, make_interaction_dataset, tiny_config_for
->>> from dmil_hf.plots_dmil import interaction_weights
+>>> from dmil_hf.evaluation.plots import interaction_weights
 >>> spec = SyntheticInteractionSpec(modalities=("text", "vision"), num_labels=2)
 >>> data = make_interaction_dataset(8, seed=0, spec=spec)
 >>> gate = interaction_weights(DMILForMultimodalClassification(tiny_config_for(spec)), data, batch_size=4)

@@ -1,4 +1,4 @@
-"""Loading the evaluate metric modules shipped in ``dmil_hf/metrics/<name>/<name>.py`` from their local folders."""
+"""Loading the evaluate metric modules shipped in ``dmil_hf/evaluation/<name>/<name>.py`` from their local folders."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def metric_path(name: str) -> str:
     """The local folder of a shipped metric, as `evaluate.load` takes it."""
     path = METRICS_DIR / name
     if not (path / f"{name}.py").is_file():
-        raise ValueError(f"no metric {name!r} in dmil_hf.metrics; available: {available_metrics()}")
+        raise ValueError(f"no metric {name!r} in dmil_hf.evaluation; available: {available_metrics()}")
     return str(path)
 
 

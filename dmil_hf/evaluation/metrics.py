@@ -1,7 +1,7 @@
 """`compute_metrics` for `Trainer` / `DMILTrainer`: accuracy, macro-F1, synergy indicator, accuracy per interaction
 type, mean gate weights per type, and per-component / per-modality accuracy (multi-label: exact-match accuracy and
 micro/macro-F1; regression: MAE, MSE and Pearson's r), computed by the shipped ``interaction_metrics`` evaluate
-module (``dmil_hf/metrics/interaction_metrics``, one config per problem type).
+module (``dmil_hf/evaluation/interaction_metrics``, one config per problem type).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..configuration_dmil import DMILConfig
-from .loading import load_metric
+from ..models.dmil.configuration_dmil import DMILConfig
+from .metric_modules import load_metric
 
 PREDICTION_KEYS = ("logits", "interaction_weights", "component_logits", "modality_logits")
 
@@ -188,7 +188,7 @@ def make_compute_metrics(
     ```python
     >>> import numpy as np
     >>> from transformers import EvalPrediction
-    >>> from dmil_hf.metrics import make_compute_metrics
+    >>> from dmil_hf.evaluation import make_compute_metrics
     >>> from dmil_hf.data import SyntheticInteractionSpec, tiny_config_for
     >>> config = tiny_config_for(SyntheticInteractionSpec(modalities=("text", "vision"), num_labels=2), "ensemble")
     >>> compute_metrics = make_compute_metrics(config, interaction_types=["R", "S"])

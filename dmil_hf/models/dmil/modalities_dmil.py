@@ -10,7 +10,7 @@ collator and pipeline loop over the rows instead of naming modalities.
 This module is copied next to ``modeling_dmil.py`` when a model is saved with remote code, so it imports only the
 standard library.
 
-    >>> from dmil_hf.modalities_dmil import Modality, input_names
+    >>> from dmil_hf.models.dmil.modalities_dmil import Modality, input_names
     >>> input_names(Modality("rgb", "video")).main, input_names(Modality("text", "text")).main
     ('rgb_pixel_values', 'input_ids')
 """

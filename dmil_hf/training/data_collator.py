@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 
-from .media_dmil import _is_clip_with_rate
+from ..models.dmil.media_dmil import _is_clip_with_rate
 
 if TYPE_CHECKING:
-    from .processing_dmil import DMILProcessor
+    from ..models.dmil.processing_dmil import DMILProcessor
 
 # The default example field of each three-slot modality (`text_key`, `image_key`, `audio_key`).
 _DEFAULT_KEYS = {"text": "text", "vision": "image", "audio": "audio"}
@@ -50,7 +50,7 @@ class DMILDataCollator:
     >>> import numpy as np
     >>> from transformers import ViTImageProcessorPil, Wav2Vec2FeatureExtractor
     >>> from dmil_hf import DMILProcessor
-    >>> from dmil_hf.processing_dmil import DMILDataCollator
+    >>> from dmil_hf.models.dmil.processing_dmil import DMILDataCollator
     >>> processor = DMILProcessor(image_processor=ViTImageProcessorPil(size={"height": 16, "width": 16}),
     ...                           feature_extractor=Wav2Vec2FeatureExtractor())
     >>> collator = DMILDataCollator(processor)

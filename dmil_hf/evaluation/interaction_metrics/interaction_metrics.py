@@ -4,7 +4,7 @@ accuracy per interaction type, mean gate weights per type, and per-component / p
 multi-label task micro/macro-F1 and exact-match accuracy, for a regression MAE, MSE and Pearson's r (one config per
 problem type: ``evaluate.load(path, config_name="regression")``).
 
-Loaded offline from its local folder with `evaluate.load` (see `dmil_hf.metrics.load_metric`). evaluate scans this
+Loaded offline from its local folder with `evaluate.load` (see `dmil_hf.evaluation.load_metric`). evaluate scans this
 file's imports with a regular expression, so every import stands on its own line and the file imports nothing it does
 not need (no `__future__`, no sklearn: numpy only).
 """
@@ -64,8 +64,8 @@ Args:
 Returns:
     `dict` of `float`: see the description for every key.
 Examples:
-    >>> import dmil_hf.metrics
-    >>> metric = dmil_hf.metrics.load_metric("interaction_metrics")
+    >>> import dmil_hf.evaluation
+    >>> metric = dmil_hf.evaluation.load_metric("interaction_metrics")
     >>> metric.compute(predictions=[0, 1, 1], references=[0, 1, 0], unimodal_predictions=[[1, 1], [0, 1], [1, 1]])
     {'accuracy': 0.6666666666666666, 'f1_macro': 0.6666666666666666, 'synergy_indicator': 0.3333333333333333}
 """

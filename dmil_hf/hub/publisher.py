@@ -8,7 +8,7 @@ run that cannot publish fails before it trains, not after stage 1.
 
 A finished run (trained without `push_to_hub`, or whose uploads failed) is pushed later in one command:
 
-    python -m dmil_hf.hub_dmil push OUTPUT_DIR --repo_id USER/NAME [--stages] [--private] [--token T] [--revision R]
+    python -m dmil_hf.hub.publisher push OUTPUT_DIR --repo_id USER/NAME [--stages] [--private] [--token T] [--revision R]
 
 `DMILTrainer` keeps thin methods (`push_to_hub`, `init_hf_repo`) that delegate here; only its main process uploads.
 """
@@ -65,9 +65,9 @@ def hub_endpoint() -> str:
 
 def push_command(output_dir: str | Path, repo_id: str, *, stages: bool = True, private: bool | None = None,
                  revision: str | None = None) -> str:
-    """The shell command that pushes a finished run folder later (`python -m dmil_hf.hub_dmil push ...`); the token
+    """The shell command that pushes a finished run folder later (`python -m dmil_hf.hub.publisher push ...`); the token
     comes from `hf auth login` / HF_TOKEN (or add `--token`), never written into the command."""
-    parts = ["python", "-m", "dmil_hf.hub_dmil", "push", str(output_dir), "--repo_id", repo_id]
+    parts = ["python", "-m", "dmil_hf.hub.publisher", "push", str(output_dir), "--repo_id", repo_id]
     if stages:
         parts.append("--stages")
     if private:
@@ -89,7 +89,7 @@ class DMILHubPublisher:
     Example:
 
     ```python
-    >>> from dmil_hf.hub_dmil import DMILHubPublisher
+    >>> from dmil_hf.hub.publisher import DMILHubPublisher
     >>> publisher = DMILHubPublisher(repo_id="someone/dmil-tiny", token=None, private=True)
     >>> publisher.repo_id
     'someone/dmil-tiny'
@@ -227,7 +227,7 @@ def holds_finished_model(folder: str | Path) -> bool:
 def locate_finished_run(path: str | Path) -> tuple[Path, Path]:
     """The run folder and its final model folder for `path`: a run's `output_dir` (holding `final/`) or a final model
     folder itself (`output_dir/final`). Raises `NoFinishedModelError` when there is no finished model there."""
-    from .training_dmil import STAGE_MARKER
+    from ..training.trainer import STAGE_MARKER
 
     path = Path(path)
     if (path / STAGE_MARKER).is_file():
@@ -256,7 +256,7 @@ def locate_finished_run(path: str | Path) -> tuple[Path, Path]:
 
 def finished_stage_dirs(output_dir: str | Path) -> dict[int, Path]:
     """The stage folders of a run that hold a finished stage (its marker file), by stage number."""
-    from .training_dmil import STAGE_MARKER
+    from ..training.trainer import STAGE_MARKER
 
     output_dir = Path(output_dir)
     return {k: output_dir / f"stage-{k}" for k in STAGES if (output_dir / f"stage-{k}" / STAGE_MARKER).is_file()}
@@ -305,9 +305,9 @@ def push_output_dir(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m dmil_hf.hub_dmil push OUTPUT_DIR --repo_id ID [...]`; returns the exit status."""
+    """`python -m dmil_hf.hub.publisher push OUTPUT_DIR --repo_id ID [...]`; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m dmil_hf.hub_dmil", description="Publish a finished DMIL run on the Hugging Face Hub."
+        prog="python -m dmil_hf.hub.publisher", description="Publish a finished DMIL run on the Hugging Face Hub."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     push = commands.add_parser(

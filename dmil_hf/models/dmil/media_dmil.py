@@ -48,7 +48,7 @@ def resample_audio(
 
     ```python
     >>> import numpy as np
-    >>> from dmil_hf.processing_dmil import resample_audio
+    >>> from dmil_hf.models.dmil.processing_dmil import resample_audio
     >>> resample_audio(np.zeros(8000, dtype=np.float32), 8000, 16000).shape
     (16000,)
     ```

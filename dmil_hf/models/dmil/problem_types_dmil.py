@@ -27,8 +27,9 @@ and transformers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -174,6 +175,28 @@ def _values(logits: torch.Tensor) -> torch.Tensor:
     return logits.float()
 
 
+# ------------------------------------------------------------------------------------ predictions and scores
+# What a user is told: the scores transformers' text-classification pipeline gives for the problem type
+# (`function_to_apply`), and the decision the metrics, predictions.csv and the pipeline's top label agree on.
+
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    return F.softmax(logits.float(), dim=-1)
+
+
+def _sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits.float())
+
+
+def _class_ids(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=-1)
+
+
+def _labels_on(logits: torch.Tensor) -> torch.Tensor:
+    # sigmoid(x) > 1/2 exactly when x > 0; comparing logits avoids a rounding tie at float32's 0.5.
+    return (logits > 0).to(torch.int64)
+
+
 # ------------------------------------------------------------------------------- products of experts (I2M2)
 
 
@@ -224,6 +247,12 @@ class ProblemType:
             `available` marks, `(B, E)` bool), as logits of this problem
             type (see `combine_experts`).
         loss_name: the loss the `ce_*` terms hold under this problem type.
+        score_function: the name of `scores` as transformers' pipelines spell `function_to_apply`
+            (`"softmax"`, `"sigmoid"`, `"none"`).
+        scores: `(..., C)` logits -> `(..., C)` scores: softmax probabilities, each label's sigmoid probability, or
+            the predicted values.
+        decide: `(..., C)` logits -> the prediction: class ids `(...)`, multi-hot rows `(..., C)` (sigmoid > 1/2),
+            or the values `(..., C)`.
     """
 
     check_labels: Callable[[torch.Tensor, int, int, bool], torch.Tensor]
@@ -233,25 +262,55 @@ class ProblemType:
     gate_features: Callable[[torch.Tensor], torch.Tensor]
     combine: Callable[..., torch.Tensor]
     loss_name: str
+    score_function: str
+    scores: Callable[[torch.Tensor], torch.Tensor]
+    decide: Callable[[torch.Tensor], torch.Tensor]
 
 
 PROBLEM_TYPES: dict[str, ProblemType] = {
     SINGLE_LABEL: ProblemType(
         check_labels=_single_label_labels, loss=_cross_entropy, information=_categorical_information,
         ceiling=math.log, gate_features=_log_probabilities, combine=_sum_of_log_probabilities,
-        loss_name="cross-entropy",
+        loss_name="cross-entropy", score_function="softmax", scores=_softmax, decide=_class_ids,
     ),
     MULTI_LABEL: ProblemType(
         check_labels=_multi_label_labels, loss=_binary_cross_entropy, information=_bernoulli_information,
         ceiling=lambda c: c * math.log(2.0), gate_features=_label_log_probabilities, combine=_sum_of_logits,
-        loss_name="binary cross-entropy per label, averaged over the labels",
+        loss_name="binary cross-entropy per label, averaged over the labels", score_function="sigmoid",
+        scores=_sigmoid, decide=_labels_on,
     ),
     REGRESSION: ProblemType(
         check_labels=_regression_labels, loss=_squared_error, information=_gaussian_information,
         ceiling=lambda c: c / 2.0, gate_features=_values, combine=_mean_of_predictions,
-        loss_name="squared error, averaged over the targets",
+        loss_name="squared error, averaged over the targets", score_function="none", scores=_values,
+        decide=_values,
     ),
 }
+
+
+def problem_type_of_label_values(values: Sequence[Any]) -> str:
+    """What a label column's values make of a task, whatever file or dataset they came from: lists (multi-hot rows
+    or lists of class names) are a multi-label task, floats a regression, integers or strings (class ids or names) a
+    single-label task (a regression with several targets, lists of numbers too, must be named). None entries
+    (unlabelled rows) say nothing. The one rule the CLI, the collator and the
+    metrics apply to a column whose problem type nobody named.
+
+    Example:
+
+    ```python
+    >>> from dmil_hf.models.dmil.problem_types_dmil import problem_type_of_label_values
+    >>> problem_type_of_label_values([["odd", "big"], ["even"]]), problem_type_of_label_values([0.5, 2.0])
+    ('multi_label_classification', 'regression')
+    ```
+    """
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, (list, tuple)) or (hasattr(v, "ndim") and v.ndim == 1) for v in present):
+        return MULTI_LABEL
+    if present and all(isinstance(v, (int, float)) or hasattr(v, "dtype") for v in present) and any(
+        isinstance(v, float) or (hasattr(v, "dtype") and str(v.dtype).startswith("float")) for v in present
+    ):
+        return REGRESSION
+    return SINGLE_LABEL
 
 
 def problem_type_of(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None) -> ProblemType:
@@ -276,7 +335,7 @@ def combine_experts(
 
     ```python
     >>> import torch
-    >>> from dmil_hf.problem_types_dmil import combine_experts
+    >>> from dmil_hf.models.dmil.problem_types_dmil import combine_experts
     >>> combine_experts(torch.tensor([[[1.0], [3.0]]]), "regression").tolist()
     [[2.0]]
     ```
@@ -295,5 +354,6 @@ __all__ = [
     "ProblemType",
     "infer_problem_type",
     "problem_type_of",
+    "problem_type_of_label_values",
     "resolve_problem_type",
 ]

@@ -32,7 +32,7 @@ class DMILFeatureEncoderConfig(PretrainedConfig):
 
     ```python
     >>> import torch
-    >>> from dmil_hf.feature_encoder_dmil import DMILFeatureEncoder, DMILFeatureEncoderConfig
+    >>> from dmil_hf.models.dmil.feature_encoder_dmil import DMILFeatureEncoder, DMILFeatureEncoderConfig
     >>> encoder = DMILFeatureEncoder(DMILFeatureEncoderConfig(feature_dim=5, hidden_size=8, num_hidden_layers=1,
     ...                                                      num_attention_heads=2, intermediate_size=16))
     >>> encoder(torch.randn(2, 7, 5)).last_hidden_state.shape

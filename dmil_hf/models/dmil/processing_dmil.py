@@ -713,6 +713,5 @@ class DMILProcessor(ProcessorMixin):
         return out
 
 
-from .collator_dmil import DMILDataCollator  # noqa: E402  (the collator was defined here; kept importable)
 
 __all__ = ["DMILProcessor", "DMILDataCollator", "resample_audio"]

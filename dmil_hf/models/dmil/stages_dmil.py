@@ -11,10 +11,10 @@ modality's entry is used: `per_modality_value` reads it by the modality's name, 
 and raises when none is there (a missing modality is never silently weighted 0). A term whose weight is 0 is not
 computed into the loss, and a module listed only under such terms does not train.
 
-    >>> from dmil_hf.stages_dmil import STAGE_PLANS
+    >>> from dmil_hf.models.dmil.stages_dmil import STAGE_PLANS
     >>> STAGE_PLANS[2].trains
     ('consistency_decomposition', 'synergy_fusion', 'component_classifiers', 'interaction_gate')
-    >>> from dmil_hf.stages_dmil import stage_plans
+    >>> from dmil_hf.models.dmil.stages_dmil import stage_plans
     >>> [plan.title for plan in stage_plans("two_stage").values()]
     ['unimodal pretraining', 'joint fine-tuning']
 """

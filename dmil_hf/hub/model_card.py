@@ -9,10 +9,10 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .hub_dmil import resolve_repo_id
-from .pipeline_dmil import input_keys
-from .metrics import per_type_summary
-from .stages_dmil import EVERYTHING, stage_plans
+from .publisher import resolve_repo_id
+from ..models.dmil.pipeline_dmil import input_keys
+from ..evaluation import per_type_summary
+from ..models.dmil.stages_dmil import EVERYTHING, stage_plans
 
 # Read through importlib.resources, so that an installed wheel finds it as well as a source checkout (it is listed in
 # pyproject.toml's [tool.setuptools.package-data]).
@@ -114,7 +114,7 @@ def has_interactions(config) -> bool:
 def paradigm_summary(config) -> str:
     """One sentence on what the paradigm's head is: the first paragraph of its class docstring (`heads_dmil.HEADS`),
     so that a new paradigm describes itself in its card."""
-    from .heads_dmil import HEADS
+    from ..models.dmil.heads_dmil import HEADS
 
     head = HEADS.get(config.paradigm)
     text = (head.__doc__ or "").strip().split("\n\n")[0] if head is not None else ""

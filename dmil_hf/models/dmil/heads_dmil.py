@@ -663,7 +663,7 @@ class DMILHead(nn.Module):
     ```python
     >>> import torch
     >>> from dmil_hf import DMILConfig, Modality
-    >>> from dmil_hf.heads_dmil import HEADS, ModalityFeatures
+    >>> from dmil_hf.models.dmil.heads_dmil import HEADS, ModalityFeatures
     >>> config = DMILConfig(modality_table=[Modality("a", "features"), Modality("b", "features")], num_labels=3,
     ...                     latent_dim=8)
     >>> head = HEADS["dmil"](config).eval()

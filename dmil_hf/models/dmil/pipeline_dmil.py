@@ -302,7 +302,7 @@ def save_for_pipeline(model, processor, save_directory: str | os.PathLike, **kwa
     Example:
 
     ```python
-    >>> from dmil_hf.pipeline_dmil import save_for_pipeline
+    >>> from dmil_hf.models.dmil.pipeline_dmil import save_for_pipeline
     >>> save_for_pipeline(model, processor, "my-dmil")  # doctest: +SKIP
     'my-dmil'
     ```

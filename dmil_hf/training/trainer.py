@@ -49,8 +49,8 @@ from transformers.utils import (
     is_sagemaker_mp_enabled,
 )
 
-from .backbones_dmil import DIRECT_WEIGHT_READERS
-from .hub_dmil import (
+from ..models.dmil.backbones_dmil import DIRECT_WEIGHT_READERS
+from ..hub.publisher import (
     DMILHubPreflightError,
     DMILHubPublisher,
     DMILHubUploadError,
@@ -58,8 +58,8 @@ from .hub_dmil import (
     push_command,
     resolve_repo_id,
 )
-from .modeling_dmil import DMILForMultimodalClassification
-from .stages_dmil import EVERYTHING, STAGES, stage_plans
+from ..models.dmil.modeling_dmil import DMILForMultimodalClassification
+from ..models.dmil.stages_dmil import EVERYTHING, STAGES, stage_plans
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -349,7 +349,7 @@ def _refuse_backbones_without_targets(model: torch.nn.Module, lora: Any) -> None
         raise ValueError(
             f"LoRA target_modules {lora.target_modules!r} match no module of the backbone(s) {', '.join(untargeted)}, "
             "which would then not train in the LoRA stage; give leaf names that each backbone has "
-            "(lora_target_modules, or the family's lora_targets in dmil_hf.backbones_dmil.BACKBONES)"
+            "(lora_target_modules, or the family's lora_targets in dmil_hf.models.dmil.backbones_dmil.BACKBONES)"
         )
 
 
@@ -621,7 +621,7 @@ class DMILTrainer(Trainer):
     write access; `DMILHubPreflightError` before anything is trained), then uploads each finished stage and the final
     model. An upload that fails later does not stop the run: it is logged with where the result is saved, the
     remaining stages train, and `train()` ends with `DMILHubUploadError` naming the command that pushes the saved run
-    (`python -m dmil_hf.hub_dmil push ...`).
+    (`python -m dmil_hf.hub.publisher push ...`).
 
     Example:
 
@@ -650,7 +650,7 @@ class DMILTrainer(Trainer):
             raise TypeError("DMILTrainer needs DMILTrainingArguments (TrainingArguments plus the stage schedule)")
         super().__init__(model=model, args=args, **kwargs)
         self._check_distribution()
-        from .processing_dmil import DMILDataCollator
+        from .data_collator import DMILDataCollator
 
         if isinstance(self.data_collator, DMILDataCollator) and self.model is not None:
             # String labels map through the model's own classes unless the collator was given a label2id.
@@ -1007,10 +1007,10 @@ class DMILTrainer(Trainer):
     def _for_collator(self, dataset: Any) -> Any:
         """`dataset` as a DMILDataCollator reads it: its `Audio()`/`Video()` columns undecoded
         (`prepare_media_columns`), as the collator decodes them itself and `datasets` would need torchcodec to."""
-        from .processing_dmil import DMILDataCollator
+        from .data_collator import DMILDataCollator
 
         if isinstance(self.data_collator, DMILDataCollator):
-            from .media_dmil import prepare_media_columns
+            from ..models.dmil.media_dmil import prepare_media_columns
 
             return prepare_media_columns(dataset)
         return dataset
@@ -1025,7 +1025,7 @@ class DMILTrainer(Trainer):
         if self._signature_columns is None:
             model = _unwrap(self.model)
             names = [*model.input_names, "modality_mask", "label", "label_ids", *(self.label_names or ["labels"])]
-            from .processing_dmil import DMILDataCollator
+            from .data_collator import DMILDataCollator
 
             if isinstance(self.data_collator, DMILDataCollator):
                 # A DMILDataCollator reads raw columns (text, image, audio, each modality's name) and the clips'
@@ -1093,12 +1093,12 @@ class DMILTrainer(Trainer):
             model = _unwrap(self.model)
             self.save_model(path, _internal_call=True)
         if self.is_world_process_zero():
-            from .processing_dmil import DMILProcessor
+            from ..models.dmil.processing_dmil import DMILProcessor
 
             if isinstance(self.processing_class, DMILProcessor):
                 # Adds the pipeline code and config.custom_pipelines, so that the saved folder or Hub repo runs in
                 # pipeline(..., trust_remote_code=True) where dmil_hf is not installed.
-                from .pipeline_dmil import save_for_pipeline
+                from ..models.dmil.pipeline_dmil import save_for_pipeline
 
                 save_for_pipeline(model, self.processing_class, path)
             else:
@@ -1128,8 +1128,8 @@ class DMILTrainer(Trainer):
         interaction type (when the evaluation data has types), and the distribution of the gate's interaction
         weights over the evaluation set (DMIL, when there is one; per type when known). Needs matplotlib; without
         it, nothing is drawn and the card has no plots section."""
-        from . import plots_dmil
-        from .metrics import per_type_summary
+        from ..evaluation import plots as plots_dmil
+        from ..evaluation import per_type_summary
 
         try:
             import matplotlib  # noqa: F401
@@ -1194,7 +1194,7 @@ class DMILTrainer(Trainer):
             self.model = trained
 
     def write_model_card(self, path: str) -> None:
-        from .model_card_dmil import render_model_card
+        from ..hub.model_card import render_model_card
 
         folder = os.path.join(path, "plots")
         plots = sorted(f"plots/{name}" for name in os.listdir(folder) if name.endswith(".png")) if os.path.isdir(folder) else []

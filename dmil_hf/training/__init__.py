@@ -1,0 +1,1 @@
+"""Training: the DMIL trainer and its arguments, and the data collator that feeds it."""
