@@ -264,4 +264,11 @@ def per_type_summary(
     ]
 
 
-__all__ = ["PREDICTION_KEYS", "make_compute_metrics", "per_type_summary", "split_predictions"]
+__all__ = [
+    "PREDICTION_KEYS",
+    "decide",
+    "make_compute_metrics",
+    "per_type_summary",
+    "problem_type_of_predictions",
+    "split_predictions",
+]

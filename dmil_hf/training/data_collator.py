@@ -52,7 +52,7 @@ class DMILDataCollator:
     >>> import numpy as np
     >>> from transformers import ViTImageProcessorPil, Wav2Vec2FeatureExtractor
     >>> from dmil_hf import DMILProcessor
-    >>> from dmil_hf.models.dmil.processing_dmil import DMILDataCollator
+    >>> from dmil_hf.training.data_collator import DMILDataCollator
     >>> processor = DMILProcessor(image_processor=ViTImageProcessorPil(size={"height": 16, "width": 16}),
     ...                           feature_extractor=Wav2Vec2FeatureExtractor())
     >>> collator = DMILDataCollator(processor)
