@@ -14,7 +14,13 @@ import numpy as np
 import torch
 
 from ..models.dmil.configuration_dmil import DMILConfig
-from ..models.dmil.problem_types_dmil import PROBLEM_TYPES, REGRESSION, ProblemType, resolve_problem_type
+from ..models.dmil.problem_types_dmil import (
+    PROBLEM_TYPES,
+    REGRESSION,
+    SINGLE_LABEL,
+    ProblemType,
+    resolve_problem_type,
+)
 from .metric_modules import load_metric
 
 # The model's prediction outputs, in the order of `DMILOutput`'s fields (the order a plain Trainer's tuple keeps).
@@ -31,7 +37,7 @@ _TUPLE_KEYS = {
 
 
 @lru_cache(maxsize=None)
-def _interaction_metric(problem_type: str = "single_label_classification"):
+def _interaction_metric(problem_type: str = SINGLE_LABEL):
     # One loaded module per process and problem type: evaluate.load copies and imports the script, and compute()
     # resets the module's state each call, so every compute_metrics function can share it. In memory: the Trainer has
     # already gathered the predictions of every process, and evaluate's on-disk cache costs ~1 s of file locking per
@@ -130,7 +136,7 @@ def _decisions(array: np.ndarray, problem_type: str, id_rank: int) -> np.ndarray
             "unimodal_predictions serve the synergy indicator, which a regression does not have (every unimodal "
             "prediction 'wrong' has no threshold-free meaning for real targets)"
         )
-    logits = array.ndim == id_rank + 1 if problem_type == "single_label_classification" else (
+    logits = array.ndim == id_rank + 1 if problem_type == SINGLE_LABEL else (
         np.issubdtype(array.dtype, np.floating)
     )
     return decide(PROBLEM_TYPES[problem_type], array) if logits else array

@@ -206,33 +206,6 @@ def _metric_prefix(metrics: Mapping[str, Any]) -> str:
     return runtime[: -len("runtime")] if runtime is not None else ""
 
 
-def accuracy_per_type(
-    prediction_output: Any, config: Any, interaction_types: Sequence[str] | None = None
-) -> dict[str, float]:
-    """Accuracy per interaction type of a `Trainer.predict` output: its metrics' ``accuracy_<type>`` (what
-    `make_compute_metrics` reports with `interaction_types`), else computed from its predictions and labels when
-    `interaction_types` are given (the decision against the label, exact match for a multi-label task). Empty for a
-    regression (no accuracy) or without types."""
-    metrics = getattr(prediction_output, "metrics", None) or {}
-    per_type = {kind: value for kind, value, _ in per_type_summary(metrics, [], prefix=_metric_prefix(metrics))}
-    labels = getattr(prediction_output, "label_ids", None)
-    if per_type or interaction_types is None or labels is None:
-        return per_type
-    problem_type = problem_type_of_predictions(config, labels)
-    if problem_type == "regression":
-        return {}
-    problem = PROBLEM_TYPES[problem_type]
-    logits = split_predictions(prediction_output.predictions, config)["logits"]
-    truth = problem.decide_labels(
-        problem.check_labels(torch.as_tensor(np.asarray(labels)), len(logits), logits.shape[-1], False)
-    ).numpy()
-    right = (decide(problem, logits) == truth).reshape(len(logits), -1).all(-1)
-    types = np.asarray([str(t) for t in interaction_types])
-    if len(types) != len(right):
-        raise ValueError(f"interaction_types has {len(types)} entries for {len(right)} predictions")
-    return {kind: float(right[types == kind].mean()) for kind in sorted(set(types))}
-
-
 def save_plots(
     prediction_output: Any,
     config: Any,
@@ -244,8 +217,10 @@ def save_plots(
     `PredictionOutput`: the model's outputs, `label_ids` and `metrics`) and returns their paths:
 
     * ``training_curves.png`` from `log_history` (the trainer's run-wide log history), when it logged a loss;
-    * ``accuracy_per_type.png`` when the metrics (or `interaction_types`, one per sample) give accuracy per type;
-    * ``interaction_weights.png`` (DMIL) the distribution of the gate's weights over the set, per type when known.
+    * ``accuracy_per_type.png`` when its metrics hold accuracy per interaction type (``<prefix>_accuracy_<type>``, what
+      `make_compute_metrics(config, interaction_types=...)` reports);
+    * ``interaction_weights.png`` (DMIL) the distribution of the gate's weights over the set, per type when
+      `interaction_types` (one per sample, in order) are given.
 
     Needs matplotlib; without it nothing is drawn (and the model card has no plots section). A picture an earlier
     call left in `folder` is removed: it would not be this model's.
@@ -266,7 +241,8 @@ def save_plots(
         logger.warning("No training loss was logged (logging_steps is more steps than a stage ran): no training "
                        "curves drawn. A smaller logging_steps, or a fraction like 0.05, logs them.")
     if prediction_output is not None:
-        per_type = accuracy_per_type(prediction_output, config, interaction_types)
+        metrics = getattr(prediction_output, "metrics", None) or {}
+        per_type = {kind: value for kind, value, _ in per_type_summary(metrics, [], prefix=_metric_prefix(metrics))}
         if per_type:
             saved.append(os.path.join(folder, "accuracy_per_type.png"))
             plot_accuracy_per_type({config.paradigm: per_type}, saved[-1])
@@ -352,7 +328,6 @@ def _short(component: str) -> str:
 
 
 __all__ = [
-    "accuracy_per_type",
     "gate_of_predictions",
     "interaction_weights",
     "plot_accuracy_per_type",
