@@ -59,7 +59,11 @@ def problem_type_of_predictions(config: DMILConfig, label_ids: Any = None) -> st
 
 
 def _numpy(value: Any) -> np.ndarray:
-    return value.detach().cpu().float().numpy() if hasattr(value, "detach") else np.asarray(value)
+    if not hasattr(value, "detach"):
+        return np.asarray(value)
+    value = value.detach().cpu()
+    # bf16 has no numpy dtype; integer class ids stay integers (their dtype says the problem type).
+    return (value.float() if value.is_floating_point() else value).numpy()
 
 
 def split_predictions(
