@@ -243,11 +243,15 @@ def make_compute_metrics(
                 raise ValueError(f"unimodal predictions must have shape {expected}, got {unimodal.shape}")
             kwargs["unimodal_predictions"] = unimodal
         if "modality_logits" in outputs:
-            kwargs.update(modality_predictions=decide(problem, outputs["modality_logits"]), modality_names=config.modalities)
+            kwargs.update(
+                modality_predictions=decide(problem, outputs["modality_logits"]), modality_names=config.modalities
+            )
         if "interaction_weights" in outputs:
             kwargs.update(gate_weights=outputs["interaction_weights"], component_names=components)
         if "component_logits" in outputs:
-            kwargs.update(component_predictions=decide(problem, outputs["component_logits"]), component_names=components)
+            kwargs.update(
+                component_predictions=decide(problem, outputs["component_logits"]), component_names=components
+            )
         references = problem.decide_labels(labels).numpy()
         metric = _interaction_metric(problem_type)
         results = metric.compute(predictions=decide(problem, outputs["logits"]), references=references, **kwargs)

@@ -214,7 +214,7 @@ def save_plots(
     interaction_types: Sequence[str] | None = None,
 ) -> list[str]:
     """Save a run's pictures to `folder` from one `Trainer.predict` output of its evaluation set (a
-    `PredictionOutput`: the model's outputs, `label_ids` and `metrics`) and returns their paths:
+    `PredictionOutput`: the model's outputs, `label_ids` and `metrics`); returns the paths saved:
 
     * ``training_curves.png`` from `log_history` (the trainer's run-wide log history), when it logged a loss;
     * ``accuracy_per_type.png`` when its metrics hold accuracy per interaction type (``<prefix>_accuracy_<type>``, what

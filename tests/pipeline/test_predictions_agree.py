@@ -89,7 +89,8 @@ def test_predictions_csv_and_the_pipeline_agree(problem_type, tmp_path):
             assert float(row["label"]) == pytest.approx(sample["label"], rel=1e-5)
         # The gate: the same weights in both.
         for component in components:
-            assert float(row[f"interaction_{component}"]) == pytest.approx(answer[0]["interactions"][component], abs=2e-6)
+            weight = answer[0]["interactions"][component]
+            assert float(row[f"interaction_{component}"]) == pytest.approx(weight, abs=2e-6)
     if problem_type == MULTI_LABEL:
         # The samples are not all decided alike (the comparison above would hold for a constant model too).
         assert len({row["prediction"] for row in rows}) > 1 or len({row["score_cat"] for row in rows}) > 1
