@@ -7,20 +7,37 @@ module (``dmil_hf/evaluation/interaction_metrics``, one config per problem type)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..models.dmil.configuration_dmil import DMILConfig
+from ..models.dmil.problem_types_dmil import (
+    PROBLEM_TYPES,
+    REGRESSION,
+    SINGLE_LABEL,
+    ProblemType,
+    resolve_problem_type,
+)
 from .metric_modules import load_metric
 
+# The model's prediction outputs, in the order of `DMILOutput`'s fields (the order a plain Trainer's tuple keeps).
 PREDICTION_KEYS = ("logits", "interaction_weights", "component_logits", "modality_logits")
+# What a plain `Trainer`'s prediction tuple holds: the model's output fields that are not None, in `DMILOutput`'s
+# order (the loss left out; a `loss_terms` dict is no array). Each paradigm returns one of these sets, so the number
+# of arrays names them: joint (and any logits-only model) the logits; ensemble, two-stage, I2M2 and DMIL's first
+# stage the unimodal heads too; DMIL every output.
+_TUPLE_KEYS = {
+    1: ("logits",),
+    2: ("logits", "modality_logits"),
+    4: PREDICTION_KEYS,
+}
 
 
 @lru_cache(maxsize=None)
-def _interaction_metric(problem_type: str = "single_label_classification"):
+def _interaction_metric(problem_type: str = SINGLE_LABEL):
     # One loaded module per process and problem type: evaluate.load copies and imports the script, and compute()
     # resets the module's state each call, so every compute_metrics function can share it. In memory: the Trainer has
     # already gathered the predictions of every process, and evaluate's on-disk cache costs ~1 s of file locking per
@@ -28,73 +45,37 @@ def _interaction_metric(problem_type: str = "single_label_classification"):
     return load_metric("interaction_metrics", config_name=problem_type, keep_in_memory=True)
 
 
-def _log_sigmoid(x: np.ndarray) -> np.ndarray:
-    return -np.logaddexp(0.0, -x)
+def decide(problem: ProblemType, logits: np.ndarray) -> np.ndarray:
+    """The problem type's prediction (`ProblemType.decide`) of a numpy array of logits: class ids, multi-hot rows or
+    values."""
+    return problem.decide(torch.as_tensor(np.asarray(logits))).numpy()
 
 
-def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    logits = logits.astype(np.float64)
-    log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-    return float(np.mean(log_z - logits[np.arange(len(labels)), labels]))
-
-
-def _binary_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
-    logits = logits.astype(np.float64)
-    return float(-np.mean(targets * _log_sigmoid(logits) + (1 - targets) * _log_sigmoid(-logits)))
-
-
-@dataclass(frozen=True)
-class _Reading:
-    """How the metrics read one problem type: the labels as the metric module takes them, a head's output as a
-    decision (class ids, multi-hot rows, predicted values), and the final prediction's own loss (the comparable
-    figure across stages and paradigms; the loss sums every term a stage counts)."""
-
-    labels: Callable[[np.ndarray, int], np.ndarray]
-    decide: Callable[[np.ndarray], np.ndarray]
-    final_loss: tuple[str, Callable[[np.ndarray, np.ndarray], float]] | None
-
-
-_READINGS = {
-    "single_label_classification": _Reading(
-        labels=lambda y, c: y.reshape(-1).astype(np.int64),
-        decide=lambda logits: logits.argmax(-1),
-        final_loss=("ce_final", _cross_entropy),
-    ),
-    "multi_label_classification": _Reading(
-        labels=lambda y, c: y.reshape(len(y), c).astype(np.float64),
-        decide=lambda logits: (logits > 0).astype(np.int64),
-        final_loss=("bce_final", _binary_cross_entropy),
-    ),
-    "regression": _Reading(
-        labels=lambda y, c: y.reshape(len(y), c).astype(np.float64),
-        decide=lambda values: values.astype(np.float64),
-        final_loss=None,
-    ),
-}
-
-
-def _problem_type(config: DMILConfig, label_ids: np.ndarray) -> str:
-    """The config's problem type (the model sets it on its first forward with labels), else transformers' rule on
-    the number of labels and the labels' dtype."""
-    if config.problem_type:
-        return config.problem_type
-    if config.num_labels == 1:
-        return "regression"
-    integer = np.issubdtype(label_ids.dtype, np.integer)
-    return "single_label_classification" if integer else "multi_label_classification"
+def problem_type_of_predictions(config: DMILConfig, label_ids: Any = None) -> str:
+    """The config's problem type (the model sets it on its first forward with labels), else the one the model would
+    take for these labels (`resolve_problem_type`: transformers' rule on the number of labels and their dtype)."""
+    labels = None if label_ids is None else torch.as_tensor(np.asarray(label_ids))
+    return resolve_problem_type(config, labels)
 
 
 def _numpy(value: Any) -> np.ndarray:
-    return value.detach().cpu().float().numpy() if hasattr(value, "detach") else np.asarray(value)
+    if not hasattr(value, "detach"):
+        return np.asarray(value)
+    value = value.detach().cpu()
+    # bf16 has no numpy dtype; integer class ids stay integers (their dtype says the problem type).
+    return (value.float() if value.is_floating_point() else value).numpy()
 
 
-def split_predictions(predictions: Any, config: DMILConfig) -> dict[str, np.ndarray]:
-    """Name the model outputs in `EvalPrediction.predictions`, whatever form the trainer gave them.
+def split_predictions(
+    predictions: Any, config: DMILConfig, keys: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Name the model outputs in `EvalPrediction.predictions` (or `PredictionOutput.predictions`) by key.
 
-    `DMILTrainer.prediction_step` gives a dict keyed by output name. A plain `Trainer` gives the output tuple with the
-    `None` fields dropped, so position alone is ambiguous (ensemble: logits, modality_logits; DMIL stage 1: the same;
-    DMIL: four arrays): the extras are recognised by shape instead, which is unambiguous because the gate and the
-    component heads have K + 2 columns and the unimodal heads K.
+    `DMILTrainer.prediction_step` gives a dict keyed by output name, which is taken as it is. A tuple (a plain
+    `Trainer`'s) is named by `keys`, the output names of its entries in order, when given; else by `DMILOutput`'s
+    field order with the `None` fields dropped, which the number of arrays settles (`_TUPLE_KEYS`). Shapes are
+    checked against the names, never used to find them, so `interaction_weights` cannot be mistaken for another
+    output of the same shape.
     """
     if isinstance(predictions, Mapping):
         unknown = set(predictions) - set(PREDICTION_KEYS)
@@ -103,21 +84,39 @@ def split_predictions(predictions: Any, config: DMILConfig) -> dict[str, np.ndar
             raise ValueError(
                 f"predictions dict has no 'logits' (keys: {sorted(predictions)}; not model outputs: {sorted(unknown)})"
             )
-        return named
-    items = list(predictions) if isinstance(predictions, (tuple, list)) else [predictions]
-    if not items:
-        raise ValueError("predictions are empty")
-    named = {"logits": _numpy(items[0])}
-    k = len(config.modalities)
-    for item in items[1:]:
-        array = _numpy(item)
-        if array.ndim == 3 and array.shape[1] == k:
-            named["modality_logits"] = array
-        elif array.ndim == 3 and array.shape[1] == k + 2:
-            named["component_logits"] = array
-        elif array.ndim == 2 and array.shape[1] == k + 2:
-            named["interaction_weights"] = array
+    else:
+        items = list(predictions) if isinstance(predictions, (tuple, list)) else [predictions]
+        if keys is not None:
+            keys = list(keys)
+            if len(keys) != len(items):
+                raise ValueError(f"predictions have {len(items)} entries for the {len(keys)} keys {keys}")
+            named = {k: _numpy(v) for k, v in zip(keys, items) if k in PREDICTION_KEYS and v is not None}
+            if "logits" not in named:
+                raise ValueError(f"keys {keys} name no 'logits'")
+        else:
+            # A plain Trainer's tuple also holds the loss_terms dict of a labelled pass: no prediction.
+            arrays = [_numpy(v) for v in items if v is not None and not isinstance(v, Mapping)]
+            if len(arrays) not in _TUPLE_KEYS:
+                raise ValueError(
+                    f"predictions are a tuple of {len(arrays)} arrays, which no DMIL model output gives (1: logits; 2: "
+                    "logits, modality_logits; 4: every output): pass them as a dict, or name them with keys="
+                )
+            named = dict(zip(_TUPLE_KEYS[len(arrays)], arrays))
+    _check_shapes(named, config)
     return named
+
+
+def _check_shapes(named: Mapping[str, np.ndarray], config: DMILConfig) -> None:
+    """Each named output has its own shape: a misnamed one is an error, not a silent metric of the wrong array."""
+    k = len(config.modalities)
+    expected = {"interaction_weights": (2, k + 2, "components"), "component_logits": (3, k + 2, "components"),
+                "modality_logits": (3, k, "modalities")}
+    for name, (ndim, width, what) in expected.items():
+        if name in named and (named[name].ndim != ndim or named[name].shape[1] != width):
+            raise ValueError(
+                f"{name} has shape {named[name].shape}; it must have {ndim} dimensions, the second its {width} "
+                f"{what} (this config has {k} modalities)"
+            )
 
 
 def _unimodal_array(unimodal_predictions: Any, config: DMILConfig) -> np.ndarray | list[np.ndarray]:
@@ -133,16 +132,18 @@ def _unimodal_array(unimodal_predictions: Any, config: DMILConfig) -> np.ndarray
 
 
 def _decisions(array: np.ndarray, problem_type: str, id_rank: int) -> np.ndarray:
-    """Class ids (single-label: logits of rank `id_rank + 1` are reduced by argmax) or multi-hot rows (multi-label:
-    float logits are thresholded at 0, probability 1/2; integer rows are taken as they are)."""
-    if problem_type == "single_label_classification":
-        return array.argmax(-1) if array.ndim == id_rank + 1 else array
-    if problem_type == "multi_label_classification":
-        return (array > 0).astype(np.int64) if np.issubdtype(array.dtype, np.floating) else array
-    raise ValueError(
-        "unimodal_predictions serve the synergy indicator, which a regression does not have (every unimodal "
-        "prediction 'wrong' has no threshold-free meaning for real targets)"
+    """The problem type's decisions (`ProblemType.decide`) of logits; decisions given as such are taken as they are:
+    single-label class ids (rank `id_rank`, where logits have one more), multi-label integer multi-hot rows (where
+    logits are floats)."""
+    if problem_type == REGRESSION:
+        raise ValueError(
+            "unimodal_predictions serve the synergy indicator, which a regression does not have (every unimodal "
+            "prediction 'wrong' has no threshold-free meaning for real targets)"
+        )
+    logits = array.ndim == id_rank + 1 if problem_type == SINGLE_LABEL else (
+        np.issubdtype(array.dtype, np.floating)
     )
+    return decide(PROBLEM_TYPES[problem_type], array) if logits else array
 
 
 def _unimodal_decisions(reference: np.ndarray | list[np.ndarray], problem_type: str) -> np.ndarray:
@@ -155,6 +156,7 @@ def make_compute_metrics(
     config: DMILConfig,
     interaction_types: Sequence[str] | None = None,
     unimodal_predictions: Any = None,
+    prediction_keys: Sequence[str] | None = None,
 ) -> Callable[[Any], dict[str, float]]:
     """Build a `compute_metrics` function for `Trainer(compute_metrics=...)`.
 
@@ -167,11 +169,13 @@ def make_compute_metrics(
             class ids, an `(N, K, C)` logit array (multi-label: logits, or integer multi-hot rows), or a dict
             modality -> ids `(N,)` or logits `(N, C)`. When given it takes precedence over the model's
             `modality_logits`. Not for a regression (no synergy indicator).
+        prediction_keys: the output names of a prediction tuple's entries, in order (`split_predictions`); not
+            needed for `DMILTrainer`, whose predictions are a dict.
 
     Returns:
         A function of an `EvalPrediction` (or a `(predictions, label_ids)` pair) returning flat float metrics, by
         `config.problem_type` (read at each call; without one, transformers' rule on `num_labels` and the labels'
-        dtype):
+        dtype), each prediction the problem type's decision (`ProblemType.decide`):
 
         * single-label: ``accuracy``, ``f1_macro``, ``ce_final`` (the final prediction's cross-entropy),
           ``synergy_indicator`` (when unimodal predictions exist), ``accuracy_<type>``, ``gate_<component>`` and
@@ -209,16 +213,17 @@ def make_compute_metrics(
             predictions, label_ids = eval_pred.predictions, eval_pred.label_ids
         else:
             predictions, label_ids = eval_pred
-        outputs = split_predictions(predictions, config)
+        outputs = split_predictions(predictions, config, keys=prediction_keys)
         label_ids = _numpy(label_ids)
         # Read at every evaluation: a config without a problem type gets one on the model's first forward.
-        problem_type = _problem_type(config, label_ids)
-        reading = _READINGS[problem_type]
-        labels = reading.labels(label_ids, config.num_labels)
-        n = len(labels)
+        problem_type = problem_type_of_predictions(config, label_ids)
+        problem = PROBLEM_TYPES[problem_type]
+        n = len(label_ids)
         for name, array in outputs.items():
             if len(array) != n:
                 raise ValueError(f"{name} has {len(array)} rows for {n} labels")
+        # The labels as the model's loss takes them (class ids; (N, C) multi-hot rows or targets).
+        labels = problem.check_labels(torch.as_tensor(label_ids), n, config.num_labels, False)
         kwargs: dict[str, Any] = {}
         if types is not None:
             if len(types) != n:
@@ -230,25 +235,31 @@ def make_compute_metrics(
         unimodal = None
         if reference_unimodal is not None:
             unimodal = _unimodal_decisions(reference_unimodal, problem_type)
-        elif "modality_logits" in outputs and problem_type != "regression":
-            unimodal = reading.decide(outputs["modality_logits"])
+        elif "modality_logits" in outputs and problem_type != REGRESSION:
+            unimodal = decide(problem, outputs["modality_logits"])
         if unimodal is not None:
             expected = (n, len(config.modalities), *labels.shape[1:])
             if unimodal.shape != expected:
                 raise ValueError(f"unimodal predictions must have shape {expected}, got {unimodal.shape}")
             kwargs["unimodal_predictions"] = unimodal
         if "modality_logits" in outputs:
-            kwargs.update(modality_predictions=reading.decide(outputs["modality_logits"]), modality_names=config.modalities)
+            kwargs.update(
+                modality_predictions=decide(problem, outputs["modality_logits"]), modality_names=config.modalities
+            )
         if "interaction_weights" in outputs:
             kwargs.update(gate_weights=outputs["interaction_weights"], component_names=components)
         if "component_logits" in outputs:
-            kwargs.update(component_predictions=reading.decide(outputs["component_logits"]), component_names=components)
-        references = (labels >= 0.5).astype(np.int64) if problem_type == "multi_label_classification" else labels
+            kwargs.update(
+                component_predictions=decide(problem, outputs["component_logits"]), component_names=components
+            )
+        references = problem.decide_labels(labels).numpy()
         metric = _interaction_metric(problem_type)
-        results = metric.compute(predictions=reading.decide(outputs["logits"]), references=references, **kwargs)
-        if reading.final_loss is not None:
-            name, loss = reading.final_loss
-            results[name] = loss(outputs["logits"], labels)
+        results = metric.compute(predictions=decide(problem, outputs["logits"]), references=references, **kwargs)
+        if problem.final_loss_metric is not None:
+            # The final prediction's own loss: the figure comparable across stages and paradigms (the stage's loss
+            # sums every term the stage counts).
+            logits = torch.as_tensor(outputs["logits"], dtype=torch.float64)
+            results[problem.final_loss_metric] = float(problem.loss(logits, labels).mean())
         return {k: float(v) for k, v in results.items()}
 
     return compute_metrics
@@ -267,4 +278,11 @@ def per_type_summary(
     ]
 
 
-__all__ = ["PREDICTION_KEYS", "make_compute_metrics", "per_type_summary", "split_predictions"]
+__all__ = [
+    "PREDICTION_KEYS",
+    "decide",
+    "make_compute_metrics",
+    "per_type_summary",
+    "problem_type_of_predictions",
+    "split_predictions",
+]

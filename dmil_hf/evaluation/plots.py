@@ -2,9 +2,12 @@
 type, and the signature view, the distribution of the gate's interaction weights over a dataset ("what kinds of
 interaction does my data hold, per sample").
 
-`interaction_weights` runs any trained DMIL model over any dataset and returns the gate's weights per sample;
-`plot_interaction_weights` draws their distribution per component (per interaction type when the data has types).
-matplotlib is imported only when a plot is drawn (`pip install matplotlib`, part of the `bench` extra).
+`save_plots` draws a run's pictures from the one `Trainer.predict` pass that also feeds the metrics and
+predictions.csv (it runs no model of its own), and the training curves from the trainer's log history.
+`interaction_weights` runs any trained DMIL model over any dataset, outside a run, and returns the gate's weights per
+sample (`gate_of_predictions` reads the same from a `Trainer.predict` output); `plot_interaction_weights` draws their
+distribution per component (per interaction type when the data has types). matplotlib is imported only when a plot
+is drawn (`pip install matplotlib`, part of the `bench` extra).
 
 Example:
 
@@ -26,11 +29,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..models.dmil.problem_types_dmil import PROBLEM_TYPES, resolve_problem_type
+from .metrics import decide, per_type_summary, problem_type_of_predictions, split_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +124,8 @@ def interaction_weights(
 
     Returns:
         A dict: `weights` `(N, K + 2)` array over `components` (`model.config.interaction_components`),
-        `predictions` `(N,)` class ids, `labels` `(N,)` when the data has them, and `types` (list of str) when it has
-        `type_column`.
+        `predictions` the problem type's decisions (`ProblemType.decide`: `(N,)` class ids, `(N, C)` multi-hot rows
+        or predicted values), `labels` when the data has them, and `types` (list of str) when it has `type_column`.
     """
     if getattr(model.config, "paradigm", None) != "dmil":
         raise ValueError(
@@ -145,7 +152,9 @@ def interaction_weights(
             inputs = {k: v.to(device) for k, v in batch.items() if k in names and isinstance(v, torch.Tensor)}
             out = model(**inputs)
             weights.append(out.interaction_weights.float().cpu().numpy())
-            predictions.append(out.logits.argmax(-1).cpu().numpy())
+            known = None if batch_labels is None else torch.as_tensor(np.asarray(batch_labels))
+            problem = PROBLEM_TYPES[resolve_problem_type(model.config, known)]
+            predictions.append(problem.decide(out.logits.float().cpu()).numpy())
             if batch_labels is not None:
                 labels.append(np.asarray(batch_labels))
     finally:
@@ -160,6 +169,88 @@ def interaction_weights(
     if type_column in columns:
         result["types"] = [str(t) for t in dataset[type_column]]
     return result
+
+
+def gate_of_predictions(
+    prediction_output: Any, config: Any, interaction_types: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """`interaction_weights`' dict read from a `Trainer.predict` output (`PredictionOutput` of a DMIL model) instead of
+    running the model again: `weights`, `predictions` (the problem type's decisions), `components`, `labels` when the
+    output has them, and `types` when `interaction_types` (one per sample, in order) are given."""
+    outputs = split_predictions(prediction_output.predictions, config)
+    if "interaction_weights" not in outputs:
+        raise ValueError(
+            f"the predictions hold no interaction_weights (outputs: {sorted(outputs)}): only a DMIL model "
+            "(paradigm='dmil') after its first stage has a gate"
+        )
+    labels = getattr(prediction_output, "label_ids", None)
+    problem = PROBLEM_TYPES[problem_type_of_predictions(config, labels)]
+    gate: dict[str, Any] = {
+        "weights": outputs["interaction_weights"], "predictions": decide(problem, outputs["logits"]),
+        "components": list(config.interaction_components),
+    }
+    if labels is not None:
+        gate["labels"] = np.asarray(labels)
+    if interaction_types is not None:
+        if len(interaction_types) != len(gate["weights"]):
+            raise ValueError(
+                f"interaction_types has {len(interaction_types)} entries for {len(gate['weights'])} predictions"
+            )
+        gate["types"] = [str(t) for t in interaction_types]
+    return gate
+
+
+def _metric_prefix(metrics: Mapping[str, Any]) -> str:
+    # Trainer.predict / evaluate name every metric `<metric_key_prefix>_<name>` and always report the runtime.
+    runtime = next((key for key in metrics if key.endswith("_runtime")), None)
+    return runtime[: -len("runtime")] if runtime is not None else ""
+
+
+def save_plots(
+    prediction_output: Any,
+    config: Any,
+    folder: str | os.PathLike,
+    log_history: Sequence[Mapping[str, Any]] | None = None,
+    interaction_types: Sequence[str] | None = None,
+) -> list[str]:
+    """Save a run's pictures to `folder` from one `Trainer.predict` output of its evaluation set (a
+    `PredictionOutput`: the model's outputs, `label_ids` and `metrics`); returns the paths saved:
+
+    * ``training_curves.png`` from `log_history` (the trainer's run-wide log history), when it logged a loss;
+    * ``accuracy_per_type.png`` when its metrics hold accuracy per interaction type (``<prefix>_accuracy_<type>``, what
+      `make_compute_metrics(config, interaction_types=...)` reports);
+    * ``interaction_weights.png`` (DMIL) the distribution of the gate's weights over the set, per type when
+      `interaction_types` (one per sample, in order) are given.
+
+    Needs matplotlib; without it nothing is drawn (and the model card has no plots section). A picture an earlier
+    call left in `folder` is removed: it would not be this model's.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        logger.info("matplotlib is not installed: no plots saved (pip install matplotlib)")
+        return []
+    folder = os.fspath(folder)
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    saved = []
+    if log_history and any("loss" in entry for entry in log_history):
+        saved.append(os.path.join(folder, "training_curves.png"))
+        plot_training_curves(log_history, saved[-1])
+    elif log_history:
+        logger.warning("No training loss was logged (logging_steps is more steps than a stage ran): no training "
+                       "curves drawn. A smaller logging_steps, or a fraction like 0.05, logs them.")
+    if prediction_output is not None:
+        metrics = getattr(prediction_output, "metrics", None) or {}
+        per_type = {kind: value for kind, value, _ in per_type_summary(metrics, [], prefix=_metric_prefix(metrics))}
+        if per_type:
+            saved.append(os.path.join(folder, "accuracy_per_type.png"))
+            plot_accuracy_per_type({config.paradigm: per_type}, saved[-1])
+        if "interaction_weights" in split_predictions(prediction_output.predictions, config):
+            saved.append(os.path.join(folder, "interaction_weights.png"))
+            plot_interaction_weights(gate_of_predictions(prediction_output, config, interaction_types), saved[-1])
+    _pyplot().close("all")
+    return saved
 
 
 def plot_interaction_weights(
@@ -236,4 +327,11 @@ def _short(component: str) -> str:
     return component.replace("uniqueness_", "U_").replace("redundancy", "R").replace("synergy", "S")
 
 
-__all__ = ["interaction_weights", "plot_accuracy_per_type", "plot_interaction_weights", "plot_training_curves"]
+__all__ = [
+    "gate_of_predictions",
+    "interaction_weights",
+    "plot_accuracy_per_type",
+    "plot_interaction_weights",
+    "plot_training_curves",
+    "save_plots",
+]

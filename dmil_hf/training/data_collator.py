@@ -10,6 +10,7 @@ import torch
 from transformers.feature_extraction_utils import BatchFeature
 
 from ..models.dmil.media_dmil import _is_clip_with_rate
+from ..models.dmil.problem_types_dmil import PROBLEM_TYPES, problem_type_of_label_values
 
 if TYPE_CHECKING:
     from ..models.dmil.processing_dmil import DMILProcessor
@@ -28,9 +29,10 @@ class DMILDataCollator:
     (`"single_label_classification"`: int64 `labels (batch,)`); a number (`"regression"`: float32 `(batch,)`, or a
     list of numbers per sample for several targets: `(batch, targets)`); a multi-hot list of `num_labels` 0/1 (or
     soft) values, or a list of class names when `label2id` is given (`"multi_label_classification"`: float32
-    `(batch, num_labels)`). Without `problem_type` the batch's labels say it: numbers that are all ints (or names)
-    are class ids, floats a regression, lists multi-hot; pass the model's `config.problem_type` to be explicit (a
-    regression with several targets needs it). An audio value may be a waveform
+    `(batch, num_labels)`), read by the problem type's `read_labels` (`problem_types_dmil.PROBLEM_TYPES`). Without
+    `problem_type` the batch's labels say it (`problem_type_of_label_values`, the rule the CLI applies to a label
+    column): ints or names are class ids, floats a regression, lists multi-hot or class names; pass the model's
+    `config.problem_type` to be explicit (a regression with several targets needs it). An audio value may be a waveform
     with its rate in a `"sampling_rate"` field of the example, or anything [`DMILProcessor`] accepts. Other fields
     are ignored, so run the Trainer with `remove_unused_columns=False` (it would otherwise drop the raw columns).
     [`DMILTrainer`] fills `label2id` (and `problem_type`) from the model's config when they are unset.
@@ -50,7 +52,7 @@ class DMILDataCollator:
     >>> import numpy as np
     >>> from transformers import ViTImageProcessorPil, Wav2Vec2FeatureExtractor
     >>> from dmil_hf import DMILProcessor
-    >>> from dmil_hf.models.dmil.processing_dmil import DMILDataCollator
+    >>> from dmil_hf.training.data_collator import DMILDataCollator
     >>> processor = DMILProcessor(image_processor=ViTImageProcessorPil(size={"height": 16, "width": 16}),
     ...                           feature_extractor=Wav2Vec2FeatureExtractor())
     >>> collator = DMILDataCollator(processor)
@@ -77,8 +79,8 @@ class DMILDataCollator:
     problem_type: str | None = None
 
     def __post_init__(self) -> None:
-        if self.problem_type not in (None, *_LABEL_READERS):
-            raise ValueError(f"problem_type must be one of {sorted(_LABEL_READERS)} or None, got {self.problem_type!r}")
+        if self.problem_type not in (None, *PROBLEM_TYPES):
+            raise ValueError(f"problem_type must be one of {sorted(PROBLEM_TYPES)} or None, got {self.problem_type!r}")
         modalities = list(getattr(self.processor, "modalities", None) or [])
         if self.columns is not None:
             if not isinstance(self.columns, dict):
@@ -153,8 +155,8 @@ class DMILDataCollator:
                 if label is None:
                     raise ValueError(f"examples[{i}] has no label while other examples of the batch have one")
             labels = [label.tolist() if isinstance(label, (torch.Tensor, np.ndarray)) else label for label in labels]
-            problem_type = self.problem_type or _labels_problem_type(labels)
-            batch["labels"] = _LABEL_READERS[problem_type](self, labels)
+            problem_type = self.problem_type or problem_type_of_label_values(labels)
+            batch["labels"] = PROBLEM_TYPES[problem_type].read_labels(labels, self.label2id)
         return batch
 
     def _absent_column_message(self, modality: str, column: str, fields: set[str], kinds: dict[str, str]) -> str:
@@ -176,7 +178,7 @@ class DMILDataCollator:
         its `id2label` inverted (a config given only `id2label` keeps no `label2id`), whichever names the classes
         (transformers' default names `LABEL_0`, `LABEL_1`, ... name nothing)."""
         changes: dict[str, Any] = {}
-        if self.problem_type is None and getattr(config, "problem_type", None) in _LABEL_READERS:
+        if self.problem_type is None and getattr(config, "problem_type", None) in PROBLEM_TYPES:
             changes["problem_type"] = config.problem_type
         if self.label2id is None:
             id2label = getattr(config, "id2label", None) or {}
@@ -186,52 +188,6 @@ class DMILDataCollator:
                     break
         return replace(self, **changes) if changes else self
 
-    def _class_ids(self, labels: list[Any]) -> torch.Tensor:
-        return torch.tensor([self._label_id(label, i) for i, label in enumerate(labels)], dtype=torch.long)
-
-    def _targets(self, labels: list[Any]) -> torch.Tensor:
-        values = []
-        for i, label in enumerate(labels):
-            flat = label if isinstance(label, (list, tuple)) else [label]
-            if not flat or any(isinstance(v, (bool, np.bool_, str)) or not isinstance(v, (int, float, np.number))
-                               for v in flat):
-                raise TypeError(
-                    f"examples[{i}] label must be a number (or a list of numbers, one per target) for a regression, "
-                    f"got {label!r}"
-                )
-            values.append([float(v) for v in flat])
-        if len({len(v) for v in values}) > 1:
-            raise ValueError(f"the regression labels of a batch have different numbers of targets: {labels}")
-        targets = torch.tensor(values, dtype=torch.float32)
-        return targets.squeeze(1) if all(not isinstance(label, (list, tuple)) for label in labels) else targets
-
-    def _multi_hot(self, labels: list[Any]) -> torch.Tensor:
-        rows = []
-        for i, label in enumerate(labels):
-            if not isinstance(label, (list, tuple)):
-                raise TypeError(
-                    f"examples[{i}] label must be a multi-hot list or a list of class names for a multi-label task, "
-                    f"got {type(label).__name__}"
-                )
-            if label and all(isinstance(v, str) for v in label):
-                if self.label2id is None:
-                    raise ValueError(f"examples[{i}] names its labels {label!r}, but the collator has no label2id")
-                row = [0.0] * len(self.label2id)
-                for name in label:
-                    row[self._label_id(name, i)] = 1.0
-            elif not label and self.label2id is not None:
-                row = [0.0] * len(self.label2id)  # no label on
-            elif label and not any(isinstance(v, (str, bool)) for v in label):
-                row = [float(v) for v in label]
-            else:
-                raise TypeError(
-                    f"examples[{i}] label must be a multi-hot list of numbers or a list of class names, got {label!r}"
-                )
-            rows.append(row)
-        if len({len(r) for r in rows}) > 1:
-            raise ValueError(f"the multi-hot labels of a batch have different lengths: {[len(r) for r in rows]}")
-        return torch.tensor(rows, dtype=torch.float32)
-
     def _audio_item(self, value: Any, example: dict[str, Any], where: str) -> Any:
         if isinstance(value, (list, tuple)) and not _is_clip_with_rate(value):
             # datasets stores waveforms as lists of floats
@@ -240,24 +196,6 @@ class DMILDataCollator:
         if rate is not None and isinstance(value, (np.ndarray, torch.Tensor)):
             return (value, int(rate))
         return value
-
-    def _label_id(self, label: Any, index: int) -> int:
-        if label is None:
-            raise ValueError(f"examples[{index}] has no label while other examples of the batch have one")
-        if isinstance(label, str):
-            if self.label2id is None or label not in self.label2id:
-                raise ValueError(
-                    f"examples[{index}] has the label {label!r}, which is not in label2id "
-                    f"({'none given: pass label2id=model.config.label2id' if self.label2id is None else sorted(self.label2id)})"
-                )
-            return int(self.label2id[label])
-        if isinstance(label, torch.Tensor):
-            label = label.item()
-        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-            raise TypeError(
-                f"examples[{index}] label must be an int class id or a str label, got {type(label).__name__}"
-            )
-        return int(label)
 
 
 _IMAGE = "an image: nested lists of pixel values (height, width[, channels]) whose rows all have one length"
@@ -271,21 +209,5 @@ def _list_as_array(value: list | tuple, where: str, what: str, dtype: Any = None
     except (ValueError, TypeError) as err:
         raise ValueError(f"{where} must be {what}; numpy cannot make an array of it ({err})") from None
 
-
-def _labels_problem_type(labels: list[Any]) -> str:
-    """The problem type a batch's raw labels imply (the collator was given none): lists are multi-hot, floats a
-    regression, ints and names class ids."""
-    if any(isinstance(label, (list, tuple)) for label in labels):
-        return "multi_label_classification"
-    if any(isinstance(label, (float, np.floating)) for label in labels):
-        return "regression"
-    return "single_label_classification"
-
-
-_LABEL_READERS = {
-    "single_label_classification": DMILDataCollator._class_ids,
-    "multi_label_classification": DMILDataCollator._multi_hot,
-    "regression": DMILDataCollator._targets,
-}
 
 __all__ = ["DMILDataCollator"]

@@ -2,7 +2,9 @@
 labels, scores and each sample's interaction composition.
 
 This module is copied into saved folders so that `pipeline(..., trust_remote_code=True)` works without dmil_hf
-installed; it imports only the standard library, torch and transformers.
+installed; it imports only the standard library, torch, transformers and the model unit's own modules. The scores
+and their default (`function_to_apply`) come from the problem type (`problem_types_dmil.PROBLEM_TYPES`), as do
+predictions.csv's and the metrics'.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from torch.utils.data import DataLoader
 from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+
+from .problem_types_dmil import PROBLEM_TYPES, resolve_problem_type
 
 TASK = "multimodal-classification"
 # The three-slot modalities' input keys (the model's config.modalities call images "vision"); every modality is also
@@ -39,23 +43,16 @@ def input_keys(config: Any) -> dict[str, str]:
 
 # "Not given" for top_k, which None cannot mean since top_k=None asks for every label (as in text-classification).
 _UNSET = object()
-# What turns the model's outputs into scores (`function_to_apply`), as in transformers' text-classification pipeline.
-SCORE_FUNCTIONS = {
-    "softmax": lambda logits: logits.softmax(dim=-1),
-    "sigmoid": torch.sigmoid,
-    "none": lambda logits: logits,
-}
+# The scores a user may ask for in place of the problem type's own (`function_to_apply`, as in transformers'
+# text-classification pipeline): each problem type's `scores`, by the name it goes by.
+SCORE_FUNCTIONS = {problem.score_function: problem.scores for problem in PROBLEM_TYPES.values()}
 
 
 def default_score_function(config) -> str:
-    """transformers' text-classification rule: a regression's values as they are, a multi-label task's (or a single
-    output's, without a problem type) sigmoid, a single-label task's softmax."""
-    problem_type = getattr(config, "problem_type", None)
-    if problem_type == "regression":
-        return "none"
-    if problem_type == "multi_label_classification" or config.num_labels == 1:
-        return "sigmoid"
-    return "softmax"
+    """The name of the scores of `config`'s problem type (`ProblemType.score_function`): a single-label task's
+    softmax, a multi-label task's sigmoid, a regression's values as they are. Without a problem type, the one the
+    model takes on its first forward (transformers' rule: a single output is a regression)."""
+    return PROBLEM_TYPES[resolve_problem_type(config)].score_function
 
 
 class MultimodalClassificationPipeline(Pipeline):
@@ -82,7 +79,7 @@ class MultimodalClassificationPipeline(Pipeline):
         top_k (`int` or None, defaults to 1): how many labels to return per input; None returns every label. As
             in transformers' text-classification pipeline, the default is the single best label.
         function_to_apply (`str`, *optional*): `"softmax"`, `"sigmoid"` or `"none"`, overriding the problem type's
-            default (`default_score_function`).
+            own scores (`default_score_function`).
 
     Example:
 
@@ -188,7 +185,7 @@ class MultimodalClassificationPipeline(Pipeline):
     ) -> list[dict[str, Any]]:
         config = self.model.config
         function = SCORE_FUNCTIONS[function_to_apply or default_score_function(config)]
-        scores = function(model_outputs["logits"][0].float())
+        scores = function(model_outputs["logits"][0])
         k = scores.numel() if top_k is None else min(top_k, scores.numel())
         values, indices = scores.topk(k)
         interactions = None

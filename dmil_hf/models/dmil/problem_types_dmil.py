@@ -20,17 +20,23 @@ view of a prediction read it.
 single-label; otherwise multi-label); the model applies it on its first forward with labels and stores the result in
 `config.problem_type`, as transformers' models do.
 
-This module is copied next to ``modeling_dmil.py`` when a model is saved with remote code, so it imports only torch
-and transformers.
+Every other place that needs one of these facts asks this registry: the collator (`read_labels`, and
+`problem_type_of_label_values` when nobody named the type), the model (`check_labels`, `loss`, ...), the metrics and
+predictions.csv (`decide`, `scores`, `decide_labels`, `final_loss_metric`) and the pipeline (`score_function`,
+`scores`).
+
+This module is copied next to ``modeling_dmil.py`` when a model is saved with remote code, so it imports only torch,
+numpy and transformers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -111,6 +117,79 @@ def _regression_labels(labels: torch.Tensor, batch_size: int, num_labels: int, c
     if check_values and not bool(torch.isfinite(labels).all()):
         raise ValueError("labels contain NaN or infinite values")
     return labels
+
+
+# ------------------------------------------------------------------------------------ raw labels -> label tensors
+# What a label is, as a user writes it in a dataset row: `values[i]` is example i's label (errors name it
+# `examples[i]`), `label2id` the model's class names (string labels), or None.
+
+
+def _label_id(label: Any, index: int, label2id: Mapping[str, int] | None) -> int:
+    if label is None:
+        raise ValueError(f"examples[{index}] has no label while other examples of the batch have one")
+    if isinstance(label, str):
+        if label2id is None or label not in label2id:
+            raise ValueError(
+                f"examples[{index}] has the label {label!r}, which is not in label2id "
+                f"({'none given: pass label2id=model.config.label2id' if label2id is None else sorted(label2id)})"
+            )
+        return int(label2id[label])
+    if isinstance(label, torch.Tensor):
+        label = label.item()
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+        raise TypeError(
+            f"examples[{index}] label must be an int class id or a str label, got {type(label).__name__}"
+        )
+    return int(label)
+
+
+def _read_class_ids(values: Sequence[Any], label2id: Mapping[str, int] | None) -> torch.Tensor:
+    return torch.tensor([_label_id(label, i, label2id) for i, label in enumerate(values)], dtype=torch.long)
+
+
+def _read_multi_hot(values: Sequence[Any], label2id: Mapping[str, int] | None) -> torch.Tensor:
+    rows = []
+    for i, label in enumerate(values):
+        if not isinstance(label, (list, tuple)):
+            raise TypeError(
+                f"examples[{i}] label must be a multi-hot list or a list of class names for a multi-label task, "
+                f"got {type(label).__name__}"
+            )
+        if label and all(isinstance(v, str) for v in label):
+            if label2id is None:
+                raise ValueError(f"examples[{i}] names its labels {label!r}, but the collator has no label2id")
+            row = [0.0] * len(label2id)
+            for name in label:
+                row[_label_id(name, i, label2id)] = 1.0
+        elif not label and label2id is not None:
+            row = [0.0] * len(label2id)  # no label on
+        elif label and not any(isinstance(v, (str, bool)) for v in label):
+            row = [float(v) for v in label]
+        else:
+            raise TypeError(
+                f"examples[{i}] label must be a multi-hot list of numbers or a list of class names, got {label!r}"
+            )
+        rows.append(row)
+    if len({len(r) for r in rows}) > 1:
+        raise ValueError(f"the multi-hot labels of a batch have different lengths: {[len(r) for r in rows]}")
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def _read_targets(values: Sequence[Any], label2id: Mapping[str, int] | None = None) -> torch.Tensor:
+    rows = []
+    for i, label in enumerate(values):
+        flat = label if isinstance(label, (list, tuple)) else [label]
+        if not flat or any(isinstance(v, (bool, np.bool_, str)) or not isinstance(v, (int, float, np.number))
+                           for v in flat):
+            raise TypeError(
+                f"examples[{i}] label must be a number (or a list of numbers, one per target) for a regression, "
+                f"got {label!r}"
+            )
+        rows.append([float(v) for v in flat])
+    if len({len(v) for v in rows}) > 1:
+        raise ValueError(f"the regression labels of a batch have different numbers of targets: {list(values)}")
+    targets = torch.tensor(rows, dtype=torch.float32)
+    return targets.squeeze(1) if all(not isinstance(label, (list, tuple)) for label in values) else targets
 
 
 # ------------------------------------------------------------------------------------------------ per-sample losses
@@ -197,6 +276,15 @@ def _labels_on(logits: torch.Tensor) -> torch.Tensor:
     return (logits > 0).to(torch.int64)
 
 
+def _class_id_labels(labels: torch.Tensor) -> torch.Tensor:
+    return labels.to(torch.int64)
+
+
+def _labels_held(labels: torch.Tensor) -> torch.Tensor:
+    # A soft target counts as on from 1/2, the threshold a prediction is held to.
+    return (labels >= 0.5).to(torch.int64)
+
+
 # ------------------------------------------------------------------------------- products of experts (I2M2)
 
 
@@ -253,6 +341,14 @@ class ProblemType:
             the predicted values.
         decide: `(..., C)` logits -> the prediction: class ids `(...)`, multi-hot rows `(..., C)` (sigmoid > 1/2),
             or the values `(..., C)`.
+        read_labels: `(values, label2id)` -> the labels tensor of a batch from its examples' raw labels (`values[i]`
+            is example i's): class ids or names (`label2id`) -> int64 `(B,)`; multi-hot lists or lists of class
+            names -> float32 `(B, C)`; numbers -> float32 `(B,)`, lists of numbers (several targets) `(B, T)`. What
+            the collator turns a dataset's label column into.
+        decide_labels: labels (as `check_labels` gives them) -> the decision a prediction is held to: the class
+            ids, multi-hot rows (a soft target is on from 1/2), or the targets.
+        final_loss_metric: the name `compute_metrics` reports the final prediction's `loss` under (`"ce_final"`,
+            `"bce_final"`), or None where a metric already is that loss (a regression's `mse`).
     """
 
     check_labels: Callable[[torch.Tensor, int, int, bool], torch.Tensor]
@@ -265,6 +361,9 @@ class ProblemType:
     score_function: str
     scores: Callable[[torch.Tensor], torch.Tensor]
     decide: Callable[[torch.Tensor], torch.Tensor]
+    read_labels: Callable[[Sequence[Any], Mapping[str, int] | None], torch.Tensor]
+    decide_labels: Callable[[torch.Tensor], torch.Tensor]
+    final_loss_metric: str | None
 
 
 PROBLEM_TYPES: dict[str, ProblemType] = {
@@ -272,18 +371,20 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         check_labels=_single_label_labels, loss=_cross_entropy, information=_categorical_information,
         ceiling=math.log, gate_features=_log_probabilities, combine=_sum_of_log_probabilities,
         loss_name="cross-entropy", score_function="softmax", scores=_softmax, decide=_class_ids,
+        read_labels=_read_class_ids, decide_labels=_class_id_labels, final_loss_metric="ce_final",
     ),
     MULTI_LABEL: ProblemType(
         check_labels=_multi_label_labels, loss=_binary_cross_entropy, information=_bernoulli_information,
         ceiling=lambda c: c * math.log(2.0), gate_features=_label_log_probabilities, combine=_sum_of_logits,
         loss_name="binary cross-entropy per label, averaged over the labels", score_function="sigmoid",
-        scores=_sigmoid, decide=_labels_on,
+        scores=_sigmoid, decide=_labels_on, read_labels=_read_multi_hot, decide_labels=_labels_held,
+        final_loss_metric="bce_final",
     ),
     REGRESSION: ProblemType(
         check_labels=_regression_labels, loss=_squared_error, information=_gaussian_information,
         ceiling=lambda c: c / 2.0, gate_features=_values, combine=_mean_of_predictions,
         loss_name="squared error, averaged over the targets", score_function="none", scores=_values,
-        decide=_values,
+        decide=_values, read_labels=_read_targets, decide_labels=_values, final_loss_metric=None,
     ),
 }
 
