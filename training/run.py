@@ -578,7 +578,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\nconfig: {config_file or 'none'}; {model_line}; results: {', '.join(written) or 'none'}")
     if push_error is not None:
         raise push_error
-    return {**results, **{k: v.metrics for k, v in predictions.items()}}
+    # The final evaluation's metrics, with the stages' (training) and the test split's (--do_predict) under their keys.
+    return {**(predictions["eval"].metrics if "eval" in predictions else {}), **results,
+            **({"predict": predictions["predict"].metrics} if "predict" in predictions else {})}
 
 
 # Where main() trains, for the resume line after Ctrl-C (None before parsing, and for a run that does not train).
