@@ -244,7 +244,7 @@ def machine(monkeypatch):
 def test_dataloader_workers_unset_follow_the_machine(machine, caplog, cpus, processes, expected):
     run = import_cli()
     machine(cpus, processes)
-    with caplog.at_level("INFO", logger=run.logger.name):
+    with caplog.at_level("INFO", logger="dmil_hf.training.data"):
         args = run.parse_arguments([BASE_PRETRAINED, "--bf16", "false"])[2]
     assert args.dataloader_num_workers == expected
     # Said once per run (parse_arguments read --do_eval with a second parse that logged it again).
@@ -261,7 +261,7 @@ def test_dataloader_workers_unset_follow_the_machine(machine, caplog, cpus, proc
 def test_dataloader_workers_set_are_kept(machine, caplog, argv, cpus, expected):
     run = import_cli()
     machine(cpus)
-    with caplog.at_level("INFO", logger=run.logger.name):
+    with caplog.at_level("INFO", logger="dmil_hf.training.data"):
         assert run.parse_arguments(argv)[2].dataloader_num_workers == expected
     assert "dataloader_num_workers" not in caplog.text
 
@@ -269,7 +269,7 @@ def test_dataloader_workers_set_are_kept(machine, caplog, argv, cpus, expected):
 def test_dataloader_workers_above_the_cpu_count_are_capped_with_a_warning(machine, caplog, tmp_path):
     run = import_cli()
     machine(2)
-    with caplog.at_level("WARNING", logger=run.logger.name):
+    with caplog.at_level("WARNING", logger="dmil_hf.training.data"):
         assert run.parse_arguments(["--dataloader_num_workers", "8"])[2].dataloader_num_workers == 2
     assert caplog.text.count("dataloader_num_workers=8 is more than this machine's 2 CPUs; using 2") == 1
     config = tmp_path / "job.yaml"

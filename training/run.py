@@ -34,7 +34,9 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from dmil_hf import DMILTrainingArguments
-from dmil_hf.training.data import DEFAULT_COLUMNS, first_rows, load_synthetic, prepare_user_data, select_samples
+from dmil_hf.training.data import (
+    AUTO_WORKERS_MAX, DEFAULT_COLUMNS, dataloader_workers, first_rows, load_synthetic, prepare_user_data, select_samples,
+)
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS / "synthetic_tiny.yaml"  # the default job: no config file, no data, no model named
@@ -213,9 +215,6 @@ MODE_HELP = {
     "do_predict": "Predict the test split (--test_file, --test_split_name) and write predictions.csv (each row's "
                   "prediction, its score, its label if any, its interaction weights) and predict_results.json.",
 }
-# The most data loader workers `auto` starts per training process: enough to decode a batch's images and audio ahead
-# of the step; more only take cores (and memory) from the training process.
-AUTO_WORKERS_MAX = 4
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -233,24 +232,6 @@ def worker_count(text: str) -> int | None:
     if count < 0:
         raise argparse.ArgumentTypeError(f"expected a number of processes (0 or more) or 'auto', got {text!r}")
     return count
-
-
-def dataloader_workers(requested: int | None) -> int:
-    """The --dataloader_num_workers to train with on this machine. `auto` (None): min(AUTO_WORKERS_MAX, CPUs per
-    training process - 1), at least 0, and logged (`LOCAL_WORLD_SIZE`, set by `accelerate launch` / torchrun, counts
-    the processes sharing the machine). A number above `os.cpu_count()` is lowered to it with a warning: more workers
-    than cores only compete with training for them."""
-    cpus = os.cpu_count() or 1
-    if requested is None:
-        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        workers = max(0, min(AUTO_WORKERS_MAX, cpus // processes - 1))
-        logger.info("dataloader_num_workers=%d (auto: %d CPUs, %d training process(es) on this machine)",
-                    workers, cpus, processes)
-        return workers
-    if requested > cpus:
-        logger.warning("dataloader_num_workers=%d is more than this machine's %d CPUs; using %d", requested, cpus, cpus)
-        return cpus
-    return requested
 
 
 def _or_none(convert):
@@ -490,6 +471,18 @@ def setup_logging() -> None:
     transformers_logging.disable_progress_bar()
 
 
+# Where main() trains, for the resume line after Ctrl-C (None before parsing, and for a run that does not train).
+RUN_FOLDER: dict[str, str | None] = {"output_dir": None}
+# User errors: a wrong column, an unseen label, a missing file, a bad option value.
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def write_json(path: str, values: dict) -> str:
+    with open(path, "w") as f:
+        json.dump(values, f, indent=2, default=float)
+    return path
+
+
 def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     model_args, data_args, training_args, config_file = parse_arguments(sys.argv[1:] if argv is None else argv)
@@ -551,42 +544,31 @@ def main(argv: list[str] | None = None) -> dict:
         if wanted and dataset is not None:
             trainer.compute_metrics = metrics_for(dataset)
             predictions[prefix] = trainer.predict(dataset, metric_key_prefix=prefix)
+    eval_output, predict_output = predictions.get("eval"), predictions.get("predict")
+    metrics = {**(eval_output.metrics if eval_output else {}), **results}
     written = []
     if trainer.is_world_process_zero():
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        eval_metrics = predictions["eval"].metrics if "eval" in predictions else {}
-        if training_args.do_train or eval_metrics:
-            written.append(os.path.join(training_args.output_dir, EVAL_RESULTS))
-            with open(written[-1], "w") as f:
-                json.dump({**eval_metrics, **results}, f, indent=2, default=float)
-        if "eval" in predictions:
-            written += save_plots(predictions["eval"], model.config, os.path.join(final_dir or training_args.output_dir,
-                                                                                   "plots"))
-        if "predict" in predictions:
-            written.append(os.path.join(training_args.output_dir, PREDICTIONS))
-            write_predictions(predictions["predict"], model.config, written[-1])
-            if predictions["predict"].label_ids is not None:  # test metrics need the test labels
-                written.append(os.path.join(training_args.output_dir, PREDICT_RESULTS))
-                with open(written[-1], "w") as f:
-                    json.dump(predictions["predict"].metrics, f, indent=2, default=float)
+        out = training_args.output_dir
+        os.makedirs(out, exist_ok=True)
+        if training_args.do_train or eval_output:
+            written.append(write_json(os.path.join(out, EVAL_RESULTS), metrics))
+        if eval_output:
+            written += save_plots(eval_output, model.config, os.path.join(final_dir or out, "plots"))
+        if predict_output:
+            written.append(os.path.join(out, PREDICTIONS))
+            write_predictions(predict_output, model.config, written[-1])
+            if predict_output.label_ids is not None:  # test metrics need the test labels
+                written.append(write_json(os.path.join(out, PREDICT_RESULTS), predict_output.metrics))
         print_stage_table(model.config, trainer.stage_results if training_args.do_train else {})
         for prefix, dataset in (("eval", evaluation), ("predict", test)):
             if prefix in predictions:
                 print_results(model.config, predictions[prefix].metrics, prefix, len(dataset))
-        model_line = (f"final model: {final_dir}" if final_dir
-                      else f"model: {model_args.model_name_or_path} (not trained)")
+        model_line = f"final model: {final_dir}" if final_dir else f"model: {model_args.model_name_or_path} (not trained)"
         print(f"\nconfig: {config_file or 'none'}; {model_line}; results: {', '.join(written) or 'none'}")
     if push_error is not None:
         raise push_error
     # The final evaluation's metrics, with the stages' (training) and the test split's (--do_predict) under their keys.
-    return {**(predictions["eval"].metrics if "eval" in predictions else {}), **results,
-            **({"predict": predictions["predict"].metrics} if "predict" in predictions else {})}
-
-
-# Where main() trains, for the resume line after Ctrl-C (None before parsing, and for a run that does not train).
-RUN_FOLDER: dict[str, str | None] = {"output_dir": None}
-# User errors: a wrong column, an unseen label, a missing file, a bad option value.
-USER_ERRORS = (ValueError, FileNotFoundError)
+    return {**metrics, "predict": predict_output.metrics} if predict_output else metrics
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -26,6 +26,29 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# The most data loader workers `auto` starts per training process: enough to decode a batch's images and audio ahead
+# of the step; more only take cores (and memory) from the training process.
+AUTO_WORKERS_MAX = 4
+
+
+def dataloader_workers(requested: int | None) -> int:
+    """The --dataloader_num_workers to train with on this machine. `auto` (None): min(AUTO_WORKERS_MAX, CPUs per
+    training process - 1), at least 0, and logged (`LOCAL_WORLD_SIZE`, set by `accelerate launch` / torchrun, counts
+    the processes sharing the machine). A number above `os.cpu_count()` is lowered to it with a warning: more workers
+    than cores only compete with training for them."""
+    cpus = os.cpu_count() or 1
+    if requested is None:
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        workers = max(0, min(AUTO_WORKERS_MAX, cpus // processes - 1))
+        logger.info("dataloader_num_workers=%d (auto: %d CPUs, %d training process(es) on this machine)",
+                    workers, cpus, processes)
+        return workers
+    if requested > cpus:
+        logger.warning("dataloader_num_workers=%d is more than this machine's %d CPUs; using %d", requested, cpus, cpus)
+        return cpus
+    return requested
+
+
 def preset_kwargs(model_args: Any) -> dict:
     """DMILConfig values of the chosen DMIL preset (the library default needs none) and of the speed levers."""
     from ..models.dmil.configuration_dmil import REFERENCE_PRESET
