@@ -403,13 +403,13 @@ def check_splits(training_args: DMILTrainingArguments, evaluation, test) -> None
         training_args.eval_strategy = IntervalStrategy.NO
 
 
-def save_plots(prediction, config, folder: str) -> list[str]:
-    """The final model's plots of one split, drawn from its one prediction pass by
-    `dmil_hf.evaluation.plots.save_plots` (nothing where that function is not there yet)."""
+def save_plots(prediction, config, folder: str, log_history: list, interaction_types: list | None) -> list[str]:
+    """The final model's plots, drawn from the evaluation split's one prediction pass (and the run's log history) by
+    `dmil_hf.evaluation.plots.save_plots`; nothing where that function is not there yet."""
     from dmil_hf.evaluation import plots
 
     draw = getattr(plots, "save_plots", None)
-    return draw(prediction, config, folder) if draw is not None else []
+    return draw(prediction, config, folder, log_history=log_history, interaction_types=interaction_types) if draw else []
 
 
 def run_title(config) -> str:
@@ -512,10 +512,12 @@ def main(argv: list[str] | None = None) -> dict:
             training_args.remove_unused_columns = False  # the collator reads the raw columns
     check_splits(training_args, evaluation, test)
 
-    def metrics_for(dataset):
+    def interaction_types(dataset):
         column = data_args.interaction_type_column_name
-        types = dataset[column] if dataset is not None and column in dataset.column_names else None
-        return make_compute_metrics(model.config, interaction_types=types)
+        return dataset[column] if dataset is not None and column in dataset.column_names else None
+
+    def metrics_for(dataset):
+        return make_compute_metrics(model.config, interaction_types=interaction_types(dataset))
 
     trainer = DMILTrainer(
         model=model, args=training_args, train_dataset=train if training_args.do_train else None,
@@ -553,7 +555,8 @@ def main(argv: list[str] | None = None) -> dict:
         if training_args.do_train or eval_output:
             written.append(write_json(os.path.join(out, EVAL_RESULTS), metrics))
         if eval_output:
-            written += save_plots(eval_output, model.config, os.path.join(final_dir or out, "plots"))
+            written += save_plots(eval_output, model.config, os.path.join(final_dir or out, "plots"),
+                                  trainer.run_log_history, interaction_types(evaluation))
         if predict_output:
             written.append(os.path.join(out, PREDICTIONS))
             write_predictions(predict_output, model.config, written[-1])
