@@ -2,9 +2,9 @@
 """Train, evaluate or predict with a DMIL model (or a joint / ensemble baseline) on DMILTrainer, in the image of
 transformers' examples/pytorch/text-classification/run_classification.py.
 
-    accelerate launch training/run.py                                  # the default job: built-in benchmark, tiny backbones
+    accelerate launch training/run.py                                  # the default job (built-in benchmark)
     accelerate launch training/run.py --output_dir out --max_steps 10  # the same job with two values changed
-    accelerate launch --mixed_precision bf16 training/run.py training/configs/base_pretrained.yaml --train_file my.csv --do_train --do_eval
+    accelerate launch --mixed_precision bf16 training/run.py training/configs/base_pretrained.yaml --train_file my.csv
     python training/run.py --model_name_or_path outputs/dmil-synthetic-tiny/final --do_eval  # evaluate, train nothing
     python training/run.py my.json --stage3_learning_rate 1e-4         # a config file, one value changed
     python training/run.py --help                                      # the job, examples, options by group
@@ -35,7 +35,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from dmil_hf import DMILTrainingArguments
 from dmil_hf.training.data import (
-    AUTO_WORKERS_MAX, DEFAULT_COLUMNS, dataloader_workers, first_rows, load_synthetic, prepare_user_data, select_samples,
+    AUTO_WORKERS_MAX, DEFAULT_COLUMNS, dataloader_workers, first_rows, load_synthetic, prepare_user_data, select_samples
 )
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -79,7 +79,7 @@ class ModelArguments:
         metadata={"help": "'single_label_classification', 'multi_label_classification' or 'regression' (default: "
                           "from the label column's values: lists multi-label, floats a regression, else classes)."},
     )
-    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa' or 'eager' for the backbones."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "'sdpa' or 'eager' for the backbones."})
     check_inputs: bool = field(default=True, metadata={"help": "NaN/label-range checks (one host sync per step)."})
     fast_paths: list[str] | None = field(
         default=None,
@@ -110,7 +110,9 @@ class DataTrainingArguments:
         default=None, metadata={"help": "The dataset's split to evaluate on (default: validation, else test)."}
     )
     test_split_name: str = field(default="test", metadata={"help": "The dataset's split that --do_predict predicts."})
-    text_column_name: str = field(default=DEFAULT_COLUMNS["text_column_name"], metadata={"help": "Column with the text."})
+    text_column_name: str = field(
+        default=DEFAULT_COLUMNS["text_column_name"], metadata={"help": "Column with the text."}
+    )
     image_column_name: str = field(
         default=DEFAULT_COLUMNS["image_column_name"], metadata={"help": "Column with images or image paths."}
     )
@@ -409,7 +411,9 @@ def save_plots(prediction, config, folder: str, log_history: list, interaction_t
     from dmil_hf.evaluation import plots
 
     draw = getattr(plots, "save_plots", None)
-    return draw(prediction, config, folder, log_history=log_history, interaction_types=interaction_types) if draw else []
+    if draw is None:
+        return []
+    return draw(prediction, config, folder, log_history=log_history, interaction_types=interaction_types)
 
 
 def run_title(config) -> str:
@@ -566,7 +570,8 @@ def main(argv: list[str] | None = None) -> dict:
         for prefix, dataset in (("eval", evaluation), ("predict", test)):
             if prefix in predictions:
                 print_results(model.config, predictions[prefix].metrics, prefix, len(dataset))
-        model_line = f"final model: {final_dir}" if final_dir else f"model: {model_args.model_name_or_path} (not trained)"
+        model_line = (f"final model: {final_dir}" if final_dir
+                      else f"model: {model_args.model_name_or_path} (not trained)")
         print(f"\nconfig: {config_file or 'none'}; {model_line}; results: {', '.join(written) or 'none'}")
     if push_error is not None:
         raise push_error

@@ -62,7 +62,8 @@ def preset_kwargs(model_args: Any) -> dict:
 
 
 # ModelArguments fields that name the user's backbones or model, which the synthetic benchmark (its own tiny model
-# and data) cannot use. A saved model of the benchmark itself (--model_name_or_path) is the exception: `synthetic_misfit`.
+# and data) cannot use. A saved model of the benchmark itself (--model_name_or_path) is the exception:
+# `synthetic_misfit`.
 USER_MODEL_FIELDS = ("modality", "text_model", "vision_model", "audio_model", "model_name_or_path")
 # Backbone config fields that the benchmark's generated inputs depend on: token ids, image size and channels.
 SYNTHETIC_INPUT_FIELDS = ("model_type", "vocab_size", "image_size", "num_channels")
@@ -96,7 +97,8 @@ def synthetic_misfit(path: str, expected: PretrainedConfig) -> str | None:
 
 def load_synthetic(data_args: Any, model_args: Any, seed: int):
     """The synthetic benchmark's splits, the tiny model's config and the processor its saved model serves with.
-    `--model_name_or_path` may name a model trained on the benchmark (to evaluate, predict or train on), no other model."""
+    `--model_name_or_path` may name a model trained on the benchmark (to evaluate, predict or train on), no other
+    model."""
     from ..data import SyntheticInteractionSpec, make_interaction_splits, synthetic_processor, tiny_config_for
 
     spec = SyntheticInteractionSpec(
@@ -108,19 +110,20 @@ def load_synthetic(data_args: Any, model_args: Any, seed: int):
     config = tiny_config_for(spec, paradigm=model_args.paradigm, latent_dim=model_args.latent_dim,
                              check_inputs=model_args.check_inputs, **preset_kwargs(model_args))
     given = [f"--{name}" for name in USER_MODEL_FIELDS if name != "model_name_or_path" and getattr(model_args, name)]
-    misfit = synthetic_misfit(model_args.model_name_or_path, config) if model_args.model_name_or_path and not given else None
+    saved = model_args.model_name_or_path
+    misfit = synthetic_misfit(saved, config) if saved and not given else None
     if given or misfit:
         # The benchmark builds its own tiny model: it would train that and ignore the backbones given.
         given = given or ["--model_name_or_path"]
-        reason = f" ({model_args.model_name_or_path}: {misfit})" if misfit else ""
+        reason = f" ({saved}: {misfit})" if misfit else ""
         raise ValueError(
             f"{' and '.join(given)} name{'s' if len(given) == 1 else ''} the model for your own data{reason}, but no "
-            "data was given, and the built-in synthetic benchmark has its own tiny model (--model_name_or_path takes a model "
-            "trained on it). Give the data with --train_file (csv/json/parquet, with --validation_file) or "
-            "--dataset_name "
-            "(a Hub dataset or a save_to_disk folder)"
+            "data was given, and the built-in synthetic benchmark has its own tiny model (--model_name_or_path takes a "
+            "model trained on it). Give the data with --train_file (csv/json/parquet, with --validation_file) or "
+            "--dataset_name (a Hub dataset or a save_to_disk folder)"
         )
-    splits = make_interaction_splits(data_args.synthetic_train_size, data_args.synthetic_eval_size, seed=seed, spec=spec)
+    splits = make_interaction_splits(data_args.synthetic_train_size, data_args.synthetic_eval_size, seed=seed,
+                                     spec=spec)
     return splits["train"], splits["test"], config, synthetic_processor(spec)
 
 
@@ -135,9 +138,9 @@ def _file_format(path: str) -> str:
 
 def load_user_splits(data_args: Any, need_train: bool = True) -> dict[str, Dataset | None]:
     """The user's `train`, `validation` and `test` splits (None where there is none): from `--train_file`,
-    `--validation_file` and `--test_file`, else from a `load_from_disk` folder or a Hub dataset (`--train_split_name`,
-    `--validation_split_name` (default: validation, else test), `--test_split_name`). Without `need_train` (a run that does not
-    train) the training split may be missing."""
+    `--validation_file` and `--test_file`, else from a `load_from_disk` folder or a Hub dataset
+    (`--train_split_name`, `--validation_split_name` (default: validation, else test), `--test_split_name`). Without
+    `need_train` (a run that does not train) the training split may be missing."""
     import datasets
 
     from .. import prepare_media_columns
@@ -163,7 +166,8 @@ def load_user_splits(data_args: Any, need_train: bool = True) -> dict[str, Datas
         if need_train and data_args.train_split_name not in raw:
             raise ValueError(f"no split {data_args.train_split_name!r} in the dataset (splits: {list(raw)})")
         names = {"train": data_args.train_split_name, "test": data_args.test_split_name,
-                 "validation": data_args.validation_split_name or next((s for s in ("validation", "test") if s in raw), None)}
+                 "validation": data_args.validation_split_name
+                 or next((s for s in ("validation", "test") if s in raw), None)}
     # Audio()/Video() columns stay undecoded: the collator decodes their files (soundfile, PyAV); datasets would need
     # torchcodec and FFmpeg to, and fail at the first row it reads.
     raw = prepare_media_columns(raw)
@@ -263,9 +267,9 @@ def parse_modalities(specs: list[str]) -> list:
 
 def modality_columns(data_args: Any, config) -> dict[str, str]:
     """Each of the model's modalities -> the data column it reads: --modality_column_names NAME=COLUMN; else
-    --text_column_name/--image_column_name_name/--audio_column_name for the three-slot modalities (left at its default, the flag's column
-    goes to the modality of that name if there is one, and the three-slot modality reads its own name); else the
-    modality's name."""
+    --text_column_name/--image_column_name/--audio_column_name for the three-slot modalities (left at its default, the
+    flag's column goes to the modality of that name if there is one, and the three-slot modality reads its own name);
+    else the modality's name."""
     overrides = {}
     for item in data_args.modality_column_names or []:
         name, sep, column = item.partition("=")
@@ -274,7 +278,8 @@ def modality_columns(data_args: Any, config) -> dict[str, str]:
         overrides[name] = column
     unknown = sorted(set(overrides) - set(config.modalities))
     if unknown:
-        raise ValueError(f"--modality_column_names names {unknown}, which are not modalities of the model ({config.modalities})")
+        raise ValueError(f"--modality_column_names names {unknown}, which are not modalities of the model "
+                         f"({config.modalities})")
     def column(row) -> str:
         if row.name in overrides:
             return overrides[row.name]
@@ -292,8 +297,8 @@ def modality_columns(data_args: Any, config) -> dict[str, str]:
 
 
 def check_columns(data_args: Any, fields: dict[str, str], splits: dict[str, Dataset | None]) -> None:
-    """Every split must have the column of each DataTrainingArguments field in `fields` (field -> what it is read for). A
-    modality's missing column would otherwise leave the collator without values for it, and the run would train on
+    """Every split must have the column of each DataTrainingArguments field in `fields` (field -> what it is read for).
+    A modality's missing column would otherwise leave the collator without values for it, and the run would train on
     fewer modalities without a word."""
     for split, dataset in splits.items():
         if dataset is None:
@@ -327,8 +332,8 @@ def drop_unused_modality_columns(
 
 def labels_as_names(dataset: Dataset) -> Dataset:
     """A ClassLabel "label" column (or a list of ClassLabel, multi-label) as its class names, so that they are mapped
-    through the model's label2id like string labels (a model loaded with --model_name_or_path may number the same classes
-    differently)."""
+    through the model's label2id like string labels (a model loaded with --model_name_or_path may number the same
+    classes differently)."""
     import datasets
 
     feature = dataset.features["label"]
@@ -422,8 +427,8 @@ def check_labels(
 
 
 def build_user_model_and_processor(model_args: Any, data_args: Any, train: Dataset):
-    """The model and its processor: loaded from --model_name_or_path (labels and all), or built from the backbones with the
-    training data's labels (`label_maps`)."""
+    """The model and its processor: loaded from --model_name_or_path (labels and all), or built from the backbones with
+    the training data's labels (`label_maps`)."""
     from transformers import AutoFeatureExtractor, AutoTokenizer
 
     from .. import DMILForMultimodalClassification, DMILProcessor
@@ -435,18 +440,23 @@ def build_user_model_and_processor(model_args: Any, data_args: Any, train: Datas
         processor = DMILProcessor.from_pretrained(model_args.model_name_or_path)
         saved = model.config.problem_type
         if saved is not None and model_args.problem_type not in (None, saved):
-            raise ValueError(f"--problem_type {model_args.problem_type} but the model from --model_name_or_path is a {saved} model")
+            raise ValueError(f"--problem_type {model_args.problem_type} but the model from --model_name_or_path is a "
+                             f"{saved} model")
         if saved is None and (train is not None or model_args.problem_type):
             # Saved before its first forward with labels: the data say it, as the model's would (a run that does not
             # train leaves it to the model's first forward).
-            model.config.problem_type = (model_args.problem_type if train is None
-                                         else data_problem_type(train, data_args.label_column_name, model_args.problem_type))
+            model.config.problem_type = (
+                model_args.problem_type if train is None
+                else data_problem_type(train, data_args.label_column_name, model_args.problem_type)
+            )
     else:
         problem_type = data_problem_type(train, data_args.label_column_name, model_args.problem_type)
         id2label = label_maps(train, data_args.label_column_name, problem_type)
         slots = {"text": model_args.text_model, "vision": model_args.vision_model, "audio": model_args.audio_model}
         if model_args.modality and any(slots.values()):
-            raise ValueError("give the backbones either with --modality or with --text_model/--vision_model/--audio_model")
+            raise ValueError(
+                "give the backbones either with --modality or with --text_model/--vision_model/--audio_model"
+            )
         if model_args.modality:
             table = parse_modalities(model_args.modality)
             backbones = {"modality_table": table}
@@ -496,7 +506,8 @@ def prepare_user_data(model_args: Any, data_args: Any, need_train: bool = True):
             if dataset is not None and column not in dataset.column_names:
                 raise ValueError(
                     f"the {split} data has no {column!r} column for the model's {modality} backbone (columns: "
-                    f"{dataset.column_names}); set --{MODALITY_COLUMN_FIELDS.get(modality, 'modality_column_names')} to the "
+                    f"{dataset.column_names}); set "
+                    f"--{MODALITY_COLUMN_FIELDS.get(modality, 'modality_column_names')} to the "
                     "column that holds it"
                 )
     for split, dataset in splits.items():

@@ -172,5 +172,6 @@ def test_ctrl_c_ends_with_one_line_saying_how_to_resume(run, monkeypatch, tmp_pa
     out = tmp_path / "out"
     assert run.cli([*TINY, "--output_dir", str(out)]) == 130
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines[-1] == f"interrupted: continue with the same command and --resume_from_checkpoint true --output_dir {out}"
+    resume = f"interrupted: continue with the same command and --resume_from_checkpoint true --output_dir {out}"
+    assert lines[-1] == resume
     assert sum("interrupted" in line for line in lines) == 1
