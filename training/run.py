@@ -9,13 +9,11 @@ transformers' examples/pytorch/text-classification/run_classification.py.
     python training/run.py my.json --stage3_learning_rate 1e-4         # a config file, one value changed
     python training/run.py --help                                      # the job, examples, options by group
 
-Arguments are three dataclasses parsed by `HfArgumentParser`: `ModelArguments`, `DataTrainingArguments` and
-`DMILTrainingArguments` (transformers' `TrainingArguments` plus DMIL's stages and LoRA). A leading `.yaml`/`.yml`/
-`.json` file gives the base values and flags override them one by one (`parse_arguments`). `--do_train`, `--do_eval`
-and `--do_predict` are false unless given, as in transformers' example scripts; the default job's config sets the
-first two. At the end, each split goes through the model once (`Trainer.predict`), and that one pass gives the
-metrics, the per-interaction-type table, the plots and predictions.csv. The script has no Accelerate code of its own:
-devices, mixed precision and distribution (DDP/FSDP/DeepSpeed) come from `accelerate launch` through the Trainer.
+HfArgumentParser over ModelArguments, DataTrainingArguments and DMILTrainingArguments (TrainingArguments plus DMIL's
+stages and LoRA); a leading config file gives the base values and flags override them (`parse_arguments`, `--help`).
+--do_train / --do_eval / --do_predict are false unless given; the default job's config sets the first two. At the end
+each split goes through the model once (`Trainer.predict`), for the metrics, the tables, the plots and predictions.csv.
+Devices, mixed precision and distribution come from `accelerate launch` through the Trainer.
 """
 
 from __future__ import annotations
@@ -66,9 +64,7 @@ class ModelArguments:
                           "--modality rgb:video:google/vit-base-patch16-224:8 audio:audio:facebook/wav2vec2-base. "
                           "Each modality reads the column of its name (see --modality_column_names)."},
     )
-    paradigm: str = field(
-        default="dmil", metadata={"help": "'dmil', 'joint', 'ensemble', 'two_stage' or 'i2m2'."}
-    )
+    paradigm: str = field(default="dmil", metadata={"help": "'dmil', 'joint', 'ensemble', 'two_stage' or 'i2m2'."})
     dmil_preset: str = field(
         default="default",
         metadata={"help": "'default' (the library's DMIL) or 'reference' (DMILConfig.reference(): the authors' code)."},
@@ -102,33 +98,19 @@ class DataTrainingArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "The `datasets` configuration name."})
     train_file: str | None = field(default=None, metadata={"help": "A csv/json/jsonl/parquet training file."})
     validation_file: str | None = field(default=None, metadata={"help": "A csv/json/jsonl/parquet evaluation file."})
-    test_file: str | None = field(
-        default=None, metadata={"help": "A csv/json/jsonl/parquet file that --do_predict predicts (labels optional)."}
-    )
+    test_file: str | None = field(default=None, metadata={"help": "A csv/json/jsonl/parquet file to predict."})
     train_split_name: str = field(default="train", metadata={"help": "The dataset's split to train on."})
-    validation_split_name: str | None = field(
-        default=None, metadata={"help": "The dataset's split to evaluate on (default: validation, else test)."}
-    )
+    validation_split_name: str | None = field(default=None, metadata={"help": "Split to evaluate (validation/test)."})
     test_split_name: str = field(default="test", metadata={"help": "The dataset's split that --do_predict predicts."})
-    text_column_name: str = field(
-        default=DEFAULT_COLUMNS["text_column_name"], metadata={"help": "Column with the text."}
-    )
-    image_column_name: str = field(
-        default=DEFAULT_COLUMNS["image_column_name"], metadata={"help": "Column with images or image paths."}
-    )
-    audio_column_name: str = field(
-        default=DEFAULT_COLUMNS["audio_column_name"], metadata={"help": "Column with waveforms or audio paths."}
-    )
-    label_column_name: str = field(
-        default="label", metadata={"help": "Column with the labels (class ids or names, lists, or values)."}
-    )
+    text_column_name: str = field(default=DEFAULT_COLUMNS["text_column_name"], metadata={"help": "Text column."})
+    image_column_name: str = field(default=DEFAULT_COLUMNS["image_column_name"], metadata={"help": "Image column."})
+    audio_column_name: str = field(default=DEFAULT_COLUMNS["audio_column_name"], metadata={"help": "Audio column."})
+    label_column_name: str = field(default="label", metadata={"help": "Label column (classes, lists or values)."})
     modality_column_names: list[str] | None = field(
         default=None,
         metadata={"help": "NAME=COLUMN for a --modality whose column is not named after it, e.g. rgb=frames."},
     )
-    interaction_type_column_name: str = field(
-        default="interaction_type", metadata={"help": "Optional column with known interaction types, for metrics."}
-    )
+    interaction_type_column_name: str = field(default="interaction_type", metadata={"help": "Known types, if any."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the prediction set."})
