@@ -541,8 +541,11 @@ def main(argv: list[str] | None = None) -> dict:
         if training_args.do_train or eval_output:
             written.append(write_json(os.path.join(out, EVAL_RESULTS), metrics))
         if eval_output:
-            written += save_plots(eval_output, model.config, os.path.join(final_dir or out, "plots"),
-                                  trainer.run_log_history, interaction_types(evaluation))
+            plots = save_plots(eval_output, model.config, os.path.join(final_dir or out, "plots"),
+                               trainer.run_log_history, interaction_types(evaluation))
+            if plots and final_dir:
+                trainer.write_model_card(final_dir)  # the card written with final/ links the plots drawn since
+            written += plots
         if predict_output:
             written.append(os.path.join(out, PREDICTIONS))
             write_predictions(predict_output, model.config, written[-1])
