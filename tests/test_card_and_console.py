@@ -103,15 +103,13 @@ def test_progress_has_no_nested_evaluation_bar_while_a_stage_trains():
 
 @pytest.mark.parametrize("paradigm", ["dmil", "joint"])
 def test_cli_report_names_the_paradigm_and_its_columns(paradigm, capsys):
-    from types import SimpleNamespace
-
     from test_cli import import_cli
 
     run = import_cli()
     config = make_config(("text", "vision"), paradigm=paradigm)
     metrics = {"eval_accuracy": 0.5, "eval_accuracy_R": 0.75, "eval_gate_redundancy_R": 0.4}
-    trainer = SimpleNamespace(model=SimpleNamespace(config=config), stage_results={1: {"eval_accuracy": 0.5}})
-    run.print_report(trainer, metrics)
+    run.print_stage_table(config, {1: {"eval_accuracy": 0.5}})
+    run.print_results(config, metrics, "eval", 4)
     out = capsys.readouterr().out
     if paradigm == "dmil":
         assert "== DMIL run: per-stage results ==" in out
@@ -119,7 +117,7 @@ def test_cli_report_names_the_paradigm_and_its_columns(paradigm, capsys):
         assert "| R | 0.7500 | 0.400 | - | - | - |" in out
     else:
         assert "== joint baseline run: per-stage results ==" in out and "DMIL run" not in out
-        assert "== final model: accuracy per interaction type ==" in out
+        assert "== final model, eval split: accuracy per interaction type ==" in out
         assert "| type | accuracy |\n|---|---|\n| R | 0.7500 |\n" in out
 
 

@@ -46,7 +46,7 @@ def test_config_file_and_overrides_are_one_parser(tmp_path):
     config.write_text("paradigm: joint\nstage1_learning_rate: 0.5\nlora_target_modules: [query, value]\nbf16: false\n")
     model_args, data_args, args, used = run.parse_arguments([str(config), "--stage1_learning_rate", "0.25"])
     assert used == str(config) and model_args.paradigm == "joint" and args.stage1_learning_rate == 0.25
-    assert args.lora_target_modules == ["query", "value"] and data_args.dataset == "synthetic"
+    assert args.lora_target_modules == ["query", "value"] and data_args.dataset_name == "synthetic"
     _, _, default_args, used = run.parse_arguments([])
     assert used.endswith("synthetic_tiny.yaml") and default_args.output_dir == "outputs/dmil-synthetic-tiny"
 
@@ -64,19 +64,21 @@ def test_every_shipped_config_parses(name):
 def test_user_data_from_disk_and_label_maps(tmp_path):
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-    run = import_cli()
+    from dmil_hf.training import data as run_data
+
     features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
     data = Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 1]}, features=features)
     DatasetDict(train=data, test=data.select([0])).save_to_disk(tmp_path / "ds")
-    train, evaluation = run.load_user_data(run.DataArguments(dataset=str(tmp_path / "ds")))
+    run = import_cli()
+    train, evaluation = run_data.load_user_data(run.DataTrainingArguments(dataset_name=str(tmp_path / "ds")))
     assert len(train) == 3 and len(evaluation) == 1  # "test" is the evaluation split when there is no validation
-    assert run.label_maps(train, "label") == {0: "neg", 1: "pos"}
+    assert run_data.label_maps(train, "label") == {0: "neg", 1: "pos"}
     strings = Dataset.from_dict({"y": ["sad", "happy", "sad"]})
-    assert run.label_maps(strings, "y") == {0: "happy", 1: "sad"}
+    assert run_data.label_maps(strings, "y") == {0: "happy", 1: "sad"}
     with pytest.raises(ValueError, match="label column 'emotion' not in the dataset"):
-        run.label_maps(strings, "emotion")
+        run_data.label_maps(strings, "emotion")
     with pytest.raises(ValueError, match="no split 'training'"):
-        run.load_user_data(run.DataArguments(dataset=str(tmp_path / "ds"), train_split="training"))
+        run_data.load_user_data(run.DataTrainingArguments(dataset_name=str(tmp_path / "ds"), train_split_name="training"))
 
 
 def test_synthetic_run_writes_final_model_and_results(tmp_path):
@@ -126,9 +128,9 @@ def test_user_csv_with_file_paths_and_pretrained_backbones(tmp_path):
     backbones = _write_user_dataset(tmp_path)
     out_dir = tmp_path / "out"
     run_cli([
-        "--text_model", backbones["text"], "--vision_model", backbones["vision"], "--audio_model", backbones["audio"],
+        "--do_train", "--text_model", backbones["text"], "--vision_model", backbones["vision"], "--audio_model", backbones["audio"],
         "--train_file", str(tmp_path / "train.csv"), "--validation_file", str(tmp_path / "train.csv"),
-        "--label_column", "emotion", "--latent_dim", "16", "--output_dir", str(out_dir), "--max_steps", "2",
+        "--label_column_name", "emotion", "--latent_dim", "16", "--output_dir", str(out_dir), "--max_steps", "2",
         "--per_device_train_batch_size", "8", "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true",
     ], tmp_path)
     final = out_dir / "final"
@@ -144,7 +146,7 @@ def test_user_csv_with_file_paths_and_pretrained_backbones(tmp_path):
 
 def test_modality_table_on_the_command_line_rgb_flow_audio(tmp_path):
     """--modality NAME:KIND:BACKBONE[:FRAMES]: two video modalities of one image backbone and audio, from a JSON file
-    whose video columns hold lists of frame files (one named after its modality, one through --modality_column)."""
+    whose video columns hold lists of frame files (one named after its modality, one through --modality_column_names)."""
     backbones = _write_user_dataset(tmp_path)
     rows = []
     for i in range(12):
@@ -155,7 +157,7 @@ def test_modality_table_on_the_command_line_rgb_flow_audio(tmp_path):
     out_dir = tmp_path / "out"
     run_cli([
         "--modality", f"rgb:video:{backbones['vision']}:3", f"flow:video:{backbones['vision']}",
-        f"audio:audio:{backbones['audio']}", "--modality_column", "flow=optical_flow",
+        f"audio:audio:{backbones['audio']}", "--modality_column_names", "flow=optical_flow", "--do_train",
         "--train_file", str(tmp_path / "video.json"), "--latent_dim", "16", "--output_dir", str(out_dir),
         "--max_steps", "1", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--report_to", "none",
         "--use_cpu", "true",

@@ -76,15 +76,12 @@ def test_booleans_lists_and_none_override_a_config_file(tmp_path, flags, expecte
     assert {key: values[key] for key in expected} == expected
 
 
-def test_report_to_takes_a_list_from_the_config_file_and_the_command_line(tmp_path):
-    """transformers types report_to as one string, so HfArgumentParser alone refuses a config file's list."""
+def test_report_to_takes_a_list_from_the_config_file(tmp_path):
+    """transformers types report_to as one string; a config file's list is the parser's default as it is."""
     run = import_cli()
-    parser = run.RunArgumentParser()
-    namespace, _ = parser.parse_known_args(["--report_to", "tensorboard", "wandb"])
-    assert namespace.report_to == ["tensorboard", "wandb"]
-    namespace, _ = parser.parse_known_args(["--report_to", "tensorboard", "wandb", "--report_to", "none"])
-    assert namespace.report_to == "none"  # one value stays a string, as TrainingArguments documents it
     config = tmp_path / "job.yaml"
+    config.write_text("report_to: [tensorboard]\n")
+    assert run.parse_arguments([str(config)])[2].report_to == ["tensorboard"]
     config.write_text("report_to: [none]\n")
     assert run.parse_arguments([str(config)])[2].report_to == []
     assert run.parse_arguments([str(config), "--report_to", "none"])[2].report_to == []
@@ -112,7 +109,7 @@ def test_help_leads_with_usage_and_the_config_file_then_groups_dmil_before_train
     options = help_text[help_text.index("\noptions:\n"):]
     titles = [line for line in options.splitlines() if line and not line[0].isspace() and line.endswith(":")]
     assert titles == ["options:", f"{run.ModelArguments._argument_group_name}:",
-                      f"{run.DataArguments._argument_group_name}:", f"{run.DMIL_GROUP}:", f"{run.TRAINER_GROUP}:"]
+                      f"{run.DataTrainingArguments._argument_group_name}:", f"{run.DMIL_GROUP}:", f"{run.TRAINER_GROUP}:"]
 
     def section(title):
         start = options.index(f"\n{title}\n")
@@ -126,12 +123,12 @@ def test_help_leads_with_usage_and_the_config_file_then_groups_dmil_before_train
     for option in ("--learning_rate", "--num_train_epochs", "--output_dir", "--bf16", "--report_to"):
         assert f"  {option} " in trainer and f"  {option} " not in dmil, option
     assert "  --latent_dim " in section(f"{run.ModelArguments._argument_group_name}:")
-    assert "  --train_file " in section(f"{run.DataArguments._argument_group_name}:")
+    assert "  --train_file " in section(f"{run.DataTrainingArguments._argument_group_name}:")
 
 
 def test_every_option_is_listed_once_in_help():
     run = import_cli()
-    parser = run.RunArgumentParser()
+    parser = run.make_parser()
     listed = [action for group in parser._action_groups for action in group._group_actions]
     assert sorted(map(id, listed)) == sorted(map(id, parser._actions))
 
@@ -198,8 +195,11 @@ def test_documented_command_parses(command, tmp_path):
         else:  # an example name like my.json: an empty job of that name
             (tmp_path / os.path.basename(arguments[0])).write_text("{}")
             arguments = [str(tmp_path / os.path.basename(arguments[0])), *arguments[1:]]
-    config_file, flags = run.split_config_file(arguments)
-    namespace, unknown = run.RunArgumentParser().parse_known_args(run.config_flags(config_file) + flags)
+    config_file, flags = run.split_config_file(run.rename_deprecated(arguments))
+    parser = run.make_parser()
+    if config_file:
+        parser.set_defaults(**run.config_values(config_file, parser))
+    namespace, unknown = parser.parse_known_args(flags)
     assert unknown == []
     if not namespace.bf16:
         model_args, data_args, args, _ = run.parse_arguments(arguments)
@@ -244,7 +244,7 @@ def machine(monkeypatch):
 def test_dataloader_workers_unset_follow_the_machine(machine, caplog, cpus, processes, expected):
     run = import_cli()
     machine(cpus, processes)
-    with caplog.at_level("INFO", logger=run.logger.name):
+    with caplog.at_level("INFO", logger="dmil_hf.training.data"):
         args = run.parse_arguments([BASE_PRETRAINED, "--bf16", "false"])[2]
     assert args.dataloader_num_workers == expected
     # Said once per run (parse_arguments read --do_eval with a second parse that logged it again).
@@ -261,7 +261,7 @@ def test_dataloader_workers_unset_follow_the_machine(machine, caplog, cpus, proc
 def test_dataloader_workers_set_are_kept(machine, caplog, argv, cpus, expected):
     run = import_cli()
     machine(cpus)
-    with caplog.at_level("INFO", logger=run.logger.name):
+    with caplog.at_level("INFO", logger="dmil_hf.training.data"):
         assert run.parse_arguments(argv)[2].dataloader_num_workers == expected
     assert "dataloader_num_workers" not in caplog.text
 
@@ -269,7 +269,7 @@ def test_dataloader_workers_set_are_kept(machine, caplog, argv, cpus, expected):
 def test_dataloader_workers_above_the_cpu_count_are_capped_with_a_warning(machine, caplog, tmp_path):
     run = import_cli()
     machine(2)
-    with caplog.at_level("WARNING", logger=run.logger.name):
+    with caplog.at_level("WARNING", logger="dmil_hf.training.data"):
         assert run.parse_arguments(["--dataloader_num_workers", "8"])[2].dataloader_num_workers == 2
     assert caplog.text.count("dataloader_num_workers=8 is more than this machine's 2 CPUs; using 2") == 1
     config = tmp_path / "job.yaml"
@@ -291,17 +291,19 @@ def test_a_modality_named_like_a_three_slot_column_reads_that_column():
     from dmil_hf import DMILConfig, Modality
     from dmil_hf.testing_utils import tiny_vision_config
 
+    from dmil_hf.training import data as run_data
+
     run = import_cli()
     config = DMILConfig(modality_table=[Modality("vision", "image", tiny_vision_config()),
                                         Modality("image", "video", tiny_vision_config(), num_frames=2)],
                         num_labels=2, latent_dim=8)
-    assert run.modality_columns(run.DataArguments(), config) == {"vision": "vision", "image": "image"}
-    assert run.modality_columns(run.DataArguments(image_column="photo"), config) == {"vision": "photo", "image": "image"}
+    assert run_data.modality_columns(run.DataTrainingArguments(), config) == {"vision": "vision", "image": "image"}
+    assert run_data.modality_columns(run.DataTrainingArguments(image_column_name="photo"), config) == {"vision": "photo", "image": "image"}
     from dmil_hf.testing_utils import tiny_audio_config
 
     three_slot = DMILConfig(vision_config=tiny_vision_config(), audio_config=tiny_audio_config(), num_labels=2,
                             latent_dim=8)
-    assert run.modality_columns(run.DataArguments(), three_slot) == {"vision": "image", "audio": "audio"}
+    assert run_data.modality_columns(run.DataTrainingArguments(), three_slot) == {"vision": "image", "audio": "audio"}
 
 
 def test_the_column_a_modality_reads_is_never_dropped_as_an_unused_three_slot_column():
@@ -313,12 +315,14 @@ def test_the_column_a_modality_reads_is_never_dropped_as_an_unused_three_slot_co
     from dmil_hf import DMILConfig, Modality
     from dmil_hf.testing_utils import tiny_audio_config, tiny_feature_encoder_config
 
+    from dmil_hf.training import data as run_data
+
     run = import_cli()
     config = DMILConfig(modality_table=[Modality("image", "features", tiny_feature_encoder_config()),
                                         Modality("audio", "audio", tiny_audio_config())], num_labels=2, latent_dim=8)
-    data_args = run.DataArguments()
-    columns = run.modality_columns(data_args, config)
+    data_args = run.DataTrainingArguments()
+    columns = run_data.modality_columns(data_args, config)
     assert columns == {"image": "image", "audio": "audio"}
     data = Dataset.from_dict({"image": [[[0.0] * 6]], "audio": ["a.wav"], "text": ["a cat"], "label": [0]})
-    kept = run.drop_unused_modality_columns(data_args, config.modalities, data, read=set(columns.values()))
+    kept = run_data.drop_unused_modality_columns(data_args, config.modalities, data, read=set(columns.values()))
     assert kept.column_names == ["image", "audio", "label"]

@@ -75,7 +75,7 @@ def backbone_flags(backbones, modalities=("text", "vision", "audio")):
 
 def run_until_training(tmp_path, *args):
     run = import_cli()
-    argv = [*args, "--latent_dim", "16", "--output_dir", str(tmp_path / "out"), "--report_to", "none",
+    argv = [*args, "--do_train", "--latent_dim", "16", "--output_dir", str(tmp_path / "out"), "--report_to", "none",
             "--use_cpu", "true", "--save_strategy", "no"]
     with pytest.raises(StopBeforeTraining):
         run.main(argv)
@@ -99,7 +99,7 @@ def rows_of(folder, labels):
 def test_init_from_maps_string_labels_with_the_models_label2id(user_data, init_from, tmp_path, stop_at_training):
     folder, _ = user_data
     recorded = run_until_training(
-        tmp_path, "--init_from", str(init_from), "--train_file", str(folder / "train.csv"), "--label_column", "emotion"
+        tmp_path, "--model_name_or_path", str(init_from), "--train_file", str(folder / "train.csv"), "--label_column_name", "emotion"
     )
     model, collator = recorded["model"], recorded["data_collator"]
     assert model.config.id2label == MODEL_LABELS
@@ -119,7 +119,7 @@ def test_init_from_maps_class_label_names_with_the_models_label2id(user_data, in
                               "audio": [str(r[2]) for r in rows], "label": [names.index(r[3]) for r in rows]})
     data = data.cast_column("label", ClassLabel(names=names))
     DatasetDict(train=data).save_to_disk(tmp_path / "ds")
-    recorded = run_until_training(tmp_path, "--init_from", str(init_from), "--dataset", str(tmp_path / "ds"))
+    recorded = run_until_training(tmp_path, "--model_name_or_path", str(init_from), "--dataset_name", str(tmp_path / "ds"))
     batch = recorded["data_collator"]([recorded["train_dataset"][i] for i in range(4)])
     assert [MODEL_LABELS[i] for i in batch["labels"].tolist()] == ["happy", "sad", "sad", "happy"]
 
@@ -131,7 +131,7 @@ def test_init_from_refuses_labels_the_model_does_not_know(user_data, init_from, 
     unknown = r"training label\(s\) \['angry'\] are not classes of the model \(its labels: \['happy', 'sad'\]"
     with pytest.raises(ValueError, match=unknown):
         run_until_training(
-            tmp_path, "--init_from", str(init_from), "--train_file", str(csv), "--label_column", "emotion"
+            tmp_path, "--model_name_or_path", str(init_from), "--train_file", str(csv), "--label_column_name", "emotion"
         )
     assert stop_at_training.last is None
 
@@ -149,7 +149,7 @@ def test_configured_modality_without_its_column_is_an_error(user_data, tmp_path,
         r"the training data has no 'image' column for the model's vision backbone \(columns: "
         r"\['text', 'image_path', 'audio', 'emotion'\]\); set --image_column"
     )):
-        run_until_training(tmp_path, *backbone_flags(backbones), "--train_file", str(csv), "--label_column", "emotion")
+        run_until_training(tmp_path, *backbone_flags(backbones), "--train_file", str(csv), "--label_column_name", "emotion")
     assert stop_at_training.last is None
 
 
@@ -160,7 +160,7 @@ def test_column_of_a_modality_without_a_backbone_is_left_unused(user_data, tmp_p
     # The collator would otherwise hand the audio paths to a processor without a feature extractor.
     recorded = run_until_training(
         tmp_path, *backbone_flags(backbones, ("text", "vision")), "--train_file", str(csv),
-        "--label_column", "emotion", "--image_column", "image_path",
+        "--label_column_name", "emotion", "--image_column_name", "image_path",
     )
     assert recorded["model"].config.modalities == ["text", "vision"]
     assert "audio" not in recorded["train_dataset"].column_names
@@ -187,14 +187,14 @@ def test_validation_label_unseen_in_training_is_an_error_before_training(
     validation = write_csv(tmp_path / "validation.csv", header, rows_of(folder, eval_labels))
     with pytest.raises(ValueError, match=r"label\(s\) " + unseen.replace("[", r"\[").replace("]", r"\]")):
         run_until_training(tmp_path, *backbone_flags(backbones), "--train_file", str(train),
-                           "--validation_file", str(validation), "--label_column", "emotion")
+                           "--validation_file", str(validation), "--label_column_name", "emotion")
     assert stop_at_training.last is None
 
 
 def test_text_max_length_comes_from_the_text_backbone(user_data, tmp_path, stop_at_training):
     folder, backbones = user_data
     recorded = run_until_training(tmp_path, *backbone_flags(backbones), "--train_file", str(folder / "train.csv"),
-                                  "--label_column", "emotion")
+                                  "--label_column_name", "emotion")
     processor = recorded["processing_class"]
     assert processor.text_max_length == 66  # the tiny BERT's max_position_embeddings
 
@@ -210,7 +210,7 @@ def test_regression_and_multi_label_data_set_the_problem_type(user_data, tmp_pat
     folder, backbones = user_data
     csv = write_csv(tmp_path / "train.csv", ["text", "image", "audio", "score"], rows_of(folder, [0.5, -1.25, 2.0, 0.0]))
     recorded = run_until_training(tmp_path, *backbone_flags(backbones, ("text", "vision")), "--train_file", str(csv),
-                                  "--label_column", "score")
+                                  "--label_column_name", "score")
     config = recorded["model"].config
     assert (config.problem_type, config.num_labels) == ("regression", 1)
     batch = recorded["data_collator"]([recorded["train_dataset"][i] for i in range(2)])
@@ -222,7 +222,7 @@ def test_regression_and_multi_label_data_set_the_problem_type(user_data, tmp_pat
     jsonl = tmp_path / "train.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in rows))
     recorded = run_until_training(tmp_path, *backbone_flags(backbones, ("text", "vision")), "--train_file", str(jsonl),
-                                  "--label_column", "tags")
+                                  "--label_column_name", "tags")
     config = recorded["model"].config
     assert config.problem_type == "multi_label_classification" and config.id2label == {0: "calm", 1: "happy", 2: "sad"}
     batch = recorded["data_collator"]([recorded["train_dataset"][i] for i in range(3)])
@@ -271,11 +271,13 @@ def test_a_saved_test_split_of_class_label_minus_one_has_no_labels(user_data, tm
 
     DatasetDict(train=split([0, 1]), validation=split([1, 0]), test=split([-1, -1])).save_to_disk(tmp_path / "ds")
     run = import_cli()
-    model_args, data_args, _, _ = run.parse_arguments([*backbone_flags(backbones), "--dataset", str(tmp_path / "ds"),
+    model_args, data_args, _, _ = run.parse_arguments([*backbone_flags(backbones), "--dataset_name", str(tmp_path / "ds"),
                                                        "--do_predict", "true", "--latent_dim", "16"])
     _, _, _, splits = run.prepare_user_data(model_args, data_args)
     assert "label" not in splits["test"].column_names
-    assert run.has_labels(split([-1, 0])) and not run.has_labels(split([-1, -1]))
+    from dmil_hf.training.data import has_labels
+
+    assert has_labels(split([-1, 0])) and not has_labels(split([-1, -1]))
 
 
 def _predictions(run, tmp_path, config, logits, labels, weights=None):
@@ -288,7 +290,9 @@ def _predictions(run, tmp_path, config, logits, labels, weights=None):
     if weights is not None:
         outputs["interaction_weights"] = np.asarray(weights, dtype=np.float32)
     path = tmp_path / f"{config.problem_type}.csv"
-    run.write_predictions(types.SimpleNamespace(predictions=outputs, label_ids=labels), config, str(path))
+    from dmil_hf.evaluation.predictions import write_predictions
+
+    write_predictions(types.SimpleNamespace(predictions=outputs, label_ids=labels), config, str(path))
     with open(path) as f:
         return list(csv.DictReader(f))
 

@@ -238,9 +238,9 @@ def test_cli_trains_on_a_saved_dataset_with_media_columns(sources, tmp_path):
     DatasetDict(train=data, validation=data.select([1, 2])).save_to_disk(tmp_path / "ds")
     run = import_cli()
     metrics = run.main([
-        "--dataset", str(tmp_path / "ds"),
+        "--do_train", "--do_eval", "--dataset_name", str(tmp_path / "ds"),
         "--modality", f"vision:image:{backbones['vision']}", f"rgb:video:{backbones['vision']}:2",
-        f"audio:audio:{backbones['audio']}", f"facs:features:{backbones['facs']}", "--modality_column", "rgb=clip",
+        f"audio:audio:{backbones['audio']}", f"facs:features:{backbones['facs']}", "--modality_column_names", "rgb=clip",
         "--latent_dim", "16", "--max_steps", "1", "--per_device_train_batch_size", str(N),
         "--output_dir", str(tmp_path / "out"), "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true",
         "--dataloader_num_workers", "0", "--disable_tqdm", "true",

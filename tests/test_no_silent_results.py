@@ -263,12 +263,12 @@ def test_interaction_weights_default_collator_reads_every_row(text_vision_model)
 @pytest.mark.parametrize("flags", [
     ["--modality", "rgb:video:some/vit:8", "audio:audio:some/wav2vec2"],
     ["--text_model", "some/bert", "--vision_model", "some/vit"],
-    ["--init_from", "some/dmil"],
+    ["--model_name_or_path", "some/dmil"],
 ])
 def test_cli_model_flags_without_data_are_refused(tmp_path, flags):
     run = import_cli()
-    with pytest.raises(ValueError, match=r"--(modality|text_model|init_from).* but no data was given.*--train_file"):
+    with pytest.raises(ValueError, match=r"--(modality|text_model|model_name_or_path).* but no data was given.*--train_file"):
         # (Small and short, as the run it used to start instead was the synthetic one.)
-        run.main([*flags, "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--use_cpu", "true",
+        run.main([*flags, "--do_train", "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--use_cpu", "true",
                   "--synthetic_train_size", "16", "--synthetic_eval_size", "8", "--max_steps", "1", "--stages", "1"])
     assert not (tmp_path / "out").exists()

@@ -1,5 +1,5 @@
 """Your own data, first to last: the README's recipe (example csv, tiny saved backbones, one command) run through
-training/run.py on the own-data job, then --do_train false evaluating and predicting with its saved model without
+training/run.py on the own-data job, then --do_eval / --do_predict evaluating and predicting with its saved model without
 touching it, and the offline MiniLM helper."""
 
 import csv
@@ -56,7 +56,9 @@ def trained(tmp_path_factory):
     finally:
         os.chdir(cwd)
     assert command[:2] == ["python", "training/run.py"]
-    stdout = run_cli([*command[2:], *SHORT_STAGES], folder)
+    # --do_train / --do_eval are false unless given (transformers' example scripts' rule); added here for a README
+    # command that does not name them yet, harmless where it does.
+    stdout = run_cli([*command[2:], "--do_train", "--do_eval", *SHORT_STAGES], folder)
     return folder, stdout
 
 
@@ -82,15 +84,15 @@ def test_evaluate_only_scores_the_saved_model_and_changes_nothing(trained, tmp_p
     run = import_cli()
     run_dir = folder / "outputs" / "dmil-own-data"
     before = snapshot(run_dir)
-    data = ["--validation_file", str(folder / "my_data" / "validation.csv"), "--image_column", "image_path",
-            "--audio_column", "wav_path", "--dataloader_num_workers", "0"]
+    data = ["--validation_file", str(folder / "my_data" / "validation.csv"), "--image_column_name", "image_path",
+            "--audio_column_name", "wav_path", "--dataloader_num_workers", "0"]
     cwd = os.getcwd()
     os.chdir(folder)  # the csv's media paths are relative to the recipe's folder
     try:
         # Into the training run's own folder: refused before anything runs, as its eval_results.json is there.
         with pytest.raises(ValueError, match="already holds eval_results.json"):
-            run.main(["--init_from", str(run_dir / "final"), "--do_train", "false", *data, "--output_dir", str(run_dir)])
-        metrics = run.main(["--init_from", str(run_dir / "final"), "--do_train", "false", *data,
+            run.main(["--model_name_or_path", str(run_dir / "final"), "--do_eval", *data, "--output_dir", str(run_dir)])
+        metrics = run.main(["--model_name_or_path", str(run_dir / "final"), "--do_eval", *data,
                             "--output_dir", str(tmp_path / "eval")])
     finally:
         os.chdir(cwd)
@@ -114,8 +116,8 @@ def test_predict_writes_each_rows_label_score_and_interaction_weights(trained, t
         writer.writeheader()
         writer.writerows({k: os.path.join(folder, v) if k != "text" else v for k, v in row.items() if k != "label"}
                          for row in rows)
-    run.main(["--init_from", str(final), "--do_train", "false", "--do_eval", "false", "--do_predict", "true",
-              "--test_file", str(unlabelled), "--image_column", "image_path", "--audio_column", "wav_path",
+    run.main(["--model_name_or_path", str(final), "--do_train", "false", "--do_eval", "false", "--do_predict", "true",
+              "--test_file", str(unlabelled), "--image_column_name", "image_path", "--audio_column_name", "wav_path",
               "--output_dir", str(tmp_path / "predict"), "--dataloader_num_workers", "0"])
     assert sorted(os.listdir(tmp_path / "predict")) == ["predictions.csv"]  # no labels: no metrics file
     with open(tmp_path / "predict" / "predictions.csv") as f:
@@ -142,9 +144,9 @@ def test_predict_with_labels_scores_the_test_split(trained, tmp_path):
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        metrics = run.main(["--init_from", "outputs/dmil-own-data/final", "--do_train", "false", "--do_eval", "false",
-                            "--do_predict", "true", "--test_file", "my_data/validation.csv", "--image_column",
-                            "image_path", "--audio_column", "wav_path", "--output_dir", str(tmp_path / "p"),
+        metrics = run.main(["--model_name_or_path", "outputs/dmil-own-data/final", "--do_train", "false", "--do_eval", "false",
+                            "--do_predict", "true", "--test_file", "my_data/validation.csv", "--image_column_name",
+                            "image_path", "--audio_column_name", "wav_path", "--output_dir", str(tmp_path / "p"),
                             "--dataloader_num_workers", "0"])
     finally:
         os.chdir(cwd)
@@ -156,9 +158,9 @@ def test_predict_with_labels_scores_the_test_split(trained, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--train_file", "x.csv", "--do_train", "false"], "--do_train false evaluates or predicts with a saved model"),
-    (["--init_from", "m", "--do_train", "false", "--do_eval", "false"], "leaves nothing to do"),
-    (["--init_from", "m", "--do_train", "false", "--resume_from_checkpoint", "true"], "cannot go with --do_train false"),
+    (["--train_file", "x.csv", "--do_eval"], "without --do_train need a saved model: give it with --model_name_or_path"),
+    (["--model_name_or_path", "m", "--do_train", "false", "--do_eval", "false"], "nothing to do: give --do_train"),
+    (["--model_name_or_path", "m", "--do_eval", "--resume_from_checkpoint", "true"], "it needs --do_train"),
 ])
 def test_modes_that_cannot_run_are_refused_before_anything_loads(flags, message, tmp_path):
     run = import_cli()
@@ -171,10 +173,10 @@ def test_predict_without_a_test_split_is_refused_before_training(trained, tmp_pa
     run = import_cli()
     backbones = folder / "backbones"
     with pytest.raises(ValueError, match="--do_predict needs data to predict: give --test_file"):
-        run.main(["--train_file", str(folder / "my_data" / "train.csv"), "--do_predict", "true",
+        run.main(["--train_file", str(folder / "my_data" / "train.csv"), "--do_train", "--do_predict", "true",
                   "--text_model", str(backbones / "text"), "--vision_model", str(backbones / "vision"),
-                  "--audio_model", str(backbones / "audio"), "--image_column", "image_path",
-                  "--audio_column", "wav_path", "--output_dir", str(tmp_path / "out")])
+                  "--audio_model", str(backbones / "audio"), "--image_column_name", "image_path",
+                  "--audio_column_name", "wav_path", "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
@@ -185,20 +187,21 @@ def test_own_data_flags_start_from_the_own_data_job_shown_by_help(capsys):
     # The own-data job's values, not TrainingArguments' (lr 5e-5 everywhere, logging every 500 steps, no evaluation).
     assert (args.stage1_learning_rate, args.stage2_learning_rate, args.stage3_learning_rate) == (2e-4, 0.01, 2e-4)
     assert args.logging_steps == 0.05 and args.eval_strategy == "epoch" and args.per_device_train_batch_size == 8
-    assert args.do_train and args.do_eval and not args.do_predict and args.use_cpu is False
-    assert run.parse_arguments(["--init_from", "m"])[3] == str(run.OWN_DATA_CONFIG)
+    # It sets no mode: --do_train / --do_eval / --do_predict are false unless given, as in run_classification.py.
+    assert not (args.do_train or args.do_eval or args.do_predict) and args.use_cpu is False
+    assert run.parse_arguments(["--model_name_or_path", "m"])[3] is None  # a model alone: on the built-in benchmark
     assert run.parse_arguments(["--max_steps", "1"])[3] == str(run.DEFAULT_CONFIG)
     with pytest.raises(SystemExit):
-        run.RunArgumentParser().parse_args(["--help"])
+        run.make_parser().parse_args(["--help"])
     assert "training/configs/own_data.yaml" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flags, job", [
-    (["--dataset", "my_ds"], "own"),
-    (["--dataset=my_ds"], "own"),  # argparse's other spelling started the synthetic job's tiny, CPU-only values
-    (["--dataset=my_ds", "--dataset", "synthetic"], "default"),  # the last value counts, as in argparse
-    (["--dataset", "synthetic", "--dataset=my_ds"], "own"),
-    (["--dataset=synthetic"], "default"),
+    (["--dataset_name", "my_ds"], "own"),
+    (["--dataset_name=my_ds"], "own"),  # argparse's other spelling started the synthetic job's tiny, CPU-only values
+    (["--dataset_name=my_ds", "--dataset_name", "synthetic"], "default"),  # the last value counts, as in argparse
+    (["--dataset_name", "synthetic", "--dataset_name=my_ds"], "own"),
+    (["--dataset_name=synthetic"], "default"),
 ])
 def test_a_dataset_flag_in_either_spelling_starts_the_own_data_job(flags, job):
     run = import_cli()
@@ -259,7 +262,7 @@ def test_evaluate_only_takes_a_model_trained_on_the_synthetic_benchmark(tmp_path
     flags = ["--synthetic_modalities", "text,vision", "--synthetic_train_size", "16", "--synthetic_eval_size", "8",
              "--dataloader_num_workers", "0", "--report_to", "none"]
     out = tmp_path / "out"
-    metrics = run.main(["--init_from", str(model), "--do_train", "false", "--do_predict", "true", *flags,
+    metrics = run.main(["--model_name_or_path", str(model), "--do_eval", "--do_predict", "true", *flags,
                         "--output_dir", str(out)])
     assert sorted(os.listdir(out)) == ["eval_results.json", "predict_results.json", "predictions.csv"]
     assert snapshot(model) == before and "stages" not in metrics
@@ -268,5 +271,5 @@ def test_evaluate_only_takes_a_model_trained_on_the_synthetic_benchmark(tmp_path
     assert len(rows) == 8 and "interaction_synergy" in rows[0]
     # A model of another task (here: other modalities) is still refused, saying what does not fit.
     with pytest.raises(ValueError, match=r"its modalities are \['text', 'vision'\].*but no data was given"):
-        run.main(["--init_from", str(model), "--do_train", "false", *flags, "--synthetic_modalities",
+        run.main(["--model_name_or_path", str(model), "--do_eval", *flags, "--synthetic_modalities",
                   "text,vision,audio", "--output_dir", str(tmp_path / "other")])
