@@ -387,17 +387,6 @@ def check_splits(training_args: DMILTrainingArguments, evaluation, test) -> None
         training_args.eval_strategy = IntervalStrategy.NO
 
 
-def save_plots(prediction, config, folder: str, log_history: list, interaction_types: list | None) -> list[str]:
-    """The final model's plots, drawn from the evaluation split's one prediction pass (and the run's log history) by
-    `dmil_hf.evaluation.plots.save_plots`; nothing where that function is not there yet."""
-    from dmil_hf.evaluation import plots
-
-    draw = getattr(plots, "save_plots", None)
-    if draw is None:
-        return []
-    return draw(prediction, config, folder, log_history=log_history, interaction_types=interaction_types)
-
-
 def run_title(config) -> str:
     """What the console calls the run: DMIL, or the baseline it is (a paradigm without an interaction gate)."""
     return "DMIL" if config.paradigm == "dmil" else f"{config.paradigm} baseline"
@@ -478,6 +467,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from dmil_hf import DMILForMultimodalClassification, DMILTrainer
     from dmil_hf.evaluation import make_compute_metrics
+    from dmil_hf.evaluation.plots import save_plots
     from dmil_hf.evaluation.predictions import write_predictions
     from dmil_hf.hub.publisher import DMILHubUploadError
 
@@ -542,7 +532,7 @@ def main(argv: list[str] | None = None) -> dict:
             written.append(write_json(os.path.join(out, EVAL_RESULTS), metrics))
         if eval_output:
             plots = save_plots(eval_output, model.config, os.path.join(final_dir or out, "plots"),
-                               trainer.run_log_history, interaction_types(evaluation))
+                               log_history=trainer.run_log_history, interaction_types=interaction_types(evaluation))
             if plots and final_dir:
                 trainer.write_model_card(final_dir)  # the card written with final/ links the plots drawn since
             written += plots

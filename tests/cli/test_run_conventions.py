@@ -106,7 +106,7 @@ def test_a_bare_do_eval_with_a_model_evaluates_it_and_trains_nothing(run, benchm
     metrics = run.main(["--model_name_or_path", str(benchmark_model), "--do_eval", *TINY, "--output_dir", str(out)])
     assert counting.trained == 0 and "stages" not in metrics and "eval_accuracy" in metrics
     assert counting.passes_after_training == [("eval", 12)]  # the benchmark's validation split, once
-    assert sorted(os.listdir(out)) == ["eval_results.json"]  # no stage folder, no final/
+    assert sorted(os.listdir(out)) == ["eval_results.json", "plots"]  # no stage folder, no final/: results only
 
 
 def test_the_end_of_run_passes_once_over_each_split(run, counting, tmp_path, capsys):
