@@ -64,8 +64,15 @@ class DMILDataCollator:
     with its rate in a `"sampling_rate"` field of the example, or anything [`DMILProcessor`] accepts. Other fields
     are ignored, so run the Trainer with `remove_unused_columns=False` (it would otherwise drop the raw columns).
     [`DMILTrainer`] fills `label2id` (and `problem_type`) from the model's config when they are unset.
-    A `datasets` dataset's `Audio()` and `Video()` columns are decoded here, from each file's bytes or path: pass the
-    dataset through `dmil_hf.prepare_media_columns` first (DMILTrainer does), or `datasets` would need torchcodec.
+    A `datasets` dataset's `Audio()`, `Image()` and `Video()` columns are decoded here, from each file's bytes or path:
+    pass the dataset through `dmil_hf.prepare_media_columns` first (DMILTrainer does), or `datasets` would need
+    torchcodec (and would report a corrupt image without its column or row).
+
+    Media are decoded here, before the processor, by the processor's own rules (`media_dmil`: integer PCM scaled by
+    `pcm_to_float`, the `"sampling_rate"` field read by `sampling_rate_of`, a positive integer), so that an error
+    names the example's field and its row: "row 5, column 'image_path': cannot read image file ...", where the row
+    is the example's `"__row__"` field (`row_key`), which `with_row_numbers(dataset)` adds (its index in the
+    dataset); without it, the error names the example's position in the batch.
 
     Missing modalities: a sample without a modality has None in that field (a `datasets` column holds None there),
     or leaves the field out while other samples of the batch have it. A modality whose field no example of the batch

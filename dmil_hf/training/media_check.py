@@ -171,7 +171,9 @@ def check_as_streamed(
             raise MediaCheckError(_report(problems, None, data_file), problems)
         return example
 
-    return prepare_media_columns(dataset).map(check, with_indices=True, features=dataset.features)
+    # Media undecoded, as validate_media and the collator read them; the features kept, so that nothing is decoded.
+    prepared = prepare_media_columns(dataset)
+    return prepared.map(check, with_indices=True, features=prepared.features)
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -192,8 +194,8 @@ def _examples(dataset: Any, fields: list[str], batch_size: int) -> Iterable[dict
 def _report(problems: list[MediaProblem], rows: int | None, data_file: str | None) -> str:
     where = f"media check of {data_file}" if data_file else "media check"
     bad_rows = len({p.row for p in problems})
-    counts = f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {bad_rows} of {rows} rows" if rows is not None \
-        else f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in row {problems[0].row} of the stream"
+    found = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    counts = f"{found} in {bad_rows} of {rows} rows" if rows is not None else f"{found} in row {problems[0].row} of the stream"
     lines = [f"{where}: {counts} (rows counted from 0, as dataset[row]; in a data file, the row-th record after the "
              "header):"]
     lines += [f"  {problem}" for problem in problems[:MAX_LISTED]]
@@ -214,10 +216,10 @@ def _decode(kind: str, value: Any, name: str, rate: Any, rate_column: str, row: 
         frames = [np.asarray(f) if isinstance(f, list) else f for f in value] if isinstance(value, list) else value
         _check_video(frames, name)
     else:
-        waveform = _is_waveform(value) or (isinstance(value, tuple) and len(value) != 2)
+        # The example's rate applies to a bare waveform; a file, a tuple or a dict has its own (as in the collator).
+        bare = _is_waveform(value)
         value = np.asarray(value) if isinstance(value, list) else value
-        _check_audio(value, name, rate if waveform else None, None,
-                     rate_name=f"row {row}, column {rate_column!r}")
+        _check_audio(value, name, rate if bare else None, None, rate_name=f"row {row}, column {rate_column!r}")
 
 
 def _sources(kind: str, value: Any) -> list[tuple[Any, str | None]]:

@@ -17,7 +17,8 @@ MASKS = {"video": "rgb_attention_mask", "features": "facs_attention_mask", "text
 
 def model_and_inputs(check_inputs=True):
     torch.manual_seed(0)
-    config = DMILConfig(modality_table=[ROWS[k]() for k in ROWS], num_labels=3, latent_dim=8, check_inputs=check_inputs)
+    config = DMILConfig(modality_table=[ROWS[k]() for k in ROWS], num_labels=3, latent_dim=8,
+                        check_inputs=check_inputs)
     inputs = random_inputs(config)
     inputs.pop("labels")
     return DMILForMultimodalClassification(config).eval(), inputs

@@ -109,7 +109,9 @@ def sampling_rate_of(value: Any, name: str) -> int:
     """A sampling rate as an int: a positive integer (8000), or a float with a whole value (8000.0, as a CSV column
     with a missing value stores its integers). A string ('8k', '8000'), a fraction (8000.5), zero, a negative number
     or a bool is a ValueError naming `name` (the field, or the argument) and what was expected."""
-    whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+    whole = isinstance(value, (int, np.integer)) or (
+        isinstance(value, (float, np.floating)) and float(value).is_integer()
+    )
     if isinstance(value, (bool, np.bool_)) or not whole or value <= 0:
         raise ValueError(
             f"{name} must be a sampling rate in Hz, a positive integer such as 16000 (8000.0 is taken as 8000), got "
