@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 
-from ..models.dmil.media_dmil import _is_clip_with_rate
+from ..models.dmil.media_dmil import _check_audio, _check_image, _check_video, _is_clip_with_rate
 from ..models.dmil.problem_types_dmil import PROBLEM_TYPES, problem_type_of_label_values
 
 if TYPE_CHECKING:
@@ -17,6 +17,34 @@ if TYPE_CHECKING:
 
 # The default example field of each three-slot modality (`text_key`, `image_key`, `audio_key`).
 _DEFAULT_KEYS = {"text": "text", "vision": "image", "audio": "audio"}
+# The example field that holds a row's index in its dataset (`with_row_numbers`), so that an error in a batch names
+# the row (`dataset[row]`) rather than the example's position in the batch.
+ROW_KEY = "__row__"
+
+
+def with_row_numbers(dataset: Any, key: str = ROW_KEY) -> Any:
+    """`dataset` with each row's index in it (0-based, as `dataset[row]`; in a CSV file, the row-th data row after
+    the header) in a field `key`, which [`DMILDataCollator`] reads to name the row in its errors ("row 5, column
+    'image_path': cannot read image file ..."), however the Trainer shuffles the rows.
+
+    A `Dataset` gets an in-memory column (no data is rewritten); an `IterableDataset` numbers its rows as they stream
+    (their position in the stream); a `DatasetDict` numbers each split; anything else (a list, a torch dataset) is
+    returned unchanged, and the collator names the example's position in its batch instead.
+    """
+    if isinstance(dataset, dict):  # DatasetDict, IterableDatasetDict
+        return type(dataset)({split: with_row_numbers(part, key) for split, part in dataset.items()})
+    if not type(dataset).__module__.startswith("datasets."):
+        return dataset
+    if key in (dataset.column_names or ()):
+        return dataset  # numbered already
+    if hasattr(dataset, "__len__"):  # a Dataset
+        return dataset.add_column(key, np.arange(len(dataset)))
+    features = dataset.features.copy() if dataset.features is not None else None
+    if features is not None:
+        from datasets import Value
+
+        features[key] = Value("int64")
+    return dataset.map(lambda batch, rows: {key: rows}, with_indices=True, batched=True, features=features)
 
 
 @dataclass
@@ -36,8 +64,15 @@ class DMILDataCollator:
     with its rate in a `"sampling_rate"` field of the example, or anything [`DMILProcessor`] accepts. Other fields
     are ignored, so run the Trainer with `remove_unused_columns=False` (it would otherwise drop the raw columns).
     [`DMILTrainer`] fills `label2id` (and `problem_type`) from the model's config when they are unset.
-    A `datasets` dataset's `Audio()` and `Video()` columns are decoded here, from each file's bytes or path: pass the
-    dataset through `dmil_hf.prepare_media_columns` first (DMILTrainer does), or `datasets` would need torchcodec.
+    A `datasets` dataset's `Audio()`, `Image()` and `Video()` columns are decoded here, from each file's bytes or path:
+    pass the dataset through `dmil_hf.prepare_media_columns` first (DMILTrainer does), or `datasets` would need
+    torchcodec (and would report a corrupt image without its column or row).
+
+    Media are decoded here, before the processor, by the processor's own rules (`media_dmil`: integer PCM scaled by
+    `pcm_to_float`, the `"sampling_rate"` field read by `sampling_rate_of`, a positive integer), so that an error
+    names the example's field and its row: "row 5, column 'image_path': cannot read image file ...", where the row
+    is the example's `"__row__"` field (`row_key`), which `with_row_numbers(dataset)` adds (its index in the
+    dataset); without it, the error names the example's position in the batch.
 
     Missing modalities: a sample without a modality has None in that field (a `datasets` column holds None there),
     or leaves the field out while other samples of the batch have it. A modality whose field no example of the batch
@@ -77,6 +112,8 @@ class DMILDataCollator:
     allow_missing_modalities: bool = False
     # The model's config.problem_type; None: read from the labels (see the class docstring).
     problem_type: str | None = None
+    # The field with each example's row in its dataset (`with_row_numbers`), named in errors; absent: the position.
+    row_key: str = ROW_KEY
 
     def __post_init__(self) -> None:
         if self.problem_type not in (None, *PROBLEM_TYPES):
@@ -136,16 +173,22 @@ class DMILDataCollator:
             if column not in fields and not self.allow_missing_modalities:
                 raise ValueError(self._absent_column_message(modality, column, fields, kinds))
             values = [example.get(column) for example in examples]
-            where = [f"examples[{i}][{column!r}]" for i in range(len(examples))]
+            where = [self._where(i, example, column) for i, example in enumerate(examples)]
+            # Media are decoded here, where each value's row and column are known, so that a missing file, a corrupt
+            # one or a bad sampling rate is reported as "row 5, column 'image_path'", not as the processor's
+            # "images[3]" (a position in the batch); the processor takes the decoded values as they are.
             if kind == "audio":
-                values = [self._audio_item(v, example, at) for v, example, at in zip(values, examples, where)]
+                values = [self._audio_item(v, example, at, i) for i, (v, example, at) in
+                          enumerate(zip(values, examples, where))]
             elif kind == "image":
                 # datasets stores an image array as nested lists of pixel values.
-                values = [_list_as_array(v, at, _IMAGE) if isinstance(v, list) else v for v, at in zip(values, where)]
+                values = [_check_image(_list_as_array(v, at, _IMAGE) if isinstance(v, list) else v, at)
+                          for v, at in zip(values, where)]
             elif kind == "video":
                 # ... and each frame of a clip the same way.
-                values = [[_list_as_array(f, f"{at} frame {t}", _IMAGE) if isinstance(f, list) else f
-                           for t, f in enumerate(v)] if isinstance(v, list) else v for v, at in zip(values, where)]
+                values = [_check_video([_list_as_array(f, f"{at} frame {t}", _IMAGE) if isinstance(f, list) else f
+                                        for t, f in enumerate(v)] if isinstance(v, list) else v, at)
+                          for v, at in zip(values, where)]
             if any(v is not None for v in values):
                 inputs[modality] = values
         batch = self.processor(**inputs, return_modality_mask=self.return_modality_mask)
@@ -160,7 +203,7 @@ class DMILDataCollator:
         return batch
 
     def _absent_column_message(self, modality: str, column: str, fields: set[str], kinds: dict[str, str]) -> str:
-        read = {self.column_of(m) for m in kinds} | {"label", "labels", self.sampling_rate_key}
+        read = {self.column_of(m) for m in kinds} | {"label", "labels", self.sampling_rate_key, self.row_key}
         unused = sorted(fields - read)
         example = unused[0] if unused else "<field>"
         return (
@@ -188,26 +231,40 @@ class DMILDataCollator:
                     break
         return replace(self, **changes) if changes else self
 
-    def _audio_item(self, value: Any, example: dict[str, Any], where: str) -> Any:
+    def _where(self, i: int, example: dict[str, Any], column: str) -> str:
+        """How an error names one example's field: its row in the dataset when the example carries it
+        (`with_row_numbers`), else its position in the batch."""
+        row = example.get(self.row_key)
+        return f"row {row}, column {column!r}" if row is not None else f"examples[{i}][{column!r}]"
+
+    def _audio_item(self, value: Any, example: dict[str, Any], where: str, i: int) -> np.ndarray | None:
+        """The clip decoded and resampled to the feature extractor's rate (`media_dmil._check_audio`: the one rule for
+        integer PCM and for sampling rates, the processor's own)."""
         if isinstance(value, (list, tuple)) and not _is_clip_with_rate(value):
-            # datasets stores waveforms as lists of floats
-            value = _list_as_array(value, where, "a waveform: one flat list of numbers", np.float32)
-        rate = example.get(self.sampling_rate_key)
-        if rate is not None and isinstance(value, (np.ndarray, torch.Tensor)):
-            return (value, int(rate))
-        return value
+            # datasets stores waveforms as lists of numbers: floats, or ints for PCM (scaled by `pcm_to_float`).
+            value = _list_as_array(value, where, "a waveform: one flat list of numbers", numeric=True)
+        # The example's rate field applies to a bare waveform; a clip with a rate of its own (a file, a tuple, a
+        # dict) keeps that one.
+        rate = example.get(self.sampling_rate_key) if isinstance(value, (np.ndarray, torch.Tensor)) else None
+        rate_name = self._where(i, example, self.sampling_rate_key) + " (the clip's sampling rate)"
+        target = int(self.processor.feature_extractor.sampling_rate)
+        return _check_audio(value, where, rate, target, rate_name=rate_name)
 
 
 _IMAGE = "an image: nested lists of pixel values (height, width[, channels]) whose rows all have one length"
 
 
-def _list_as_array(value: list | tuple, where: str, what: str, dtype: Any = None) -> np.ndarray:
-    """A value `datasets` stores as nested lists, as an array; a ragged or non-numeric one is a ValueError naming the
-    example field (numpy's own error names neither the field nor the sample)."""
+def _list_as_array(value: list | tuple, where: str, what: str, numeric: bool = False) -> np.ndarray:
+    """A value `datasets` stores as nested lists, as an array of numpy's own dtype for its values (ints stay ints); a
+    ragged one, or with `numeric` one that is not all numbers, is a ValueError naming the example field (numpy's own
+    error names neither the field nor the sample)."""
     try:
-        return np.asarray(value, dtype=dtype)
+        array = np.asarray(value)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{where} must be {what}; numpy cannot make an array of it ({err})") from None
+    if numeric and array.dtype.kind not in "biuf":
+        raise ValueError(f"{where} must be {what}; got values of dtype {array.dtype}")
+    return array
 
 
-__all__ = ["DMILDataCollator"]
+__all__ = ["DMILDataCollator", "ROW_KEY", "with_row_numbers"]

@@ -9,12 +9,12 @@ from .configuration_dmil import DMILConfig
 from .feature_encoder_dmil import DMILFeatureEncoder, DMILFeatureEncoderConfig
 from .media_dmil import prepare_media_columns
 from .modalities_dmil import Modality
-from .modeling_dmil import DMILForMultimodalClassification, DMILOutput, DMILPreTrainedModel
+from .modeling_dmil import DMILForMultimodalClassification, DMILOutput, DMILPreTrainedModel, nonfinite_parameters
 from .pipeline_dmil import TASK, MultimodalClassificationPipeline, save_for_pipeline
 from .processing_dmil import DMILProcessor
 
 __all__ = [
     "DMILConfig", "DMILFeatureEncoder", "DMILFeatureEncoderConfig", "DMILForMultimodalClassification", "DMILOutput",
     "DMILPreTrainedModel", "DMILProcessor", "Modality", "MultimodalClassificationPipeline", "TASK",
-    "prepare_media_columns", "save_for_pipeline",
+    "nonfinite_parameters", "prepare_media_columns", "save_for_pipeline",
 ]

@@ -208,6 +208,14 @@ def check_modality(route: ModalityRoute, given: dict[str, torch.Tensor], check_v
             # The time axis: dim 1 for waveforms, AST's (frames, mel), video frames and feature steps; dim 2 for
             # Whisper's (mel, frames).
             _check_mask(names.mask, mask, main_name, main, (1, 2) if kind == "audio" else (1,))
+        if check_values_too and mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+            # A mask weighs what it keeps (a frame's features in the temporal mean, a token in attention): a 2 or a
+            # 255 would silently shift the features, and hence the logits.
+            found = sorted(set(mask.unique().tolist()) - {0, 1})
+            raise ValueError(
+                f"{names.mask} must hold only 0 (padding) and 1 (kept), or False/True, got the values "
+                f"{found[:5]}{' ...' if len(found) > 5 else ''}"
+            )
         if kind == "video" and not route.per_frame and check_values_too:
             kept = mask.to(torch.bool)
             if bool((kept[:, 1:] & ~kept[:, :-1]).any()):

@@ -79,6 +79,47 @@ def resample_audio(
     return out[: math.ceil(new * length / orig)].astype(np.float32)
 
 
+def pcm_to_float(samples: np.ndarray, name: str) -> np.ndarray:
+    """A waveform of integer PCM samples as float32 in [-1, 1): the one scaling rule for integer audio, applied by the
+    processor and the collator alike (and the one libsndfile applies when it decodes a PCM file, so that an int16
+    array and the same samples read from a 16-bit WAV give the same floats).
+
+    A signed integer array of a PCM width (int8, int16, int32) is divided by 2 ** (bits - 1). int64 is no audio
+    format: it is what a list of Python ints becomes (a `datasets` integer column, a torch.long tensor), so it is
+    taken as 16-bit PCM, by far the most common, and values beyond int16's range are an error (give 32-bit PCM as an
+    int32 array). Float arrays are returned as float32, unscaled; any other dtype is an error naming the input.
+    """
+    dtype = samples.dtype
+    if dtype == np.int64:
+        low, high = (int(samples.min()), int(samples.max())) if samples.size else (0, 0)
+        if low < -(2**15) or high >= 2**15:
+            raise ValueError(
+                f"{name}: integer samples (int64, or a list of ints) are taken as 16-bit PCM, but they range over "
+                f"[{low}, {high}], beyond int16; give 32-bit PCM as an int32 array, or floats in [-1, 1]"
+            )
+        return (samples / float(2**15)).astype(np.float32)
+    if np.issubdtype(dtype, np.signedinteger):
+        return (samples / float(2 ** (8 * dtype.itemsize - 1))).astype(np.float32)
+    if np.issubdtype(dtype, np.floating):
+        return samples.astype(np.float32, copy=False)
+    raise TypeError(f"{name} must be a float or signed-integer PCM waveform, got dtype {dtype}")
+
+
+def sampling_rate_of(value: Any, name: str) -> int:
+    """A sampling rate as an int: a positive integer (8000), or a float with a whole value (8000.0, as a CSV column
+    with a missing value stores its integers). A string ('8k', '8000'), a fraction (8000.5), zero, a negative number
+    or a bool is a ValueError naming `name` (the field, or the argument) and what was expected."""
+    whole = isinstance(value, (int, np.integer)) or (
+        isinstance(value, (float, np.floating)) and float(value).is_integer()
+    )
+    if isinstance(value, (bool, np.bool_)) or not whole or value <= 0:
+        raise ValueError(
+            f"{name} must be a sampling rate in Hz, a positive integer such as 16000 (8000.0 is taken as 8000), got "
+            f"{value!r} ({type(value).__name__})"
+        )
+    return int(value)
+
+
 def _media_label(source: Any, stored_path: str | None = None) -> str:
     """How an error names a media source: its path, or the path a `datasets` column stored with its bytes."""
     if isinstance(source, (str, os.PathLike)):
@@ -250,18 +291,23 @@ def _pixels_as_uint8(values: np.ndarray, name: str, sixteen_bit: bool = False) -
 # `datasets` media columns: kept undecoded for the collator, which decodes them itself
 # ----------------------------------------------------------------------------------------------------------------
 
-# The `datasets` features whose decoding needs torchcodec (and FFmpeg); DMIL reads their stored files instead.
-_UNDECODED_FEATURES = ("Audio", "Video")
+# The `datasets` media features DMIL decodes itself from each stored file: `Audio` and `Video` because `datasets`
+# would need torchcodec (and FFmpeg), `Image` so that a corrupt or truncated file is reported with its column, row and
+# path, not as PIL's "cannot identify image file <_io.BytesIO ...>" from inside `datasets`.
+_UNDECODED_FEATURES = ("Audio", "Image", "Video")
 
 
 def prepare_media_columns(dataset: Any) -> Any:
-    """`dataset` with its `Audio()` and `Video()` columns cast to `decode=False`, so that a DMIL collator receives
-    each file's `{"bytes": ..., "path": ...}` and decodes it (audio with soundfile, video with PyAV).
+    """`dataset` with its `Audio()`, `Image()` and `Video()` columns cast to `decode=False`, so that a DMIL collator
+    receives each file's `{"bytes": ..., "path": ...}` and decodes it (audio with soundfile, images with PIL, video
+    with PyAV), naming the column, the row and the file in any error.
 
-    `datasets` decodes these features with torchcodec, which needs a system FFmpeg: without it, reading a row raises
+    `datasets` decodes audio and video with torchcodec, which needs a system FFmpeg: without it, reading a row raises
     `ImportError` (in the Trainer's data loader, once training has started). DMIL's readers give the same waveform
-    and frames whether or not torchcodec is installed. `Image()` columns are left as they are (PIL decodes them, as
-    DMIL would); other columns too. Takes a `Dataset`, `IterableDataset`, `DatasetDict` or `IterableDatasetDict` and
+    and frames whether or not torchcodec is installed. An image `datasets` decodes itself fails, when its file is
+    corrupt or truncated, with PIL's "cannot identify image file <_io.BytesIO ...>", which names neither the column
+    nor the row; DMIL's reader gives the same pixels. Other columns are left as they are. Takes a `Dataset`,
+    `IterableDataset`, `DatasetDict` or `IterableDatasetDict` and
     returns one of the same kind; anything else (a torch dataset, a list) is returned unchanged. [`DMILTrainer`]
     applies it to every dataset it loads batches from with a [`DMILDataCollator`], and `training/run.py` to the data
     it loads: call it yourself before a plain `transformers.Trainer`.
@@ -511,7 +557,11 @@ def _check_image(item: Any, name: str) -> Any:
     )
 
 
-def _check_audio(item: Any, name: str, sampling_rate: int | None, target_rate: int) -> np.ndarray | None:
+def _check_audio(
+    item: Any, name: str, sampling_rate: int | None, target_rate: int | None, rate_name: str | None = None
+) -> np.ndarray | None:
+    """A clip as a float32 mono waveform at `target_rate` (at its own rate when `target_rate` is None), or None when
+    missing. `rate_name` names where the clip's rate was read (an example's field) in the error on a bad one."""
     if item is None:
         return None
     # A bare waveform is at the call's `sampling_rate`; a clip with its own rate (tuple, dict, file) at that one.
@@ -521,7 +571,7 @@ def _check_audio(item: Any, name: str, sampling_rate: int | None, target_rate: i
     elif isinstance(item, tuple):
         if not _is_clip_with_rate(item):
             raise TypeError(f"{name}: a tuple must be (waveform, sampling_rate) with an int rate, got {item!r:.80}")
-        item, rate, own_rate, unpacked = item[0], int(item[1]), True, True
+        item, rate, own_rate, unpacked = item[0], item[1], True, True
     elif callable(getattr(item, "get_all_samples", None)):
         # A torchcodec AudioDecoder (what a decoding `datasets.Audio` column gives where torchcodec is installed):
         # its samples, (channels, samples), down-mixed like a file's.
@@ -538,7 +588,8 @@ def _check_audio(item: Any, name: str, sampling_rate: int | None, target_rate: i
     if isinstance(item, torch.Tensor):
         item = _tensor_to_numpy(item)
     elif unpacked and isinstance(item, list) and all(isinstance(x, (int, float, np.number)) for x in item):
-        item = np.asarray(item, dtype=np.float32)  # a waveform stored as a list, unpacked from a tuple or a dict
+        # A waveform stored as a list, unpacked from a tuple or a dict: ints stay ints (PCM, scaled below).
+        item = np.asarray(item)
     if not isinstance(item, np.ndarray):
         raise TypeError(
             f"{name} must be a 1-D numpy waveform, a (waveform, sampling_rate) tuple, an audio file path or its "
@@ -548,17 +599,10 @@ def _check_audio(item: Any, name: str, sampling_rate: int | None, target_rate: i
         raise ValueError(f"{name} must be a 1-D (mono) waveform, got shape {item.shape}; average the channels first")
     if item.size == 0:
         raise ValueError(f"{name} is an empty waveform")
-    if np.issubdtype(item.dtype, np.signedinteger):
-        # Signed integer arrays are PCM samples: scale them to [-1, 1] as audio decoders do.
-        item = item.astype(np.float32) / float(np.iinfo(item.dtype).max)
-    elif not np.issubdtype(item.dtype, np.floating):
-        raise TypeError(f"{name} must be a float or signed-integer PCM waveform, got dtype {item.dtype}")
-    item = item.astype(np.float32, copy=False)
+    item = pcm_to_float(item, name)
     if not np.isfinite(item).all():
         raise ValueError(f"{name} contains NaN or infinite samples")
     if rate is None:
         return item
-    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer, float)) or rate <= 0 or rate != int(rate):
-        source = "its sampling rate" if own_rate else "sampling_rate"
-        raise ValueError(f"{name}: {source} must be a positive whole number of Hz, got {rate!r}")
-    return resample_audio(item, int(rate), target_rate) if int(rate) != target_rate else item
+    rate = sampling_rate_of(rate, rate_name or (f"{name}: its sampling rate" if own_rate else "sampling_rate"))
+    return resample_audio(item, rate, target_rate) if target_rate is not None and rate != target_rate else item

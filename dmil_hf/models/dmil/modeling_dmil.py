@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import math
+import os
 from typing import Any
 
 import torch
@@ -97,9 +99,21 @@ class DMILPreTrainedModel(PreTrainedModel):
         # mismatch allowed and raise our own error below, unless the caller asked for the mismatch to be ignored.
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         kwargs["key_mapping"] = {**LEGACY_KEY_MAPPING, **(kwargs.get("key_mapping") or {})}
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-        )
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
+        except Exception as err:
+            # safetensors' own errors ("incomplete metadata", "header too small") name neither the folder nor the
+            # file; only on this failure path are the folder's weight files read to say which one is broken and how.
+            broken = _broken_weight_files(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            if broken:
+                raise OSError(
+                    f"cannot load the weights of {pretrained_model_name_or_path}: {'; '.join(broken)}. The file was "
+                    "cut short (a copy or download that stopped), emptied or edited; save the model again, or delete "
+                    f"it and download it again ({type(err).__name__}: {err})"
+                ) from err
+            raise
         # transformers keeps the renamings it loaded with and reverts them on save_pretrained: without this, a model
         # loaded here would be saved back under the old key names.
         conversions = getattr(model, "_weight_conversions", None)
@@ -116,6 +130,17 @@ class DMILPreTrainedModel(PreTrainedModel):
                 f"the weights in {pretrained_model_name_or_path} do not match the model its config describes "
                 f"({details}); was config.json edited, or the folder assembled from different runs?"
             )
+        nonfinite = nonfinite_parameters(model)
+        if nonfinite:
+            # A run whose loss went to NaN saves weights that predict NaN for every input; loading such a folder is
+            # allowed (to inspect it), serving or publishing it is not (the pipeline refuses it).
+            logger.warning(
+                "%s holds NaN or infinite values in %d of its %d weight tensors (e.g. %s): the run that saved it "
+                "diverged, and the model predicts NaN. The pipeline refuses to serve it; retrain (a lower learning "
+                "rate) or load an earlier checkpoint.",
+                pretrained_model_name_or_path, len(nonfinite), sum(1 for _ in _weight_tensors(model)),
+                ", ".join(nonfinite[:3]),
+            )
         return (model, info) if want_info else model
 
     @property
@@ -129,6 +154,103 @@ class DMILPreTrainedModel(PreTrainedModel):
         # PyTorch's default (Kaiming-uniform) init, which trains the small MLPs from scratch better than N(0, 0.02).
         if isinstance(module, (nn.Linear, nn.LayerNorm)):
             module.reset_parameters()
+
+
+def _weight_tensors(model: nn.Module):
+    """(name, tensor) of every floating-point parameter and buffer that holds values (not on the meta device)."""
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_floating_point() and tensor.device.type != "meta":
+            yield name, tensor
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """The names of `model`'s floating-point parameters and buffers that hold a NaN or an infinite value.
+
+    A model that predicts from such weights returns NaN for every input: the pipeline refuses to serve one, and what
+    saves a final model or publishes one should refuse it too.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dmil_hf.models.dmil.modeling_dmil import nonfinite_parameters
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> nonfinite_parameters(layer)
+    []
+    >>> with torch.no_grad():
+    ...     layer.bias[0] = float("nan")
+    >>> nonfinite_parameters(layer)
+    ['bias']
+    ```
+    """
+    with torch.no_grad():
+        return [name for name, tensor in _weight_tensors(model) if not bool(torch.isfinite(tensor).all())]
+
+
+# What the header of a safetensors file is: an 8-byte little-endian length, then that many bytes of JSON naming each
+# tensor's byte range in the data that follows.
+_SAFETENSORS_HEADER_LIMIT = 100_000_000
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+
+
+def _safetensors_problem(path: str) -> str | None:
+    """What is wrong with the safetensors file at `path` (cut short, empty, an edited header), or None if its header
+    and size agree. Reads the header only."""
+    import json
+
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if size == 0:
+                return "it is empty (0 bytes)"
+            if len(head) < 8:
+                return f"it has {size} bytes, fewer than the 8 of a safetensors header's length"
+            length = int.from_bytes(head, "little")
+            if length > min(size - 8, _SAFETENSORS_HEADER_LIMIT):
+                return (f"its first 8 bytes give a header of {length} bytes, but the file has {size} bytes in all "
+                        "(cut short, or not a safetensors file)")
+            raw = f.read(length)
+    except OSError as err:
+        return f"it cannot be read ({err})"
+    try:
+        header = json.loads(raw)
+        tensors = {key: entry for key, entry in header.items() if key != "__metadata__"}
+        spans = {key: (int(entry["data_offsets"][0]), int(entry["data_offsets"][1])) for key, entry in tensors.items()}
+        sizes = {key: math.prod(int(d) for d in entry["shape"]) * _DTYPE_BYTES.get(entry["dtype"], 0)
+                 for key, entry in tensors.items()}
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return "its header is not the JSON table of tensors a safetensors file starts with (edited or damaged)"
+    for key, (start, end) in spans.items():
+        if sizes[key] and end - start != sizes[key]:
+            return (f"its header gives the tensor {key!r} (dtype {tensors[key]['dtype']}, shape "
+                    f"{tensors[key]['shape']}) {end - start} bytes where that dtype and shape take {sizes[key]} "
+                    "(the header was edited)")
+    needed = 8 + length + max((end for _, end in spans.values()), default=0)
+    if needed != size:
+        return (f"its header lists tensors up to byte {needed}, but the file has {size} bytes "
+                f"({'cut short' if size < needed else 'with bytes the header does not cover'})")
+    return None
+
+
+def _broken_weight_files(path: str | os.PathLike, subfolder: str = "") -> list[str]:
+    """`"<file>: <what is wrong>"` for each broken safetensors file of a local model folder, or of the copy in the
+    Hub cache of a repo id (only what is already there: nothing is downloaded)."""
+    folder = os.path.join(os.fspath(path), subfolder)
+    if os.path.isdir(folder):
+        files = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".safetensors"))
+    else:
+        from transformers.utils import cached_file
+
+        try:
+            found = cached_file(os.fspath(path), "model.safetensors", subfolder=subfolder, local_files_only=True,
+                                _raise_exceptions_for_missing_entries=False)
+        except Exception:  # not a repo id, nothing cached: no file to examine
+            found = None
+        files = [found] if found else []
+    problems = ((file, _safetensors_problem(file)) for file in files)
+    return [f"{file}: {problem}" for file, problem in problems if problem]
 
 
 def _is_legacy_renaming(conversion: object) -> bool:

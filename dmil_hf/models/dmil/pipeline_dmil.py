@@ -20,7 +20,8 @@ from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-from .problem_types_dmil import PROBLEM_TYPES, resolve_problem_type
+from .modeling_dmil import nonfinite_parameters
+from .problem_types_dmil import PROBLEM_TYPES, REGRESSION, resolve_problem_type
 
 TASK = "multimodal-classification"
 # The three-slot modalities' input keys (the model's config.modalities call images "vision"); every modality is also
@@ -76,8 +77,12 @@ class MultimodalClassificationPipeline(Pipeline):
     have no gate.
 
     Args (call time):
-        top_k (`int` or None, defaults to 1): how many labels to return per input; None returns every label. As
-            in transformers' text-classification pipeline, the default is the single best label.
+        top_k (`int` or None): how many labels to return per input, best first; None returns every label. As in
+            transformers' text-classification pipeline, a classifier's default is its single best label. A
+            regression's default (and None) is every target, in the order of the model's outputs
+            (`[{"label": "LABEL_0", "score": 0.73}, {"label": "LABEL_1", "score": -1.2}]` for two targets): its
+            outputs are values of their own, not labels ranked against each other; an explicit `top_k=k` keeps the
+            k highest values, as text-classification does.
         function_to_apply (`str`, *optional*): `"softmax"`, `"sigmoid"` or `"none"`, overriding the problem type's
             own scores (`default_score_function`).
 
@@ -134,6 +139,15 @@ class MultimodalClassificationPipeline(Pipeline):
         self._text_max_length = (
             self.processor.text_length_limit(self.processor.backbone_text_length(text.backbone)) if text else None
         )
+        # A model whose weights hold NaN (a run that diverged) would answer every input with NaN scores.
+        nonfinite = nonfinite_parameters(self.model)
+        if nonfinite:
+            source = getattr(self.model, "name_or_path", "") or "the model"
+            raise ValueError(
+                f"{source} has NaN or infinite values in {len(nonfinite)} weight tensors (e.g. "
+                f"{', '.join(nonfinite[:3])}), so it would score every input NaN: the run that saved it diverged. "
+                "Retrain it (a lower learning rate) or load an earlier checkpoint."
+            )
         # A model built in this process may still be in train mode (dropout on); from_pretrained ones are in eval.
         self.model.eval()
 
@@ -181,13 +195,19 @@ class MultimodalClassificationPipeline(Pipeline):
         return result
 
     def postprocess(
-        self, model_outputs: dict[str, torch.Tensor], top_k: int | None = 1, function_to_apply: str | None = None
+        self, model_outputs: dict[str, torch.Tensor], top_k: Any = _UNSET, function_to_apply: str | None = None
     ) -> list[dict[str, Any]]:
         config = self.model.config
         function = SCORE_FUNCTIONS[function_to_apply or default_score_function(config)]
         scores = function(model_outputs["logits"][0])
-        k = scores.numel() if top_k is None else min(top_k, scores.numel())
-        values, indices = scores.topk(k)
+        if top_k is _UNSET:
+            # A regression's outputs are targets of their own, not labels competing for one answer: every one is
+            # returned, in the model's order. A classifier returns its best label.
+            top_k = None if resolve_problem_type(config) == REGRESSION else 1
+        if top_k is None and resolve_problem_type(config) == REGRESSION:
+            values, indices = scores, torch.arange(scores.numel())
+        else:
+            values, indices = scores.topk(scores.numel() if top_k is None else min(top_k, scores.numel()))
         interactions = None
         if "interaction_weights" in model_outputs:
             weights = model_outputs["interaction_weights"][0].float().tolist()

@@ -490,7 +490,9 @@ class DMILProcessor(ProcessorMixin):
             audio: a 1-D waveform, a `(waveform, sampling_rate)` tuple, a `{"array", "sampling_rate"}` dict, a file
                 path or its bytes, a `datasets.Audio(decode=False)` value `{"bytes", "path"}` (files decoded with
                 soundfile, channels averaged) or a torchcodec AudioDecoder, or a list of those (None for a missing
-                clip). Audio at another rate than the feature extractor's is resampled.
+                clip). Audio at another rate than the feature extractor's is resampled. Integer samples are PCM,
+                scaled to [-1, 1) by one rule (`media_dmil.pcm_to_float`, libsndfile's): int16 / int32 arrays by
+                their width, lists of ints (and int64 arrays) as 16-bit PCM.
             **modalities: any modality by its name (`rgb=`, `flow=`, `facs=`; `text=`, `vision=` and `audio=` for the
                 three-slot ones). A video is a list of frames (anything `images` takes), an array (frames, H, W, C),
                 a tensor (frames, C, H, W), a video file path or its bytes, a `datasets.Video(decode=False)` value
@@ -498,7 +500,8 @@ class DMILProcessor(ProcessorMixin):
                 those. A video row with `num_frames` keeps that many frames, spread over the clip. Features are
                 arrays (steps, dim) or (dim,), a list of them per batch. `text`, `images` and `audio` go to the
                 modality of that kind (its three-slot name, or the only one of its kind).
-            sampling_rate: rate of the bare waveforms (those without their own rate); default: the extractor's.
+            sampling_rate: rate of the bare waveforms (those without their own rate), a positive integer (a float
+                with a whole value is taken as that integer); default: the extractor's.
             return_tensors: `"pt"` (default), `"np"` or None.
             return_modality_mask: True to always return `modality_mask`, False never; by default only when some
                 sample lacks a modality.
