@@ -114,6 +114,13 @@ class DataTrainingArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the prediction set."})
+    media_check: str = field(
+        default="headers", metadata={
+            "help": "Before anything trains, every media file of the user's data is opened and its header read "
+            "(headers), or fully decoded (full), and every problem is reported by data file, row and column; none "
+            "skips the check (huge data sets).",
+            "choices": ["headers", "full", "none"]},
+    )
     synthetic_modalities: str = field(default="text,vision,audio", metadata={"help": "Synthetic benchmark modalities."})
     synthetic_mixture: str = field(default="half_U_half_R", metadata={"help": "Synthetic mixture name."})
     synthetic_num_labels: int = field(default=4, metadata={"help": "Synthetic benchmark classes."})

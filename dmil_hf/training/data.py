@@ -488,6 +488,22 @@ def build_user_model_and_processor(model_args: Any, data_args: Any, train: Datas
     return model, processor
 
 
+def check_media(data_args: Any, config: PretrainedConfig, columns: dict[str, str],
+                splits: dict[str, Dataset | None]) -> None:
+    """Every media file of every split opened before anything trains (`--media_check`: headers, full or none), so that
+    a missing picture in row 5 is reported now, by file, row and column, and not when its batch comes up."""
+    if data_args.media_check == "none":
+        return
+    from .media_check import validate_media
+
+    files = {"training": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    kinds = {row.name: row.kind for row in config.modality_specs}
+    for split, dataset in splits.items():
+        if dataset is not None:
+            validate_media(dataset, columns, kinds, full_decode=data_args.media_check == "full",
+                           data_file=files[split] or f"{data_args.dataset_name} [{split}]")
+
+
 def prepare_user_data(model_args: Any, data_args: Any, need_train: bool = True):
     """Model, processor, collator and the splits (`training`, `validation`, `test`; None where absent) for user data,
     every check that can fail done before training. The test split (`--do_predict`) may lack labels."""
@@ -510,6 +526,7 @@ def prepare_user_data(model_args: Any, data_args: Any, need_train: bool = True):
                     f"--{MODALITY_COLUMN_FIELDS.get(modality, 'modality_column_names')} to the "
                     "column that holds it"
                 )
+    check_media(data_args, model.config, columns, splits)
     for split, dataset in splits.items():
         if dataset is None:
             continue
