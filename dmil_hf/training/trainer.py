@@ -1,18 +1,11 @@
 """DMILTrainer: DMIL's training stages on top of `transformers.Trainer`.
 
-Stage 1 trains the backbones, projections and level 1 (intra-modal decomposition); stage 2 freezes all of that and
-trains level 2, synergy, the component heads and the gate; stage 3 fine-tunes everything with every loss on, the
-backbones fully by default or through LoRA adapters (peft). Each stage has its own optimizer, schedule, epochs and
-learning rate, writes its checkpoints under `output_dir/stage-k/checkpoint-*` and its result to `output_dir/stage-k`,
-and starts from the previous stage's saved result. Devices, mixed precision and distribution are the Trainer's
-(and so Accelerate's) business; nothing here is home-made.
-
-Every paradigm's stages come from its stage table (`stages_dmil.PARADIGM_STAGES`): the joint and ensemble baselines
-have a single stage (saved as `stage-1`) trained with the stage-1 settings; the two_stage baseline has two (unimodal
-pretraining, then joint fine-tuning), saved, resumed and scheduled (`stage1_*`, `stage2_*`) like DMIL's.
-
-Checkpoints are read back the way `from_pretrained` reads them (the Trainer's own raw `load_state_dict` misses the
-keys that transformers renames on load, e.g. ViT's), and a missing or unexpected key is an error.
+Each stage of the model's paradigm (`stages_dmil.PARADIGM_STAGES`: DMIL's three, two_stage's two, a baseline's one)
+trains with its own optimizer, schedule, epochs and learning rate, writes its checkpoints under
+`output_dir/stage-k/checkpoint-*` and its result to `output_dir/stage-k`, and starts from the previous stage's saved
+result. Devices, mixed precision and distribution are the Trainer's (and so Accelerate's) business. Checkpoints are
+read back the way `from_pretrained` reads them (the Trainer's own raw `load_state_dict` misses the keys that
+transformers renames on load, e.g. ViT's), and a missing or unexpected key is an error.
 
 The trainer's collaborators: its arguments (`training_args`), what trains in a stage (`stages`, `lora`), the run
 folder (`run_folder`: stage folders, markers, checkpoints, final/, what resume reads), the console (`callbacks`), and
