@@ -43,7 +43,7 @@ from transformers import EvalPrediction, PrinterCallback, set_seed  # noqa: E402
 
 from dmil_hf.models.dmil.configuration_dmil import REFERENCE_PRESET  # noqa: E402
 from dmil_hf.evaluation import make_compute_metrics  # noqa: E402
-from dmil_hf.training.trainer import DMILTrainer, DMILTrainingArguments  # noqa: E402
+from dmil_hf.training import DMILTrainer, DMILTrainingArguments  # noqa: E402
 
 UNIMODAL_REFERENCE = (
     "synergy_indicator uses the ensemble run's per-modality heads (same mixture, same seed) as the unimodal "

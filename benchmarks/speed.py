@@ -34,7 +34,7 @@ from transformers import BertConfig, ViTConfig, Wav2Vec2Config  # noqa: E402
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification  # noqa: E402
 from dmil_hf.testing_utils import tiny_audio_config, tiny_text_config, tiny_vision_config  # noqa: E402
-from dmil_hf.training.trainer import add_lora, prepare_model_for_stage  # noqa: E402
+from dmil_hf.training import add_lora, prepare_model_for_stage  # noqa: E402
 
 PRESETS = {
     "tiny": dict(

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import PRESETS, backbone_configs, environment, make_batch  # noqa: E402
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments  # noqa: E402
-from dmil_hf.training.trainer import prepare_model_for_stage  # noqa: E402
+from dmil_hf.training.stages import prepare_model_for_stage  # noqa: E402
 
 NUM_LABELS = 8
 

@@ -57,10 +57,14 @@ __all__ += ["DMILTrainer", "DMILTrainingArguments"]
 
 def __getattr__(name: str):
     # The trainer pulls in transformers.Trainer (seconds to import); inference users should not pay for it.
-    if name in ("DMILTrainer", "DMILTrainingArguments"):
-        from .training import trainer
+    if name == "DMILTrainer":
+        from .training.trainer import DMILTrainer
 
-        return getattr(trainer, name)
+        return DMILTrainer
+    if name == "DMILTrainingArguments":
+        from .training.training_args import DMILTrainingArguments
+
+        return DMILTrainingArguments
     if name == "DMILDataCollator":
         from .training.data_collator import DMILDataCollator
 

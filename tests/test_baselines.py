@@ -17,7 +17,7 @@ from transformers import AutoConfig
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
 from dmil_hf.testing_utils import random_inputs
-from dmil_hf.training.trainer import STAGE_MARKER
+from dmil_hf.training.run_folder import STAGE_MARKER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from plain_peers import PlainEnsemble, PlainI2M2, PlainJoint  # noqa: E402

@@ -8,7 +8,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
 from dmil_hf.hub.model_card import backbone_display_name, render_model_card
-from dmil_hf.training.trainer import DMILPrinterCallback, DMILProgressCallback, console_line
+from dmil_hf.training.callbacks import DMILPrinterCallback, DMILProgressCallback, console_line
 
 
 def card_of(tmp_path, paradigm, **args):

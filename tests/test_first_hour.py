@@ -8,7 +8,7 @@ from test_training import make_args, make_data, two_modality_model
 
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer
 from dmil_hf.testing_utils import save_tiny_backbones
-from dmil_hf.training.trainer import add_lora
+from dmil_hf.training.lora import add_lora
 
 
 def test_pretrained_backbones_load_without_pooler_reports_and_lora_without_future_warnings(tmp_path, caplog):

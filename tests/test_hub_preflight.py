@@ -27,7 +27,7 @@ from dmil_hf.hub.publisher import (
     main,
     push_output_dir,
 )
-from dmil_hf.training.trainer import STAGE_MARKER
+from dmil_hf.training.run_folder import STAGE_MARKER
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(REPO, "training", "run.py")
@@ -214,7 +214,7 @@ def test_an_upload_failing_mid_run_loses_nothing_and_the_error_names_the_command
     args = push_args(tmp_path, hub_token="hf_fake", save_strategy="steps", save_steps=1)
     trainer = DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data(8),
                           callbacks=[_HubGoesDown(hub)])
-    with caplog.at_level(logging.ERROR, logger="dmil_hf.training.trainer"), pytest.raises(DMILHubUploadError) as caught:
+    with caplog.at_level(logging.ERROR, logger="dmil_hf.hub.run_publisher"), pytest.raises(DMILHubUploadError) as caught:
         trainer.train()
     run = tmp_path / "run"
     # Every stage trained and was saved, and so was the final model.

@@ -11,7 +11,7 @@ from transformers import AutoModel
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments, Modality
 from dmil_hf.models.dmil.backbones_dmil import BACKBONES
 from dmil_hf.testing_utils import TINY_BACKBONES, random_inputs, tiny_backbone_config, tiny_feature_encoder_config
-from dmil_hf.training.trainer import add_lora
+from dmil_hf.training.lora import add_lora
 
 MODES = [(train, grad) for train in (True, False) for grad in (True, False)]
 
@@ -122,7 +122,7 @@ def test_add_lora_refuses_a_backbone_that_no_target_matches():
 
 def test_lora_target_modules_that_name_one_familys_leaves_only_are_refused():
     # The trainer's lora_target_modules override goes to every backbone: query/value fit BERT, not wav2vec2.
-    from dmil_hf.training.trainer import lora_target_regex
+    from dmil_hf.training.lora import lora_target_regex
 
     config = DMILConfig(modality_table=[Modality("text", "text", tiny_backbone_config("bert")[1]),
                                         Modality("audio", "audio", tiny_backbone_config("wav2vec2")[1])],

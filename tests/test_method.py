@@ -21,7 +21,7 @@ from dmil_hf.models.dmil.modeling_dmil import (
 from dmil_hf.models.dmil.stages_dmil import STAGE_PLANS
 from dmil_hf.models.dmil.modalities_dmil import KINDS
 from dmil_hf.testing_utils import random_inputs, tiny_audio_config, tiny_backbone_config, tiny_vision_config
-from dmil_hf.training.trainer import prepare_model_for_stage
+from dmil_hf.training.stages import prepare_model_for_stage
 
 TEXT_VISION = ("text", "vision")
 

@@ -291,7 +291,7 @@ def test_train_save_reload_and_serve_the_pipeline(tmp_path, rows):
 
 
 def test_lora_reaches_the_feature_encoder_and_a_video_backbone():
-    from dmil_hf.training.trainer import add_lora
+    from dmil_hf.training.lora import add_lora
 
     config = make([Modality("rgb", "video", tiny_vision_config()),
                    Modality("facs", "features", tiny_feature_encoder_config(num_hidden_layers=1))])

@@ -427,7 +427,7 @@ def test_pipeline_scores_of_each_problem_type():
 
 def test_model_card_says_the_task_and_reads_per_type_mae(tmp_path):
     from dmil_hf.hub.model_card import render_model_card
-    from dmil_hf.training.trainer import DMILTrainingArguments
+    from dmil_hf.training.training_args import DMILTrainingArguments
 
     config = make_config(("text", "vision"), num_labels=1, problem_type=REGRESSION)
     args = DMILTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])

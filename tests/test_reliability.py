@@ -14,7 +14,8 @@ from test_cli import import_cli
 from test_training import _Interrupt, _InterruptAt, make_args, make_data, two_modality_model, weights
 
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer
-from dmil_hf.training.trainer import STAGE_MARKER, add_lora
+from dmil_hf.training.lora import add_lora
+from dmil_hf.training.run_folder import STAGE_MARKER
 
 
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from test_training import _Interrupt, _InterruptAt, make_args, make_data, two_mo
 from transformers import TrainerCallback
 
 from dmil_hf import DMILTrainer
-from dmil_hf.training.trainer import STAGE_MARKER
+from dmil_hf.training.run_folder import STAGE_MARKER
 
 STAGE_FIELDS = {"output_dir", "num_train_epochs", "max_steps", "learning_rate", "push_to_hub"}
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, TrainerCallback
 
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
-from dmil_hf.training.trainer import STAGE_MARKER
+from dmil_hf.training.run_folder import STAGE_MARKER
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -164,7 +164,7 @@ def _usage_path(args, repo_id: str, pushes: bool) -> str:
     return folder.as_posix() if not folder.is_absolute() else f"path/to/{folder.parent.name}/{folder.name}"
 
 
-# Titles of the pictures DMILTrainer.save_plots draws, in the card's order.
+# Titles of the pictures `dmil_hf.evaluation.plots.save_plots` draws into final/plots, in the card's order.
 PLOT_TITLES = {
     "interaction_weights.png": "Interaction weights of the evaluation samples (the gate's view of the data)",
     "accuracy_per_type.png": "Accuracy per interaction type",

@@ -10,13 +10,15 @@ A finished run (trained without `push_to_hub`, or whose uploads failed) is pushe
 
     python -m dmil_hf.hub.publisher push OUTPUT_DIR --repo_id USER/NAME [--stages] [--private] [--token T] [--revision R]
 
-`DMILTrainer` keeps thin methods (`push_to_hub`, `init_hf_repo`) that delegate here; only its main process uploads.
+What a run folder holds (where the final model and the finished stages are) is asked of
+`dmil_hf.training.run_folder`; publishing a run while it trains (`DMILTrainer`'s uploads) is `run_publisher`'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -24,15 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..training.run_folder import RunFolder, holds_finished_model, is_stage_folder
+
 logger = logging.getLogger(__name__)
 
 # What upload_folder leaves out of every uploaded folder.
 UPLOAD_IGNORE_PATTERNS = ("checkpoint-*", "_*")
-# The weight files of a whole saved model (save_pretrained: one file or an index of shards); a folder without one of
-# these and config.json holds no finished model.
-MODEL_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                      "pytorch_model.bin.index.json")
-STAGES = (1, 2, 3)
 
 
 class DMILHubError(RuntimeError):
@@ -218,32 +217,25 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def holds_finished_model(folder: str | Path) -> bool:
-    """Whether `folder` holds a model saved to the end by save_pretrained: config.json and its weights."""
-    folder = Path(folder)
-    return (folder / "config.json").is_file() and any((folder / name).is_file() for name in MODEL_WEIGHT_NAMES)
-
-
 def locate_finished_run(path: str | Path) -> tuple[Path, Path]:
     """The run folder and its final model folder for `path`: a run's `output_dir` (holding `final/`) or a final model
     folder itself (`output_dir/final`). Raises `NoFinishedModelError` when there is no finished model there."""
-    from ..training.trainer import STAGE_MARKER
-
     path = Path(path)
-    if (path / STAGE_MARKER).is_file():
+    if is_stage_folder(path):
         raise NoFinishedModelError(
             f"{path} is the folder of one stage, not a finished run: give the run's output_dir ({path.parent}), "
             "whose final/ is pushed to the repo root (and its stage folders with --stages)"
         )
-    if (path / "final").is_dir() or not holds_finished_model(path):
-        output_dir, final_dir = path, path / "final"
+    own_final = Path(RunFolder(path).final_dir)
+    if own_final.is_dir() or not holds_finished_model(path):
+        output_dir, final_dir = path, own_final
     else:
         output_dir, final_dir = path.parent, path
     if not holds_finished_model(final_dir):
         if not path.exists():
             problem = "does not exist"
         else:
-            stages = [f"stage-{k}" for k in STAGES if (output_dir / f"stage-{k}").is_dir()]
+            stages = [os.path.basename(folder) for folder in RunFolder(output_dir).stage_folders().values()]
             found = f" ({path} has {', '.join(stages)})" if stages else ""
             problem = f"holds no finished model: {final_dir} has no config.json with model weights{found}"
         raise NoFinishedModelError(
@@ -252,14 +244,6 @@ def locate_finished_run(path: str | Path) -> tuple[Path, Path]:
             "resume_from_checkpoint=True (--resume_from_checkpoint true) and save it, then push its output_dir."
         )
     return output_dir, final_dir
-
-
-def finished_stage_dirs(output_dir: str | Path) -> dict[int, Path]:
-    """The stage folders of a run that hold a finished stage (its marker file), by stage number."""
-    from ..training.trainer import STAGE_MARKER
-
-    output_dir = Path(output_dir)
-    return {k: output_dir / f"stage-{k}" for k in STAGES if (output_dir / f"stage-{k}" / STAGE_MARKER).is_file()}
 
 
 def push_output_dir(
@@ -281,11 +265,12 @@ def push_output_dir(
     unless `check=False`).
     """
     output_dir, final_dir = locate_finished_run(path)
-    stage_dirs = finished_stage_dirs(output_dir) if stages else {}
+    run = RunFolder(output_dir)
+    stage_dirs = run.finished_stages() if stages else {}
     if stages:
-        for k in STAGES:
-            if k not in stage_dirs and (output_dir / f"stage-{k}").is_dir():
-                logger.warning("Skipping %s: it holds no finished stage.", output_dir / f"stage-{k}")
+        for k, folder in run.stage_folders().items():
+            if k not in stage_dirs:
+                logger.warning("Skipping %s: it holds no finished stage.", folder)
     publisher = DMILHubPublisher(repo_id=repo_id, token=token, private=private, revision=revision)
     if check:
         publisher.check()
