@@ -448,7 +448,7 @@ class DMILTrainer(Trainer):
         self._frozen_modules = []
         metrics = {k: v for k, v in output.metrics.items() if isinstance(v, (int, float))}
         if self.eval_dataset is not None:
-            metrics.update(self.evaluate(metric_key_prefix="eval"))
+            metrics.update(self._evaluation_of_finished_stage(stage))
         self.stage_results[stage] = metrics
         stage_log = [entry for entry in self.state.log_history if entry.get("stage") == stage]
         self._record_stage_log(stage, self.state.global_step, stage_log)
@@ -456,6 +456,18 @@ class DMILTrainer(Trainer):
             self.run_folder.mark_stage_finished(stage, metrics, adapter=self._adapter_dir is not None,
                                                 global_step=self.state.global_step, log_history=stage_log)
         self.accelerator.wait_for_everyone()
+
+    def _evaluation_of_finished_stage(self, stage: int) -> dict[str, float]:
+        """The stage's result on the evaluation set: the evaluation the Trainer logged at the stage's last step when
+        there is one (the weights it saw are the ones just saved, unless the best checkpoint was restored), else one
+        more evaluation. The evaluation set is not run twice over the same weights."""
+        if not self.args.load_best_model_at_end:
+            for entry in reversed(self.state.log_history):
+                if entry.get("stage") != stage or entry.get("stage_step") != self.state.global_step:
+                    break
+                if "eval_loss" in entry:
+                    return {k: v for k, v in entry.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+        return self.evaluate(metric_key_prefix="eval")
 
     def _record_stage_log(self, stage: int, steps: int, stage_log: list[dict[str, Any]]) -> None:
         """Add a finished stage's log to the run's and write the run's log to `output_dir/log_history.json`."""
@@ -521,14 +533,15 @@ class DMILTrainer(Trainer):
         return 6 * inputs[main].numel() * self._parameter_count[1]
 
     def _for_collator(self, dataset: Any) -> Any:
-        """`dataset` as a DMILDataCollator reads it: its `Audio()`/`Video()` columns undecoded
-        (`prepare_media_columns`), as the collator decodes them itself and `datasets` would need torchcodec to."""
-        from .data_collator import DMILDataCollator
+        """`dataset` as a DMILDataCollator reads it: its media columns undecoded (`prepare_media_columns`), as the
+        collator decodes them itself (`datasets` would need torchcodec to) and names the row of a file it cannot
+        read, which `with_row_numbers` gives it however the rows are shuffled."""
+        from .data_collator import DMILDataCollator, with_row_numbers
 
         if isinstance(self.data_collator, DMILDataCollator):
             from ..models.dmil.media_dmil import prepare_media_columns
 
-            return prepare_media_columns(dataset)
+            return with_row_numbers(prepare_media_columns(dataset), self.data_collator.row_key)
         return dataset
 
     def _get_dataloader(self, dataset, *args, **kwargs):
@@ -547,7 +560,8 @@ class DMILTrainer(Trainer):
                 # A DMILDataCollator reads raw columns (text, image, audio, each modality's name) and the clips'
                 # sampling rate: keep those too, so the default remove_unused_columns=True does not drop them.
                 collator = self.data_collator
-                names += [collator.column_of(m) for m in model.modalities] + [collator.sampling_rate_key]
+                names += [collator.column_of(m) for m in model.modalities] + [collator.sampling_rate_key,
+                                                                              collator.row_key]
             self._signature_columns = names
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
