@@ -22,6 +22,7 @@ from .backbones_dmil import (
     TEMPORAL_POOLERS,
     BackboneSpec,
     apply_fast_paths,
+    backbone_no_split_modules,
     backbone_spec,
     backbone_width,
     check_backbone_fits,
@@ -298,6 +299,13 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         }
         self.head = HEADS[config.paradigm](config, self.feature_widths)
         self.main_input_name = self.routes[self.modalities[0]].names.main
+        # Every backbone's layer classes (its own `_no_split_modules`, or the table's), so that FSDP's transformer
+        # auto-wrap and device_map="auto" find them with no `fsdp_transformer_layer_cls_to_wrap` from the user:
+        # transformers' post_init gathers `_no_split_modules` from direct children only, and the backbones sit one
+        # level down, in a ModuleDict. Set before post_init, which keeps it.
+        self._no_split_modules = set().union(
+            *(backbone_no_split_modules(self.backbones[m], self.specs[m]) for m in self.modalities)
+        )
         self.post_init()
         if config.fast_paths:
             apply_fast_paths(self.backbones, config.fast_paths)
