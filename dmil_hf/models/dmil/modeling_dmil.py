@@ -321,6 +321,14 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         return ModalityRoute(modality, names, spec, modality.backbone, backbone_input, takes_mask)
 
     @property
+    def checks_input_values(self) -> bool:
+        """Whether forward reads input values on the host to check them (NaN/inf, token ids, 0/1 masks, label
+        ranges): `config.check_inputs`, except while `torch.export` traces the model. An exported graph cannot branch
+        on tensor values (each read would stop the export with GuardOnDataDependentSymNode), so the exported program
+        runs without these checks, as a model with `check_inputs=False` does; shape and dtype checks stay."""
+        return self.config.check_inputs and not torch.compiler.is_exporting()
+
+    @property
     def input_names(self) -> list[str]:
         """Every keyword input `forward` takes besides `modality_mask`, `labels` and `stage`, in table order."""
         return [name for route in self.routes.values() for name in route.names.all]
@@ -411,7 +419,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             mine = {name: value for name, value in given.items() if owner[name] == m}
             if not mine:
                 continue
-            grouped[m] = check_modality(route, mine, self.config.check_inputs)
+            grouped[m] = check_modality(route, mine, self.checks_input_values)
             for name, value in mine.items():
                 if isinstance(value, torch.Tensor) and value.dim():
                     batch_sizes[name] = value.shape[0]
@@ -420,7 +428,10 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 f"no input given: pass at least one of the model's modalities ({', '.join(self.modalities)}; "
                 f"inputs: {', '.join(self.input_names)})"
             )
-        if len(set(batch_sizes.values())) > 1:
+        # Compared pairwise, not through a set: under torch.export with a dynamic batch the sizes are SymInts, which
+        # cannot be hashed but compare equal when they are the same dimension.
+        sizes = list(batch_sizes.values())
+        if any(size != sizes[0] for size in sizes[1:]):
             raise ValueError(f"inputs disagree on the batch size: {batch_sizes}")
         return grouped, next(iter(batch_sizes.values()))
 
@@ -452,13 +463,13 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                     f"modality_mask must be a tensor of shape (batch, {len(self.modalities)}) with columns "
                     f"{self.modalities}, got {getattr(modality_mask, 'shape', type(modality_mask).__name__)}"
                 )
-            if modality_mask.dtype != torch.bool and self.config.check_inputs:
+            if modality_mask.dtype != torch.bool and self.checks_input_values:
                 # A float mask like 0.5 would silently count as present: only 0 and 1 mean something.
                 if not bool(((modality_mask == 0) | (modality_mask == 1)).all()):
                     raise ValueError("modality_mask must hold only 0/1 or False/True, got other values")
             present = present & modality_mask.to(device=device, dtype=torch.bool)
         all_given = modality_mask is None and len(grouped) == len(self.modalities)
-        if self.config.check_inputs:
+        if self.checks_input_values:
             # One host sync for both reads.
             some, every = torch.stack([present.any(dim=1).all(), present.all()]).tolist()
             if not some:
@@ -487,7 +498,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 "output is a regression: problem_type='regression')"
             )
         try:
-            labels = PROBLEM_TYPES[problem_type].check_labels(labels, batch_size, config.num_labels, config.check_inputs)
+            labels = PROBLEM_TYPES[problem_type].check_labels(labels, batch_size, config.num_labels, self.checks_input_values)
         except (TypeError, ValueError) as err:
             if config.problem_type is None:
                 raise type(err)(
