@@ -1,6 +1,6 @@
 """`torch.export` of a DMIL model, as docs/inference.md shows it: with the input checks on (the default), the
-exported program runs and gives eager's logits and gate; with a dynamic batch and sequence length through a
-wrapper with named inputs; and eager forward still checks input values."""
+exported program (saved and loaded as a .pt2 file) gives eager's logits and gate; a dynamic batch and sequence
+length work through a wrapper with named inputs; and eager forward still checks input values."""
 
 import pytest
 import torch
@@ -29,12 +29,13 @@ def _inputs(config, batch_size, seq_len, seed):
     return inputs
 
 
-def test_export_with_input_checks_on_matches_eager():
+def test_export_with_input_checks_on_matches_eager(tmp_path):
     model = _trained_model()
     assert model.config.check_inputs
     inputs = _inputs(model.config, batch_size=3, seq_len=7, seed=10)
-    # The call of docs/inference.md: keyword inputs, nothing else.
-    program = torch.export.export(model, args=(), kwargs=inputs)
+    # The call of docs/inference.md: keyword inputs, nothing else; saved and loaded as a .pt2 file.
+    torch.export.save(torch.export.export(model, args=(), kwargs=inputs), tmp_path / "dmil.pt2")
+    program = torch.export.load(tmp_path / "dmil.pt2")
     with torch.no_grad():
         exported, eager = program.module()(**inputs), model(**inputs)
     torch.testing.assert_close(exported.logits, eager.logits, atol=1e-5, rtol=0)

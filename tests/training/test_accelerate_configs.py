@@ -20,7 +20,14 @@ from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, Modality
 from dmil_hf.models.dmil.backbones_dmil import BACKBONES, backbone_no_split_modules, backbone_spec
 from dmil_hf.models.dmil.modeling_dmil import _build_backbone
-from dmil_hf.testing_utils import TINY_BACKBONES, tiny_audio_config, tiny_backbone_config, tiny_text_config, tiny_vision_config
+from dmil_hf.testing_utils import (
+    TINY_BACKBONES,
+    tiny_audio_config,
+    tiny_backbone_config,
+    tiny_feature_encoder_config,
+    tiny_text_config,
+    tiny_vision_config,
+)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs" / "accelerate"
 EXPECTED = {
@@ -149,8 +156,6 @@ def test_fsdp_auto_wrap_finds_every_backbones_layers(families):
 
 
 def test_no_split_modules_survive_save_and_load_and_cover_features_encoders(tmp_path):
-    from dmil_hf.testing_utils import tiny_feature_encoder_config
-
     config = DMILConfig(modality_table=[Modality("text", "text", tiny_text_config()),
                                         Modality("facs", "features", tiny_feature_encoder_config())], num_labels=2)
     model = DMILForMultimodalClassification(config)

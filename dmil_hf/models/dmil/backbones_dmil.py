@@ -82,7 +82,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "roberta": BackboneSpec(pooling="mean", init_kwargs=_NO_POOLER, input_rank=2, lora_targets=("query", "value")),
     "xlm-roberta": BackboneSpec(pooling="mean", init_kwargs=_NO_POOLER, input_rank=2, lora_targets=("query", "value")),
     "distilbert": BackboneSpec(
-        pooling="mean", width="dim", input_rank=2, lora_targets=("q_lin", "v_lin"), no_split_modules=("TransformerBlock",)
+        pooling="mean", width="dim", input_rank=2, lora_targets=("q_lin", "v_lin"),
+        no_split_modules=("TransformerBlock",),
     ),
     "deberta-v2": BackboneSpec(
         pooling="mean", input_rank=2, lora_targets=("query_proj", "value_proj"),
@@ -130,7 +131,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "dmil_feature_encoder": BackboneSpec(
         # Not the attention's out_proj: nn.MultiheadAttention reads its weight directly, so an adapter there would
         # never run. linear1 / linear2 are called as modules in every mode (DMILFeatureEncoderLayer).
-        pooling="mean", lora_targets=("projection", "linear1", "linear2"), no_split_modules=("DMILFeatureEncoderLayer",),
+        pooling="mean", lora_targets=("projection", "linear1", "linear2"),
+        no_split_modules=("DMILFeatureEncoderLayer",),
     ),
 }
 

@@ -498,7 +498,9 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 "output is a regression: problem_type='regression')"
             )
         try:
-            labels = PROBLEM_TYPES[problem_type].check_labels(labels, batch_size, config.num_labels, self.checks_input_values)
+            labels = PROBLEM_TYPES[problem_type].check_labels(
+                labels, batch_size, config.num_labels, self.checks_input_values
+            )
         except (TypeError, ValueError) as err:
             if config.problem_type is None:
                 raise type(err)(
