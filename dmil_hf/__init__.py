@@ -52,7 +52,7 @@ if PIPELINE_REGISTRY.supported_tasks.get(_PIPELINE_TASK, {}).get("impl") is not 
 __all__ += ["DMILProcessor", "DMILDataCollator", "MultimodalClassificationPipeline", "save_for_pipeline",
             "prepare_media_columns"]
 
-__all__ += ["DMILTrainer", "DMILTrainingArguments"]
+__all__ += ["DMILTrainer", "DMILTrainingArguments", "add_predictions"]
 
 
 def __getattr__(name: str):
@@ -69,4 +69,9 @@ def __getattr__(name: str):
         from .training.data_collator import DMILDataCollator
 
         return DMILDataCollator
+    if name == "add_predictions":
+        # Imports datasets, which inference on single samples does without.
+        from .inference import add_predictions
+
+        return add_predictions
     raise AttributeError(f"module 'dmil_hf' has no attribute {name!r}")

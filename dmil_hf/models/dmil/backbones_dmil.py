@@ -58,6 +58,8 @@ class BackboneSpec:
             before the backbone runs so that a wrong size is a clear error rather than a crash inside it.
         lora_targets: leaf module names that receive LoRA adapters by default.
         model_class: dotted path of a class to build instead of ``AutoModel`` (Whisper: the encoder alone).
+        no_split_modules: layer classes to keep whole (FSDP auto-wrap units, `device_map` blocks), added to the
+            backbone class's own ``_no_split_modules`` for families whose transformers class declares none.
     """
 
     pooling: str = "mean"
@@ -67,6 +69,7 @@ class BackboneSpec:
     input_shape: Callable[[Any], tuple[int, ...]] | None = None
     lora_targets: tuple[str, ...] = _QV_BOTH
     model_class: str | None = None
+    no_split_modules: tuple[str, ...] = ()
 
 
 _NO_POOLER = {"add_pooling_layer": False}
@@ -78,8 +81,14 @@ BACKBONES: dict[str, BackboneSpec] = {
     "bert": BackboneSpec(pooling="mean", init_kwargs=_NO_POOLER, input_rank=2, lora_targets=("query", "value")),
     "roberta": BackboneSpec(pooling="mean", init_kwargs=_NO_POOLER, input_rank=2, lora_targets=("query", "value")),
     "xlm-roberta": BackboneSpec(pooling="mean", init_kwargs=_NO_POOLER, input_rank=2, lora_targets=("query", "value")),
-    "distilbert": BackboneSpec(pooling="mean", width="dim", input_rank=2, lora_targets=("q_lin", "v_lin")),
-    "deberta-v2": BackboneSpec(pooling="mean", input_rank=2, lora_targets=("query_proj", "value_proj")),
+    "distilbert": BackboneSpec(
+        pooling="mean", width="dim", input_rank=2, lora_targets=("q_lin", "v_lin"),
+        no_split_modules=("TransformerBlock",),
+    ),
+    "deberta-v2": BackboneSpec(
+        pooling="mean", input_rank=2, lora_targets=("query_proj", "value_proj"),
+        no_split_modules=("DebertaV2Embeddings", "DebertaV2Layer"),
+    ),
     # vision: the [CLS] token of the final (layer-normed) sequence.
     "vit": BackboneSpec(pooling="cls", init_kwargs=_NO_POOLER, input_rank=4, input_shape=_IMAGE_SHAPE),
     "deit": BackboneSpec(pooling="cls", init_kwargs=_NO_POOLER, input_rank=4, input_shape=_IMAGE_SHAPE),
@@ -94,11 +103,17 @@ BACKBONES: dict[str, BackboneSpec] = {
         input_shape=config_dims("num_frames", "num_channels", "image_size", "image_size"),
     ),
     # audio: waveforms, mean over the frames that are not padding.
-    "wav2vec2": BackboneSpec(pooling="mean", input_rank=2, lora_targets=("q_proj", "v_proj")),
+    "wav2vec2": BackboneSpec(
+        pooling="mean", input_rank=2, lora_targets=("q_proj", "v_proj"),
+        no_split_modules=("Wav2Vec2EncoderLayer", "Wav2Vec2EncoderLayerStableLayerNorm"),
+    ),
     "hubert": BackboneSpec(pooling="mean", input_rank=2, lora_targets=("q_proj", "v_proj")),
     # WavLM's attention hands q/k/v/out_proj's weights to F.multi_head_attention_forward as tensors (see
     # DIRECT_WEIGHT_READERS): adapters there would never run, so LoRA goes on the feed-forward layers.
-    "wavlm": BackboneSpec(pooling="mean", input_rank=2, lora_targets=("intermediate_dense", "output_dense")),
+    "wavlm": BackboneSpec(
+        pooling="mean", input_rank=2, lora_targets=("intermediate_dense", "output_dense"),
+        no_split_modules=("WavLMEncoderLayer", "WavLMEncoderLayerStableLayerNorm"),
+    ),
     # audio: fixed-size spectrograms. AST's pooler output is the mean of its two summary tokens (no parameters).
     "audio-spectrogram-transformer": BackboneSpec(
         pooling="pooler", input_rank=3, input_shape=config_dims("max_length", "num_mel_bins")
@@ -117,6 +132,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         # Not the attention's out_proj: nn.MultiheadAttention reads its weight directly, so an adapter there would
         # never run. linear1 / linear2 are called as modules in every mode (DMILFeatureEncoderLayer).
         pooling="mean", lora_targets=("projection", "linear1", "linear2"),
+        no_split_modules=("DMILFeatureEncoderLayer",),
     ),
 }
 
@@ -228,6 +244,17 @@ def check_backbone_fits(modality: str, kind: str, config: Any, main_input: str |
             f"alone. Add the family to dmil_hf.models.dmil.backbones_dmil.BACKBONES with its encoder class as model_class (as "
             f"'whisper' has)"
         )
+
+
+def backbone_no_split_modules(backbone: torch.nn.Module, spec: BackboneSpec) -> set[str]:
+    """The layer classes of a built backbone that must stay whole: its class's own ``_no_split_modules`` (what
+    transformers declares for it) and the table's ``no_split_modules`` (for families that declare none), kept to the
+    classes the backbone really has (CLIP's vision tower declares its text embeddings too, wav2vec2-base has no
+    stable-layer-norm layers). FSDP's transformer auto-wrap and `device_map` read the union over the backbones from
+    the DMIL model's ``_no_split_modules``."""
+    declared = set(getattr(backbone, "_no_split_modules", None) or ()) | set(spec.no_split_modules)
+    present = {type(module).__name__ for module in backbone.modules()}
+    return declared & present
 
 
 def backbone_width(config: Any, spec: BackboneSpec) -> int:

@@ -24,6 +24,7 @@ from .backbones_dmil import (
     TEMPORAL_POOLERS,
     BackboneSpec,
     apply_fast_paths,
+    backbone_no_split_modules,
     backbone_spec,
     backbone_width,
     check_backbone_fits,
@@ -420,6 +421,13 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         }
         self.head = HEADS[config.paradigm](config, self.feature_widths)
         self.main_input_name = self.routes[self.modalities[0]].names.main
+        # Every backbone's layer classes (its own `_no_split_modules`, or the table's), so that FSDP's transformer
+        # auto-wrap and device_map="auto" find them with no `fsdp_transformer_layer_cls_to_wrap` from the user:
+        # transformers' post_init gathers `_no_split_modules` from direct children only, and the backbones sit one
+        # level down, in a ModuleDict. Set before post_init, which keeps it.
+        self._no_split_modules = set().union(
+            *(backbone_no_split_modules(self.backbones[m], self.specs[m]) for m in self.modalities)
+        )
         self.post_init()
         if config.fast_paths:
             apply_fast_paths(self.backbones, config.fast_paths)
@@ -433,6 +441,14 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         takes_mask = "attention_mask" in inspect.signature(backbone.forward).parameters
         names = input_names(modality, backbone_input if modality.kind == "audio" else None)
         return ModalityRoute(modality, names, spec, modality.backbone, backbone_input, takes_mask)
+
+    @property
+    def checks_input_values(self) -> bool:
+        """Whether forward reads input values on the host to check them (NaN/inf, token ids, 0/1 masks, label
+        ranges): `config.check_inputs`, except while `torch.export` traces the model. An exported graph cannot branch
+        on tensor values (each read would stop the export with GuardOnDataDependentSymNode), so the exported program
+        runs without these checks, as a model with `check_inputs=False` does; shape and dtype checks stay."""
+        return self.config.check_inputs and not torch.compiler.is_exporting()
 
     @property
     def input_names(self) -> list[str]:
@@ -525,7 +541,7 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
             mine = {name: value for name, value in given.items() if owner[name] == m}
             if not mine:
                 continue
-            grouped[m] = check_modality(route, mine, self.config.check_inputs)
+            grouped[m] = check_modality(route, mine, self.checks_input_values)
             for name, value in mine.items():
                 if isinstance(value, torch.Tensor) and value.dim():
                     batch_sizes[name] = value.shape[0]
@@ -534,7 +550,10 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 f"no input given: pass at least one of the model's modalities ({', '.join(self.modalities)}; "
                 f"inputs: {', '.join(self.input_names)})"
             )
-        if len(set(batch_sizes.values())) > 1:
+        # Compared pairwise, not through a set: under torch.export with a dynamic batch the sizes are SymInts, which
+        # cannot be hashed but compare equal when they are the same dimension.
+        sizes = list(batch_sizes.values())
+        if any(size != sizes[0] for size in sizes[1:]):
             raise ValueError(f"inputs disagree on the batch size: {batch_sizes}")
         return grouped, next(iter(batch_sizes.values()))
 
@@ -566,13 +585,13 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                     f"modality_mask must be a tensor of shape (batch, {len(self.modalities)}) with columns "
                     f"{self.modalities}, got {getattr(modality_mask, 'shape', type(modality_mask).__name__)}"
                 )
-            if modality_mask.dtype != torch.bool and self.config.check_inputs:
+            if modality_mask.dtype != torch.bool and self.checks_input_values:
                 # A float mask like 0.5 would silently count as present: only 0 and 1 mean something.
                 if not bool(((modality_mask == 0) | (modality_mask == 1)).all()):
                     raise ValueError("modality_mask must hold only 0/1 or False/True, got other values")
             present = present & modality_mask.to(device=device, dtype=torch.bool)
         all_given = modality_mask is None and len(grouped) == len(self.modalities)
-        if self.config.check_inputs:
+        if self.checks_input_values:
             # One host sync for both reads.
             some, every = torch.stack([present.any(dim=1).all(), present.all()]).tolist()
             if not some:
@@ -601,7 +620,9 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
                 "output is a regression: problem_type='regression')"
             )
         try:
-            labels = PROBLEM_TYPES[problem_type].check_labels(labels, batch_size, config.num_labels, config.check_inputs)
+            labels = PROBLEM_TYPES[problem_type].check_labels(
+                labels, batch_size, config.num_labels, self.checks_input_values
+            )
         except (TypeError, ValueError) as err:
             if config.problem_type is None:
                 raise type(err)(

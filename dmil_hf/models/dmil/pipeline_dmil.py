@@ -12,10 +12,11 @@ from __future__ import annotations
 import collections.abc
 import functools
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
@@ -42,6 +43,60 @@ def input_keys(config: Any) -> dict[str, str]:
     return keys
 
 
+def is_hf_dataset(value: Any) -> bool:
+    """Whether `value` is a 🤗 `datasets.Dataset` or `datasets.IterableDataset` (read without importing datasets,
+    which this module, copied as remote code, cannot count on)."""
+    return type(value).__module__.split(".")[0] == "datasets" and hasattr(value, "column_names")
+
+
+def dataset_columns(
+    keys: Mapping[str, str], column_names: list[str], columns: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Input key -> dataset column: the `columns` mapping (input key or modality name -> column, for columns named
+    otherwise, e.g. `{"vision": "image_path"}`), and every column named like an input key whose modality `columns`
+    does not map already. Other columns (labels, ids) are not read. `keys` is the pipeline's input key -> modality
+    table (`input_keys`)."""
+    columns = dict(columns or {})
+    unknown = sorted(key for key in columns if key not in keys)
+    if unknown:
+        raise ValueError(f"columns maps {unknown}, which are not inputs of this model; its inputs: {list(keys)}")
+    missing = sorted(column for column in columns.values() if column not in column_names)
+    if missing:
+        raise ValueError(f"columns names {missing}, which the dataset lacks; its columns: {column_names}")
+    mapped = {keys[key] for key in columns}
+    for key, modality in keys.items():
+        if key in column_names and modality not in mapped and key not in columns:
+            columns[key] = key
+            mapped.add(modality)
+    if not columns:
+        raise ValueError(
+            f"the dataset has none of the model's inputs as a column (inputs: {list(keys)}; columns: {column_names}): "
+            "name them with columns={modality: column}, e.g. columns={'vision': 'image_path'}"
+        )
+    return columns
+
+
+class ModalityColumns(Dataset):
+    """The rows of a 🤗 dataset as pipeline inputs, `{input key: value}` for the columns `dataset_columns` picks: what
+    transformers' `KeyDataset` is for single-input pipelines. Only those columns are read (and decoded)."""
+
+    def __init__(self, dataset: Any, columns: Mapping[str, str]):
+        self.dataset = dataset.select_columns(list(dict.fromkeys(columns.values())))
+        self.columns = dict(columns)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.dataset[i]
+        return {key: row[column] for key, column in self.columns.items()}
+
+    def __iter__(self):
+        # A streaming (iterable) dataset has rows but no index.
+        for row in self.dataset:
+            yield {key: row[column] for key, column in self.columns.items()}
+
+
 # "Not given" for top_k, which None cannot mean since top_k=None asks for every label (as in text-classification).
 _UNSET = object()
 # The scores a user may ask for in place of the problem type's own (`function_to_apply`, as in transformers'
@@ -64,7 +119,9 @@ class MultimodalClassificationPipeline(Pipeline):
     numpy array, torch tensor or file path; uint8 arrays are 0..255, float arrays [0, 1]) and `"audio"` (1-D
     waveform at the feature extractor's rate, `(waveform, sampling_rate)` tuple, `{"array", "sampling_rate"}` dict
     or file path), and any modality of the model's table by its name (`"rgb"`: a video as a list of frames, an
-    array (frames, H, W, C) or a video file path; `"facs"`: features (steps, dim)), or a list of such dicts. A modality left out of a sample (or given as None) is handled as
+    array (frames, H, W, C) or a video file path; `"facs"`: features (steps, dim)), or a list of such dicts, or a 🤗
+    `datasets.Dataset` whose columns hold them (`pipe(ds, columns={"vision": "image_path"})`, see `__call__`).
+    A modality left out of a sample (or given as None) is handled as
     missing: the model renormalises its gate over what the sample has. `batch_size > 1` batches samples with
     different modalities together; each modality is padded on its own.
 
@@ -172,14 +229,40 @@ class MultimodalClassificationPipeline(Pipeline):
             postprocess_params["function_to_apply"] = name
         return {}, {}, postprocess_params
 
-    def __call__(self, inputs: dict[str, Any] | list[dict[str, Any]], **kwargs: Any) -> list[dict] | list[list[dict]]:
-        """Classify one input dict (returns a list of label dicts) or a list of them (returns a list of lists).
+    def __call__(
+        self,
+        inputs: dict[str, Any] | list[dict[str, Any]] | Any,
+        columns: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> list[dict] | list[list[dict]] | collections.abc.Iterator:
+        """Classify one input dict (returns a list of label dicts), a list of them (returns a list of lists), or a
+        🤗 `datasets.Dataset` / `IterableDataset` (returns an iterator over its rows' answers, in row order).
 
-        Keyword arguments: `top_k` (see the class docstring), `batch_size`, `num_workers`.
+        A dataset is read as transformers' pipelines read one (`pipe(KeyDataset(ds, "text"))`): lazily, one answer
+        per row, batched by `batch_size`. Its columns named like the model's inputs (`text`, `image`, `audio`, or a
+        modality's name) are read; `columns` maps the others, input key or modality -> column name, e.g.
+        `pipe(ds, columns={"vision": "image_path"})`. Other columns (labels, ids) are left alone; a None cell is a
+        missing modality. For answers as new columns of the dataset, see `dmil_hf.inference.add_predictions`.
+
+        Keyword arguments: `top_k`, `function_to_apply` (see the class docstring), `batch_size`, `num_workers`.
         """
+        if not isinstance(inputs, (dict, list, tuple)) and is_hf_dataset(inputs):
+            if inputs.column_names is None:
+                raise ValueError("the dataset's columns are unknown (a streaming dataset before its first row?)")
+            selected = ModalityColumns(inputs, dataset_columns(self._input_keys, inputs.column_names, columns))
+            # A streaming dataset has no length: hand its rows over as a generator, which transformers also streams.
+            inputs = selected if hasattr(inputs, "__len__") else iter(selected)
+        elif columns is not None:
+            raise TypeError(f"columns= maps the columns of a datasets.Dataset; got a {type(inputs).__name__} input")
         if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
             return []  # transformers' Pipeline.__call__ would fail indexing the first item
         return super().__call__(inputs, **kwargs)
+
+    def model_inputs(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """The model's inputs for a batch of input dicts, built exactly as the pipeline builds them (each checked,
+        then padded and stacked by the processor, floats in the model's dtype), for callers that run the model
+        themselves (`dmil_hf.inference.add_predictions`)."""
+        return self._collate([self._check_input(example) for example in examples])
 
     # ------------------------------------------------------------------ the four pipeline steps
 
@@ -335,5 +418,5 @@ def save_for_pipeline(model, processor, save_directory: str | os.PathLike, **kwa
     return os.fspath(save_directory)
 
 
-__all__ = ["SCORE_FUNCTIONS", "MultimodalClassificationPipeline", "default_score_function", "input_keys",
-           "save_for_pipeline", "TASK"]
+__all__ = ["SCORE_FUNCTIONS", "ModalityColumns", "MultimodalClassificationPipeline", "dataset_columns",
+           "default_score_function", "input_keys", "is_hf_dataset", "save_for_pipeline", "TASK"]
