@@ -114,6 +114,10 @@ class DataTrainingArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the prediction set."})
+    id_column_name: str | None = field(
+        default=None, metadata={"help": "A column of the test data whose values identify its rows: predictions.csv "
+                                "starts with it instead of the row index."},
+    )
     media_check: str = field(
         default="headers", metadata={
             "help": "Before anything trains, every media file of the user's data is opened and its header read "
@@ -494,6 +498,9 @@ def main(argv: list[str] | None = None) -> dict:
             train, evaluation, test = splits["training"], splits["validation"], splits["test"]
             training_args.remove_unused_columns = False  # the collator reads the raw columns
     check_splits(training_args, evaluation, test)
+    if data_args.id_column_name is not None and (test is None or data_args.id_column_name not in test.column_names):
+        raise ValueError(f"--id_column_name {data_args.id_column_name!r} is not a column of the test data "
+                         f"(columns: {test.column_names if test is not None else 'no test data'})")
 
     def interaction_types(dataset):
         column = data_args.interaction_type_column_name
@@ -545,7 +552,9 @@ def main(argv: list[str] | None = None) -> dict:
             written += plots
         if predict_output:
             written.append(os.path.join(out, PREDICTIONS))
-            write_predictions(predict_output, model.config, written[-1])
+            id_column = data_args.id_column_name
+            write_predictions(predict_output, model.config, written[-1],
+                              ids=test[id_column] if id_column else None, id_name=id_column or "id")
             if predict_output.label_ids is not None:  # test metrics need the test labels
                 written.append(write_json(os.path.join(out, PREDICT_RESULTS), predict_output.metrics))
         print_stage_table(model.config, trainer.stage_results if training_args.do_train else {})
