@@ -168,7 +168,9 @@ def time_recipe(folder: Path, argv: list[str], threads: int, extra: list[str], t
     if process.returncode != 0:
         raise SystemExit(f"the recipe failed (exit {process.returncode}); its last lines:\n{''.join(lines[-30:])}")
     result = {"command": shlex.join(["python", "training/run.py", *argv[2:], *extra]), "first_eval_line_s": first_eval,
-              "total_s": total, "first_eval_line": next((l.strip() for l in lines if EVAL_LINE.search(l)), None)}
+              "total_s": total, "first_eval_line": next((l.strip() for l in lines if EVAL_LINE.search(l)), None),
+              # The per-stage table and where the results are: what the README shows of a run.
+              "console_tail": [l.rstrip("\n") for l in lines[-12:]]}
     run_dir = folder / _output_dir(argv[2:] + extra)
     log_path = run_dir / "log_history.json"
     if log_path.is_file():
