@@ -241,7 +241,7 @@ def write_example_dataset(
     Each row shows its label in one, two or all three modalities (the label's word, colour, tone); a modality that
     does not is neutral (a sentence without a class word, a grey image, a noise clip), so that the rows mix
     redundant and unique evidence and no single modality gets every row right. `num_rows` go to training and a
-    third as many, drawn the same way, to validation. The clips last `clip_seconds` (0.1 s: 5 frames of a
+    third as many, drawn the same way, to validation. The clips last `clip_seconds` (0.1 s: 4 frames of a
     wav2vec2-shaped backbone; a longer clip costs what your own recordings would)."""
     import csv
     import os
