@@ -165,16 +165,18 @@ def random_inputs(
 
 
 def save_tiny_backbones(folder: str, modalities: tuple[str, ...] = ("text", "vision", "audio"), seed: int = 0) -> dict:
-    """Save tiny random backbones with their processors (a BERT with a 20-token WordPiece tokenizer: 15 words and 5
-    special tokens, a ViT with a 16 x 16 image processor, a wav2vec2 with its feature extractor) under
-    `folder/<modality>`, as a pretrained checkpoint would be, and return the paths: stand-ins for Hub backbones in
-    offline examples and tests."""
+    """Save tiny random backbones with their processors under `folder/<modality>`, as a pretrained checkpoint would
+    be, and return the paths: stand-ins for Hub backbones in offline examples and tests. They are shaped like the
+    families they stand for (`standin_backbone_configs`): a BERT with 512 positions and a 20-token WordPiece
+    tokenizer (15 words and 5 special tokens, `model_max_length` 512), a ViT with 16-pixel patches and a 224 x 224
+    image processor, a wav2vec2 with wav2vec2-base's feature encoder (50 frames a second at 16 kHz) and its feature
+    extractor; only their width and depth are tiny."""
     import os
 
     from transformers import AutoModel, BertTokenizer, ViTImageProcessorPil, Wav2Vec2FeatureExtractor
 
-    words = ["red", "green", "blue", "loud", "quiet", "cat", "dog", "bird", "a", "the", "is", "and", "on", "in", "big"]
-    configs = {"text": tiny_text_config(), "vision": tiny_vision_config(), "audio": tiny_audio_config()}
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *STANDIN_WORDS]
+    configs = standin_backbone_configs(vocab_size=len(tokens))
     paths = {}
     for modality in modalities:
         path = os.path.join(folder, modality)
@@ -183,14 +185,45 @@ def save_tiny_backbones(folder: str, modalities: tuple[str, ...] = ("text", "vis
         if modality == "text":
             # The vocabulary as a dict: transformers 5's BertTokenizer ignores `vocab_file=` (it would keep its five
             # special tokens and map every word to [UNK]).
-            tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-            BertTokenizer(vocab={token: i for i, token in enumerate(tokens)}, model_max_length=64).save_pretrained(path)
+            BertTokenizer(vocab={token: i for i, token in enumerate(tokens)},
+                          model_max_length=STANDIN_TEXT_LENGTH).save_pretrained(path)
         elif modality == "vision":
-            ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(path)
+            size = configs["vision"].image_size
+            ViTImageProcessorPil(size={"height": size, "width": size}).save_pretrained(path)
         else:
             Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(path)
         paths[modality] = path
     return paths
+
+
+# The stand-in tokenizer's words (`save_tiny_backbones`): those of `write_example_dataset` and the README's examples.
+STANDIN_WORDS = ["red", "green", "blue", "loud", "quiet", "cat", "dog", "bird", "a", "the", "is", "and", "on", "in",
+                 "big"]
+# bert-base-uncased's positions and tokenizer limit.
+STANDIN_TEXT_LENGTH = 512
+# wav2vec2-base's feature encoder (also HuBERT's and WavLM's): seven convolutions with a total stride of 320 samples,
+# one frame per 20 ms at 16 kHz, and a receptive field of 400 samples (25 ms).
+WAV2VEC2_BASE_CONV = dict(conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+                          num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16)
+
+
+def standin_backbone_configs(vocab_size: int = 20) -> dict[str, PretrainedConfig]:
+    """The configs of `save_tiny_backbones`' stand-ins: random, width 32 and 2 layers as the unit tests' tiny
+    configs, but shaped like the Hub backbones the README names (bert-base-uncased, vit-base-patch16-224,
+    wav2vec2-base), so that an input gives the sequence lengths the real backbone would give it and a step costs
+    what those lengths cost: BERT's 512 positions; ViT's 16-pixel patches on 224 x 224 images (196 patches and the
+    [CLS] token); wav2vec2-base's convolutions, stride 320 (a one-second clip gives 49 frames, where the unit tests'
+    `tiny_audio_config`, stride 20, gives 799 and spends a step's time in attention over them).
+
+    Differences from the real configs, and why: the audio feature encoder normalises with layer norm (as
+    wav2vec2-large-lv60) so that padding a clip does not change its features, which group norm over the whole
+    padded clip would; SpecAugment is off because its masks are longer than a short clip."""
+    return {
+        "text": BertConfig(vocab_size=vocab_size, max_position_embeddings=STANDIN_TEXT_LENGTH, **_LAYERS),
+        "vision": ViTConfig(image_size=224, patch_size=16, **_LAYERS),
+        "audio": Wav2Vec2Config(**_LAYERS, feat_extract_norm="layer", conv_dim=(32,) * 7, **WAV2VEC2_BASE_CONV,
+                                mask_time_prob=0.0),
+    }
 
 
 # The example dataset's classes, each with the word, colour and tone that show it (`write_example_dataset`).
@@ -198,7 +231,9 @@ EXAMPLE_CLASSES = {"cat": ("cat", (220, 40, 40), 300.0), "dog": ("dog", (40, 200
                    "bird": ("bird", (40, 40, 220), 2000.0)}
 
 
-def write_example_dataset(folder: str, num_rows: int = 60, seed: int = 0, sampling_rate: int = 16000) -> dict:
+def write_example_dataset(
+    folder: str, num_rows: int = 60, seed: int = 0, sampling_rate: int = 16000, clip_seconds: float = 0.1,
+) -> dict:
     """Write a small dataset of your-own-data shape under `folder`: `train.csv` and `validation.csv` with a sentence
     (`text`), a PNG path (`image_path`), a WAV path (`wav_path`) and a string label (`label`: cat, dog or bird), the
     files under `folder/media/`. Returns the csv paths.
@@ -206,7 +241,8 @@ def write_example_dataset(folder: str, num_rows: int = 60, seed: int = 0, sampli
     Each row shows its label in one, two or all three modalities (the label's word, colour, tone); a modality that
     does not is neutral (a sentence without a class word, a grey image, a noise clip), so that the rows mix
     redundant and unique evidence and no single modality gets every row right. `num_rows` go to training and a
-    third as many, drawn the same way, to validation."""
+    third as many, drawn the same way, to validation. The clips last `clip_seconds` (0.1 s: 4 frames of a
+    wav2vec2-shaped backbone; a longer clip costs what your own recordings would)."""
     import csv
     import os
 
@@ -219,7 +255,7 @@ def write_example_dataset(folder: str, num_rows: int = 60, seed: int = 0, sampli
     os.makedirs(media, exist_ok=True)
     names = list(EXAMPLE_CLASSES)
     fillers = ["a", "the", "big", "is", "on", "in", "and"]
-    t = np.arange(int(0.1 * sampling_rate)) / sampling_rate  # 0.1 s clips
+    t = np.arange(int(clip_seconds * sampling_rate)) / sampling_rate
     paths = {}
     for split, rows in (("train", num_rows), ("validation", max(3, num_rows // 3))):
         records = []
