@@ -19,7 +19,7 @@ from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer, DM
 from dmil_hf.testing_utils import random_inputs
 from dmil_hf.training.trainer import STAGE_MARKER
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from plain_peers import PlainEnsemble, PlainI2M2, PlainJoint  # noqa: E402
 
 MODALITIES = ("vision", "audio")  # [CLS] and unmasked mean pooling: what the plain peers do

@@ -23,7 +23,7 @@ import torch
 
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN = os.path.join(REPO, "training", "run.py")
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 # The short synthetic run of test_cli.py (every stage, 2 optimizer steps each on 2 processes), LoRA in stage 3.

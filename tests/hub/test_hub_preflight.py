@@ -29,7 +29,7 @@ from dmil_hf.hub.publisher import (
 )
 from dmil_hf.training.trainer import STAGE_MARKER
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN = os.path.join(REPO, "training", "run.py")
 
 

@@ -10,7 +10,7 @@ from transformers import AutoModel
 
 import dmil_hf  # noqa: F401  (registers the Auto classes)
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "v0_1_0"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "v0_1_0"
 
 # The expected outputs were computed by the transformers release of their day: a later release may sum a backbone's
 # floats in another order (transformers 5.25 moves the logits by about 2e-8). A wrong or re-initialised weight moves
@@ -35,7 +35,7 @@ def test_release_0_1_0_checkpoints_give_identical_outputs(paradigm):
 # Saved by the last code with three fixed modality slots (commit ca35480, before the modality table and the head
 # registry): text + vision + wav2vec2 audio for each paradigm, and a DMIL with a Whisper encoder, a per-modality
 # pooling override and a gate that reads predictions. Inputs include a modality_mask with missing modalities.
-THREE_SLOT = Path(__file__).resolve().parent / "fixtures" / "three_slot"
+THREE_SLOT = Path(__file__).resolve().parents[1] / "fixtures" / "three_slot"
 
 
 @pytest.mark.parametrize("name", ["dmil", "joint", "ensemble", "dmil_whisper"])
@@ -54,7 +54,7 @@ def test_three_slot_checkpoints_give_identical_outputs(name):
 # Saved by the code whose feature encoder stacked nn.TransformerEncoderLayer (commit 1ecb244): a DMIL over a
 # two-layer feature encoder (padded sequences) and a projection-only one (vectors). The own pre-norm layer that
 # replaced it keeps the parameter names and the function, so the checkpoint loads as it was and gives its outputs.
-FEATURE_ENCODER = Path(__file__).resolve().parent / "fixtures" / "feature_encoder" / "dmil"
+FEATURE_ENCODER = Path(__file__).resolve().parents[1] / "fixtures" / "feature_encoder" / "dmil"
 
 
 @pytest.mark.parametrize("grad", [False, True])

@@ -19,7 +19,7 @@ from dmil_hf import DMILForMultimodalClassification, DMILTrainingArguments
 from dmil_hf.hub import model_card as model_card_dmil
 from dmil_hf.hub.model_card import render_model_card
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = Path(dmil_hf.__file__).resolve().parent
 TEMPLATE = "hub/templates/model_card.md"
 METRIC_SCRIPT = "evaluation/interaction_metrics/interaction_metrics.py"

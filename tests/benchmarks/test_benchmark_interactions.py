@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "interactions.py"
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "interactions.py"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from transformers import AutoModel, TrainerCallback
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
 from dmil_hf.training.trainer import STAGE_MARKER
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def make_data(n=16, seed=0, num_labels=3):
