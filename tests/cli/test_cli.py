@@ -2,42 +2,23 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from PIL import Image
-from transformers import AutoModel, BertTokenizer, ViTImageProcessorPil, Wav2Vec2FeatureExtractor
+from transformers import AutoModel
+
+from dmil_hf.testing_utils import import_cli, run_cli, write_user_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RUN = os.path.join(REPO, "training", "run.py")
 
-
-def import_cli():
-    """The CLI module `training/run.py` (a script, not part of the package), imported in-process."""
-    sys.path.insert(0, os.path.join(REPO, "training"))
-    try:
-        import run
-    finally:
-        sys.path.pop(0)
-    return run
 # A short synthetic run: every stage, a handful of steps.
 SHORT = [
     "--synthetic_train_size", "64", "--synthetic_eval_size", "32", "--synthetic_modalities", "text,vision",
     "--stage1_num_train_epochs", "1", "--stage2_num_train_epochs", "1", "--stage3_num_train_epochs", "1",
     "--per_device_train_batch_size", "16", "--save_strategy", "no", "--logging_steps", "2",
 ]
-
-
-def run_cli(args, tmp_path, launcher=(), timeout=400):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO, "HF_HOME": str(tmp_path / "hf_home")}
-    cmd = [*launcher, RUN, *args] if launcher else [sys.executable, RUN, *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return done.stdout
 
 
 def test_config_file_and_overrides_are_one_parser(tmp_path):
@@ -95,35 +76,8 @@ def test_synthetic_run_writes_final_model_and_results(tmp_path):
     assert len(result) == model.config.num_labels and set(result[0]["interactions"]) == set(model.config.interaction_components)
 
 
-def _write_user_dataset(tmp_path):
-    """Locally saved 'pretrained' tiny backbones with their processors, and a csv of text, image paths, wav paths."""
-    from conftest import make_config
-
-    config = make_config(("text", "vision", "audio"))
-    words = ["red", "green", "blue", "loud", "quiet", "cat"]
-    backbones = {}
-    for modality in ("text", "vision", "audio"):
-        folder = tmp_path / modality
-        torch.manual_seed(0)
-        AutoModel.from_config(config.backbone_config(modality)).save_pretrained(folder)
-        backbones[modality] = str(folder)
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
-    BertTokenizer(vocab=str(tmp_path / "vocab.txt")).save_pretrained(backbones["text"])
-    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(backbones["vision"])
-    Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(backbones["audio"])
-    rng = np.random.default_rng(0)
-    rows = ["text,image,audio,emotion"]
-    for i in range(24):
-        label = ["happy", "sad"][i % 2]
-        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
-        sf.write(tmp_path / f"clip{i}.wav", rng.standard_normal(800 + 40 * i).astype("float32") * 0.1, 8000)
-        rows.append(f"{words[i % 6]} {words[(i + 1) % 6]},{tmp_path / f'img{i}.png'},{tmp_path / f'clip{i}.wav'},{label}")
-    (tmp_path / "train.csv").write_text("\n".join(rows))
-    return backbones
-
-
 def test_user_csv_with_file_paths_and_pretrained_backbones(tmp_path):
-    backbones = _write_user_dataset(tmp_path)
+    backbones = write_user_dataset(tmp_path)
     out_dir = tmp_path / "out"
     run_cli([
         "--text_model", backbones["text"], "--vision_model", backbones["vision"], "--audio_model", backbones["audio"],
@@ -145,7 +99,7 @@ def test_user_csv_with_file_paths_and_pretrained_backbones(tmp_path):
 def test_modality_table_on_the_command_line_rgb_flow_audio(tmp_path):
     """--modality NAME:KIND:BACKBONE[:FRAMES]: two video modalities of one image backbone and audio, from a JSON file
     whose video columns hold lists of frame files (one named after its modality, one through --modality_column)."""
-    backbones = _write_user_dataset(tmp_path)
+    backbones = write_user_dataset(tmp_path)
     rows = []
     for i in range(12):
         frames = [str(tmp_path / f"img{(i + t) % 24}.png") for t in range(2 + i % 3)]

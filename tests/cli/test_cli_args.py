@@ -8,7 +8,10 @@ import shlex
 
 import pytest
 import yaml
-from test_cli import REPO, import_cli
+
+from dmil_hf.testing_utils import import_cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def as_dicts(parsed):

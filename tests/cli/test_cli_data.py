@@ -6,12 +6,12 @@ is an error, and a validation label unseen in training is reported before anythi
 
 import pytest
 import torch
-from test_cli import _write_user_dataset, import_cli
 from transformers import AutoFeatureExtractor, AutoTokenizer
 
 import dmil_hf
 from dmil_hf import DMILForMultimodalClassification, DMILProcessor
 from dmil_hf.models.dmil.processing_dmil import load_image_processor
+from dmil_hf.testing_utils import import_cli, write_user_dataset
 
 # The model's classes in the opposite order to the data's sorted labels (happy, sad).
 MODEL_LABELS = {0: "sad", 1: "happy"}
@@ -45,7 +45,7 @@ def stop_at_training(monkeypatch):
 def user_data(tmp_path_factory):
     """Tiny saved backbones and a csv (text, image, audio paths, emotion in happy/sad)."""
     folder = tmp_path_factory.mktemp("user")
-    return folder, _write_user_dataset(folder)
+    return folder, write_user_dataset(folder)
 
 
 @pytest.fixture(scope="module")

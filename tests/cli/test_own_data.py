@@ -12,10 +12,11 @@ import sys
 import zipfile
 
 import pytest
-from test_cli import REPO, import_cli, run_cli
 
 from dmil_hf import pretrained
+from dmil_hf.testing_utils import import_cli, run_cli
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 README = os.path.join(REPO, "README.md")
 # The recipe's stages, shortened for the test (the own-data job's 10 / 5 / 5 epochs take about a minute on a shared
 # CPU); its learning rates, batch size, logging and evaluation are the job's own.

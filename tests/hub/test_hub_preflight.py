@@ -15,7 +15,6 @@ import sys
 
 import pytest
 from fake_hub import FakeHub
-from test_training import make_args, make_data, two_modality_model
 from transformers import TrainerCallback
 
 from dmil_hf import DMILTrainer
@@ -27,6 +26,9 @@ from dmil_hf.hub.publisher import (
     main,
     push_output_dir,
 )
+from dmil_hf.testing_utils import tiny_training_arguments as make_args
+from dmil_hf.testing_utils import tiny_training_dataset as make_data
+from dmil_hf.testing_utils import tiny_two_modality_model as two_modality_model
 from dmil_hf.training.trainer import STAGE_MARKER
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

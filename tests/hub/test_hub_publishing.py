@@ -6,10 +6,12 @@ import os
 
 import pytest
 from huggingface_hub import HfApi
-from test_training import make_args, make_data, two_modality_model
 
 from dmil_hf import DMILTrainer
 from dmil_hf.hub.publisher import UPLOAD_IGNORE_PATTERNS, DMILHubPublisher, resolve_repo_id
+from dmil_hf.testing_utils import tiny_training_arguments as make_args
+from dmil_hf.testing_utils import tiny_training_dataset as make_data
+from dmil_hf.testing_utils import tiny_two_modality_model as two_modality_model
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
-from conftest import make_config
 
 import dmil_hf
 from dmil_hf import DMILForMultimodalClassification, DMILTrainingArguments
 from dmil_hf.hub import model_card as model_card_dmil
 from dmil_hf.hub.model_card import render_model_card
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = Path(dmil_hf.__file__).resolve().parent

@@ -3,10 +3,10 @@ input, or is cast to what the backbone needs."""
 
 import pytest
 import torch
-from conftest import make_config
 
 from dmil_hf import DMILForMultimodalClassification
 from dmil_hf.testing_utils import random_inputs
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
 
 TVA = ("text", "vision", "audio")
 

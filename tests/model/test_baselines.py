@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_config
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
 from dmil_hf.testing_utils import random_inputs
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
 from dmil_hf.training.trainer import STAGE_MARKER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

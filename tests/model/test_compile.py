@@ -3,10 +3,10 @@ Python branches), so compiled training keeps them in one graph with the backbone
 
 import pytest
 import torch
-from conftest import make_config
 
 from dmil_hf import DMILForMultimodalClassification
 from dmil_hf.testing_utils import random_inputs
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

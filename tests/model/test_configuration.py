@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from conftest import make_config
 from transformers import (
     AutoConfig,
     BertConfig,
@@ -17,6 +16,7 @@ from transformers import (
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification
 from dmil_hf.testing_utils import tiny_text_config, tiny_vision_config
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
 
 LOSS_WEIGHTS = dict(
     logvar_clamp=5.0, kl_weight=0.03, alignment_weight=2.0, stage1_reconstruction_weight=0.2,

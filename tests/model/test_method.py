@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_config
 from torch import nn
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, Modality
@@ -21,6 +20,7 @@ from dmil_hf.models.dmil.modeling_dmil import (
 from dmil_hf.models.dmil.stages_dmil import STAGE_PLANS
 from dmil_hf.models.dmil.modalities_dmil import KINDS
 from dmil_hf.testing_utils import random_inputs, tiny_audio_config, tiny_backbone_config, tiny_vision_config
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
 from dmil_hf.training.trainer import prepare_model_for_stage
 
 TEXT_VISION = ("text", "vision")

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_config
 from torch import nn
 from transformers import AutoModel
 
@@ -16,6 +15,7 @@ from dmil_hf.models.dmil.configuration_dmil import REFERENCE_PRESET
 from dmil_hf.models.dmil.heads_dmil import I2M2Head, ModalityFeatures, product_of_experts
 from dmil_hf.models.dmil.modeling_dmil import DiagonalGaussianHead, InteractionGate, SynergyFusion, gaussian_kl
 from dmil_hf.testing_utils import random_inputs, tiny_audio_config, tiny_text_config, tiny_vision_config
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
 
 PARADIGMS = ("dmil", "joint", "ensemble", "two_stage", "i2m2")
 MODALITY_SETS = (("text", "vision"), ("text", "vision", "audio"))

@@ -3,7 +3,6 @@ checkpoints (Whisper, CLIP); gradient checkpointing, attention implementations a
 
 import pytest
 import torch
-from conftest import make_config
 from transformers import AutoModel, CLIPConfig, CLIPModel, WhisperForConditionalGeneration
 
 from dmil_hf import DMILForMultimodalClassification
@@ -16,6 +15,7 @@ from dmil_hf.testing_utils import (
     tiny_text_config,
     tiny_vision_config,
 )
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
 
 FAMILIES = (
     [("text", f) for f in TEXT_FAMILIES] + [("vision", f) for f in VISION_FAMILIES] + [("audio", f) for f in AUDIO_FAMILIES]

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_config
 from transformers import EvalPrediction
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, Modality
@@ -23,6 +22,7 @@ from dmil_hf.models.dmil.heads_dmil import (
 from dmil_hf.evaluation import make_compute_metrics, per_type_summary
 from dmil_hf.models.dmil.problem_types_dmil import PROBLEM_TYPES, combine_experts, infer_problem_type
 from dmil_hf.testing_utils import random_inputs
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
 
 SINGLE, MULTI, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
 

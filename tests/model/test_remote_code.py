@@ -7,13 +7,14 @@ import sys
 import textwrap
 
 import torch
-from conftest import BLOCK_DMIL_HF, make_config
 
 from dmil_hf import DMILConfig, Modality
 from dmil_hf.testing_utils import tiny_feature_encoder_config, tiny_vision_config
 
 from dmil_hf import DMILForMultimodalClassification
 from dmil_hf.testing_utils import random_inputs
+from dmil_hf.testing_utils import BLOCK_DMIL_HF
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
 
 # Run with `python -I` (no PYTHONPATH, no user site, no script/cwd entry on sys.path) from a temporary cwd. The
 # package may still be importable through site-packages (an editable install's .pth or finder), so the script

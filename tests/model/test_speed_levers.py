@@ -7,12 +7,14 @@ import time
 
 import pytest
 import torch
-from conftest import make_config
-from test_training import make_args, make_data, two_modality_model
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer
 from dmil_hf.models.dmil.backbones_dmil import FAST_PATHS, apply_fast_paths
 from dmil_hf.testing_utils import random_inputs, tiny_audio_config
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
+from dmil_hf.testing_utils import tiny_training_arguments as make_args
+from dmil_hf.testing_utils import tiny_training_dataset as make_data
+from dmil_hf.testing_utils import tiny_two_modality_model as two_modality_model
 
 
 @pytest.mark.parametrize("family", ["wav2vec2", "hubert"])

@@ -10,39 +10,16 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import BLOCK_DMIL_HF, make_config
-from transformers import AutoProcessor, BertTokenizer, ViTImageProcessorPil, Wav2Vec2FeatureExtractor, pipeline
+from transformers import AutoProcessor, pipeline
 
 from dmil_hf import DMILForMultimodalClassification, DMILProcessor, MultimodalClassificationPipeline, save_for_pipeline
+from dmil_hf.testing_utils import BLOCK_DMIL_HF
+from dmil_hf.testing_utils import TINY_LABELS as LABELS
+from dmil_hf.testing_utils import tiny_model_and_processor as make_model_and_processor
 
 TASK = "multimodal-classification"
-LABELS = {0: "cat", 1: "dog", 2: "bird"}
 SUBSETS = [("text", "vision"), ("text", "audio"), ("vision", "audio"), ("text", "vision", "audio")]
 KEYS = {"text": "text", "vision": "image", "audio": "audio"}
-
-
-def make_tokenizer(folder):
-    vocab = folder / "vocab.txt"
-    words = ["a", "the", "cat", "dog", "bird", "sings"]
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
-    return BertTokenizer(vocab=str(vocab), model_max_length=64)
-
-
-def make_model_and_processor(folder, modalities, paradigm="dmil"):
-    torch.manual_seed(0)
-    config = make_config(modalities, paradigm=paradigm, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
-    if "audio" in modalities:
-        # Layer-norm feature encoder, as in the wav2vec2 checkpoints that use an attention mask: the group-norm one
-        # (wav2vec2-base) normalises over padded samples too, so its outputs depend on the batch's padding.
-        config.audio_config.feat_extract_norm = "layer"
-    model = DMILForMultimodalClassification(config)
-    processor = DMILProcessor(
-        tokenizer=make_tokenizer(folder) if "text" in modalities else None,
-        image_processor=ViTImageProcessorPil(size={"height": 16, "width": 16}) if "vision" in modalities else None,
-        # The mask keeps padded audio out of the pooled features, so a clip's prediction does not depend on the batch.
-        feature_extractor=Wav2Vec2FeatureExtractor(return_attention_mask=True) if "audio" in modalities else None,
-    )
-    return model, processor
 
 
 @pytest.fixture(scope="module")

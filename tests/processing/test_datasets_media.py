@@ -224,7 +224,7 @@ def test_video_column_of_image_frames(sources, processor, tmp_path):
 
 
 def test_cli_trains_on_a_saved_dataset_with_media_columns(sources, tmp_path):
-    from test_cli import import_cli
+    from dmil_hf.testing_utils import import_cli
 
     backbones = {}
     for name, config in (("vision", tiny_vision_config()), ("audio", tiny_audio_config()),

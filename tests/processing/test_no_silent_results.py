@@ -16,10 +16,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import make_config
 from datasets import Dataset
-from test_cli import import_cli
-from test_processing import build, tokenizer  # noqa: F401  (tokenizer: a module fixture)
 from transformers import AutoModel, ViTImageProcessorPil, Wav2Vec2FeatureExtractor
 
 from dmil_hf import (
@@ -33,6 +30,9 @@ from dmil_hf import (
 from dmil_hf.evaluation.plots import interaction_weights
 from dmil_hf.models.dmil.processing_dmil import load_image_processor
 from dmil_hf.testing_utils import random_inputs, save_tiny_backbones, tiny_video_config
+from dmil_hf.testing_utils import import_cli
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
+from dmil_hf.testing_utils import tiny_processor as build
 
 TVA = ("text", "vision", "audio")
 

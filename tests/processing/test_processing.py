@@ -8,49 +8,22 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import make_config
 from PIL import Image
 from transformers import (
     ASTFeatureExtractor,
     AutoProcessor,
-    BertTokenizer,
-    ViTImageProcessorPil,
     Wav2Vec2FeatureExtractor,
     WhisperFeatureExtractor,
 )
 
 from dmil_hf import DMILDataCollator, DMILForMultimodalClassification, DMILProcessor
 from dmil_hf.models.dmil.processing_dmil import resample_audio
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
+from dmil_hf.testing_utils import tiny_feature_extractor as feature_extractor
+from dmil_hf.testing_utils import tiny_image_processor as image_processor
+from dmil_hf.testing_utils import tiny_processor as build
 
-WORDS = ["a", "cat", "dog", "sits", "barks", "on", "the", "mat", "loud", "quiet", "hello", "world"]
 SUBSETS = [("text", "vision"), ("text", "audio"), ("vision", "audio"), ("text", "vision", "audio")]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    # BertTokenizer(vocab_file=...) silently ignores the file on transformers 5 (5 special tokens only);
-    # vocab= reads it.
-    tok = BertTokenizer(vocab=str(vocab), model_max_length=64)
-    assert tok.tokenize("the cat") == ["the", "cat"]
-    return tok
-
-
-def image_processor():
-    return ViTImageProcessorPil(size={"height": 16, "width": 16})  # matches tiny_vision_config (16 px)
-
-
-def feature_extractor(return_attention_mask=True):
-    return Wav2Vec2FeatureExtractor(return_attention_mask=return_attention_mask)
-
-
-def build(tokenizer, modalities=("text", "vision", "audio")):
-    return DMILProcessor(
-        tokenizer=tokenizer if "text" in modalities else None,
-        image_processor=image_processor() if "vision" in modalities else None,
-        feature_extractor=feature_extractor() if "audio" in modalities else None,
-    )
 
 
 def rng_inputs(n=2, seed=0):

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import make_config
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_pipeline import make_model_and_processor, make_tokenizer
-from test_processing import image_processor
 from transformers import BertTokenizer, Wav2Vec2FeatureExtractor
 
 from dmil_hf import DMILForMultimodalClassification, DMILProcessor, MultimodalClassificationPipeline
 from dmil_hf.testing_utils import tiny_text_config
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
+from dmil_hf.testing_utils import tiny_image_processor as image_processor
+from dmil_hf.testing_utils import tiny_model_and_processor as make_model_and_processor
+from dmil_hf.testing_utils import tiny_tokenizer as make_tokenizer
 
 TVA = ("text", "vision", "audio")
 

@@ -3,11 +3,11 @@ loads), the console (one short line per log, one bar per stage, no nested evalua
 
 import pytest
 import torch
-from conftest import make_config
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
 from dmil_hf.hub.model_card import backbone_display_name, render_model_card
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
 from dmil_hf.training.trainer import DMILPrinterCallback, DMILProgressCallback, console_line
 
 
@@ -105,7 +105,7 @@ def test_progress_has_no_nested_evaluation_bar_while_a_stage_trains():
 def test_cli_report_names_the_paradigm_and_its_columns(paradigm, capsys):
     from types import SimpleNamespace
 
-    from test_cli import import_cli
+    from dmil_hf.testing_utils import import_cli
 
     run = import_cli()
     config = make_config(("text", "vision"), paradigm=paradigm)

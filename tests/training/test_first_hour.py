@@ -4,10 +4,12 @@ when a saved model cannot serve the pipeline."""
 import logging
 import warnings
 
-from test_training import make_args, make_data, two_modality_model
 
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer
 from dmil_hf.testing_utils import save_tiny_backbones
+from dmil_hf.testing_utils import tiny_training_arguments as make_args
+from dmil_hf.testing_utils import tiny_training_dataset as make_data
+from dmil_hf.testing_utils import tiny_two_modality_model as two_modality_model
 from dmil_hf.training.trainer import add_lora
 
 

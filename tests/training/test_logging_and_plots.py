@@ -6,12 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_training import make_args, make_data, two_modality_model
 from transformers import EvalPrediction, TrainerCallback
 
 from dmil_hf import DMILTrainer
 from dmil_hf.evaluation import make_compute_metrics
 from dmil_hf.evaluation.plots import interaction_weights, plot_accuracy_per_type, plot_interaction_weights
+from dmil_hf.testing_utils import tiny_training_arguments as make_args
+from dmil_hf.testing_utils import tiny_training_dataset as make_data
+from dmil_hf.testing_utils import tiny_two_modality_model as two_modality_model
 
 
 class _Steps(TrainerCallback):

@@ -8,14 +8,20 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_config
 from safetensors.torch import load_file, save_file
-from test_cli import import_cli
-from test_training import _Interrupt, _InterruptAt, make_args, make_data, two_modality_model, weights
 
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer
+from dmil_hf.testing_utils import InterruptAt, TrainingInterrupted
+from dmil_hf.testing_utils import import_cli
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
+from dmil_hf.testing_utils import tiny_training_arguments as make_args
+from dmil_hf.testing_utils import tiny_training_dataset as make_data
+from dmil_hf.testing_utils import tiny_two_modality_model as two_modality_model
 from dmil_hf.training.trainer import STAGE_MARKER, add_lora
 
+
+def weights(path):
+    return load_file(os.path.join(path, "model.safetensors"))
 
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -32,8 +38,8 @@ def run_interrupted(tmp_path, out: str, stage: int, at_step: int = 3, **kwargs) 
     settings = dict(output_dir=str(tmp_path / out), max_steps=4, save_strategy="steps", save_steps=2)
     args = make_args(tmp_path, **settings, **kwargs)
     trainer = DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data())
-    trainer.add_callback(_InterruptAt([trainer], stage, at_step))
-    with pytest.raises(_Interrupt):
+    trainer.add_callback(InterruptAt([trainer], stage, at_step))
+    with pytest.raises(TrainingInterrupted):
         trainer.train()
 
 

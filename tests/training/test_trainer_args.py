@@ -7,10 +7,13 @@ import logging
 import pytest
 import torch
 from accelerate.state import AcceleratorState, PartialState
-from test_training import _Interrupt, _InterruptAt, make_args, make_data, two_modality_model
 from transformers import TrainerCallback
 
 from dmil_hf import DMILTrainer
+from dmil_hf.testing_utils import InterruptAt, TrainingInterrupted
+from dmil_hf.testing_utils import tiny_training_arguments as make_args
+from dmil_hf.testing_utils import tiny_training_dataset as make_data
+from dmil_hf.testing_utils import tiny_two_modality_model as two_modality_model
 from dmil_hf.training.trainer import STAGE_MARKER
 
 STAGE_FIELDS = {"output_dir", "num_train_epochs", "max_steps", "learning_rate", "push_to_hub"}
@@ -93,18 +96,18 @@ def test_a_failing_stage_gives_the_arguments_back_unchanged_and_the_run_resumes(
     before = dataclasses.asdict(args)
     trainer, recorder = trainer_with_recorder(args)
     if where == "training":  # stage 2 stops at the end of its second step, before that step's checkpoint
-        interrupt = _InterruptAt([trainer], 2, 2)
+        interrupt = InterruptAt([trainer], 2, 2)
         trainer.add_callback(interrupt)
     else:  # stage 2 trains to the end, then saving its result fails
         finish = DMILTrainer._finish_stage
 
         def failing_finish(self, stage, output):
             if stage == 2:
-                raise _Interrupt
+                raise TrainingInterrupted
             return finish(self, stage, output)
 
         monkeypatch.setattr(DMILTrainer, "_finish_stage", failing_finish)
-    with pytest.raises(_Interrupt):
+    with pytest.raises(TrainingInterrupted):
         trainer.train()
     assert trainer.args is args and dataclasses.asdict(args) == before
     assert recorder.stages[2]["trainer_args"] and recorder.stages[2]["args"] is not args

@@ -9,39 +9,19 @@ import textwrap
 
 import pytest
 import torch
-from conftest import BLOCK_DMIL_HF, make_config
 from datasets import Dataset
 from safetensors.torch import load_file
-from transformers import AutoModel, TrainerCallback
+from transformers import AutoModel
 
 from dmil_hf import DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
+from dmil_hf.testing_utils import BLOCK_DMIL_HF, InterruptAt, TrainingInterrupted
+from dmil_hf.testing_utils import tiny_dmil_config as make_config
+from dmil_hf.testing_utils import tiny_training_arguments as make_args
+from dmil_hf.testing_utils import tiny_training_dataset as make_data
+from dmil_hf.testing_utils import tiny_two_modality_model as two_modality_model
 from dmil_hf.training.trainer import STAGE_MARKER
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def make_data(n=16, seed=0, num_labels=3):
-    g = torch.Generator().manual_seed(seed)
-    return Dataset.from_dict({
-        "input_ids": torch.randint(3, 99, (n, 6), generator=g).tolist(),
-        "pixel_values": torch.randn(n, 3, 16, 16, generator=g).tolist(),
-        "labels": torch.randint(0, num_labels, (n,), generator=g).tolist(),
-    })
-
-
-def make_args(tmp_path, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4, use_cpu=True, report_to=[],
-        save_strategy="no", disable_tqdm=True, logging_steps=1, seed=0, stage2_learning_rate=1e-2,
-        stage3_learning_rate=1e-2, dataloader_num_workers=0, finetune_method="lora",
-    )
-    defaults.update(kwargs)
-    return DMILTrainingArguments(**defaults)
-
-
-def two_modality_model(**kwargs):
-    torch.manual_seed(0)
-    return DMILForMultimodalClassification(make_config(("text", "vision"), **kwargs))
 
 
 def weights(path):
@@ -133,19 +113,6 @@ def test_full_finetuning_and_single_stage(tmp_path):
     assert any(not torch.equal(s2[k], s3[k]) for k in s2 if k.startswith("head.interaction_gate."))
 
 
-class _Interrupt(Exception):
-    pass
-
-
-class _InterruptAt(TrainerCallback):
-    def __init__(self, trainer_ref, stage, step):
-        self.trainer_ref, self.stage, self.step = trainer_ref, stage, step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.trainer_ref[0].stage == self.stage and state.global_step == self.step:
-            raise _Interrupt
-
-
 @pytest.mark.parametrize("stage", [2, 3])
 def test_resume_inside_a_stage_matches_uninterrupted_run(tmp_path, stage, caplog):
     def run(out, interrupt=False, resume=None):
@@ -153,8 +120,8 @@ def test_resume_inside_a_stage_matches_uninterrupted_run(tmp_path, stage, caplog
         trainer = DMILTrainer(model=two_modality_model(), args=args, train_dataset=make_data())
         if interrupt:
             ref = [trainer]
-            trainer.add_callback(_InterruptAt(ref, stage, 3))
-            with pytest.raises(_Interrupt):
+            trainer.add_callback(InterruptAt(ref, stage, 3))
+            with pytest.raises(TrainingInterrupted):
                 trainer.train()
         else:
             trainer.train(resume_from_checkpoint=resume)
