@@ -108,7 +108,7 @@ def _tiny_wavlm(model_type: str) -> PretrainedConfig:
 
 
 # model_type -> (modality kind, tiny config builder): one entry per family of `backbones_dmil.BACKBONES`, so that a
-# test can run every family the table describes (tests/test_lora.py checks that nothing in the table lacks one).
+# test can run every family the table describes (tests/training/test_lora.py checks that nothing in the table lacks one).
 TINY_BACKBONES: dict[str, tuple[str, Callable[[str], PretrainedConfig]]] = {
     **{family: ("text", tiny_text_config) for family in TEXT_FAMILIES},
     **{family: ("text", _tiny_text) for family in ("xlm-roberta", "distilbert", "deberta-v2")},

@@ -1,5 +1,5 @@
 """Hub publishing (dmil_hf.hub.publisher): the repo a run goes to and what each upload sends, with huggingface_hub's calls
-recorded instead of made. The end-to-end push through a local fake Hub is test_training.py's
+recorded instead of made. The end-to-end push through a local fake Hub is tests/training/test_training.py's
 test_push_to_hub_and_load_back_with_remote_code."""
 
 import os

@@ -553,7 +553,7 @@ def test_integer_modality_mask_is_accepted():
 @pytest.fixture(scope="module")
 def checked_model():
     # An explicit problem type: without one, float or bool labels would make a multi-label task by transformers'
-    # rule (tests/test_problem_types.py covers that), and the module-scoped model would keep whichever type the first
+    # rule (tests/model/test_problem_types.py covers that), and the module-scoped model would keep whichever type the first
     # case's labels set.
     config = make_config(problem_type="single_label_classification")
     return build(config), random_inputs(config)
