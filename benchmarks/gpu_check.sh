@@ -52,8 +52,8 @@ run speed_compile 150 benchmarks/speed.py --preset "$PRESET" "${COMPILE[@]}" --r
     --out "$OUT/speed_compile.json"
 run trainer_loop 80 benchmarks/trainer_loop.py --preset "$PRESET" --steps 120 --warmup 20 --rounds 1 \
     --out "$OUT/trainer_loop.json"
-run speed_compile_fast 60 benchmarks/speed.py --preset "$PRESET" "${COMPILE[@]}" --rounds 1 --fast-paths positional_conv_unfold \
-    --variants train_joint,train_stage3_full,infer_dmil --out "$OUT/speed_compile_fast.json"
+run speed_compile_fast 60 benchmarks/speed.py --preset "$PRESET" "${COMPILE[@]}" --rounds 1 \
+    --fast-paths positional_conv_unfold --variants train_joint,train_stage3_full,infer_dmil --out "$OUT/speed_compile_fast.json"
 "$PY" - "$OUT" <<'EOF'
 import json, os, sys
 out = sys.argv[1]

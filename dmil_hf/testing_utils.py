@@ -266,7 +266,8 @@ def tiny_dmil_config(
     """A DMILConfig over tiny BERT / ViT / wav2vec2 backbones (override a family with text="roberta" etc.)."""
     from .models.dmil.configuration_dmil import DMILConfig
 
-    families = {"text": kwargs.pop("text", "bert"), "vision": kwargs.pop("vision", "vit"), "audio": kwargs.pop("audio", "wav2vec2")}
+    defaults = {"text": "bert", "vision": "vit", "audio": "wav2vec2"}
+    families = {m: kwargs.pop(m, family) for m, family in defaults.items()}
     builders = {"text": tiny_text_config, "vision": tiny_vision_config, "audio": tiny_audio_config}
     sub = {f"{m}_config": builders[m](families[m]) for m in modalities}
     return DMILConfig(**sub, paradigm=paradigm, num_labels=num_labels, latent_dim=latent_dim, **kwargs)
@@ -294,7 +295,9 @@ else:
 """
 
 
-def tiny_tokenizer(folder, words: tuple[str, ...] = ("a", "the", "cat", "dog", "bird", "sings"), model_max_length: int = 64):
+def tiny_tokenizer(
+    folder, words: tuple[str, ...] = ("a", "the", "cat", "dog", "bird", "sings"), model_max_length: int = 64
+):
     """A WordPiece BertTokenizer over five special tokens and `words`, its vocabulary written to `folder/vocab.txt`."""
     import os
 
@@ -303,7 +306,8 @@ def tiny_tokenizer(folder, words: tuple[str, ...] = ("a", "the", "cat", "dog", "
     vocab = os.path.join(folder, "vocab.txt")
     with open(vocab, "w") as f:
         f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    # BertTokenizer(vocab_file=...) silently ignores the file on transformers 5 (5 special tokens only); vocab= reads it.
+    # BertTokenizer(vocab_file=...) silently ignores the file on transformers 5 (5 special tokens only); vocab= reads
+    # it.
     return BertTokenizer(vocab=vocab, model_max_length=model_max_length)
 
 
@@ -336,7 +340,8 @@ TINY_LABELS = {0: "cat", 1: "dog", 2: "bird"}
 
 
 def tiny_model_and_processor(folder, modalities: tuple[str, ...], paradigm: str = "dmil"):
-    """A tiny DMIL model labelled cat / dog / bird and its processor (the tokenizer's vocabulary written to `folder`)."""
+    """A tiny DMIL model labelled cat / dog / bird and its processor (the tokenizer's vocabulary written to
+    `folder`)."""
     from .models.dmil.modeling_dmil import DMILForMultimodalClassification
 
     torch.manual_seed(0)
@@ -352,7 +357,8 @@ def tiny_model_and_processor(folder, modalities: tuple[str, ...], paradigm: str 
 
 
 def tiny_training_dataset(n: int = 16, seed: int = 0, num_labels: int = 3):
-    """`n` random text + vision rows (input_ids, pixel_values, labels) for the tiny backbones, as a `datasets.Dataset`."""
+    """`n` random text + vision rows (input_ids, pixel_values, labels) for the tiny backbones, as a
+    `datasets.Dataset`."""
     from datasets import Dataset
 
     g = torch.Generator().manual_seed(seed)
@@ -407,7 +413,9 @@ def repo_root() -> str:
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not os.path.isfile(os.path.join(root, "training", "run.py")):
-        raise FileNotFoundError(f"{root} is not a dmil_hf source checkout (no training/run.py): the CLI ships with the repository")
+        raise FileNotFoundError(
+            f"{root} is not a dmil_hf source checkout (no training/run.py): the CLI ships with the repository"
+        )
     return root
 
 
@@ -467,6 +475,7 @@ def write_user_dataset(tmp_path) -> dict:
         label = ["happy", "sad"][i % 2]
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
         sf.write(tmp_path / f"clip{i}.wav", rng.standard_normal(800 + 40 * i).astype("float32") * 0.1, 8000)
-        rows.append(f"{words[i % 6]} {words[(i + 1) % 6]},{tmp_path / f'img{i}.png'},{tmp_path / f'clip{i}.wav'},{label}")
+        image, clip = tmp_path / f"img{i}.png", tmp_path / f"clip{i}.wav"
+        rows.append(f"{words[i % 6]} {words[(i + 1) % 6]},{image},{clip},{label}")
     (tmp_path / "train.csv").write_text("\n".join(rows))
     return backbones

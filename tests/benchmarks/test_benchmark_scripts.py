@@ -77,8 +77,8 @@ def test_regression_routing(tmp_path):
 
 
 def test_real_signals(tmp_path):
-    """Vision + audio (the text modality needs the MiniLM wheel, an optional extra): the library's DMIL, its ensemble (the synergy indicator's reference) and the
-    plain-PyTorch I2M2 beside it, on one mixture."""
+    """Vision + audio (the text modality needs the MiniLM wheel, an optional extra): the library's DMIL, its
+    ensemble (the synergy indicator's reference) and the plain-PyTorch I2M2 beside it, on one mixture."""
     pytest.importorskip("sklearn")
     out = tmp_path / "real_signals.json"
     run_script(python("real_signals.py", *HARNESS_SMOKE, "--modalities", "vision,audio", "--mixtures", "balanced",

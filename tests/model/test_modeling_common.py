@@ -212,7 +212,9 @@ def _gradients(model, inputs, labels) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"gradient_checkpointing_kwargs": {"use_reentrant": False}}], ids=["default", "non-reentrant"])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"gradient_checkpointing_kwargs": {"use_reentrant": False}}], ids=["default", "non-reentrant"]
+)
 def test_gradient_checkpointing_gives_the_same_gradients(kwargs):
     config = tiny_dmil_config(TVA)
     model = build(config).train()

@@ -380,7 +380,9 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         saved model loads back; PreTrainedModel's version would set a `vocab_size` on DMILConfig instead."""
         text = [m for m in self.modalities if self.routes[m].modality.kind == "text"]
         if not text:
-            raise ValueError(f"resize_token_embeddings needs a text modality; this model has {', '.join(self.modalities)}")
+            raise ValueError(
+                f"resize_token_embeddings needs a text modality; this model has {', '.join(self.modalities)}"
+            )
         return self.backbones[text[0]].resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     def stage_modules(self) -> dict[str, nn.Module]:
