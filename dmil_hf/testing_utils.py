@@ -108,7 +108,7 @@ def _tiny_wavlm(model_type: str) -> PretrainedConfig:
 
 
 # model_type -> (modality kind, tiny config builder): one entry per family of `backbones_dmil.BACKBONES`, so that a
-# test can run every family the table describes (tests/test_lora.py checks that nothing in the table lacks one).
+# test can run every family the table describes (tests/training/test_lora.py checks that nothing in the table lacks one).
 TINY_BACKBONES: dict[str, tuple[str, Callable[[str], PretrainedConfig]]] = {
     **{family: ("text", tiny_text_config) for family in TEXT_FAMILIES},
     **{family: ("text", _tiny_text) for family in ("xlm-roberta", "distilbert", "deberta-v2")},
@@ -282,3 +282,236 @@ def write_example_dataset(
             writer.writeheader()
             writer.writerows(records)
     return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers shared by the test suite (tests/<area>/test_*.py): no test module imports another, so what several of them
+# build (a tiny DMIL config, a tiny processor, a short DMILTrainer run, the CLI script) lives here. dmil_hf's own
+# modules are imported inside the functions: testing_utils is imported by dmil_hf.data, below the model and trainer.
+
+from transformers import TrainerCallback  # noqa: E402
+
+
+def tiny_dmil_config(
+    modalities: tuple[str, ...] = ("text", "vision", "audio"),
+    paradigm: str = "dmil",
+    num_labels: int = 3,
+    latent_dim: int = 16,
+    **kwargs,
+):
+    """A DMILConfig over tiny BERT / ViT / wav2vec2 backbones (override a family with text="roberta" etc.)."""
+    from .models.dmil.configuration_dmil import DMILConfig
+
+    defaults = {"text": "bert", "vision": "vit", "audio": "wav2vec2"}
+    families = {m: kwargs.pop(m, family) for m, family in defaults.items()}
+    builders = {"text": tiny_text_config, "vision": tiny_vision_config, "audio": tiny_audio_config}
+    sub = {f"{m}_config": builders[m](families[m]) for m in modalities}
+    return DMILConfig(**sub, paradigm=paradigm, num_labels=num_labels, latent_dim=latent_dim, **kwargs)
+
+
+# Put first in a subprocess script that must work from saved remote code alone: dmil_hf may be installed (editable) in
+# the test environment, so the script blocks the name on sys.meta_path and proves that the import fails.
+BLOCK_DMIL_HF = """
+import sys as _sys
+
+
+class _BlockDmilHf:
+    def find_spec(self, name, path=None, target=None):
+        if name == "dmil_hf" or name.startswith("dmil_hf."):
+            raise ImportError(f"{name} is blocked: this process must work from saved remote code alone")
+
+
+_sys.meta_path.insert(0, _BlockDmilHf())
+try:
+    import dmil_hf  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("dmil_hf is importable here: the test would prove nothing")
+"""
+
+
+def tiny_tokenizer(
+    folder, words: tuple[str, ...] = ("a", "the", "cat", "dog", "bird", "sings"), model_max_length: int = 64
+):
+    """A WordPiece BertTokenizer over five special tokens and `words`, its vocabulary written to `folder/vocab.txt`."""
+    import os
+
+    from transformers import BertTokenizer
+
+    vocab = os.path.join(folder, "vocab.txt")
+    with open(vocab, "w") as f:
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    # BertTokenizer(vocab_file=...) silently ignores the file on transformers 5 (5 special tokens only); vocab= reads
+    # it.
+    return BertTokenizer(vocab=vocab, model_max_length=model_max_length)
+
+
+def tiny_image_processor():
+    """A ViT image processor to 16 x 16 pixels, the size of `tiny_vision_config`."""
+    from transformers import ViTImageProcessorPil
+
+    return ViTImageProcessorPil(size={"height": 16, "width": 16})
+
+
+def tiny_feature_extractor(return_attention_mask: bool = True):
+    """A wav2vec2 feature extractor; the attention mask keeps padded audio out of the pooled features."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    return Wav2Vec2FeatureExtractor(return_attention_mask=return_attention_mask)
+
+
+def tiny_processor(tokenizer, modalities: tuple[str, ...] = ("text", "vision", "audio")):
+    """A DMILProcessor over `tokenizer` and the tiny image processor and feature extractor, for `modalities`."""
+    from .models.dmil.processing_dmil import DMILProcessor
+
+    return DMILProcessor(
+        tokenizer=tokenizer if "text" in modalities else None,
+        image_processor=tiny_image_processor() if "vision" in modalities else None,
+        feature_extractor=tiny_feature_extractor() if "audio" in modalities else None,
+    )
+
+
+TINY_LABELS = {0: "cat", 1: "dog", 2: "bird"}
+
+
+def tiny_model_and_processor(folder, modalities: tuple[str, ...], paradigm: str = "dmil"):
+    """A tiny DMIL model labelled cat / dog / bird and its processor (the tokenizer's vocabulary written to
+    `folder`)."""
+    from .models.dmil.modeling_dmil import DMILForMultimodalClassification
+
+    torch.manual_seed(0)
+    config = tiny_dmil_config(
+        modalities, paradigm=paradigm, id2label=TINY_LABELS, label2id={v: k for k, v in TINY_LABELS.items()}
+    )
+    if "audio" in modalities:
+        # Layer-norm feature encoder, as in the wav2vec2 checkpoints that use an attention mask: the group-norm one
+        # (wav2vec2-base) normalises over padded samples too, so its outputs depend on the batch's padding.
+        config.audio_config.feat_extract_norm = "layer"
+    model = DMILForMultimodalClassification(config)
+    return model, tiny_processor(tiny_tokenizer(folder) if "text" in modalities else None, modalities)
+
+
+def tiny_training_dataset(n: int = 16, seed: int = 0, num_labels: int = 3):
+    """`n` random text + vision rows (input_ids, pixel_values, labels) for the tiny backbones, as a
+    `datasets.Dataset`."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    return Dataset.from_dict({
+        "input_ids": torch.randint(3, 99, (n, 6), generator=g).tolist(),
+        "pixel_values": torch.randn(n, 3, 16, 16, generator=g).tolist(),
+        "labels": torch.randint(0, num_labels, (n,), generator=g).tolist(),
+    })
+
+
+def tiny_training_arguments(tmp_path, **kwargs):
+    """DMILTrainingArguments for a short CPU run in `tmp_path/run`: 2 steps a stage, no saving, no reporting, LoRA in
+    stage 3; `kwargs` override."""
+    from .training.trainer import DMILTrainingArguments
+
+    defaults = dict(
+        output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4, use_cpu=True, report_to=[],
+        save_strategy="no", disable_tqdm=True, logging_steps=1, seed=0, stage2_learning_rate=1e-2,
+        stage3_learning_rate=1e-2, dataloader_num_workers=0, finetune_method="lora",
+    )
+    defaults.update(kwargs)
+    return DMILTrainingArguments(**defaults)
+
+
+def tiny_two_modality_model(**kwargs):
+    """A seeded DMILForMultimodalClassification over tiny text + vision backbones (`kwargs` go to the config)."""
+    from .models.dmil.modeling_dmil import DMILForMultimodalClassification
+
+    torch.manual_seed(0)
+    return DMILForMultimodalClassification(tiny_dmil_config(("text", "vision"), **kwargs))
+
+
+class TrainingInterrupted(Exception):
+    """Raised by `InterruptAt`: a stand-in for a crash or Ctrl-C in the middle of a stage."""
+
+
+class InterruptAt(TrainerCallback):
+    """Raise `TrainingInterrupted` at the end of optimizer step `step` of stage `stage`. `trainer_ref` is a one-item
+    list holding the trainer (filled in after the trainer is built, since the callback is passed to it)."""
+
+    def __init__(self, trainer_ref: list, stage: int, step: int):
+        self.trainer_ref, self.stage, self.step = trainer_ref, stage, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer_ref[0].stage == self.stage and state.global_step == self.step:
+            raise TrainingInterrupted
+
+
+def repo_root() -> str:
+    """The source checkout this dmil_hf was imported from (the folder holding `training/run.py`)."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(root, "training", "run.py")):
+        raise FileNotFoundError(
+            f"{root} is not a dmil_hf source checkout (no training/run.py): the CLI ships with the repository"
+        )
+    return root
+
+
+def import_cli():
+    """The CLI module `training/run.py` (a script, not part of the package), imported in-process."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(repo_root(), "training"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+    return run
+
+
+def run_cli(args: list[str], tmp_path, launcher: tuple[str, ...] = (), timeout: int = 400) -> str:
+    """Run `training/run.py args` in a subprocess (offline, in `tmp_path`, with its own HF_HOME), through `launcher`
+    (e.g. `accelerate launch ...`) if given; assert it succeeds and return its stdout."""
+    import os
+    import subprocess
+    import sys
+
+    repo = repo_root()
+    script = os.path.join(repo, "training", "run.py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": repo, "HF_HOME": str(tmp_path / "hf_home")}
+    cmd = [*launcher, script, *args] if launcher else [sys.executable, script, *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def write_user_dataset(tmp_path) -> dict:
+    """Locally saved 'pretrained' tiny backbones with their processors under `tmp_path/<modality>`, and
+    `tmp_path/train.csv` of text, image paths, wav paths and an `emotion` label (happy / sad); returns the backbone
+    paths."""
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+    from transformers import AutoModel, BertTokenizer, ViTImageProcessorPil, Wav2Vec2FeatureExtractor
+
+    config = tiny_dmil_config(("text", "vision", "audio"))
+    words = ["red", "green", "blue", "loud", "quiet", "cat"]
+    backbones = {}
+    for modality in ("text", "vision", "audio"):
+        folder = tmp_path / modality
+        torch.manual_seed(0)
+        AutoModel.from_config(config.backbone_config(modality)).save_pretrained(folder)
+        backbones[modality] = str(folder)
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+    BertTokenizer(vocab=str(tmp_path / "vocab.txt")).save_pretrained(backbones["text"])
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(backbones["vision"])
+    Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(backbones["audio"])
+    rng = np.random.default_rng(0)
+    rows = ["text,image,audio,emotion"]
+    for i in range(24):
+        label = ["happy", "sad"][i % 2]
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+        sf.write(tmp_path / f"clip{i}.wav", rng.standard_normal(800 + 40 * i).astype("float32") * 0.1, 8000)
+        image, clip = tmp_path / f"img{i}.png", tmp_path / f"clip{i}.wav"
+        rows.append(f"{words[i % 6]} {words[(i + 1) % 6]},{image},{clip},{label}")
+    (tmp_path / "train.csv").write_text("\n".join(rows))
+    return backbones

@@ -10,11 +10,66 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dmil_hf import DMILConfig  # noqa: E402
-from dmil_hf.testing_utils import tiny_audio_config, tiny_text_config, tiny_vision_config  # noqa: E402
+from dmil_hf.testing_utils import tiny_dmil_config  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+
+# The slow groups (`-m slow`): CI runs them on the newest stack only and the rest on both (.ci/run). Listed here in one
+# place, by test file and test function ("*": the whole file), each with why it is slow; tests/README.md gives each
+# area's time budget. An entry that no longer names a collected test is an error, so the list cannot go stale.
+SLOW = {
+    # long end-to-end CLI runs: the README's own-data recipe, trained once and evaluated / predicted from
+    "cli/test_own_data.py": (
+        "test_recipe_starts_from_the_own_data_job_and_beats_chance",
+        "test_evaluate_only_scores_the_saved_model_and_changes_nothing",
+        "test_predict_writes_each_rows_label_score_and_interaction_weights",
+        "test_predict_with_labels_scores_the_test_split",
+        "test_predict_without_a_test_split_is_refused_before_training",
+    ),
+    # two-process distributed runs (gloo on CPU through accelerate launch)
+    "training/test_distributed_fsdp.py": ("*",),
+    "cli/test_cli.py": ("test_two_cpu_processes_ddp",),
+    "hub/test_hub_preflight.py": (
+        "test_ddp_every_process_stops_at_a_failed_check",
+        "test_ddp_uploads_failing_after_the_check_end_the_finished_run_with_the_command",
+    ),
+    # torch.compile (the same torch on both stacks)
+    "model/test_speed_levers.py": (
+        "test_compiled_model_gives_the_eager_loss_and_gradients_in_every_stage",
+        "test_torch_compile_runs_every_stage_through_the_trainer_and_reports_compile_time",
+    ),
+    # fault matrices: a kill or a failure at each point of a run, then the resume
+    "training/test_reliability.py": ("test_resume_inside_a_stage_that_trains_vit_matches_uninterrupted_run",),
+    "training/test_trainer_args.py": ("test_a_failing_stage_gives_the_arguments_back_unchanged_and_the_run_resumes",),
+    # building and installing a wheel (the same setuptools on both stacks)
+    "hub/test_packaging.py": ("test_built_wheel_ships_the_template_and_an_install_reads_it",),
+    # every GPU measurement's plumbing, dry-run on CPU
+    "benchmarks/test_benchmark_scripts.py": ("test_gpu_check_dry_run",),
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m / -k deselect anything
+def pytest_collection_modifyitems(config, items):
+    modules = {}
+    for item in items:
+        path = Path(item.path).resolve()
+        if TESTS not in path.parents:
+            continue
+        file = path.relative_to(TESTS).as_posix()
+        modules[file] = item.module
+        names = SLOW.get(file, ())
+        if "*" in names or item.originalname in names:
+            item.add_marker(pytest.mark.slow)
+    stale = [f"{file}::{name}" for file, module in modules.items() for name in SLOW.get(file, ())
+             if name != "*" and not callable(getattr(module, name, None))]
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py SLOW names tests that do not exist: {stale}")
+
 
 # One thread: tiny models gain nothing from two, and two threads slow to a crawl when the cores are shared.
 torch.set_num_threads(1)
@@ -25,36 +80,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-# Put first in a subprocess script that must work from saved remote code alone: dmil_hf may be installed (editable) in
-# this environment, so the script blocks the name on sys.meta_path and proves that the import fails.
-BLOCK_DMIL_HF = """
-import sys as _sys
-
-
-class _BlockDmilHf:
-    def find_spec(self, name, path=None, target=None):
-        if name == "dmil_hf" or name.startswith("dmil_hf."):
-            raise ImportError(f"{name} is blocked: this process must work from saved remote code alone")
-
-
-_sys.meta_path.insert(0, _BlockDmilHf())
-try:
-    import dmil_hf  # noqa: F401
-except ImportError:
-    pass
-else:
-    raise SystemExit("dmil_hf is importable here: the test would prove nothing")
-"""
-
-
-def make_config(modalities=("text", "vision", "audio"), paradigm="dmil", num_labels=3, latent_dim=16, **kwargs):
-    """A DMILConfig over tiny BERT / ViT / wav2vec2 backbones (override a family with text="roberta" etc.)."""
-    families = {"text": kwargs.pop("text", "bert"), "vision": kwargs.pop("vision", "vit"), "audio": kwargs.pop("audio", "wav2vec2")}
-    builders = {"text": tiny_text_config, "vision": tiny_vision_config, "audio": tiny_audio_config}
-    sub = {f"{m}_config": builders[m](families[m]) for m in modalities}
-    return DMILConfig(**sub, paradigm=paradigm, num_labels=num_labels, latent_dim=latent_dim, **kwargs)
-
-
 @pytest.fixture
 def config_factory():
-    return make_config
+    """`tiny_dmil_config`: a DMILConfig over tiny backbones, built with the arguments a test passes."""
+    return tiny_dmil_config

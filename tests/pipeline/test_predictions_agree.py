@@ -16,7 +16,7 @@ from dmil_hf.evaluation.predictions import write_predictions
 from dmil_hf.models.dmil.pipeline_dmil import TASK, MultimodalClassificationPipeline
 from dmil_hf.models.dmil.problem_types_dmil import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from dmil_hf.training.data_collator import DMILDataCollator
-from dmil_hf.training.trainer import DMILTrainingArguments
+from dmil_hf import DMILTrainingArguments
 
 NAMES = {0: "cat", 1: "dog", 2: "bird"}
 N = 6

@@ -412,7 +412,7 @@ def product_of_experts(
 def mixture_combination(weights: torch.Tensor, inputs: GateInputs) -> torch.Tensor:
     """`"mixture"` (reference): sum_c g_c logits_c. This already is the gated product of the component experts:
     sum_c g_c log p_c differs from it by sum_c g_c logsumexp(logits_c), a per-sample constant, so the two have the
-    same softmax, the same CE and the same argmax (`tests/test_modeling.py`)."""
+    same softmax, the same CE and the same argmax (`tests/model/test_modeling.py`)."""
     return (weights.unsqueeze(-1) * inputs.component_logits.float()).sum(dim=1)
 
 

@@ -510,6 +510,19 @@ class DMILForMultimodalClassification(DMILPreTrainedModel):
         first = next((m for m in self.modalities if self.routes[m].modality.kind == "text"), self.modalities[0])
         return self.backbones[first].get_input_embeddings()
 
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resize the token embeddings of the first text modality's backbone (after adding tokens to its tokenizer).
+        The backbone resizes itself and updates its own config, which is this model's `<modality>_config`, so the
+        saved model loads back; PreTrainedModel's version would set a `vocab_size` on DMILConfig instead."""
+        text = [m for m in self.modalities if self.routes[m].modality.kind == "text"]
+        if not text:
+            raise ValueError(
+                f"resize_token_embeddings needs a text modality; this model has {', '.join(self.modalities)}"
+            )
+        return self.backbones[text[0]].resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+
     def stage_modules(self) -> dict[str, nn.Module]:
         """The modules the stage table (`stages_dmil.STAGE_PLANS`) names: the backbones, the projections and the
         head's parts (`intra_decomposition`, `interaction_gate`, ...)."""
