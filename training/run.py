@@ -105,7 +105,14 @@ class DataTrainingArguments:
     text_column_name: str = field(default=DEFAULT_COLUMNS["text_column_name"], metadata={"help": "Text column."})
     image_column_name: str = field(default=DEFAULT_COLUMNS["image_column_name"], metadata={"help": "Image column."})
     audio_column_name: str = field(default=DEFAULT_COLUMNS["audio_column_name"], metadata={"help": "Audio column."})
-    label_column_name: str = field(default="label", metadata={"help": "Label column (classes, lists or values)."})
+    label_column_name: str = field(
+        default="label",
+        metadata={"help": "Label column: class names or ids (single-label), lists of class names or multi-hot rows "
+                          "(multi-label), or numbers (regression); the values decide the problem type unless "
+                          "--problem_type names it. A csv holds a list as its JSON text, e.g. [\"odd\", \"big\"]: "
+                          "a csv label column whose every labelled value is a JSON list is read as lists, as the "
+                          "same column of a json/jsonl/parquet file or a `datasets` folder."},
+    )
     modality_column_names: list[str] | None = field(
         default=None,
         metadata={"help": "NAME=COLUMN for a --modality whose column is not named after it, e.g. rgb=frames."},
