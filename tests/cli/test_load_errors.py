@@ -73,7 +73,8 @@ def test_a_model_folder_that_does_not_exist_says_so(run, tmp_path, capsys):
     csv.write_text("text,label\nred cat,a\n")
     missing = tmp_path / "runs" / "final"
     for model in (str(missing), "./outputs/final", "outputs/run/final"):
-        status, err = cli_error(run, capsys, ["--model_name_or_path", model, "--do_eval", "--validation_file", str(csv)])
+        argv = ["--model_name_or_path", model, "--do_eval", "--validation_file", str(csv)]
+        status, err = cli_error(run, capsys, argv)
         assert status == 2 and f"--model_name_or_path {model}: no such folder" in err, err
         assert "Repo id must be" not in err
     # On the built-in benchmark (no data files) too.
@@ -108,10 +109,8 @@ def test_a_backbone_folder_that_does_not_exist_names_its_flag(run, backbones, tm
     csv.write_text("text,image,audio,label\nred cat,x.png,x.wav,a\nblue dog,y.png,y.wav,b\n")
     missing = str(tmp_path / "no-backbone")
     backbone = ["--modality", f"image:image:{missing}"] if flag == "--modality" else [flag, missing]
-    text = ["--modality", f"text:text:{backbones['text']}"] if flag == "--modality" else ["--text_model",
-                                                                                        backbones["text"]]
-    if flag == "--text_model":
-        text = []
+    text = {"--modality": ["--modality", f"text:text:{backbones['text']}"], "--text_model": []}.get(
+        flag, ["--text_model", backbones["text"]])
     status, err = cli_error(run, capsys, [*text, *backbone, "--do_train", "--train_file", str(csv),
                                           "--media_check", "none"])
     assert status == 2
