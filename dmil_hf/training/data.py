@@ -76,6 +76,9 @@ def synthetic_misfit(path: str, expected: PretrainedConfig) -> str | None:
     model trained on the benchmark with those options has."""
     from .. import DMILConfig
 
+    problem = model_source_problem(path)
+    if problem:
+        return problem
     try:
         saved = DMILConfig.from_pretrained(path)
     except (OSError, ValueError, TypeError, KeyError) as err:
@@ -97,30 +100,36 @@ def synthetic_misfit(path: str, expected: PretrainedConfig) -> str | None:
     return None
 
 
-def check_model_source(name: str, flag: str) -> None:
-    """Raise FileNotFoundError, naming `flag` (--model_name_or_path, --text_model, ...), when `name` can name no
-    model to load: a folder that does not exist (transformers would call it a malformed repo id: "Repo id must be in
-    the form ..."), one without config.json, a file, or a Hub repo id that is not in the cache while offline
-    (HF_HUB_OFFLINE=1). A Hub id online is left to the download."""
+def model_source_problem(name: str) -> str | None:
+    """Why `name` (a --model_name_or_path or backbone flag's value) can name no model to load, or None when it may: a
+    folder that does not exist (transformers would call it a malformed repo id: "Repo id must be in the form ..."),
+    one without config.json, a file, or a Hub repo id that is not in the cache while offline (HF_HUB_OFFLINE=1). A
+    Hub id online is left to the download."""
     from huggingface_hub import constants, try_to_load_from_cache
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if os.path.isdir(name):
         if not os.path.isfile(os.path.join(name, "config.json")):
-            raise FileNotFoundError(f"{flag} {name}: the folder holds no config.json, so it is no saved model (give "
-                                    "the folder save_pretrained wrote)")
-        return
+            return "the folder holds no config.json, so it is no saved model (give the folder save_pretrained wrote)"
+        return None
     if os.path.exists(name):
-        raise FileNotFoundError(f"{flag} {name} is a file: give the folder that holds the model (its config.json)")
+        return "it is a file: give the folder that holds the model (its config.json)"
     try:
         validate_repo_id(name)
     except HFValidationError:
-        raise FileNotFoundError(f"{flag} {name}: no such folder") from None
+        return "no such folder"
     if constants.is_offline_mode() and not isinstance(try_to_load_from_cache(name, "config.json"), str):
-        raise FileNotFoundError(
-            f"{flag} {name}: no such folder, and the Hub repo {name!r} is not in the offline cache (HF_HUB_OFFLINE=1 "
-            "is set): give the path of a saved folder, or download the repo once online"
-        )
+        return (f"no such folder, and the Hub repo {name!r} is not in the offline cache (HF_HUB_OFFLINE=1 is set): "
+                "give the path of a saved folder, or download the repo once online")
+    return None
+
+
+def check_model_source(name: str, flag: str) -> None:
+    """Raise FileNotFoundError naming `flag` (--model_name_or_path, --text_model, ...) and `name` when it can name no
+    model to load (`model_source_problem`)."""
+    problem = model_source_problem(name)
+    if problem:
+        raise FileNotFoundError(f"{flag} {name}: {problem}")
 
 
 def backbone_sources(model_args: Any) -> dict[str, str]:
@@ -158,8 +167,6 @@ def load_synthetic(data_args: Any, model_args: Any, seed: int):
                              check_inputs=model_args.check_inputs, **preset_kwargs(model_args))
     given = [f"--{name}" for name in USER_MODEL_FIELDS if name != "model_name_or_path" and getattr(model_args, name)]
     saved = model_args.model_name_or_path
-    if saved and not given:
-        check_model_source(saved, "--model_name_or_path")
     misfit = synthetic_misfit(saved, config) if saved and not given else None
     if given or misfit:
         # The benchmark builds its own tiny model: it would train that and ignore the backbones given.
