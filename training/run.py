@@ -390,6 +390,8 @@ def check_splits(training_args: DMILTrainingArguments, evaluation, test) -> None
     if training_args.do_predict and test is None:
         raise ValueError("--do_predict needs data to predict: give --test_file (or a dataset with a --test_split_name "
                          "split, 'test' by default)")
+    if training_args.do_predict and len(test) == 0:
+        raise ValueError("--do_predict: the dataset's test split has no rows (--test_split_name)")
     if evaluation is None and training_args.do_eval and not training_args.do_train:
         raise ValueError("--do_eval needs an evaluation split: give --validation_file (or --validation_split_name)")
     if evaluation is None and training_args.eval_strategy != "no":

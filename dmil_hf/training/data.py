@@ -317,9 +317,12 @@ def load_user_splits(data_args: Any, need_train: bool = True) -> dict[str, Datas
         names = {"train": data_args.train_split_name, "test": data_args.test_split_name,
                  "validation": data_args.validation_split_name
                  or next((s for s in ("validation", "test") if s in raw), None)}
-        for name in names.values():
-            if name in raw and len(raw[name]) == 0:
-                raise EmptyDataError(f"the {name!r} split of --dataset_name {data_args.dataset_name} has no rows")
+        # The splits a run trains and evaluates on; the test split (there by default name) only matters to
+        # --do_predict, whose check refuses one without rows (run.py's check_splits).
+        for split in ("train", "validation") if need_train else ("validation",):
+            if names[split] in raw and len(raw[names[split]]) == 0:
+                raise EmptyDataError(f"the {names[split]!r} split of --dataset_name {data_args.dataset_name} has no "
+                                     f"rows (--{split}_split_name)")
     # Audio()/Video() columns stay undecoded: the collator decodes their files (soundfile, PyAV); datasets would need
     # torchcodec and FFmpeg to, and fail at the first row it reads.
     raw = prepare_media_columns(raw)

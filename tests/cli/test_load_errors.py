@@ -26,7 +26,7 @@ def run():
 
 @pytest.fixture(scope="module")
 def backbones(tmp_path_factory):
-    return save_tiny_backbones(str(tmp_path_factory.mktemp("backbones")), ("text",))
+    return save_tiny_backbones(str(tmp_path_factory.mktemp("backbones")), ("text", "vision"))
 
 
 def cli_error(run, capsys, argv):
@@ -116,3 +116,21 @@ def test_a_backbone_folder_that_does_not_exist_names_its_flag(run, backbones, tm
     assert status == 2
     named = "--modality image:image:..." if flag == "--modality" else flag
     assert f"{named} {missing}: no such folder" in err, err
+
+
+def test_an_empty_split_of_a_dataset_is_named(run, backbones, tmp_path, capsys, monkeypatch):
+    """A dataset's split without rows (one of the Hub's; datasets cannot load an empty split saved with save_to_disk,
+    so the folder's load is stood in for) is named, not met by the Trainer as an empty dataloader."""
+    import datasets
+
+    rows = datasets.Dataset.from_dict({"text": ["red cat", "blue dog"], "image": ["x.png", "y.png"],
+                                       "label": ["a", "b"]})
+    (tmp_path / "ds").mkdir()
+    for empty, flags, named in (("validation", [], "'validation' split of --dataset_name"),
+                                ("test", ["--do_predict"], "the dataset's test split has no rows")):
+        splits = {"train": rows, "validation": rows, "test": rows, empty: rows.select([])}
+        monkeypatch.setattr(datasets, "load_from_disk", lambda path, splits=splits: datasets.DatasetDict(splits))
+        status, err = cli_error(run, capsys, ["--text_model", backbones["text"], "--vision_model", backbones["vision"],
+                                              "--dataset_name", str(tmp_path / "ds"), "--do_train", *flags,
+                                              "--latent_dim", "16", "--media_check", "none"])
+        assert status == 2 and named in err and "has no rows" in err, err
