@@ -95,8 +95,9 @@ def check_repo_id(repo_id: str, source: str = "repo_id") -> str:
             break
     if _TOKEN.search(normalised):
         raise InvalidRepoIdError(
-            f"{source} looks like a Hugging Face access token, not a repo id: give the token with --hub_token (or "
-            f"`hf auth login`, HF_TOKEN) and the repo with --hub_model_id; {REPO_ID_RULE}"
+            f"{source} looks like a Hugging Face access token, not a repo id: give the token as the token "
+            f"(--hub_token; --token of the push command; or `hf auth login`, HF_TOKEN) and the repo id here; "
+            f"{REPO_ID_RULE}"
         )
     if os.path.isabs(normalised) or normalised.startswith(("./", "../", "~")):
         raise InvalidRepoIdError(

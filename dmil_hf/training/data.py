@@ -206,7 +206,7 @@ def _has_no_rows(path: str, file_format: str) -> bool:
     lines = 0
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            if line.strip() and line.strip() != "[]":
+            if line.strip() and not (file_format == "json" and line.strip() == "[]"):  # `[]`: a JSON array of none
                 lines += 1
                 if lines > (file_format == "csv"):  # a csv's first line is its header
                     return False
