@@ -105,7 +105,14 @@ class DataTrainingArguments:
     text_column_name: str = field(default=DEFAULT_COLUMNS["text_column_name"], metadata={"help": "Text column."})
     image_column_name: str = field(default=DEFAULT_COLUMNS["image_column_name"], metadata={"help": "Image column."})
     audio_column_name: str = field(default=DEFAULT_COLUMNS["audio_column_name"], metadata={"help": "Audio column."})
-    label_column_name: str = field(default="label", metadata={"help": "Label column (classes, lists or values)."})
+    label_column_name: str = field(
+        default="label",
+        metadata={"help": "Label column: class names or ids (single-label), lists of class names or multi-hot rows "
+                          "(multi-label), or numbers (regression); the values decide the problem type unless "
+                          "--problem_type names it. A csv holds a list as its JSON text, e.g. [\"odd\", \"big\"]: "
+                          "a csv label column whose every labelled value is a JSON list is read as lists, as the "
+                          "same column of a json/jsonl/parquet file or a `datasets` folder."},
+    )
     modality_column_names: list[str] | None = field(
         default=None,
         metadata={"help": "NAME=COLUMN for a --modality whose column is not named after it, e.g. rgb=frames."},
@@ -387,6 +394,8 @@ def check_splits(training_args: DMILTrainingArguments, evaluation, test) -> None
     if training_args.do_predict and test is None:
         raise ValueError("--do_predict needs data to predict: give --test_file (or a dataset with a --test_split_name "
                          "split, 'test' by default)")
+    if training_args.do_predict and len(test) == 0:
+        raise ValueError("--do_predict: the dataset's test split has no rows (--test_split_name)")
     if evaluation is None and training_args.do_eval and not training_args.do_train:
         raise ValueError("--do_eval needs an evaluation split: give --validation_file (or --validation_split_name)")
     if evaluation is None and training_args.eval_strategy != "no":

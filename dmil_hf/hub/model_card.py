@@ -9,7 +9,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .publisher import resolve_repo_id
+from .publisher import resolve_repo_id, run_name
 from ..models.dmil.pipeline_dmil import input_keys
 from ..evaluation import per_type_summary
 from ..models.dmil.stages_dmil import EVERYTHING, stage_plans
@@ -174,10 +174,12 @@ PLOT_TITLES = {
 
 def render_model_card(
     model, args, stage_results: dict[int, dict[str, float]], template: str | None = None,
-    plots: list[str] | None = None,
+    plots: list[str] | None = None, repo_id: str | None = None,
 ) -> ModelCard:
     """Render the card of a trained model: backbones, stages and hyperparameters, evaluation results, plots (paths
-    relative to the card, e.g. `plots/training_curves.png`), usage."""
+    relative to the card, e.g. `plots/training_curves.png`), usage. The usage example of a run that pushes loads its
+    repo: `repo_id` (the full id the Hub pre-flight found), else `hub_model_id` or the output folder's name, checked
+    and normalised (`resolve_repo_id`), never pasted as given; a run that does not push loads its saved folder."""
     config = model.config
     backbones = [
         {"modality": m.name, "kind": m.kind, "name": backbone_display_name(m.backbone._name_or_path),
@@ -219,8 +221,10 @@ def render_model_card(
         and not name.endswith(_RUNTIME_SUFFIXES) and not name.startswith((f"eval_{per_type_metric}_", "eval_gate_"))
     ]
     loss_weights = {k: v for k, v in config.to_dict().items() if k.endswith("_weight") or k.endswith("_scale")}
-    repo_id = resolve_repo_id(args.hub_model_id, args.output_dir)  # the repo DMILTrainer uploads to
     pushes = bool(args.push_to_hub or args.hub_model_id)
+    # The repo DMILTrainer uploads to; a run that does not push is named after its output folder, which need not be a
+    # valid repo id.
+    repo_id = (repo_id or resolve_repo_id(args.hub_model_id, args.output_dir)) if pushes else run_name(args.output_dir)
     card_data = ModelCardData(
         library_name="transformers",
         tags=["dmil", "multimodal", "multimodal-classification", *config.modalities],

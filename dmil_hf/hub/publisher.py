@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,61 @@ class NoFinishedModelError(ValueError):
     """`push_output_dir` was given a folder without a finished model."""
 
 
+class InvalidRepoIdError(ValueError):
+    """A repo id the Hub would refuse (`huggingface_hub.utils.validate_repo_id`), found offline before any call to
+    the Hub; the message names where the id came from (the flag) and the rule."""
+
+
+# What a Hub repo id may be, as huggingface_hub's validate_repo_id checks it, in words for the messages.
+REPO_ID_RULE = ("a Hub repo id is NAME or NAMESPACE/NAME: letters, digits, '-', '_' and '.', at most 96 characters "
+                "a part, neither starting nor ending with '-' or '.', without '--' or '..', not ending in '.git'")
+# A Hugging Face access token (`hf_` and 30-odd letters and digits): a valid-looking repo name that must never reach
+# a model card, a repo URL or a printed command.
+_TOKEN = re.compile(r"hf_[A-Za-z0-9]{30,}")
+
+
+def check_repo_id(repo_id: str, source: str = "repo_id") -> str:
+    """`repo_id` checked offline with huggingface_hub's own rule (`validate_repo_id`), normalised: surrounding blanks
+    and the Hub's URL (`https://huggingface.co/NAME`, as copied from a browser) taken off. Raises
+    `InvalidRepoIdError` naming `source` (the flag or field it came from) and the rule: an invalid id used to reach
+    the Hub and come back as "forbidden" or "unreachable". A local path and an access token are refused as such (a
+    repo id is pasted into the model card's `from_pretrained(...)` snippet).
+
+    Example:
+
+    ```python
+    >>> from dmil_hf.hub.publisher import check_repo_id
+    >>> check_repo_id(" https://huggingface.co/someone/dmil-tiny ", "--hub_model_id")
+    'someone/dmil-tiny'
+    ```
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str):
+        raise InvalidRepoIdError(f"{source} must be a string, got {type(repo_id).__name__}; {REPO_ID_RULE}")
+    normalised = repo_id.strip()
+    for prefix in (f"{hub_endpoint().rstrip('/')}/", "https://huggingface.co/", "hf.co/", "huggingface.co/"):
+        if normalised.startswith(prefix):
+            normalised = normalised[len(prefix):].rstrip("/")
+            break
+    if _TOKEN.search(normalised):
+        raise InvalidRepoIdError(
+            f"{source} looks like a Hugging Face access token, not a repo id: give the token as the token "
+            f"(--hub_token; --token of the push command; or `hf auth login`, HF_TOKEN) and the repo id here; "
+            f"{REPO_ID_RULE}"
+        )
+    if os.path.isabs(normalised) or normalised.startswith(("./", "../", "~")):
+        raise InvalidRepoIdError(
+            f"{source} {repo_id!r} is a local path, not a Hub repo id (the model is saved in output_dir); "
+            f"{REPO_ID_RULE}"
+        )
+    try:
+        validate_repo_id(normalised)
+    except HFValidationError as err:
+        raise InvalidRepoIdError(f"{source} {repo_id!r} is not a valid Hub repo id ({err}); {REPO_ID_RULE}") from None
+    return normalised
+
+
 def hub_endpoint() -> str:
     """The Hub endpoint huggingface_hub talks to (`HF_ENDPOINT`, read when huggingface_hub is imported)."""
     from huggingface_hub import constants
@@ -76,9 +132,25 @@ def push_command(output_dir: str | Path, repo_id: str, *, stages: bool = True, p
     return shlex.join(parts)
 
 
+def run_name(output_dir: str | Path) -> str:
+    """The name of a run's output folder, `.` and `..` resolved (transformers' Trainer names the repo of a run
+    without `hub_model_id` so): `outputs/dmil-tiny` -> `dmil-tiny`, `.` -> the working directory's name."""
+    return os.path.basename(os.path.abspath(output_dir))
+
+
+def repo_id_and_source(hub_model_id: str | None, output_dir: str | Path) -> tuple[str, str]:
+    """The repo a run publishes to, unchecked, and what to call it in a message: `hub_model_id` if set, else the name
+    of the run's output folder (`run_name`)."""
+    if hub_model_id:
+        return hub_model_id, "hub_model_id (--hub_model_id)"
+    return run_name(output_dir), (f"--hub_model_id is not set (set it to name the repo), so output_dir "
+                                  f"{str(output_dir)!r} names the repo: its folder's name")
+
+
 def resolve_repo_id(hub_model_id: str | None, output_dir: str | Path) -> str:
-    """The repo a run publishes to: `hub_model_id` if set, else the name of the run's output folder."""
-    return hub_model_id or Path(output_dir).name
+    """The repo a run publishes to, checked and normalised (`check_repo_id`): `hub_model_id` if set, else the name of
+    the run's output folder (`run_name`)."""
+    return check_repo_id(*repo_id_and_source(hub_model_id, output_dir))
 
 
 @dataclass(frozen=True)
@@ -100,12 +172,23 @@ class DMILHubPublisher:
     private: bool | None = None
     revision: str | None = None
 
+    # What `repo_id` is called in the message when it is not a valid repo id (the flag it came from).
+    source: str = field(default="repo_id", compare=False, repr=False)
+
+    def validated_repo_id(self) -> str:
+        """`repo_id` checked offline and normalised (`check_repo_id`), before any Hub call: raises
+        `InvalidRepoIdError` naming `source`. Not checked at construction, so that a run that does not push (whose
+        output folder's name is no repo id) still gets a publisher for its model card."""
+        return check_repo_id(self.repo_id, self.source)
+
     @classmethod
     def from_args(cls, args: Any, output_dir: str | Path | None = None) -> DMILHubPublisher:
         """The publisher `TrainingArguments` ask for: `hub_model_id` (else the name of `output_dir`, by default
         `args.output_dir`), `hub_token`, `hub_private_repo` and `hub_revision`."""
+        repo_id, source = repo_id_and_source(args.hub_model_id, args.output_dir if output_dir is None else output_dir)
         return cls(
-            repo_id=resolve_repo_id(args.hub_model_id, args.output_dir if output_dir is None else output_dir),
+            repo_id=repo_id,
+            source=source,
             token=args.hub_token,
             private=args.hub_private_repo,
             revision=args.hub_revision,
@@ -125,6 +208,7 @@ class DMILHubPublisher:
         from huggingface_hub import HfApi, constants, get_token
         from huggingface_hub.errors import HfHubHTTPError
 
+        repo_id = self.validated_repo_id()
         endpoint = hub_endpoint()
         if constants.is_offline_mode():
             raise DMILHubPreflightError(
@@ -161,8 +245,8 @@ class DMILHubPublisher:
                 ) from err
             raise unreachable(err, "asking whose the token is") from err
         name = user.get("name")
-        namespace, _, repo_name = self.repo_id.rpartition("/")
-        full_id = self.repo_id if namespace else f"{name}/{repo_name}"
+        namespace, _, repo_name = repo_id.rpartition("/")
+        full_id = repo_id if namespace else f"{name}/{repo_name}"
         namespace = namespace or name
         role = ((user.get("auth") or {}).get("accessToken") or {}).get("role")
         orgs = {org.get("name"): org.get("roleInOrg") for org in user.get("orgs") or []}
@@ -179,7 +263,7 @@ class DMILHubPublisher:
                 reason="forbidden",
             )
         try:
-            url = api.create_repo(self.repo_id, private=self.private, exist_ok=True)
+            url = api.create_repo(repo_id, private=self.private, exist_ok=True)
         except Exception as err:  # noqa: BLE001
             if http_status(err) in (401, 403):
                 raise DMILHubPreflightError(
@@ -195,10 +279,11 @@ class DMILHubPublisher:
         id the Hub gives back (as transformers' Trainer does)."""
         from huggingface_hub import HfApi
 
+        repo_id = self.validated_repo_id()
         api = HfApi(token=self.token)
-        url = api.create_repo(self.repo_id, private=self.private, exist_ok=True)
+        url = api.create_repo(repo_id, private=self.private, exist_ok=True)
         return api.upload_folder(
-            repo_id=getattr(url, "repo_id", None) or self.repo_id, folder_path=str(folder), path_in_repo=path_in_repo,
+            repo_id=getattr(url, "repo_id", None) or repo_id, folder_path=str(folder), path_in_repo=path_in_repo,
             commit_message=message,
             revision=self.revision, ignore_patterns=list(UPLOAD_IGNORE_PATTERNS),
         )
@@ -264,6 +349,8 @@ def push_output_dir(
     The folder is checked before the Hub is touched (`NoFinishedModelError`), then the Hub (`DMILHubPublisher.check`,
     unless `check=False`).
     """
+    publisher = DMILHubPublisher(repo_id=repo_id, token=token, private=private, revision=revision)
+    repo_id = publisher.validated_repo_id()  # before the folder or the Hub is asked anything
     output_dir, final_dir = locate_finished_run(path)
     run = RunFolder(output_dir)
     stage_dirs = run.finished_stages() if stages else {}
@@ -271,7 +358,6 @@ def push_output_dir(
         for k, folder in run.stage_folders().items():
             if k not in stage_dirs:
                 logger.warning("Skipping %s: it holds no finished stage.", folder)
-    publisher = DMILHubPublisher(repo_id=repo_id, token=token, private=private, revision=revision)
     if check:
         publisher.check()
     # In the trainer's order: the stages, then the final model.
@@ -306,6 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     push.add_argument("--token", default=None, help="Hub token (default: the stored one, `hf auth login` / HF_TOKEN).")
     push.add_argument("--revision", default=None, help="Branch to commit to (default: main).")
     args = parser.parse_args(argv)
+    try:
+        args.repo_id = check_repo_id(args.repo_id, "--repo_id")
+    except InvalidRepoIdError as err:
+        parser.error(str(err))
     try:
         commits = push_output_dir(args.path, args.repo_id, stages=args.stages, private=args.private,
                                   token=args.token, revision=args.revision)

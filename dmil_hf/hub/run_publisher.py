@@ -20,6 +20,7 @@ from .publisher import (
     DMILHubPublisher,
     DMILHubUploadError,
     _first_line,
+    check_repo_id,
     push_command,
 )
 
@@ -88,7 +89,8 @@ class DMILRunPublisher:
         plots_dir = os.path.join(folder, "plots")
         plots = sorted(f"plots/{name}" for name in os.listdir(plots_dir) if name.endswith(".png")) \
             if os.path.isdir(plots_dir) else []
-        card = render_model_card(model, args, stage_results, template=args.model_card_template, plots=plots)
+        card = render_model_card(model, args, stage_results, template=args.model_card_template, plots=plots,
+                                 repo_id=self.checked_repo_id)
         card.save(os.path.join(folder, "README.md"))
 
     # ---------------------------------------------------------------- uploads during training
@@ -98,6 +100,9 @@ class DMILRunPublisher:
         and its verdict sent to every process, so that all of them stop before training or none does. A failure
         raises `DMILHubPreflightError` saying what failed, that nothing was trained, and the train-now-push-later
         command. Returns the repo's full id."""
+        # An id the Hub would refuse is the user's error, the same on every process: raised here (InvalidRepoIdError, a
+        # ValueError), before any Hub call.
+        check_repo_id(self.hub.repo_id, getattr(self.hub, "source", "repo_id"))
         error = failure = repo = None
         self.failed_uploads = []
         if _is_main_process(accelerator):

@@ -10,6 +10,7 @@ which the CLI turns into a message and exit status 2.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -75,10 +76,14 @@ def synthetic_misfit(path: str, expected: PretrainedConfig) -> str | None:
     model trained on the benchmark with those options has."""
     from .. import DMILConfig
 
+    problem = model_source_problem(path)
+    if problem:
+        return problem
     try:
         saved = DMILConfig.from_pretrained(path)
     except (OSError, ValueError, TypeError, KeyError) as err:
         return f"it does not load as a DMIL model ({type(err).__name__})"
+    with_label2id(saved)
     if list(saved.modalities) != list(expected.modalities):
         return f"its modalities are {saved.modalities}, the benchmark's {expected.modalities} (--synthetic_modalities)"
     if saved.num_labels != expected.num_labels:
@@ -93,6 +98,57 @@ def synthetic_misfit(path: str, expected: PretrainedConfig) -> str | None:
                 return (f"its {name} backbone has {key}={getattr(theirs, key, None)!r} where the benchmark's inputs "
                         f"need {getattr(ours, key)!r}")
     return None
+
+
+def model_source_problem(name: str) -> str | None:
+    """Why `name` (a --model_name_or_path or backbone flag's value) can name no model to load, or None when it may: a
+    folder that does not exist (transformers would call it a malformed repo id: "Repo id must be in the form ..."),
+    one without config.json, a file, or a Hub repo id that is not in the cache while offline (HF_HUB_OFFLINE=1). A
+    Hub id online is left to the download."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            return "the folder holds no config.json, so it is no saved model (give the folder save_pretrained wrote)"
+        return None
+    if os.path.exists(name):
+        return "it is a file: give the folder that holds the model (its config.json)"
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return "no such folder"
+    if constants.is_offline_mode() and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return (f"no such folder, and the Hub repo {name!r} is not in the offline cache (HF_HUB_OFFLINE=1 is set): "
+                "give the path of a saved folder, or download the repo once online")
+    return None
+
+
+def check_model_source(name: str, flag: str) -> None:
+    """Raise FileNotFoundError naming `flag` (--model_name_or_path, --text_model, ...) and `name` when it can name no
+    model to load (`model_source_problem`)."""
+    problem = model_source_problem(name)
+    if problem:
+        raise FileNotFoundError(f"{flag} {name}: {problem}")
+
+
+def backbone_sources(model_args: Any) -> dict[str, str]:
+    """The flag naming each backbone to load (--text_model, --vision_model, --audio_model, --modality NAME:...) ->
+    its folder or Hub id."""
+    slots = {f"--{name}_model": getattr(model_args, f"{name}_model") for name in ("text", "vision", "audio")}
+    sources = {flag: path for flag, path in slots.items() if path}
+    for row in parse_modalities(model_args.modality or []):
+        sources[f"--modality {row.name}:{row.kind}:..."] = row.backbone
+    return sources
+
+
+def with_label2id(config: PretrainedConfig) -> PretrainedConfig:
+    """`config` with the label2id of its id2label when it was saved with id2label only (label2id None or empty, as
+    `DMILConfig(id2label=...)` leaves it): the label checks, the collator and predictions map class names through
+    label2id."""
+    if not config.label2id and config.id2label:
+        config.label2id = {str(name): int(i) for i, name in config.id2label.items()}
+    return config
 
 
 def load_synthetic(data_args: Any, model_args: Any, seed: int):
@@ -136,6 +192,99 @@ def _file_format(path: str) -> str:
     return formats[extension]
 
 
+class EmptyDataError(ValueError):
+    """A data file or split without a single row."""
+
+
+def _has_no_rows(path: str, file_format: str) -> bool:
+    """Whether the data file holds no row: nothing but blank lines (json), a header at most (csv), or a parquet file
+    of 0 rows. Read only as far as the first row."""
+    if file_format == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(path).num_rows == 0
+    lines = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip() and not (file_format == "json" and line.strip() == "[]"):  # `[]`: a JSON array of none
+                lines += 1
+                if lines > (file_format == "csv"):  # a csv's first line is its header
+                    return False
+    return True
+
+
+def load_data_file(path: str, flag: str, label_column: str | None = None) -> Dataset:
+    """One data file (`--train_file`, `--validation_file` or `--test_file`, named by `flag`) as a Dataset. A missing
+    or empty file, or one `datasets` cannot read, is an error that names the flag and the file (`datasets` names
+    neither: `Instruction "test" corresponds to no data!`). A csv label column whose every labelled value is the text
+    of a JSON list (`["odd", "big"]`) is read as lists, as the same column of a JSON lines or parquet file is
+    (`json_list_labels`)."""
+    import datasets
+
+    file_format = _file_format(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path}: no such file" + (" (it is a folder)" if os.path.isdir(path) else ""))
+    expected = {"csv": "a header line and one line per row", "json": "one JSON object per line",
+                "parquet": "at least one row"}[file_format]
+    if os.path.getsize(path) == 0 or _has_no_rows(path, file_format):
+        raise EmptyDataError(f"{flag} {path} has no rows (expected {expected})")
+    try:
+        dataset = datasets.load_dataset(file_format, data_files={"data": path})["data"]
+    except (ValueError, StopIteration, datasets.exceptions.DatasetsError) as err:
+        cause = err.__cause__ or err  # DatasetGenerationError hides the reader's own error
+        raise ValueError(f"{flag} {path} cannot be read as {file_format} ({expected}): "
+                         f"{type(cause).__name__}: {str(cause).strip()[:300]}") from err
+    if len(dataset) == 0:
+        raise EmptyDataError(f"{flag} {path} has no rows (expected {expected})")
+    if file_format == "csv" and label_column in dataset.column_names:
+        dataset = json_list_labels(dataset, label_column, f"{flag} {path}")
+    return dataset
+
+
+def _json_list(value: Any) -> list | None:
+    """`value` as the list it is the JSON text of, else None."""
+    if not isinstance(value, str) or not value.lstrip().startswith("["):
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, list) else None
+
+
+def json_list_labels(dataset: Dataset, label_column: str, source: str) -> Dataset:
+    """A csv's label column as lists when every labelled value of it is the text of a JSON list (`["odd", "big"]`,
+    `[1, 0, 1]`, `[]`): csv has no list type, so that is how a csv holds multi-label rows (or several regression
+    targets). The column is then what the same labels in a JSON lines, parquet or `datasets` file are, and
+    `problem_type_of_label_values` decides the problem type from the lists. A column where only some values are JSON
+    lists stays text, with a warning naming a row that is not one."""
+    import datasets
+
+    feature = dataset.features[label_column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        return dataset
+    values = dataset[label_column]
+    parsed = [None if value is None else _json_list(value) for value in values]
+    labelled = [i for i, value in enumerate(values) if value is not None]
+    lists = [i for i in labelled if parsed[i] is not None]
+    if not lists:
+        return dataset
+    if len(lists) < len(labelled):
+        row = next(i for i in labelled if parsed[i] is None)
+        logger.warning("%s: label column %r holds JSON lists in %d of %d rows, but row %d (%r) is not one: the column "
+                       "is read as text, one class per distinct value", source, label_column, len(lists),
+                       len(labelled), row, values[row])
+        return dataset
+    try:
+        list_feature = datasets.Dataset.from_dict({label_column: parsed}).features[label_column]
+    except (TypeError, ValueError) as err:  # pyarrow's ArrowInvalid / ArrowTypeError: one list mixes names and numbers
+        raise ValueError(f"{source}: the JSON lists of label column {label_column!r} must each hold class names or "
+                         f"numbers, not both ({type(err).__name__}: {err})") from err
+    features = dataset.features.copy()
+    features[label_column] = list_feature
+    return dataset.map(lambda _, i: {label_column: parsed[i]}, with_indices=True, features=features)
+
+
 def load_user_splits(data_args: Any, need_train: bool = True) -> dict[str, Dataset | None]:
     """The user's `train`, `validation` and `test` splits (None where there is none): from `--train_file`,
     `--validation_file` and `--test_file`, else from a `load_from_disk` folder or a Hub dataset
@@ -154,7 +303,7 @@ def load_user_splits(data_args: Any, need_train: bool = True) -> dict[str, Datas
         # test file without labels would get a label column of None (and a test.jsonl beside a train.csv would be
         # read as csv).
         raw = datasets.DatasetDict({
-            split: datasets.load_dataset(_file_format(path), data_files={split: path})[split]
+            split: load_data_file(path, f"--{split}_file", data_args.label_column_name)
             for split, path in files.items()
         })
         names = {"train": "train", "validation": "validation", "test": "test"}
@@ -168,6 +317,12 @@ def load_user_splits(data_args: Any, need_train: bool = True) -> dict[str, Datas
         names = {"train": data_args.train_split_name, "test": data_args.test_split_name,
                  "validation": data_args.validation_split_name
                  or next((s for s in ("validation", "test") if s in raw), None)}
+        # The splits a run trains and evaluates on; the test split (there by default name) only matters to
+        # --do_predict, whose check refuses one without rows (run.py's check_splits).
+        for split in ("train", "validation") if need_train else ("validation",):
+            if names[split] in raw and len(raw[names[split]]) == 0:
+                raise EmptyDataError(f"the {names[split]!r} split of --dataset_name {data_args.dataset_name} has no "
+                                     f"rows (--{split}_split_name)")
     # Audio()/Video() columns stay undecoded: the collator decodes their files (soundfile, PyAV); datasets would need
     # torchcodec and FFmpeg to, and fail at the first row it reads.
     raw = prepare_media_columns(raw)
@@ -436,8 +591,10 @@ def build_user_model_and_processor(model_args: Any, data_args: Any, train: Datas
 
     extra = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     if model_args.model_name_or_path:
+        check_model_source(model_args.model_name_or_path, "--model_name_or_path")
         model = DMILForMultimodalClassification.from_pretrained(model_args.model_name_or_path, **extra)
         processor = DMILProcessor.from_pretrained(model_args.model_name_or_path)
+        with_label2id(model.config)
         saved = model.config.problem_type
         if saved is not None and model_args.problem_type not in (None, saved):
             raise ValueError(f"--problem_type {model_args.problem_type} but the model from --model_name_or_path is a "
@@ -457,6 +614,8 @@ def build_user_model_and_processor(model_args: Any, data_args: Any, train: Datas
             raise ValueError(
                 "give the backbones either with --modality or with --text_model/--vision_model/--audio_model"
             )
+        for flag, source in backbone_sources(model_args).items():
+            check_model_source(source, flag)
         if model_args.modality:
             table = parse_modalities(model_args.modality)
             backbones = {"modality_table": table}

@@ -93,6 +93,11 @@ class DMILTrainingArguments(TrainingArguments):
             raise ValueError(f"stages must be increasing stage numbers from 1, 2, 3 like '1,2,3', got {self.stages!r}")
         if self.label_names is None:
             self.label_names = ["labels"]
+        if self.hub_model_id is not None:
+            # Checked offline now, not by the Hub after training (nor pasted as given into the model card).
+            from ..hub.publisher import check_repo_id
+
+            self.hub_model_id = check_repo_id(self.hub_model_id, "hub_model_id (--hub_model_id)")
 
     @property
     def stage_list(self) -> list[int]:
