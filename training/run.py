@@ -33,7 +33,8 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from dmil_hf import DMILTrainingArguments
 from dmil_hf.training.data import (
-    AUTO_WORKERS_MAX, DEFAULT_COLUMNS, dataloader_workers, first_rows, load_synthetic, prepare_user_data, select_samples
+    AUTO_WORKERS_MAX, DEFAULT_COLUMNS, check_media, dataloader_workers, first_rows, load_synthetic, prepare_user_data,
+    select_samples,
 )
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -507,6 +508,9 @@ def main(argv: list[str] | None = None) -> dict:
             train, evaluation, test = splits["training"], splits["validation"], splits["test"]
             training_args.remove_unused_columns = False  # the collator reads the raw columns
     check_splits(training_args, evaluation, test)
+    if collator is not None and collator.columns:  # the user's data: its media files opened before anything trains
+        check_media(data_args, model.config, collator.columns,
+                    {"training": train, "validation": evaluation, "test": test})
     if data_args.id_column_name is not None and (test is None or data_args.id_column_name not in test.column_names):
         raise ValueError(f"--id_column_name {data_args.id_column_name!r} is not a column of the test data "
                          f"(columns: {test.column_names if test is not None else 'no test data'})")

@@ -685,7 +685,6 @@ def prepare_user_data(model_args: Any, data_args: Any, need_train: bool = True):
                     f"--{MODALITY_COLUMN_FIELDS.get(modality, 'modality_column_names')} to the "
                     "column that holds it"
                 )
-    check_media(data_args, model.config, columns, splits)
     for split, dataset in splits.items():
         if dataset is None:
             continue

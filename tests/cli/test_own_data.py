@@ -98,7 +98,7 @@ def test_evaluate_only_scores_the_saved_model_and_changes_nothing(trained, tmp_p
     finally:
         os.chdir(cwd)
     assert snapshot(run_dir) == before  # final/, the stages and the results: not a byte, not a timestamp
-    assert sorted(os.listdir(tmp_path / "eval")) == ["eval_results.json"]  # no stage folder, no final/, no model
+    assert sorted(os.listdir(tmp_path / "eval")) == ["eval_results.json", "plots"]  # results only: no stage folder, no model
     # The same model on the same data: the training run's final evaluation, figure for figure.
     trained_metrics = json.loads((run_dir / "eval_results.json").read_text())
     assert metrics["eval_accuracy"] == trained_metrics["eval_accuracy"]
@@ -265,7 +265,7 @@ def test_evaluate_only_takes_a_model_trained_on_the_synthetic_benchmark(tmp_path
     out = tmp_path / "out"
     metrics = run.main(["--model_name_or_path", str(model), "--do_eval", "--do_predict", "true", *flags,
                         "--output_dir", str(out)])
-    assert sorted(os.listdir(out)) == ["eval_results.json", "predict_results.json", "predictions.csv"]
+    assert sorted(os.listdir(out)) == ["eval_results.json", "plots", "predict_results.json", "predictions.csv"]
     assert snapshot(model) == before and "stages" not in metrics
     with open(out / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
