@@ -439,14 +439,12 @@ class RunFolder:
         differences = identity_differences(recorded, identity, ignore=ignore)
         if differences:
             what = what or f"output_dir {self.path}"
-            command = recorded.get("about", {}).get("command")
             raise RunMismatchError(
                 f"{what} belongs to another run: {len(differences)} item(s) of its run identity differ from this "
-                "run's:\n  " + "\n  ".join(differences) + "\nEither start this run over there with "
-                "--overwrite_output_dir true (deletes that run's stages, final/ and results), or give another "
-                "--output_dir; to continue that run, repeat the command that started it"
-                + (f" ({command})" if command else "") + f" with --resume_from_checkpoint true. Its identity is "
-                f"{self.identity_path}."
+                "run's:\n  " + "\n  ".join(differences) + "\nEither start this run over in output_dir with "
+                "--overwrite_output_dir true (deletes the stages, final/ and results there), or give another "
+                "--output_dir; to continue that run, repeat the command that started it (the data, model and "
+                "arguments above) with --resume_from_checkpoint true."
             )
 
     # ---------------------------------------------------------------- another run in the folder

@@ -96,7 +96,7 @@ def _load_model_exactly(model: PreTrainedModel, checkpoint: str) -> None:
 
 # Config entries that say where or with what a config was saved, not which model it is.
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "architectures", "auto_map", "custom_pipelines",
-                         "dtype", "torch_dtype", "_attn_implementation_autoset", "_commit_hash")
+                         "dtype", "torch_dtype", "_attn_implementation_autoset", "_commit_hash", "use_cache")
 
 
 def _config_items(config) -> dict[str, Any]:
@@ -184,6 +184,16 @@ class DMILTrainer(Trainer):
     copy of the arguments (`DMILTrainingArguments.for_stage`, which is `self.args` while the stage runs); the object
     passed as `args` is never changed.
 
+    A run folder belongs to one run: `train()` writes the run's identity (`run_identity`: model config, training data
+    (`data_files` by content, else the dataset), the arguments that change the weights) to `output_dir/dmil_run.json`
+    and into each checkpoint, and every resume, of the folder or of a checkpoint path wherever it lies, is refused
+    (`run_folder.RunMismatchError`, naming the items that differ) when it is another run's. Each stage starts from its
+    own seed (`args.seed + stage - 1`), so a stage started after a resume trains as in an uninterrupted run. A loss
+    that is not finite stops training with `DMILDivergenceError` (checked at each log and before each save, where the
+    loss is read on the host anyway): no checkpoint after it, no stage marker, final model, card or upload. The output
+    folder is checked for writing before anything trains, and a failed save (a full disk) is an
+    `run_folder.OutputFolderError` naming the folder and its free space.
+
     The run folder (`output_dir`: stage folders, markers, checkpoints, `final/`) is `self.run_folder`
     (`run_folder.RunFolder`). The model card and Hub uploads are the publisher's (`publisher`, a
     `dmil_hf.hub.run_publisher.DMILRunPublisher`; by default one built from the arguments). With `push_to_hub`,
@@ -240,6 +250,7 @@ class DMILTrainer(Trainer):
         self.data_files = dict(data_files or {})
         # The stage step up to which the loss has been checked for NaN / inf (`_check_finite_loss`).
         self._checked_step = 0
+        self._identity: dict[str, Any] | None = None
         self._frozen_modules: list[torch.nn.Module] = []
         # The LoRA adapter of the last stage this trainer finished or loaded, if that stage trained through one:
         # save_final copies this one and no other (a folder can hold an adapter another run left there).
@@ -315,7 +326,11 @@ class DMILTrainer(Trainer):
         if self.args.should_save:
             # A folder the run cannot write fails now, not when the first stage has trained and saves.
             check_writable(run.path)
-        identity = self.run_identity()
+        # The identity of the run as it started: taken once, from the model this trainer was given (training sets
+        # entries of its config, e.g. problem_type, and the same trainer may resume its own run).
+        if self._identity is None:
+            self._identity = self.run_identity()
+        identity = self._identity
         resume_stage, resume_path = None, None
         if isinstance(resume_from_checkpoint, str):
             # One rule wherever the checkpoint lies (in output_dir, another folder, a download): it continues this
