@@ -124,6 +124,27 @@ def test_resuming_into_another_runs_folder_is_refused_naming_what_differs(tmp_pa
     train(tmp_path / "run", resume=True)
 
 
+def test_data_files_are_recorded_by_content_and_another_file_is_refused(tmp_path):
+    # training/run.py gives the trainer its --train_file: a copy elsewhere is the same data, an edited file is not.
+    (tmp_path / "train.csv").write_text("text,label\na,0\nb,1\n")
+    (tmp_path / "copy").mkdir()
+    shutil.copy(tmp_path / "train.csv", tmp_path / "copy" / "train.csv")
+    (tmp_path / "edited.csv").write_text("text,label\na,1\nb,1\n")
+
+    def run(data_file, resume=None):
+        trainer = DMILTrainer(model=make_model(), args=make_args(tmp_path / "run", max_steps=1, save_strategy="no"),
+                              train_dataset=make_data(), data_files={"train": str(data_file)})
+        trainer.train(resume_from_checkpoint=resume)
+
+    run(tmp_path / "train.csv")
+    recorded = json.loads((tmp_path / "run" / RUN_IDENTITY_NAME).read_text())
+    assert set(recorded["data"]["train"]) == {"bytes", "sha256"}
+    assert recorded["about"]["data_files"] == {"train": str(tmp_path / "train.csv")}
+    run(tmp_path / "copy" / "train.csv", resume=True)
+    with pytest.raises(RunMismatchError, match="data.train: .*sha256"):
+        run(tmp_path / "edited.csv", resume=True)
+
+
 def test_a_run_that_continues_from_earlier_stages_must_be_of_the_same_model_and_data(tmp_path):
     train(tmp_path / "run", stages="1,2")
     # stages="3" starts from stage-2: another data set is refused, another stage-3 schedule is this run's choice.
@@ -185,6 +206,20 @@ def test_cli_overwrite_without_training_removes_every_earlier_result_file(tmp_pa
     cli.claim_result_files(args)
     # predictions.csv without labels writes no predict_results.json: the old one must not stay beside it.
     assert not any((tmp_path / name).exists() for name in RESULT_NAMES)
+
+
+def test_cli_resume_of_another_runs_folder_exits_naming_what_differs(tmp_path, capsys):
+    cli = load_cli()
+    argv = [
+        "--do_train", "--synthetic_train_size", "32", "--synthetic_eval_size", "16", "--synthetic_modalities",
+        "text,vision", "--max_steps", "1", "--per_device_train_batch_size", "16", "--save_strategy", "no",
+        "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "out"),
+    ]
+    assert cli.cli(argv) == 0
+    other = [*argv, "--synthetic_train_size", "48", "--resume_from_checkpoint", "true"]
+    assert cli.cli(other) == 2
+    error = capsys.readouterr().err
+    assert "belongs to another run" in error and "data.train" in error and "--overwrite_output_dir true" in error
 
 
 # ------------------------------------------------------------------ 3. a damaged stage marker
