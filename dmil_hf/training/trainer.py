@@ -149,7 +149,7 @@ class _TermMeans:
 
     def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         names = (self.LOSS, *terms)
-        values = torch.stack([loss.detach().float().reshape(()), *(value.detach().float() for value in terms.values())])
+        values = torch.stack([loss.detach().float().mean(), *(value.detach().float() for value in terms.values())])
         self._sums[names] = self._sums[names] + values if names in self._sums else values
         self.steps += 1
 
@@ -744,6 +744,12 @@ class DMILTrainer(Trainer):
             self._checked_step = self.state.global_step  # the sums since the last log are finite up to here
 
     def _raise_if_diverged(self, nonfinite: list[str]) -> None:
+        if self.accelerator.num_processes > 1:
+            # Each process sums its own batches' losses: all of them must stop together (one that went on would wait
+            # forever in its next collective). One small all-reduce per log and per save.
+            flag = torch.tensor([1.0 if nonfinite else 0.0], device=self.accelerator.device)
+            if self.accelerator.reduce(flag, reduction="sum").item() > 0 and not nonfinite:
+                nonfinite = ["loss (on another process)"]
         if not nonfinite:
             return
         stage, args = self.stage, self.args
