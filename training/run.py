@@ -385,8 +385,23 @@ def check_modes(model_args: ModelArguments, training_args: DMILTrainingArguments
     if existing and not training_args.overwrite_output_dir:
         raise ValueError(
             f"output_dir {training_args.output_dir} already holds {', '.join(existing)}: give another --output_dir, "
-            "or --overwrite_output_dir to replace those files (nothing else in it is touched)"
+            "or --overwrite_output_dir to replace the result files there (nothing else in it is touched)"
         )
+
+
+def claim_result_files(training_args: DMILTrainingArguments) -> None:
+    """A run that does not train writes only result files: check before anything loads that it can write them, and
+    under --overwrite_output_dir remove every result file an earlier run left (a predict_results.json of another model
+    must not sit beside this run's predictions.csv). A training run's folder is the trainer's (DMILTrainer.train)."""
+    from dmil_hf.training.run_folder import RunFolder, check_writable
+
+    if training_args.do_train or not training_args.should_save:
+        return
+    check_writable(training_args.output_dir)
+    if training_args.overwrite_output_dir:
+        for path in RunFolder(training_args.output_dir).result_files():
+            logger.warning("--overwrite_output_dir: deleting %s, left by an earlier run", path)
+            os.remove(path)
 
 
 def check_splits(training_args: DMILTrainingArguments, evaluation, test) -> None:
@@ -470,7 +485,8 @@ def setup_logging() -> None:
 # Where main() trains, for the resume line after Ctrl-C (None before parsing, and for a run that does not train).
 RUN_FOLDER: dict[str, str | None] = {"output_dir": None}
 # User errors: a wrong column, an unseen label, a missing file, a bad option value.
-USER_ERRORS = (ValueError, FileNotFoundError)
+# A diverged run (a learning rate too high) and an output folder that cannot be written are the user's to fix too.
+USER_ERRORS = (ValueError, FileNotFoundError, ArithmeticError, OSError)
 
 
 def write_json(path: str, values: dict) -> str:
@@ -483,6 +499,7 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     model_args, data_args, training_args, config_file = parse_arguments(sys.argv[1:] if argv is None else argv)
     check_modes(model_args, training_args)
+    claim_result_files(training_args)
     RUN_FOLDER["output_dir"] = training_args.output_dir if training_args.do_train else None
     from transformers import set_seed
 
@@ -526,6 +543,9 @@ def main(argv: list[str] | None = None) -> dict:
         model=model, args=training_args, train_dataset=train if training_args.do_train else None,
         eval_dataset=evaluation, data_collator=collator, processing_class=processor,
         compute_metrics=metrics_for(evaluation) if evaluation is not None else None,
+        # The run identity records the training data by its file's content (a Hub dataset or the synthetic one by
+        # the dataset itself).
+        data_files={"train": data_args.train_file} if data_args.train_file else None,
     )
     modes = [name for name in ("train", "eval", "predict") if getattr(training_args, f"do_{name}")]
     print(f"\n{run_title(model.config)} run on {', '.join(model.config.modalities)}: {', '.join(modes)}; "

@@ -111,6 +111,43 @@ def check_repo_id(repo_id: str, source: str = "repo_id") -> str:
     return normalised
 
 
+class NonFiniteWeightsError(ValueError):
+    """A folder whose weights hold NaN or infinite values (a diverged run's): it is never published."""
+
+
+def nonfinite_weights(folder: str | Path) -> list[str]:
+    """The tensors holding a NaN or an infinite value in the safetensors weight files an upload of `folder` would
+    carry (the model's and its adapter's; `checkpoint-*` and `_*` stay behind), as `file:tensor`. The files are read
+    one tensor at a time (the check of `modeling_dmil.nonfinite_parameters`, on the files themselves: a folder pushed
+    is not necessarily one model, e.g. final/ with adapter/)."""
+    import torch
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    found = []
+    for path in sorted(folder.rglob("*.safetensors")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(("checkpoint-", "_")) for part in relative.parts):
+            continue
+        with safe_open(str(path), framework="pt") as weights:
+            for name in weights.keys():
+                tensor = weights.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    found.append(f"{relative}:{name}")
+    return found
+
+
+def refuse_nonfinite_weights(folder: str | Path) -> None:
+    """Raise `NonFiniteWeightsError` when `folder`'s weights hold NaN or infinite values (`nonfinite_weights`)."""
+    bad = nonfinite_weights(folder)
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{folder} is not published: {len(bad)} of its weight tensors hold NaN or infinite values (e.g. "
+            f"{', '.join(bad[:3])}). The run that saved it diverged and the model predicts NaN; retrain with a lower "
+            "learning rate (or --max_grad_norm), or publish an earlier, finite checkpoint."
+        )
+
+
 def hub_endpoint() -> str:
     """The Hub endpoint huggingface_hub talks to (`HF_ENDPOINT`, read when huggingface_hub is imported)."""
     from huggingface_hub import constants
@@ -280,6 +317,7 @@ class DMILHubPublisher:
         from huggingface_hub import HfApi
 
         repo_id = self.validated_repo_id()
+        refuse_nonfinite_weights(folder)  # a diverged run's weights never reach the Hub
         api = HfApi(token=self.token)
         url = api.create_repo(repo_id, private=self.private, exist_ok=True)
         return api.upload_folder(
@@ -358,6 +396,9 @@ def push_output_dir(
         for k, folder in run.stage_folders().items():
             if k not in stage_dirs:
                 logger.warning("Skipping %s: it holds no finished stage.", folder)
+    # Every folder is checked before the Hub is touched: a diverged run is refused whole, not after its stages.
+    for folder in [*stage_dirs.values(), final_dir]:
+        refuse_nonfinite_weights(folder)
     if check:
         publisher.check()
     # In the trainer's order: the stages, then the final model.
@@ -399,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commits = push_output_dir(args.path, args.repo_id, stages=args.stages, private=args.private,
                                   token=args.token, revision=args.revision)
-    except (DMILHubError, NoFinishedModelError) as err:
+    except (DMILHubError, NoFinishedModelError, NonFiniteWeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for commit in commits:

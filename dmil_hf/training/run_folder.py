@@ -6,6 +6,10 @@
         checkpoint-N/          the Trainer's checkpoints while the stage trains; resume reads the newest complete one
       final/                   the finished model (weights, remote code, processor, adapter/, README.md card)
       log_history.json         the whole run's log, every stage's entries at the run-wide step
+      dmil_run.json            the run's identity (model config, data, the arguments that change the model), written
+                               when the run starts and checked by every resume; each checkpoint holds a copy
+      eval_results.json, predict_results.json, predictions.csv
+                               the results training/run.py writes: they belong to the run that wrote them
 
 This module is the one place that knows that layout. The trainer asks it where a stage goes, whether a stage or a
 checkpoint is complete, what resuming reads, and whether a fresh run would mix with an earlier one; the Hub publisher
@@ -14,11 +18,16 @@ asks it where a run's finished model and stages are. It depends on nothing of th
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +50,10 @@ STAGE_MARKER = "dmil_stage.json"
 # The whole run's log (every stage's entries, at the run-wide step), at the top of output_dir.
 RUN_LOG_NAME = "log_history.json"
 FINAL_NAME = "final"
+# The run's identity (`RunFolder.write_identity`), in output_dir and in each checkpoint.
+RUN_IDENTITY_NAME = "dmil_run.json"
+# The result files training/run.py writes next to the run: a new run in the folder removes an earlier one's.
+RESULT_NAMES = ("eval_results.json", "predict_results.json", "predictions.csv")
 ADAPTER_NAME = "adapter"
 # Names the Trainer gives to a checkpoint's files (transformers.trainer; spelled out here because they are a file
 # format, while where transformers keeps the constants is not).
@@ -117,6 +130,134 @@ def is_stage_folder(folder: str | Path) -> bool:
     return os.path.isfile(os.path.join(folder, STAGE_MARKER))
 
 
+class RunMismatchError(ValueError):
+    """A run folder or checkpoint that belongs to another run than the one asked to continue it."""
+
+
+class OutputFolderError(OSError):
+    """A folder of the run that cannot be written: not writable, or its disk full. Names the folder and the free
+    space."""
+
+
+def write_json_atomically(path: str | Path, value: Any, **dump_kwargs: Any) -> None:
+    """Write `value` as JSON to `path` through a temporary file renamed over it: a kill during the write leaves the
+    previous file or none, never a cut one (a resume must be able to read what it finds)."""
+    folder = os.path.dirname(os.fspath(path)) or "."
+    # "_" first: the Hub uploads leave `_*` out, should a kill leave the temporary file behind.
+    fd, tmp = tempfile.mkstemp(prefix="_tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, **dump_kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _free_space(folder: str | Path) -> str:
+    """The free space on the disk holding `folder` (or its nearest existing parent), for an error message."""
+    path = os.path.abspath(os.fspath(folder))
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return "unknown"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if free < 1024 or unit == "TiB":
+            return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+        free /= 1024
+    return "unknown"
+
+
+# What torch.save raises when the disk fills under it (a RuntimeError of its zip writer, not an OSError).
+_TORCH_WRITE_FAILURES = ("inline_container", "file write failed", "unexpected pos")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+@contextmanager
+def writing(folder: str | Path, what: str) -> Iterator[None]:
+    """Turn a failed write into `folder` (a full disk, a folder that cannot be written, torch's zip writer failing)
+    into an `OutputFolderError` that names the folder, what was being written and the disk's free space."""
+    try:
+        yield
+    except OutputFolderError:
+        raise
+    except OSError as err:
+        if err.errno in _DISK_FULL:
+            raise OutputFolderError(
+                err.errno, f"the disk is full: writing {what} to {folder} failed ({_free_space(folder)} free there; "
+                f"{os.strerror(err.errno)}). Free some space (or give another --output_dir, or keep fewer checkpoints "
+                "with --save_total_limit), then continue with --resume_from_checkpoint true",
+            ) from err
+        if err.errno in _NOT_WRITABLE:
+            raise OutputFolderError(
+                err.errno, f"cannot write {what} to {folder}: {os.strerror(err.errno)}. Give an --output_dir you can "
+                "write to, or change the folder's permissions",
+            ) from err
+        raise
+    except RuntimeError as err:
+        if not any(text in str(err) for text in _TORCH_WRITE_FAILURES):
+            raise
+        raise OutputFolderError(
+            errno.EIO, f"writing {what} to {folder} failed ({_first_line(err)}); {_free_space(folder)} free there. "
+            "torch gives this error when the disk fills during the write: free some space, then continue with "
+            "--resume_from_checkpoint true",
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_writable(folder: str | Path) -> None:
+    """Make `folder` (and its parents) and write a probe file in it, so that a folder the run cannot write fails
+    before anything trains, not when the first stage saves (`OutputFolderError` naming it)."""
+    with writing(folder, "the run's files"):
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix="_probe-", dir=folder):
+            pass
+
+
+def file_fingerprint(path: str | Path) -> dict[str, Any]:
+    """What identifies a data file's content: its size and sha256 (a copy elsewhere is the same data, an edit is
+    not)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def _flat_items(identity: dict[str, Any]) -> dict[str, Any]:
+    """An identity's comparable items: `part.name` -> value (its "about" part is for people, not compared)."""
+    return {
+        f"{part}.{name}": value
+        for part, values in identity.items() if isinstance(values, dict) and part != "about"
+        for name, value in values.items()
+    }
+
+
+def identity_differences(recorded: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The items in which two run identities differ, each as `item: recorded -> current` (items starting with one of
+    `ignore` are skipped)."""
+    old, new = _flat_items(recorded), _flat_items(json.loads(json.dumps(current, default=str)))
+    missing = "(not recorded)"
+
+    def show(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, default=str)
+        return text if len(text) <= 120 else text[:117] + "..."
+
+    return [
+        f"{name}: {show(old.get(name, missing))} there, {show(new.get(name, missing))} now"
+        for name in sorted(set(old) | set(new))
+        if not name.startswith(ignore) and old.get(name, missing) != new.get(name, missing)
+    ]
+
+
 @dataclass
 class FinishedStage:
     """A finished stage as its marker records it: its metrics, the LoRA adapter it wrote (None if none), the optimizer
@@ -184,13 +325,25 @@ class RunFolder:
         return {k: self.stage_dir(k) for k in STAGES if self.stage_is_complete(k)}
 
     def read_stage(self, stage: int) -> FinishedStage:
-        """What resuming reads of a finished stage (its marker). Raises `ValueError` when the stage is not finished."""
+        """What resuming reads of a finished stage (its marker). Raises `ValueError` when the stage is not finished or
+        its marker cannot be read."""
         if not self.stage_is_complete(stage):
             raise ValueError(
                 f"cannot skip stage {stage}: {self.stage_dir(stage)} holds no finished stage ({STAGE_MARKER} missing)"
             )
-        with open(os.path.join(self.stage_dir(stage), STAGE_MARKER)) as f:
-            marker = json.load(f)
+        marker_path = os.path.join(self.stage_dir(stage), STAGE_MARKER)
+        try:
+            with open(marker_path) as f:
+                marker = json.load(f)
+            if not isinstance(marker, dict) or not isinstance(marker.get("metrics"), dict):
+                raise ValueError("it holds no 'metrics' entry")
+        except ValueError as err:  # json.JSONDecodeError included: a cut or emptied file
+            raise ValueError(
+                f"the stage marker {marker_path} is damaged ({err}): it is written last when stage {stage} finishes, "
+                f"so stage {stage} cannot be taken as finished. Delete that file to train stage {stage} again from its "
+                f"last checkpoint (--resume_from_checkpoint true), or start the run over with --overwrite_output_dir "
+                "true"
+            ) from None
         return FinishedStage(
             stage=stage,
             metrics=marker["metrics"],
@@ -205,17 +358,16 @@ class RunFolder:
         self, stage: int, metrics: dict[str, Any], adapter: bool, global_step: int, log_history: list[dict[str, Any]]
     ) -> None:
         """Write the stage's marker, last of everything the stage writes (main process only)."""
-        with open(os.path.join(self.stage_dir(stage), STAGE_MARKER), "w") as f:
-            # "adapter" records that this stage wrote stage-k/adapter, for a later resume to know it is this run's;
-            # "global_step" and "log_history" let a resumed run continue the run-wide step and log.
-            json.dump({"stage": stage, "metrics": metrics, "adapter": adapter, "global_step": global_step,
-                       "log_history": log_history}, f, indent=2, default=float)
+        # "adapter" records that this stage wrote stage-k/adapter, for a later resume to know it is this run's;
+        # "global_step" and "log_history" let a resumed run continue the run-wide step and log.
+        marker = {"stage": stage, "metrics": metrics, "adapter": adapter, "global_step": global_step,
+                  "log_history": log_history}
+        write_json_atomically(os.path.join(self.stage_dir(stage), STAGE_MARKER), marker, indent=2, default=float)
 
     def write_run_log(self, history: list[dict[str, Any]]) -> None:
         """Write the run's log (every stage's entries) to `output_dir/log_history.json` (main process only)."""
         os.makedirs(self.path, exist_ok=True)
-        with open(self.run_log, "w") as f:
-            json.dump(history, f, indent=1, default=float)
+        write_json_atomically(self.run_log, history, indent=1, default=float)
 
     # ---------------------------------------------------------------- resuming
 
@@ -223,48 +375,128 @@ class RunFolder:
         """The checkpoint an interrupted stage resumes from (see `last_complete_checkpoint`)."""
         return last_complete_checkpoint(self.stage_dir(stage))
 
-    def stage_of_checkpoint(self, checkpoint: str | Path, stages: list[int]) -> int:
-        """The stage a checkpoint path resumes (the `stage-k` folder it is in); `ValueError` when it is not a complete
-        checkpoint of one of `stages`."""
-        match = _STAGE_NAME.search(Path(checkpoint).resolve().parent.name)
-        if not match or int(match.group(1)) not in stages:
+    def checkpoint_stage(self, checkpoint: str | Path, stages: list[int]) -> tuple[int, dict[str, Any] | None]:
+        """The stage a checkpoint resumes and the identity of the run that wrote it (None when it has none), wherever
+        the checkpoint lies: in this folder, in another run's, or downloaded. A checkpoint carries both in its own
+        copy of the identity (`write_checkpoint_identity`); one without (written before dmil_hf recorded them, or
+        killed just before) is placed by its `stage-k` folder and its run folder's identity. `ValueError` when it is
+        not a complete checkpoint of one of `stages`."""
+        checkpoint = os.fspath(checkpoint)
+        if not os.path.isdir(checkpoint):
+            raise ValueError(f"resume_from_checkpoint={checkpoint!r} is not a folder")
+        identity = _read_json(os.path.join(checkpoint, RUN_IDENTITY_NAME))
+        stage = identity.pop("stage", None) if identity else None
+        if stage is None:
+            match = _STAGE_NAME.fullmatch(Path(checkpoint).resolve().parent.name)
+            stage = int(match.group(1)) if match else None
+            identity = identity or _read_json(os.path.join(Path(checkpoint).resolve().parent.parent, RUN_IDENTITY_NAME))
+        if stage not in stages:
+            where = "of no DMIL stage (no run identity in it, not in a stage-k folder)" if stage is None else \
+                f"of stage {stage}"
             raise ValueError(
-                f"resume_from_checkpoint={os.fspath(checkpoint)!r} must be a checkpoint inside {self.path}/stage-k/ "
-                f"for one of the stages run ({stages})"
+                f"resume_from_checkpoint={checkpoint!r} is a checkpoint {where}; this run trains the stages {stages}"
             )
         if not checkpoint_is_complete(checkpoint):
             raise ValueError(
-                f"resume_from_checkpoint={os.fspath(checkpoint)!r} is not a complete checkpoint (it needs model "
+                f"resume_from_checkpoint={checkpoint!r} is not a complete checkpoint (it needs model "
                 f"weights and {TRAINER_STATE_NAME}; its write may have been interrupted)"
             )
-        return int(match.group(1))
+        return int(stage), identity
+
+    def write_checkpoint_identity(self, checkpoint: str | Path, stage: int) -> None:
+        """Copy the run's identity into one of its checkpoints, with the stage it belongs to, so that the checkpoint
+        says whose it is wherever it is copied (main process only)."""
+        identity = self.read_identity()
+        if identity is not None and os.path.isdir(checkpoint):
+            write_json_atomically(os.path.join(checkpoint, RUN_IDENTITY_NAME), {**identity, "stage": stage}, indent=1)
+
+    # ---------------------------------------------------------------- the run's identity
+
+    @property
+    def identity_path(self) -> str:
+        return os.path.join(self.path, RUN_IDENTITY_NAME)
+
+    def read_identity(self) -> dict[str, Any] | None:
+        """The identity of the run that writes this folder (None before one started, or for a folder written before
+        dmil_hf recorded it)."""
+        return _read_json(self.identity_path)
+
+    def write_identity(self, identity: dict[str, Any]) -> None:
+        """Record the identity of the run that starts in this folder (main process only)."""
+        os.makedirs(self.path, exist_ok=True)
+        write_json_atomically(self.identity_path, identity, indent=1, sort_keys=True, default=str)
+
+    def check_identity(
+        self, identity: dict[str, Any], recorded: dict[str, Any] | None = None, what: str | None = None,
+        ignore: tuple[str, ...] = (),
+    ) -> None:
+        """Refuse to continue a run that is not this one: `RunMismatchError` naming each item in which `identity`
+        (this run's) differs from `recorded` (by default the identity this folder holds; nothing is checked when
+        there is none) and the two ways on."""
+        recorded = self.read_identity() if recorded is None else recorded
+        if recorded is None:
+            return
+        differences = identity_differences(recorded, identity, ignore=ignore)
+        if differences:
+            what = what or f"output_dir {self.path}"
+            raise RunMismatchError(
+                f"{what} belongs to another run: {len(differences)} item(s) of its run identity differ from this "
+                "run's:\n  " + "\n  ".join(differences) + "\nEither start this run over in output_dir with "
+                "--overwrite_output_dir true (deletes the stages, final/ and results there), or give another "
+                "--output_dir; to continue that run, repeat the command that started it (the data, model and "
+                "arguments above) with --resume_from_checkpoint true."
+            )
 
     # ---------------------------------------------------------------- another run in the folder
 
+    def result_files(self) -> list[str]:
+        """The result files an earlier run left in this folder (`RESULT_NAMES`)."""
+        return [path for name in RESULT_NAMES if os.path.isfile(path := os.path.join(self.path, name))]
+
     def earlier_run(self, stages: list[int]) -> list[str]:
-        """The folders that a fresh run of `stages` would write or that would outlive it and be taken for its results:
-        `stage-k` from the first stage run on, and `final/`. The folders of earlier stages are the run's starting
-        point (`stages=[3]` continues from `stage-2`)."""
+        """The folders and files that a fresh run of `stages` would write or that would outlive it and be taken for
+        its results: `stage-k` from the first stage run on, `final/`, and the result files. The folders of earlier
+        stages are the run's starting point (`stages=[3]` continues from `stage-2`)."""
         names = [f"stage-{k}" for k in STAGES if k >= min(stages)] + [FINAL_NAME]
         folders = [os.path.join(self.path, name) for name in names]
-        return [folder for folder in folders if os.path.exists(folder)]
+        return [folder for folder in folders if os.path.exists(folder)] + self.result_files()
 
     def refuse_earlier_run(self, stages: list[int], overwrite: bool) -> list[str]:
         """What a fresh (not resumed) run of `stages` must delete before it writes: `earlier_run`, when `overwrite` is
-        set; without it, a folder that holds an earlier run is a `ValueError`."""
+        set; without it, a folder that holds an earlier run is a `ValueError`. A run that continues from earlier
+        stages (`stages=[3]`) deletes the result files of the run that wrote them without asking: they describe the
+        model this run replaces."""
         stale = self.earlier_run(stages)
-        if stale and not overwrite:
+        results = self.result_files()
+        holds_run = [path for path in stale if path not in results or min(stages) == 1]
+        if holds_run and not overwrite:
             raise ValueError(
-                f"output_dir {self.path} already holds a run ({', '.join(map(os.path.basename, stale))}). "
+                f"output_dir {self.path} already holds a run ({', '.join(map(os.path.basename, holds_run))}). "
                 "Pass resume_from_checkpoint=True (--resume_from_checkpoint true) to continue it, or "
-                "overwrite_output_dir=True (--overwrite_output_dir true) to delete those folders and start again."
+                "overwrite_output_dir=True (--overwrite_output_dir true) to delete those and start again."
             )
         return stale
 
-    def delete(self, folders: list[str], stages: list[int]) -> None:
-        """Delete an earlier run's folders (`refuse_earlier_run`), and its log unless this run continues it."""
-        for folder in folders:
-            logger.warning("overwrite_output_dir: deleting %s, left by an earlier run", folder)
-            shutil.rmtree(folder)
-        if os.path.isfile(self.run_log) and min(stages) == 1:
-            os.remove(self.run_log)
+    def delete(self, paths: list[str], stages: list[int]) -> None:
+        """Delete an earlier run's folders and files (`refuse_earlier_run`), and its log and identity unless this run
+        continues it."""
+        for path in paths:
+            logger.warning("deleting %s, left by an earlier run in output_dir", path)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        if min(stages) == 1:
+            for path in (self.run_log, self.identity_path):
+                if os.path.isfile(path):
+                    os.remove(path)
+
+
+def _read_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object file, or None when there is none or it cannot be read (a run identity is then unknown)."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments, enable_full_determinism, set_seed
 from transformers.processing_utils import ProcessorMixin
 from transformers.trainer_utils import TrainOutput
 from transformers.utils import is_sagemaker_mp_enabled
@@ -32,9 +33,9 @@ from ..models.dmil.modeling_dmil import DMILForMultimodalClassification
 from ..models.dmil.stages_dmil import stage_plans
 from .callbacks import FirstStepTimes, use_console_callbacks, without_nested_bars
 from .lora import add_lora, load_adapter_exactly, lora_target_regex
-from .run_folder import ADAPTER_NAME, RunFolder, missing_optimizer_files
+from .run_folder import ADAPTER_NAME, RunFolder, check_writable, file_fingerprint, missing_optimizer_files, writing
 from .stages import prepare_model_for_stage
-from .training_args import DMILTrainingArguments
+from .training_args import STAGE_SCHEDULE_FIELDS, DMILTrainingArguments
 
 if TYPE_CHECKING:
     from ..hub.run_publisher import DMILRunPublisher
@@ -93,9 +94,51 @@ def _load_model_exactly(model: PreTrainedModel, checkpoint: str) -> None:
     model.load_state_dict(loaded.state_dict(), strict=True)
 
 
+# Config entries that say where or with what a config was saved, not which model it is.
+_VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "architectures", "auto_map", "custom_pipelines",
+                         "dtype", "torch_dtype", "_attn_implementation_autoset", "_commit_hash", "use_cache")
+
+
+def _config_items(config) -> dict[str, Any]:
+    """The model config as the run identity records it: every entry but where and with what it was saved."""
+    import json
+
+    items = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    for key, value in items.items():
+        if isinstance(value, dict):  # sub-configs: the same volatile entries left out
+            items[key] = {k: v for k, v in value.items() if k not in _VOLATILE_CONFIG_KEYS}
+    return json.loads(json.dumps(items, sort_keys=True, default=str))
+
+
+def _dataset_fingerprint(dataset: Any) -> dict[str, Any] | None:
+    """What identifies training data given as a dataset rather than files: its size, its columns and a hash of its
+    first, middle and last rows (`datasets`' own fingerprint is random after an unhashable map)."""
+    if dataset is None:
+        return None
+    try:
+        rows = len(dataset)
+    except TypeError:
+        return {"streaming": True}
+    fingerprint: dict[str, Any] = {"rows": rows, "columns": sorted(getattr(dataset, "column_names", None) or [])}
+    try:
+        from datasets.fingerprint import Hasher
+
+        fingerprint["sample"] = Hasher.hash([dataset[i] for i in sorted({0, rows // 2, rows - 1})] if rows else [])
+    except Exception:  # noqa: BLE001 - a row that cannot be hashed leaves size and columns to tell data apart
+        pass
+    return fingerprint
+
+
+class DMILDivergenceError(ArithmeticError):
+    """Training diverged: the loss (or one of its terms) became NaN or infinite. Nothing of the stage is saved."""
+
+
 class _TermMeans:
-    """Running sums of the unweighted loss terms between two logs, kept on the device: one stacked tensor per step
-    (two kernels, where an add per term was about thirty) and read on the host only when a log asks for the means."""
+    """Running sums of the loss and its unweighted terms between two logs, kept on the device: one stacked tensor per
+    step (two kernels, where an add per term was about thirty) and read on the host only when a log (or a save) asks
+    for them. The loss is summed unfiltered: the Trainer's logged loss hides a NaN step (`logging_nan_inf_filter`)."""
+
+    LOSS = "loss"
 
     def __init__(self):
         self.reset()
@@ -104,17 +147,24 @@ class _TermMeans:
         self._sums: dict[tuple[str, ...], torch.Tensor] = {}
         self.steps = 0
 
-    def add(self, terms: dict[str, torch.Tensor]) -> None:
-        names = tuple(terms)
-        values = torch.stack([value.detach().float() for value in terms.values()])
+    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        names = (self.LOSS, *terms)
+        values = torch.stack([loss.detach().float().mean(), *(value.detach().float() for value in terms.values())])
         self._sums[names] = self._sums[names] + values if names in self._sums else values
         self.steps += 1
 
-    def means(self) -> dict[str, float]:
+    def read(self) -> tuple[dict[str, float], list[str]]:
+        """The mean of each unweighted term since the last reset, and the names (the loss's included) whose sum is
+        not finite: one transfer to the host."""
         means: dict[str, float] = {}
+        nonfinite: list[str] = []
         for names, sums in self._sums.items():
-            means.update(zip(names, (sums / self.steps).tolist()))
-        return means
+            for name, total in zip(names, sums.tolist()):
+                if not math.isfinite(total):
+                    nonfinite.append(name)
+                if name != self.LOSS:
+                    means[name] = total / self.steps
+        return means, list(dict.fromkeys(nonfinite))
 
 
 class DMILTrainer(Trainer):
@@ -133,6 +183,16 @@ class DMILTrainer(Trainer):
     peft onto the stage-2 model). The unweighted loss terms are logged next to the loss. Each stage trains with its own
     copy of the arguments (`DMILTrainingArguments.for_stage`, which is `self.args` while the stage runs); the object
     passed as `args` is never changed.
+
+    A run folder belongs to one run: `train()` writes the run's identity (`run_identity`: model config, training data
+    (`data_files` by content, else the dataset), the arguments that change the weights) to `output_dir/dmil_run.json`
+    and into each checkpoint, and every resume, of the folder or of a checkpoint path wherever it lies, is refused
+    (`run_folder.RunMismatchError`, naming the items that differ) when it is another run's. Each stage starts from its
+    own seed (`args.seed + stage - 1`), so a stage started after a resume trains as in an uninterrupted run. A loss
+    that is not finite stops training with `DMILDivergenceError` (checked at each log and before each save, where the
+    loss is read on the host anyway): no checkpoint after it, no stage marker, final model, card or upload. The output
+    folder is checked for writing before anything trains, and a failed save (a full disk) is an
+    `run_folder.OutputFolderError` naming the folder and its free space.
 
     The run folder (`output_dir`: stage folders, markers, checkpoints, `final/`) is `self.run_folder`
     (`run_folder.RunFolder`). The model card and Hub uploads are the publisher's (`publisher`, a
@@ -164,16 +224,12 @@ class DMILTrainer(Trainer):
     # accumulation steps itself (transformers >= 5.19 reads this; older versions read model_accepts_loss_kwargs).
     loss_is_scaled_for_ga = False
 
-    def __init__(self, model: DMILForMultimodalClassification | None = None, args: TrainingArguments | None = None, **kwargs):
-        if args is not None and not isinstance(args, DMILTrainingArguments):
-            raise TypeError("DMILTrainer needs DMILTrainingArguments (TrainingArguments plus the stage schedule)")
-        super().__init__(model=model, args=args, **kwargs)
-
     def __init__(
         self,
         model: DMILForMultimodalClassification | None = None,
         args: TrainingArguments | None = None,
         publisher: DMILRunPublisher | None = None,
+        data_files: dict[str, str] | None = None,
         **kwargs,
     ):
         if args is not None and not isinstance(args, DMILTrainingArguments):
@@ -190,6 +246,11 @@ class DMILTrainer(Trainer):
         self.stage_results: dict[int, dict[str, float]] = {}
         self.run_folder = RunFolder(self.args.output_dir)
         self._publisher = publisher
+        # The files the training data was read from (split -> path): the run identity records them by content.
+        self.data_files = dict(data_files or {})
+        # The stage step up to which the loss has been checked for NaN / inf (`_check_finite_loss`).
+        self._checked_step = 0
+        self._identity: dict[str, Any] | None = None
         self._frozen_modules: list[torch.nn.Module] = []
         # The LoRA adapter of the last stage this trainer finished or loaded, if that stage trained through one:
         # save_final copies this one and no other (a folder can hold an adapter another run left there).
@@ -262,14 +323,39 @@ class DMILTrainer(Trainer):
                     "of them"
                 )
         run = self.run_folder
+        if self.args.should_save:
+            # A folder the run cannot write fails now, not when the first stage has trained and saves.
+            check_writable(run.path)
+        # The identity of the run as it started: taken once, from the model this trainer was given (training sets
+        # entries of its config, e.g. problem_type, and the same trainer may resume its own run).
+        if self._identity is None:
+            self._identity = self.run_identity()
+        identity = self._identity
         resume_stage, resume_path = None, None
         if isinstance(resume_from_checkpoint, str):
-            resume_stage, resume_path = run.stage_of_checkpoint(resume_from_checkpoint, stages), resume_from_checkpoint
+            # One rule wherever the checkpoint lies (in output_dir, another folder, a download): it continues this
+            # run when the identity of the run that wrote it is this run's.
+            resume_stage, recorded = run.checkpoint_stage(resume_from_checkpoint, stages)
+            resume_path = resume_from_checkpoint
+            if recorded is None:
+                logger.warning("The checkpoint %s records no run identity (written before dmil_hf recorded one): "
+                               "nothing says it belongs to this run.", resume_path)
+            else:
+                run.check_identity(identity, recorded, what=f"the checkpoint {resume_path}")
+        if resume_from_checkpoint:
+            # Every resume: the folder's finished stages and checkpoints are taken only from this run.
+            if run.read_identity() is None and run.stage_folders():
+                logger.warning("%s records no run identity (written before dmil_hf recorded one): nothing says its "
+                               "stages belong to this run.", run.path)
+            run.check_identity(identity)
         if self.args.push_to_hub:
             # Before anything is trained, and before _claim_output_dir deletes an earlier run.
             self.publisher.check(self.accelerator)
         if not resume_from_checkpoint:
-            self._claim_output_dir(stages)
+            self._claim_output_dir(stages, identity)
+        if self.args.should_save:
+            run.write_identity(identity)
+        self.accelerator.wait_for_everyone()
 
         output = None
         for k in stages:
@@ -305,9 +391,40 @@ class DMILTrainer(Trainer):
             self.publisher.raise_on_failed_uploads(result, self.accelerator)
         return result
 
-    def _claim_output_dir(self, stages: list[int]) -> None:
+    def run_identity(self) -> dict[str, Any]:
+        """What makes this run this run (`output_dir/dmil_run.json`, checked by every resume): the model's config,
+        the training data (its files by content, or the dataset's size, columns and a hash of a few rows) and the
+        arguments that change the trained weights (each stage's schedule, seed, batch, optimizer settings, how the
+        fine-tuning stage trains and its LoRA settings)."""
+        config = _unwrap(self.model).config
+        args = self.args
+        plans = stage_plans(config.paradigm)
+        arguments: dict[str, Any] = {
+            "seed": args.seed, "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps, "weight_decay": args.weight_decay,
+            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "warmup_steps": args.warmup_steps, "max_grad_norm": args.max_grad_norm,
+            "optim": str(getattr(args.optim, "value", args.optim)), "finetune_method": args.finetune_method,
+        }
+        for k in plans:
+            arguments.update({f"stage{k}_{name}": args.stage_value(name, k) for name in STAGE_SCHEDULE_FIELDS})
+        if args.finetune_method == "lora" and any(plan.finetune for plan in plans.values()):
+            arguments.update(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                             lora_target_modules=args.lora_target_modules)
+        if self.data_files:
+            data = {split: file_fingerprint(path) for split, path in sorted(self.data_files.items())}
+        else:
+            data = {"train": _dataset_fingerprint(self.train_dataset)}
+        about = {"output_dir": os.path.abspath(self.run_folder.path),
+                 "data_files": {split: os.path.abspath(path) for split, path in self.data_files.items()}}
+        return {"config": _config_items(config), "data": data, "arguments": arguments, "about": about}
+
+    def _claim_output_dir(self, stages: list[int], identity: dict[str, Any]) -> None:
         """Make sure a fresh (not resumed) run does not continue or mix with an earlier run's results: refuse a folder
-        that holds them, or delete them under `overwrite_output_dir` (`RunFolder.refuse_earlier_run`)."""
+        that holds them, or delete them under `overwrite_output_dir` (`RunFolder.refuse_earlier_run`). A run that
+        starts from the folder's earlier stages (`stages=[3]` from `stage-2`) must be of the same model and data."""
+        if min(stages) > 1 and self.run_folder.finished_stages():
+            self.run_folder.check_identity(identity, ignore=("arguments.",))
         stale = self.run_folder.refuse_earlier_run(stages, overwrite=self.args.overwrite_output_dir)
         if not stale:
             return
@@ -323,6 +440,11 @@ class DMILTrainer(Trainer):
             return self._run_stage_quietly(stage, checkpoint, **kwargs)
 
     def _run_stage_quietly(self, stage: int, checkpoint: str | None, **kwargs):
+        # Each stage starts from its own seed, whatever ran before it in this process: a stage started after a resume
+        # (the previous stages loaded from disk) draws its LoRA init, data order and dropout as it would have in an
+        # uninterrupted run. (Resuming inside a stage restores the checkpoint's RNG state over this.)
+        seed = self.args.seed + stage - 1
+        enable_full_determinism(seed) if self.args.full_determinism else set_seed(seed)
         model = self._model_for_stage(stage)
         self._install_model(model)
         self.stage = stage
@@ -331,10 +453,12 @@ class DMILTrainer(Trainer):
         # A fresh optimizer and schedule per stage: the parameters that train differ from stage to stage.
         self.optimizer, self.lr_scheduler = None, None
         self._term_means.reset()
+        self._checked_step = 0
         self._first_steps.reset()
         with self._stage_arguments(stage):
             with self._processor_out_of_token_alignment():
                 output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+            self._check_finite_loss()  # the steps after the last log: nothing non-finite is saved as the stage
             if self.args.torch_compile and self._first_steps.compile_seconds is not None:
                 output.metrics["compile_seconds"] = self._first_steps.compile_seconds
                 logger.info("stage %d: torch.compile took about %.1f s (first step over the second)",
@@ -440,11 +564,12 @@ class DMILTrainer(Trainer):
                 model = _own_class(_unwrap(self.model)).from_pretrained(stage_dir, dtype=torch.float32)
                 self._install_model(model)
         else:
-            if is_peft:
-                if self.is_world_process_zero():
-                    self.model.save_pretrained(self._adapter_dir)
-                self._install_model(self.model.merge_and_unload())
-            self.save_model(stage_dir, _internal_call=True)
+            with writing(stage_dir, f"stage {stage}'s result"):
+                if is_peft:
+                    if self.is_world_process_zero():
+                        self.model.save_pretrained(self._adapter_dir)
+                    self._install_model(self.model.merge_and_unload())
+                self.save_model(stage_dir, _internal_call=True)
         self._frozen_modules = []
         metrics = {k: v for k, v in output.metrics.items() if isinstance(v, (int, float))}
         if self.eval_dataset is not None:
@@ -570,8 +695,8 @@ class DMILTrainer(Trainer):
             for module in self._frozen_modules:
                 module.eval()
         outputs = model(**inputs, stage=self.stage or 3)
-        if model.training and outputs.loss_terms:
-            self._term_means.add(outputs.loss_terms)
+        if model.training and outputs.loss is not None:
+            self._term_means.add(outputs.loss, outputs.loss_terms or {})
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: list[str] | None = None):
@@ -592,9 +717,13 @@ class DMILTrainer(Trainer):
         if self.stage is not None:
             logs = {**logs, "stage": self.stage}
         if "loss" in logs and self._term_means.steps:
-            # Mean of each unweighted term over the steps since the last log, read once per log (no per-step sync).
-            logs.update({name: round(value, 6) for name, value in self._term_means.means().items()})
+            # Mean of each unweighted term over the steps since the last log, read once per log (no per-step sync);
+            # the same read says whether the loss stayed finite.
+            means, nonfinite = self._term_means.read()
+            self._raise_if_diverged(nonfinite)
+            logs.update({name: round(value, 6) for name, value in means.items()})
             self._term_means.reset()
+            self._checked_step = self.state.global_step
         if self.stage is not None:
             logs["stage_step"] = self.state.global_step
         # Logged at the run-wide step (the stages before this one plus this stage's own): the Trainer's log history
@@ -606,6 +735,46 @@ class DMILTrainer(Trainer):
             super().log(logs, *args, **kwargs)
         finally:
             self.state.global_step -= offset
+
+    def _check_finite_loss(self) -> None:
+        """Raise `DMILDivergenceError` if the loss of a step since the last log was not finite (one read of the
+        device's sums: at saves and at the end of a stage, which logging has not covered)."""
+        if self._term_means.steps:
+            self._raise_if_diverged(self._term_means.read()[1])
+            self._checked_step = self.state.global_step  # the sums since the last log are finite up to here
+
+    def _raise_if_diverged(self, nonfinite: list[str]) -> None:
+        if self.accelerator.num_processes > 1:
+            # Each process sums its own batches' losses: all of them must stop together (one that went on would wait
+            # forever in its next collective). One small all-reduce per log and per save.
+            flag = torch.tensor([1.0 if nonfinite else 0.0], device=self.accelerator.device)
+            if self.accelerator.reduce(flag, reduction="sum").item() > 0 and not nonfinite:
+                nonfinite = ["loss (on another process)"]
+        if not nonfinite:
+            return
+        stage, args = self.stage, self.args
+        checkpoint = self.run_folder.last_complete_checkpoint(stage) if stage is not None else None
+        kept = (f"the last good checkpoint, {checkpoint}, is kept" if checkpoint else
+                "no checkpoint of this stage was saved before it")
+        raise DMILDivergenceError(
+            f"training diverged in stage {stage}: a non-finite (NaN or infinite) loss between steps "
+            f"{self._checked_step + 1} and {self.state.global_step} of the stage (run-wide steps up to "
+            f"{self._step_offset + self.state.global_step}); non-finite: {', '.join(nonfinite)}. Nothing of the stage "
+            f"was saved as finished, no final model, card or upload; {kept}. Lower the learning rate "
+            f"(--stage{stage}_learning_rate, now {args.learning_rate:g}) or clip the gradients (--max_grad_norm, now "
+            f"{args.max_grad_norm}), then start the run again with --overwrite_output_dir true."
+        )
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # A checkpoint is saved only from finite training (checked here too: a save step need not be a log step), and
+        # carries the run's identity, so that it says whose it is wherever it is copied.
+        self._check_finite_loss()
+        run_dir = self._get_output_dir(trial=trial)
+        with writing(run_dir, f"the checkpoint of step {self.state.global_step}"):
+            super()._save_checkpoint(model, trial)
+        checkpoint = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        if self.args.should_save and self.stage is not None:
+            self.run_folder.write_checkpoint_identity(checkpoint, self.stage)
 
     # ---------------------------------------------------------------- saving and the Hub
 
@@ -621,7 +790,8 @@ class DMILTrainer(Trainer):
                 self._save_unsharded(model, path)
         else:
             model = _unwrap(self.model)
-            self.save_model(path, _internal_call=True)
+            with writing(path, "the final model"):
+                self.save_model(path, _internal_call=True)
         if self.is_world_process_zero():
             from ..models.dmil.processing_dmil import DMILProcessor
 

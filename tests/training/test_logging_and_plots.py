@@ -56,8 +56,10 @@ def test_logs_carry_one_run_wide_step_and_the_run_keeps_one_log(tmp_path):
 def test_a_resumed_run_continues_the_run_wide_step_and_log(tmp_path):
     _run(tmp_path)
     model = two_modality_model()
+    # The same run (same data, interaction_type column included: a resume of another run's folder is refused).
+    data = make_data(16).add_column("interaction_type", ["R", "U_text"] * 8)
     resumed = DMILTrainer(model=model, args=make_args(tmp_path, max_steps=3, finetune_method="full"),
-                          train_dataset=make_data(16))
+                          train_dataset=data)
     steps = _Steps()
     resumed.add_callback(steps)
     (tmp_path / "run" / "stage-3" / "dmil_stage.json").unlink()  # stage 3 was interrupted: it runs again

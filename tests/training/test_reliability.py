@@ -164,7 +164,8 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     fresh.train()
     fresh.save_final()
     assert not (run / "stage-3" / "adapter").exists() and not (run / "final" / "adapter").exists()
-    assert sorted(p.name for p in run.iterdir()) == ["final", "log_history.json", "stage-1", "stage-2", "stage-3"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "dmil_run.json", "final", "log_history.json", "stage-1", "stage-2", "stage-3"]
 
 
 def test_save_final_copies_only_an_adapter_of_this_run(tmp_path):

@@ -84,11 +84,12 @@ def test_a_checkpoint_path_resumes_the_stage_it_is_in(tmp_path):
     run = RunFolder(tmp_path)
     write_checkpoint(os.path.join(run.stage_dir(2), "checkpoint-3"))
     write_checkpoint(os.path.join(run.stage_dir(3), "checkpoint-1"), complete=False)
-    assert run.stage_of_checkpoint(os.path.join(run.stage_dir(2), "checkpoint-3"), [1, 2, 3]) == 2
-    with pytest.raises(ValueError, match="must be a checkpoint inside .* for one of the stages run \\(\\[3\\]\\)"):
-        run.stage_of_checkpoint(os.path.join(run.stage_dir(2), "checkpoint-3"), [3])
+    # No identity anywhere (a folder of an earlier version): placed by its stage-k folder, identity unknown.
+    assert run.checkpoint_stage(os.path.join(run.stage_dir(2), "checkpoint-3"), [1, 2, 3]) == (2, None)
+    with pytest.raises(ValueError, match="is a checkpoint of stage 2; this run trains the stages \\[3\\]"):
+        run.checkpoint_stage(os.path.join(run.stage_dir(2), "checkpoint-3"), [3])
     with pytest.raises(ValueError, match="is not a complete checkpoint"):
-        run.stage_of_checkpoint(os.path.join(run.stage_dir(3), "checkpoint-1"), [3])
+        run.checkpoint_stage(os.path.join(run.stage_dir(3), "checkpoint-1"), [3])
 
 
 def test_another_run_in_the_folder_is_refused_or_deleted_but_earlier_stages_are_kept(tmp_path):
