@@ -7,6 +7,8 @@
     run_folder.py      RunFolder: the one owner of output_dir's layout (stages, markers, checkpoints, final/, resume)
     callbacks.py       the console: one bar per stage, one line per log
     data_collator.py   DMILDataCollator: raw examples to model inputs through a DMILProcessor
+    data.py            what training/run.py prepares: data files and datasets, label maps, the model and processor
+    media_check.py     validate_media: every media file opened (or decoded) before anything trains
 
 The names below are imported when first used: `transformers.Trainer` takes seconds to import, and what only reads a
 run folder (`python -m dmil_hf.hub.publisher push`) or collates batches should not pay for it.
@@ -17,6 +19,11 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "DMILDataCollator": "data_collator",
+    "DMILDivergenceError": "trainer",
+    "MediaCheckError": "media_check",
+    "OutputFolderError": "run_folder",
+    "RunMismatchError": "run_folder",
+    "validate_media": "media_check",
     "DMILTrainer": "trainer",
     "DMILTrainingArguments": "training_args",
     "add_lora": "lora",
@@ -27,8 +34,10 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .data_collator import DMILDataCollator
     from .lora import add_lora
+    from .media_check import MediaCheckError, validate_media
+    from .run_folder import OutputFolderError, RunMismatchError
     from .stages import prepare_model_for_stage
-    from .trainer import DMILTrainer
+    from .trainer import DMILDivergenceError, DMILTrainer
     from .training_args import DMILTrainingArguments
 
 
