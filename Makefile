@@ -5,8 +5,9 @@ PY ?= .venv/bin/python
 install:
 	python3 -m venv .venv && .venv/bin/pip install -q "torch==2.13.0" -e ".[test,bench]"
 
+# Both cores: the tests run one torch thread each (tests/conftest.py), so two workers halve the wall time.
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 train:
 	.venv/bin/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no training/run.py
