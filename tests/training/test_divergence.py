@@ -10,29 +10,13 @@ import os
 
 import pytest
 import torch
-from datasets import Dataset
 from safetensors.torch import load_file, save_file
 
-from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
-from dmil_hf.testing_utils import tiny_text_config, tiny_vision_config
+from dmil_hf import DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
 from dmil_hf.training.run_folder import STAGE_MARKER
 from dmil_hf.training.trainer import DMILDivergenceError
-
-
-def make_model():
-    torch.manual_seed(0)
-    return DMILForMultimodalClassification(DMILConfig(
-        text_config=tiny_text_config(), vision_config=tiny_vision_config(), num_labels=3, latent_dim=16,
-    ))
-
-
-def make_data(n=16):
-    g = torch.Generator().manual_seed(0)
-    return Dataset.from_dict({
-        "input_ids": torch.randint(3, 99, (n, 6), generator=g).tolist(),
-        "pixel_values": torch.randn(n, 3, 16, 16, generator=g).tolist(),
-        "labels": torch.randint(0, 3, (n,), generator=g).tolist(),
-    })
+from dmil_hf.testing_utils import tiny_training_dataset as make_data
+from dmil_hf.testing_utils import tiny_two_modality_model as make_model
 
 
 @pytest.fixture
