@@ -500,3 +500,36 @@ def _read_json(path: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+# Config entries that say where or with what a config was saved, not which model it is.
+_VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "architectures", "auto_map", "custom_pipelines",
+                         "dtype", "torch_dtype", "_attn_implementation_autoset", "_commit_hash", "use_cache")
+
+
+def config_identity(config) -> dict[str, Any]:
+    """The model config as the run identity records it: every entry but where and with what it was saved."""
+    items = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    for key, value in items.items():
+        if isinstance(value, dict):  # sub-configs: the same volatile entries left out
+            items[key] = {k: v for k, v in value.items() if k not in _VOLATILE_CONFIG_KEYS}
+    return json.loads(json.dumps(items, sort_keys=True, default=str))
+
+
+def dataset_identity(dataset: Any) -> dict[str, Any] | None:
+    """What identifies training data given as a dataset rather than files: its size, its columns and a hash of its
+    first, middle and last rows (`datasets`' own fingerprint is random after an unhashable map)."""
+    if dataset is None:
+        return None
+    try:
+        rows = len(dataset)
+    except TypeError:
+        return {"streaming": True}
+    fingerprint: dict[str, Any] = {"rows": rows, "columns": sorted(getattr(dataset, "column_names", None) or [])}
+    try:
+        from datasets.fingerprint import Hasher
+
+        fingerprint["sample"] = Hasher.hash([dataset[i] for i in sorted({0, rows // 2, rows - 1})] if rows else [])
+    except Exception:  # noqa: BLE001 - a row that cannot be hashed leaves size and columns to tell data apart
+        pass
+    return fingerprint

@@ -33,7 +33,10 @@ from ..models.dmil.modeling_dmil import DMILForMultimodalClassification
 from ..models.dmil.stages_dmil import stage_plans
 from .callbacks import FirstStepTimes, use_console_callbacks, without_nested_bars
 from .lora import add_lora, load_adapter_exactly, lora_target_regex
-from .run_folder import ADAPTER_NAME, RunFolder, check_writable, file_fingerprint, missing_optimizer_files, writing
+from .run_folder import (
+    ADAPTER_NAME, RunFolder, check_writable, config_identity, dataset_identity, file_fingerprint, missing_optimizer_files,
+    writing,
+)
 from .stages import prepare_model_for_stage
 from .training_args import STAGE_SCHEDULE_FIELDS, DMILTrainingArguments
 
@@ -94,39 +97,6 @@ def _load_model_exactly(model: PreTrainedModel, checkpoint: str) -> None:
     model.load_state_dict(loaded.state_dict(), strict=True)
 
 
-# Config entries that say where or with what a config was saved, not which model it is.
-_VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "architectures", "auto_map", "custom_pipelines",
-                         "dtype", "torch_dtype", "_attn_implementation_autoset", "_commit_hash", "use_cache")
-
-
-def _config_items(config) -> dict[str, Any]:
-    """The model config as the run identity records it: every entry but where and with what it was saved."""
-    import json
-
-    items = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
-    for key, value in items.items():
-        if isinstance(value, dict):  # sub-configs: the same volatile entries left out
-            items[key] = {k: v for k, v in value.items() if k not in _VOLATILE_CONFIG_KEYS}
-    return json.loads(json.dumps(items, sort_keys=True, default=str))
-
-
-def _dataset_fingerprint(dataset: Any) -> dict[str, Any] | None:
-    """What identifies training data given as a dataset rather than files: its size, its columns and a hash of its
-    first, middle and last rows (`datasets`' own fingerprint is random after an unhashable map)."""
-    if dataset is None:
-        return None
-    try:
-        rows = len(dataset)
-    except TypeError:
-        return {"streaming": True}
-    fingerprint: dict[str, Any] = {"rows": rows, "columns": sorted(getattr(dataset, "column_names", None) or [])}
-    try:
-        from datasets.fingerprint import Hasher
-
-        fingerprint["sample"] = Hasher.hash([dataset[i] for i in sorted({0, rows // 2, rows - 1})] if rows else [])
-    except Exception:  # noqa: BLE001 - a row that cannot be hashed leaves size and columns to tell data apart
-        pass
-    return fingerprint
 
 
 class DMILDivergenceError(ArithmeticError):
@@ -414,10 +384,10 @@ class DMILTrainer(Trainer):
         if self.data_files:
             data = {split: file_fingerprint(path) for split, path in sorted(self.data_files.items())}
         else:
-            data = {"train": _dataset_fingerprint(self.train_dataset)}
+            data = {"train": dataset_identity(self.train_dataset)}
         about = {"output_dir": os.path.abspath(self.run_folder.path),
                  "data_files": {split: os.path.abspath(path) for split, path in self.data_files.items()}}
-        return {"config": _config_items(config), "data": data, "arguments": arguments, "about": about}
+        return {"config": config_identity(config), "data": data, "arguments": arguments, "about": about}
 
     def _claim_output_dir(self, stages: list[int], identity: dict[str, Any]) -> None:
         """Make sure a fresh (not resumed) run does not continue or mix with an earlier run's results: refuse a folder
