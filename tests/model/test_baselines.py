@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
 from dmil_hf.testing_utils import random_inputs
+from dmil_hf.testing_utils import tiny_training_dataset as _data
 from dmil_hf.testing_utils import tiny_dmil_config as make_config
 from dmil_hf.training.run_folder import STAGE_MARKER
 
@@ -143,15 +143,6 @@ def test_saved_baseline_config_round_trips_its_width(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- two-stage schedule
-
-
-def _data(n=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Dataset.from_dict({
-        "input_ids": torch.randint(3, 99, (n, 6), generator=g).tolist(),
-        "pixel_values": torch.randn(n, 3, 16, 16, generator=g).tolist(),
-        "labels": torch.randint(0, 3, (n,), generator=g).tolist(),
-    })
 
 
 def _two_stage_trainer(tmp_path, **kwargs):

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from dmil_hf import DMILConfig, DMILForMultimodalClassification, DMILTrainer, DMILTrainingArguments
-from dmil_hf.testing_utils import tiny_text_config, tiny_vision_config
+from dmil_hf import DMILTrainer, DMILTrainingArguments
+from dmil_hf.testing_utils import tiny_training_dataset as make_data
+from dmil_hf.testing_utils import tiny_two_modality_model as make_model
 from dmil_hf.training.run_folder import (
     RESULT_NAMES,
     RUN_IDENTITY_NAME,
@@ -34,23 +34,6 @@ from dmil_hf.training.run_folder import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def make_model(num_labels=3, **config):
-    torch.manual_seed(0)
-    return DMILForMultimodalClassification(DMILConfig(
-        text_config=tiny_text_config(), vision_config=tiny_vision_config(), num_labels=num_labels, latent_dim=16,
-        **config,
-    ))
-
-
-def make_data(n=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Dataset.from_dict({
-        "input_ids": torch.randint(3, 99, (n, 6), generator=g).tolist(),
-        "pixel_values": torch.randn(n, 3, 16, 16, generator=g).tolist(),
-        "labels": torch.randint(0, 3, (n,), generator=g).tolist(),
-    })
 
 
 def make_args(out, **kwargs):
