@@ -11,7 +11,7 @@ from torch import nn
 
 from dmil_hf import DMILConfig, DMILForMultimodalClassification, Modality
 from dmil_hf.models.dmil.configuration_dmil import REFERENCE_PRESET
-from dmil_hf.models.dmil.heads_dmil import GateInputs, drop_one_modality
+from dmil_hf.models.dmil.heads_dmil import HEADS, GateInputs, ModalityFeatures, corrupt_one_modality, drop_one_modality
 from dmil_hf.models.dmil.modeling_dmil import (
     MLPSynergyFusion,
     SynergyFusion,
@@ -272,6 +272,20 @@ def test_per_modality_redundancy_readout_averages_the_predictor_logits():
     torch.testing.assert_close(out.component_logits[:, 0], expected)
 
 
+
+def test_unimodal_product_redundancy_readout_is_the_product_of_the_present_unimodal_experts():
+    config = make_config(TEXT_VISION, redundancy_readout="unimodal_product")
+    head = HEADS["dmil"](config).eval()
+    z = {m: torch.randn(3, config.latent_dim, generator=torch.Generator().manual_seed(k))
+         for k, m in enumerate(config.modalities)}
+    present = torch.tensor([[True, True], [True, False], [False, True]])
+    with torch.no_grad():
+        out = head(ModalityFeatures(z, present=present))
+    log_p = out.modality_logits.log_softmax(-1)
+    # Both present: the experts' log-probabilities add; one present: that expert alone.
+    expected = torch.stack([log_p[0, 0] + log_p[0, 1], log_p[1, 0], log_p[2, 1]])
+    torch.testing.assert_close(out.component_logits[:, 0].log_softmax(-1), expected.log_softmax(-1))
+
 def test_synergy_input_z_reads_the_projected_features():
     config = make_config(TEXT_VISION, synergy_input="z")
     model = DMILForMultimodalClassification(config).eval()
@@ -404,3 +418,40 @@ def test_projection_registry_builds_the_named_module_and_round_trips(tmp_path):
     assert loaded.config.projection == "mlp" and isinstance(loaded.projections["audio"], MLP)
     with pytest.raises(ValueError, match="projection must be one of"):
         make_config(("vision", "audio"), projection="conv")
+
+
+def test_modality_corruption_replaces_one_present_modality_with_noise_at_the_batch_scale():
+    torch.manual_seed(0)
+    z = {"a": torch.randn(2000, 4) * 3 + 5, "b": torch.randn(2000, 4)}
+    present = torch.ones(2000, 2, dtype=torch.bool)
+    present[:500, 1] = False  # one modality only: never corrupted
+    out, corrupted = corrupt_one_modality(z, present, 0.5, ["a", "b"])
+    assert not corrupted[:500].any() and (corrupted[500:].sum(1) <= 1).all()
+    assert 0.4 < corrupted[500:].any(1).float().mean() < 0.6
+    hit = corrupted[:, 0]
+    assert torch.equal(out["a"][~hit], z["a"][~hit]) and torch.equal(out["b"][~corrupted[:, 1]], z["b"][~corrupted[:, 1]])
+    assert not torch.equal(out["a"][hit], z["a"][hit])
+    # The noise keeps the modality's scale (mean 5, std 3), so it looks like features, not like a missing modality.
+    torch.testing.assert_close(out["a"][hit].mean(), torch.tensor(5.0), atol=0.3, rtol=0)
+    torch.testing.assert_close(out["a"][hit].std(), torch.tensor(3.0), atol=0.3, rtol=0)
+
+
+def test_a_corrupted_modality_leaves_its_level1_losses_and_routes_the_sample_elsewhere():
+    config = make_config(TEXT_VISION, modality_corruption=0.99)
+    model = DMILForMultimodalClassification(config).train()
+    inputs = random_inputs(config)
+    seen = {}
+    model.head.intra_decomposition["text"].register_forward_hook(lambda m, i, o: seen.update(text=i[0]))
+    projected = {}
+    model.projections["text"].register_forward_hook(lambda m, i, o: projected.update(text=o))
+    torch.manual_seed(0)
+    out = model(**inputs, stage=3)
+    # Level 1 read noise, not the projected text features, for the corrupted samples.
+    assert not torch.equal(seen["text"], projected["text"])
+    assert {"ce_modality_text", "ce_modality_vision"} <= set(out.loss_terms)
+    assert torch.isfinite(out.loss)
+    # Out of training nothing is corrupted.
+    model.eval()
+    with torch.no_grad():
+        model(**{k: v for k, v in inputs.items() if k != "labels"})
+    torch.testing.assert_close(seen["text"], projected["text"])

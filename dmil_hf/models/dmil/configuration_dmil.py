@@ -18,7 +18,7 @@ logger = logging.get_logger(__name__)
 PARADIGMS = ("dmil", "joint", "ensemble", "two_stage", "i2m2")
 # Registries of DMIL's swappable parts (the modules live in modeling_dmil; the names are checked here).
 SYNERGY_FUSION_NAMES = ("linear", "mlp")
-REDUNDANCY_READOUT_NAMES = ("joint", "per_modality")
+REDUNDANCY_READOUT_NAMES = ("joint", "per_modality", "unimodal_product")
 GATE_OBJECTIVE_NAMES = ("mixture", "composition")
 SYNERGY_INPUT_NAMES = ("n", "z", "z_detached")
 COMPONENT_COMBINATION_NAMES = ("mixture", "product", "mixture_x_unimodal")
@@ -261,6 +261,12 @@ class DMILConfig(PretrainedConfig):
         modality_dropout (`float`, defaults to 0.0):
             In stages 2 and 3, the probability that one of a training sample's modalities (chosen at random, where
             it has at least two) is masked out for that step, as a missing modality is.
+        modality_corruption (`float`, defaults to 0.0):
+            In stages 2 and 3, the probability that one of a training sample's modalities (chosen at random, where
+            it has at least two) has its features Z_m replaced by noise with the batch's per-feature mean and spread
+            for that step. Unlike dropout the modality still looks present: the components and the gate learn that a
+            present modality can say nothing (the composition target sends such a sample to the others), and its
+            level-1 losses skip the corrupted sample.
         gate_reads_predictions (`bool`, defaults to `False`):
             Whether the gate also reads the component heads' log-probabilities (detached) next to the latents.
         stage1_synergy_weight (`float`, defaults to 0.0):
@@ -347,6 +353,7 @@ class DMILConfig(PretrainedConfig):
         component_combination: str = "mixture",
         projection: str | None = None,
         modality_dropout: float = 0.0,
+        modality_corruption: float = 0.0,
         stage1_synergy_weight: float = 0.0,
         kl_weight: float = 0.02,
         alignment_weight: float = 1.0,
@@ -410,8 +417,9 @@ class DMILConfig(PretrainedConfig):
         self.gate_objective = gate_objective
         self.gate_composition_weight = float(gate_composition_weight)
         self.gate_reads_predictions = bool(gate_reads_predictions)
-        if not 0.0 <= float(modality_dropout) < 1.0:
-            raise ValueError(f"modality_dropout must be a probability in [0, 1), got {modality_dropout!r}")
+        for name, probability in (("modality_dropout", modality_dropout), ("modality_corruption", modality_corruption)):
+            if not 0.0 <= float(probability) < 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1), got {probability!r}")
         self.component_combination = component_combination
         # Unset: DMIL's Linear to latent_dim; the baselines read the pooled features themselves, as the same models
         # written plainly do (a Linear in front of their MLP heads cost the joint baseline 2-3 pp, README "Baselines").
@@ -422,6 +430,7 @@ class DMILConfig(PretrainedConfig):
                 "latent_dim wide (use 'linear' or 'mlp')"
             )
         self.modality_dropout = float(modality_dropout)
+        self.modality_corruption = float(modality_corruption)
         self.stage1_synergy_weight = float(stage1_synergy_weight)
         self.kl_weight = float(kl_weight)
         self.alignment_weight = float(alignment_weight)

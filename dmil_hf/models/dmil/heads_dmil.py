@@ -322,26 +322,43 @@ class InteractionGate(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def joint_redundancy_logits(
-    classifier: nn.Module, level2: ConsistencyLatents, present: torch.Tensor
-) -> torch.Tensor:
+@dataclass
+class RedundancyReadoutInputs:
+    """What a redundancy readout may read of one batch."""
+
+    classifier: nn.Module  # the redundancy component's head
+    level2: ConsistencyLatents
+    present: torch.Tensor  # (B, K) bool
+    modality_logits: torch.Tensor  # (B, K, C) level-1 unimodal heads
+    problem_type: str | None = None
+
+
+def joint_redundancy_logits(inputs: RedundancyReadoutInputs) -> torch.Tensor:
     """`"joint"` (reference): the redundancy head reads R ~ q(R | M_1..M_K)."""
-    return classifier(level2.r.sample)
+    return inputs.classifier(inputs.level2.r.sample)
 
 
-def per_modality_redundancy_logits(
-    classifier: nn.Module, level2: ConsistencyLatents, present: torch.Tensor
-) -> torch.Tensor:
+def per_modality_redundancy_logits(inputs: RedundancyReadoutInputs) -> torch.Tensor:
     """`"per_modality"`: the redundancy head reads each predictor v_m(R | M_m) alone and the logits are averaged over
     the modalities present, as an ensemble would. Redundancy is by definition what every modality predicts alone; the
     hope was the ensemble's robustness to one corrupted modality, which the real-signal benchmark did not show (README,
     "Method")."""
-    logits = torch.stack([classifier(v.sample) for v in level2.predictors.values()], dim=1)
-    weights = present.to(logits.dtype).unsqueeze(-1)
-    return (logits * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    logits = torch.stack([inputs.classifier(v.sample) for v in inputs.level2.predictors.values()], dim=1)
+    return present_mean(logits, inputs.present)
 
 
-REDUNDANCY_READOUTS = {"joint": joint_redundancy_logits, "per_modality": per_modality_redundancy_logits}
+def unimodal_product_redundancy_logits(inputs: RedundancyReadoutInputs) -> torch.Tensor:
+    """`"unimodal_product"`: redundancy read as the product of the level-1 unimodal experts p(y | M_m) over the
+    modalities present, as the ensemble and I2M2's intra experts combine: what every modality says alone, where
+    two agreeing modalities sharpen each other. The redundancy classifier is not used."""
+    return product_of_experts(inputs.modality_logits, inputs.present, inputs.problem_type)
+
+
+REDUNDANCY_READOUTS = {
+    "joint": joint_redundancy_logits,
+    "per_modality": per_modality_redundancy_logits,
+    "unimodal_product": unimodal_product_redundancy_logits,
+}
 
 
 def interaction_composition(
@@ -612,12 +629,34 @@ def drop_one_modality(present: torch.Tensor, probability: float) -> torch.Tensor
     those the sample has, and only where it has at least two (`config.modality_dropout`). Training on such samples
     asks every component and the gate to cope with a modality that says nothing, which the ensemble's independent
     heads get for free."""
+    return present & ~one_present_modality(present, probability)
+
+
+def one_present_modality(present: torch.Tensor, probability: float) -> torch.Tensor:
+    """`(B, K)` bool: for each sample with at least two modalities, with the given probability, one of them chosen
+    at random among those it has; nothing elsewhere."""
     has_two = present.sum(dim=1, keepdim=True) >= 2
-    drop = (torch.rand(present.shape[0], 1, device=present.device) < probability) & has_two
+    hit = (torch.rand(present.shape[0], 1, device=present.device) < probability) & has_two
     # A random present modality: the argmax of uniform noise over the present columns.
     scores = torch.rand(present.shape, device=present.device).masked_fill(~present, -1.0)
-    chosen = F.one_hot(scores.argmax(dim=1), present.shape[1]).bool()
-    return present & ~(chosen & drop)
+    return F.one_hot(scores.argmax(dim=1), present.shape[1]).bool() & hit
+
+
+def corrupt_one_modality(
+    z: dict[str, torch.Tensor], present: torch.Tensor, probability: float, modalities: list[str]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`z` with one modality of some samples (`one_present_modality`) replaced by Gaussian noise at that modality's
+    per-feature batch mean and standard deviation (`config.modality_corruption`), and the `(B, K)` mask of what was
+    replaced. The noise has the scale of real features and none of their content: a broken sensor, not a missing
+    one."""
+    corrupted = one_present_modality(present, probability)
+    out = {}
+    for k, m in enumerate(modalities):
+        features = z[m]
+        stats = features.detach()
+        noise = stats.mean(0) + stats.std(0, unbiased=False) * torch.randn_like(features)
+        out[m] = torch.where(corrupted[:, k : k + 1], noise, features)
+    return out, corrupted
 
 
 class I2M2Head(BaselineHead):
@@ -701,6 +740,11 @@ class DMILHead(nn.Module):
         with_losses = labels is not None
         if config.modality_dropout and self.training and with_losses and stage in (2, 3):
             present, all_given = drop_one_modality(present, config.modality_dropout), False
+        # Where a modality is corrupted its level-1 losses skip the sample (there is no label in noise to learn).
+        level1_mask = present
+        if config.modality_corruption and self.training and with_losses and stage in (2, 3):
+            z, corrupted = corrupt_one_modality(z, present, config.modality_corruption, modalities)
+            level1_mask = present & ~corrupted
         level1_losses = with_losses and stage in (1, 3)  # stage 2 trains nothing of level 1 and reads none of its terms
         # N is sampled whenever the head trains, even in stage 2 where level 1 is frozen and held in eval mode.
         level1 = {
@@ -720,7 +764,7 @@ class DMILHead(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         if level1_losses:
             for k, m in enumerate(modalities):
-                p, out = present[:, k], level1[m]
+                p, out = level1_mask[:, k], level1[m]
                 terms[f"ce_modality_{m}"] = masked_mean(task_loss(out.logits, labels, problem_type=problem_type), p)
                 terms[f"kl_M_{m}"] = masked_mean(kl_per_dim(out.m.mu, out.m.logvar), p)
                 terms[f"kl_N_{m}"] = masked_mean(kl_per_dim(out.n.mu, out.n.logvar), p)
@@ -746,9 +790,9 @@ class DMILHead(nn.Module):
         synergy = self.synergy_fusion(synergy_inputs)
         components = [level2.r.sample, *[level2.uniqueness[m].sample for m in modalities], synergy]
         names = config.interaction_components
-        redundancy_logits = REDUNDANCY_READOUTS[config.redundancy_readout](
-            self.component_classifiers[names[0]], level2, present
-        )
+        redundancy_logits = REDUNDANCY_READOUTS[config.redundancy_readout](RedundancyReadoutInputs(
+            self.component_classifiers[names[0]], level2, present, modality_logits, resolve_problem_type(config, labels)
+        ))
         component_logits = torch.stack(
             [redundancy_logits, *[self.component_classifiers[name](c) for name, c in zip(names[1:], components[1:])]],
             dim=1,
