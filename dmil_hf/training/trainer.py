@@ -117,9 +117,15 @@ class _TermMeans:
         self._sums: dict[tuple[str, ...], torch.Tensor] = {}
         self.steps = 0
 
-    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], vector: tuple[tuple[str, ...], torch.Tensor] |
+            None = None) -> None:
+        """Add one step: the loss, its terms (scalars), and optionally `vector`, names and a 1-d tensor of as many
+        values (the gate's mean weight per component), appended in one kernel."""
         names = (self.LOSS, *terms)
         values = torch.stack([loss.detach().float().mean(), *(value.detach().float() for value in terms.values())])
+        if vector is not None:
+            names += vector[0]
+            values = torch.cat([values, vector[1].detach().float()])
         self._sums[names] = self._sums[names] + values if names in self._sums else values
         self.steps += 1
 
@@ -238,8 +244,22 @@ class DMILTrainer(Trainer):
         # The console: one bar per stage and one short line per log instead of the Trainer's whole dictionaries.
         self._progress = use_console_callbacks(self.callback_handler)
         self.run_log_history: list[dict[str, Any]] = []
+        self._place_tensorboard_logs()
         # A processor the Trainer must not see while Trainer.train sets up (see _processor_out_of_token_alignment).
         self._hidden_processor: ProcessorMixin | None = None
+
+    def _place_tensorboard_logs(self) -> None:
+        """Under report_to="tensorboard", write the whole run's event files to `output_dir/runs/<date>_<host>`
+        (`RunFolder.tensorboard_dir`) unless TENSORBOARD_LOGGING_DIR names a folder: transformers' callback takes its
+        folder from the output_dir of the first `train()`, which is stage 1's. Every stage writes there, at the
+        run-wide step (`log`), so the stages' curves follow each other on one time axis."""
+        from transformers.integrations import TensorBoardCallback
+        from transformers.integrations.integration_utils import default_logdir
+
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                callback.logging_dir = os.path.join(self.run_folder.tensorboard_dir,
+                                                    os.path.basename(default_logdir()))
 
     @property
     def publisher(self) -> DMILRunPublisher:
@@ -666,8 +686,18 @@ class DMILTrainer(Trainer):
                 module.eval()
         outputs = model(**inputs, stage=self.stage or 3)
         if model.training and outputs.loss is not None:
-            self._term_means.add(outputs.loss, outputs.loss_terms or {})
+            self._term_means.add(outputs.loss, outputs.loss_terms or {}, self._gate_means(outputs))
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _gate_means(self, outputs) -> tuple[tuple[str, ...], torch.Tensor] | None:
+        """The batch's mean gate weight per interaction component (`gate_<component>`, logged beside the loss terms
+        and averaged over the steps since the last log, as `eval_gate_<component>` is over the evaluation set); None
+        for a paradigm without a gate."""
+        weights = getattr(outputs, "interaction_weights", None)
+        if weights is None:
+            return None
+        names = tuple(f"gate_{c}" for c in _unwrap(self.model).config.interaction_components)
+        return names, weights.detach().float().mean(0)
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: list[str] | None = None):
         """Predictions as a dict (`logits`, `interaction_weights`, `component_logits`, `modality_logits`), so that
