@@ -156,7 +156,9 @@ class DMILTrainer(Trainer):
     deletes those folders first; the folders of stages before the first one run are the run's starting point and are
     kept (`train(stage=3)` continues from `stage-2`). After a LoRA stage 3, `output_dir/stage-3` holds the
     merged model (loads with `AutoModel.from_pretrained`) and `output_dir/stage-3/adapter` the adapter (loads with
-    peft onto the stage-2 model). The unweighted loss terms are logged next to the loss. Each stage trains with its own
+    peft onto the stage-2 model). The unweighted loss terms are logged next to the loss, with the gate's mean weight
+    per component (`gate_<component>`) where the model has a gate; every log is at the run-wide step, and under
+    report_to="tensorboard" the event files go to `output_dir/runs`. Each stage trains with its own
     copy of the arguments (`DMILTrainingArguments.for_stage`, which is `self.args` while the stage runs); the object
     passed as `args` is never changed.
 
