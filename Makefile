@@ -46,4 +46,4 @@ model-card-runs:
 	OMP_NUM_THREADS=1 $(PY) model_cards/cards.py runs --runs $(MODEL_CARD_RUNS)
 
 publish:
-	$(PY) model_cards/cards.py publish --namespace $(HUB_NAMESPACE) --runs $(MODEL_CARD_RUNS)
+	@$(PY) model_cards/cards.py publish --namespace $(HUB_NAMESPACE) --runs $(MODEL_CARD_RUNS)

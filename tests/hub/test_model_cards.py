@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 from fake_hub import FakeHub
-from test_hub_preflight import online  # noqa: F401 - the fixture, shared
 
 from dmil_hf.training.run_folder import RunFolder
 
@@ -121,7 +120,7 @@ def test_offline_publish_stops_before_any_upload_with_one_line(checkpoints, caps
     assert err.startswith("publish: nothing uploaded: the Hub at ") and "offline mode is on" in err
 
 
-def test_publish_without_a_token_or_a_hub_stops_with_one_line(checkpoints, capsys, online, monkeypatch):  # noqa: F811
+def test_publish_without_a_token_or_a_hub_stops_with_one_line(checkpoints, capsys, online, monkeypatch):
     assert _publish(checkpoints) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "publish: nothing uploaded: no Hugging Face token" in err and "HF_TOKEN" in err
@@ -145,7 +144,7 @@ def test_publish_needs_the_checkpoints_of_the_cards(tmp_path, capsys, checkpoint
     assert err.count("\n") == 1 and f"is not the run model_cards/{cards.CARDS[1].name} was rendered from" in err
 
 
-def test_publish_pushes_each_checkpoint_with_its_card(tmp_path, checkpoints, capsys, online, monkeypatch):  # noqa: F811
+def test_publish_pushes_each_checkpoint_with_its_card(tmp_path, checkpoints, capsys, online, monkeypatch):
     tokens = {"hf_fake": {"name": "someone", "orgs": ["dmil-hf"], "role": "write"}}
     with FakeHub(tmp_path / "hub", tokens=tokens) as hub:
         online(hub.endpoint)
@@ -169,9 +168,10 @@ def test_publish_pushes_each_checkpoint_with_its_card(tmp_path, checkpoints, cap
 
 def test_make_publish_offline_stops_with_one_line(checkpoints):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["make", "-s", "publish", f"PY={sys.executable}", f"MODEL_CARD_RUNS={checkpoints}"],
+    done = subprocess.run(["make", "publish", f"PY={sys.executable}", f"MODEL_CARD_RUNS={checkpoints}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert done.stdout == ""
+    # Beside make's own `make: *** [Makefile:..: publish] Error 1`: the one line, and the recipe is not echoed.
     lines = [line for line in done.stderr.splitlines() if not line.startswith("make")]
     assert len(lines) == 1 and lines[0].startswith("publish: nothing uploaded: the Hub at ")
