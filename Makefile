@@ -1,6 +1,6 @@
 PY ?= .venv/bin/python
 
-.PHONY: install test train plots bench bench-interactions bench-method
+.PHONY: install test train plots bench bench-interactions bench-method model-cards model-card-runs publish
 
 install:
 	python3 -m venv .venv && .venv/bin/pip install -q "torch==2.13.0" -e ".[test,bench]"
@@ -29,3 +29,21 @@ bench-interactions:
 # benchmark, 10 min 2 s with start-up, measured with eight methods while a pip install shared the cores at first).
 bench-method:
 	OMP_NUM_THREADS=1 $(PY) benchmarks/real_signals.py --quick --jobs 3 --out bench_out/real_quick.json
+
+# model_cards/: the cards of the checkpoints this project publishes (model_cards/README.md). `model-cards` re-renders
+# them with the current code from the inputs kept beside each (seconds, no training; tests/hub/test_model_cards.py
+# fails when a committed card is stale); `model-card-runs` trains the checkpoints into $(MODEL_CARD_RUNS) (the main
+# job, then the real-signal benchmark's DMIL and I2M2 at its --quick settings with one seed: 5 min in all on 2 CPU
+# cores), keeps their render inputs and renders; `publish` pushes them with their cards to $(HUB_NAMESPACE) (token:
+# HF_TOKEN or `hf auth login`), and offline, without a token or a Hub that answers stops before any upload.
+MODEL_CARD_RUNS ?= bench_out/model_cards
+HUB_NAMESPACE ?= dmil-hf
+
+model-cards:
+	$(PY) model_cards/cards.py render
+
+model-card-runs:
+	OMP_NUM_THREADS=1 $(PY) model_cards/cards.py runs --runs $(MODEL_CARD_RUNS)
+
+publish:
+	@$(PY) model_cards/cards.py publish --namespace $(HUB_NAMESPACE) --runs $(MODEL_CARD_RUNS)

@@ -19,6 +19,7 @@ A *method* is a paradigm plus DMIL config values and, for DMIL, the split of the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -182,23 +183,54 @@ def training_arguments(settings: RunSettings, method: Method, seed: int, output_
 
 
 def train_and_predict(
-    settings: RunSettings, method: Method, build_model: Callable[[Method], Any], seed: int, train, tests: dict
+    settings: RunSettings, method: Method, build_model: Callable[[Method], Any], seed: int, train, tests: dict,
+    save_dir: str | None = None, make_processor: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one method from `build_model(method)` and return its predictions on each of `tests` (name -> data)."""
+    """Train one method from `build_model(method)` and return its predictions on each of `tests` (name -> data).
+    With `save_dir`, the run folder is kept there (`keep_run`, with the processor `make_processor(config)` gives)
+    instead of in a temporary folder: the same training, the same predictions."""
     if method.name.partition(":")[0] in plain_peers():
         from plain_peers import train_and_predict_plain
 
         return train_and_predict_plain(settings, method, build_model, seed, train, tests)
     set_seed(seed)
     model = build_model(method)
-    with tempfile.TemporaryDirectory(prefix=f"dmil-bench-{method.paradigm}-") as tmp:
-        trainer = DMILTrainer(model=model, args=training_arguments(settings, method, seed, tmp), train_dataset=train)
+    with contextlib.ExitStack() as stack:
+        folder = save_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix=f"dmil-bench-{method.paradigm}-"))
+        trainer = DMILTrainer(model=model, args=training_arguments(settings, method, seed, folder), train_dataset=train)
         trainer.remove_callback(PrinterCallback)  # its end-of-stage metric dicts would bury the progress lines
         start = time.perf_counter()
         trainer.train()
         train_time = time.perf_counter() - start
         predictions = {name: trainer.predict(data).predictions for name, data in tests.items()}
+        if save_dir:
+            keep_run(trainer, tests["clean"], make_processor(trainer.model.config) if make_processor else None)
     return {"config": trainer.model.config, "train_time_s": train_time, **predictions}
+
+
+def keep_run(trainer: DMILTrainer, test, processor: Any = None) -> None:
+    """A kept run (`--save_models`) as `training/run.py` leaves one: the final model's evaluation on the clean test
+    split (one more `Trainer.predict` pass, after the benchmark's own, so its numbers do not move) joins the last
+    stage's results, in `output_dir/eval_results.json` and in the model card of `final/`, with the plots of that pass
+    in `final/plots`; `processor` (raw inputs to what the data feeds the model) is saved with the pipeline code, so
+    that `pipeline("multimodal-classification", model=final/)` serves the model."""
+    from dmil_hf.evaluation.plots import save_plots
+    from dmil_hf.models.dmil.pipeline_dmil import save_for_pipeline
+
+    config = trainer.model.config
+    if processor is not None:
+        save_for_pipeline(trainer.model, processor, trainer.final_dir)
+    types = list(test["interaction_type"])
+    trainer.compute_metrics = make_compute_metrics(config, interaction_types=types)
+    output = trainer.predict(test, metric_key_prefix="eval")
+    trainer.stage_results[max(trainer.stage_results)].update(output.metrics)
+    final_dir = trainer.final_dir
+    save_plots(output, config, os.path.join(final_dir, "plots"), log_history=trainer.run_log_history,
+               interaction_types=types)
+    trainer.write_model_card(final_dir)
+    stages = {str(k): v for k, v in trainer.stage_results.items()}
+    Path(trainer.args.output_dir, "eval_results.json").write_text(
+        json.dumps({**output.metrics, "stages": stages}, indent=2, default=float))
 
 
 # ---------------------------------------------------------------------- metrics
@@ -286,9 +318,12 @@ def _run_unit(mixture: str, seed: int) -> tuple[list[dict[str, Any]], float]:
     settings, methods, log, start = unit["settings"], unit["methods"], unit["log"], unit["start"]
     splits = unit["make_splits"](mixture, seed)
     tests = {"clean": splits["test"], "corrupted": splits["test_corrupted"]}
+    save = unit["save_models"]
     runs = {
         m.name: train_and_predict(settings, m, lambda method: unit["build_model"](mixture, method), seed,
-                                  splits["train"], tests)
+                                  splits["train"], tests,
+                                  save_dir=os.path.join(save, mixture, f"seed{seed}", m.name) if save else None,
+                                  make_processor=unit["make_processor"])
         for m in methods
     }
     scores = score_runs(unit["interaction_types"](mixture), runs, splits["test"], splits["test_corrupted"])
@@ -318,17 +353,22 @@ def run_seeds(
     num_labels: int,
     log: Callable[[str], None] = print,
     jobs: int = 1,
+    save_models: str | None = None,
+    make_processor: Callable[[Any], Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Train every method on every (mixture, seed); `make_splits(mixture, seed)` gives train / test / test_corrupted.
     Returns the per-seed metric rows and the synergy indicator's chance level per mixture. `jobs` > 1 trains that
     many (mixture, seed) units at once in forked processes (one torch thread each): the same runs, the same rows, in
-    the same order, as seed and data depend on the unit alone."""
+    the same order, as seed and data depend on the unit alone. `save_models` keeps each library method's run folder
+    (its model, card and evaluation, and the processor `make_processor(config)` gives: `keep_run`) in
+    `save_models/<mixture>/seed<seed>/<method>`."""
     if "ensemble" not in [m.name for m in methods]:
         raise ValueError("the ensemble run is the synergy indicator's unimodal reference: keep it in the methods")
     _UNIT.update(
         settings=settings, methods=sorted(methods, key=lambda m: m.name != "ensemble"),  # ensemble first: others
         make_splits=make_splits, build_model=build_model, interaction_types=interaction_types,  # are scored by it
         num_labels=num_labels, log=log, start=time.perf_counter(), threads=torch.get_num_threads(),
+        save_models=save_models, make_processor=make_processor,
     )
     units = [(mixture, seed) for mixture in mixtures for seed in seeds]
     if jobs > 1 and len(units) > 1:

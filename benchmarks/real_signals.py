@@ -17,6 +17,11 @@ vision (tiny ViT) and audio (tiny wav2vec2) built from configs and trained from 
     python benchmarks/real_signals.py --modalities text,vision,audio --mixtures balanced --out bench_out/real_tva.json
     python benchmarks/real_signals.py --modalities text,vision,audio --methods ensemble,dmil \\
         --finetune-method lora --mixtures balanced --out bench_out/real_tva_lora.json
+    python benchmarks/real_signals.py --quick --seeds 0 --methods ensemble,dmil,i2m2 --save_models bench_out/real_models
+
+`--save_models DIR` keeps each library method's trained run (stages, final model with its card, plots,
+eval_results.json, and a processor for the pipeline: `real_signals_data.pipeline_processor`) in
+DIR/<mixture>/seed<seed>/<method> instead of a temporary folder; the numbers are the same.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from real_signals_data import (  # noqa: E402
     backbone_configs,
     interaction_types_for,
     make_real_signal_splits,
+    pipeline_processor,
 )
 
 @dataclass
@@ -104,7 +110,7 @@ def build_model(settings: RealSignalSettings, method: Method) -> DMILForMultimod
     )
 
 
-def run_benchmark(settings: RealSignalSettings, log=print) -> dict[str, Any]:
+def run_benchmark(settings: RealSignalSettings, log=print, save_models: str | None = None) -> dict[str, Any]:
     torch.set_num_threads(settings.threads)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -120,7 +126,7 @@ def run_benchmark(settings: RealSignalSettings, log=print) -> dict[str, Any]:
         seeds=list(settings.seeds), make_splits=make_splits,
         build_model=lambda mixture, method: build_model(settings, method),
         interaction_types=lambda mixture: interaction_types_for(settings.modalities),
-        num_labels=NUM_CLASSES, log=log, jobs=settings.jobs,
+        num_labels=NUM_CLASSES, log=log, jobs=settings.jobs, save_models=save_models, make_processor=pipeline_processor,
     )
     modalities = [m for m in ("text", "vision", "audio") if m in settings.modalities]
     return build_report(
@@ -136,7 +142,12 @@ def parse_settings(argv: list[str] | None = None) -> tuple[RealSignalSettings, a
     parser = benchmark_parser(__doc__, "vision + audio, one mixture, 800 steps, 3 seeds")
     parser.add_argument("--corrupt-modality", dest="corrupt_modality")
     parser.add_argument("--text-layers", dest="text_layers", type=int, help="MiniLM layers kept (1-6)")
+    parser.add_argument("--save_models", "--save-models", dest="save_models", default=None, metavar="DIR",
+                        help="keep each library method's trained run in DIR/<mixture>/seed<seed>/<method> (model, card, "
+                             "plots, eval_results.json); DIR must not hold one already")
     args = parser.parse_args(argv)
+    if args.save_models and Path(args.save_models).is_dir() and any(Path(args.save_models).iterdir()):
+        parser.error(f"--save_models {args.save_models} is not empty: give a new folder or delete that one")
     settings = apply_arguments(parser, args, QUICK if args.quick else RealSignalSettings())
     if settings.corrupt_modality not in settings.modalities:
         settings = replace(settings, corrupt_modality=settings.modalities[0])
@@ -145,7 +156,7 @@ def parse_settings(argv: list[str] | None = None) -> tuple[RealSignalSettings, a
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings, args = parse_settings(argv)
-    report = run_benchmark(settings, log=lambda line: print(line, flush=True))
+    report = run_benchmark(settings, log=lambda line: print(line, flush=True), save_models=args.save_models)
     emit(report, args.out)
     return report
 

@@ -277,6 +277,28 @@ def normalise_waveforms(waveforms: np.ndarray) -> np.ndarray:
     return x / np.sqrt(x.var(axis=1, keepdims=True) + 1e-7)
 
 
+def pipeline_processor(config: Any) -> Any:
+    """The `DMILProcessor` that gives a model trained on this data its inputs from raw ones, as the encoders above do
+    (saved with a kept model, `real_signals.py --save_models`, for `pipeline("multimodal-classification")`): a digit
+    image of 8x8 pixels in 0..255 (grey or RGB; 0..16 scaled by 255/16) upsampled x2 (nearest) and scaled to [-1, 1]
+    (`encode_images`); a waveform at 8 kHz (another rate is resampled) normalised per clip (`normalise_waveforms`;
+    the training clips are 0.75 s, silence-trimmed and centred); a sentence with MiniLM's tokenizer."""
+    from transformers import ViTImageProcessorPil, Wav2Vec2FeatureExtractor
+    from transformers.image_utils import PILImageResampling
+
+    from dmil_hf import DMILProcessor
+
+    modalities = set(config.modalities)
+    image = ViTImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, resample=PILImageResampling.NEAREST,
+                                 image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    audio = Wav2Vec2FeatureExtractor(sampling_rate=SAMPLING_RATE, do_normalize=True)
+    return DMILProcessor.for_model(
+        config, tokenizer=_tokenizer() if "text" in modalities else None,
+        image_processor=image if "vision" in modalities else None,
+        feature_extractor=audio if "audio" in modalities else None,
+    )
+
+
 def encode_sentences(sentences: Sequence[str]) -> dict[str, np.ndarray]:
     """MiniLM token ids and attention masks, int64 ``(n, TEXT_LENGTH)``; ids are computed once per distinct
     sentence."""

@@ -50,6 +50,8 @@ SLOW = {
     "hub/test_packaging.py": ("test_built_wheel_ships_the_template_and_an_install_reads_it",),
     # every GPU measurement's plumbing, dry-run on CPU
     "benchmarks/test_benchmark_scripts.py": ("test_gpu_check_dry_run",),
+    # the real-signal benchmark trained twice at smoke size (with and without --save_models), three methods each
+    "benchmarks/test_benchmark_real_signals.py": ("test_save_models_keeps_each_run_and_changes_no_number",),
 }
 
 

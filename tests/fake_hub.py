@@ -17,11 +17,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def closed_endpoint() -> str:
+    """An http endpoint on 127.0.0.1 where nothing listens (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 DEFAULT_USER = {"name": "someone", "orgs": [], "role": "write"}

@@ -6,6 +6,8 @@
         checkpoint-N/          the Trainer's checkpoints while the stage trains; resume reads the newest complete one
       final/                   the finished model (weights, remote code, processor, adapter/, README.md card)
       log_history.json         the whole run's log, every stage's entries at the run-wide step
+      runs/                    TensorBoard event files (report_to="tensorboard"), one subfolder per process start,
+                               every stage's curves at the run-wide step
       dmil_run.json            the run's identity (model config, data, the arguments that change the model), written
                                when the run starts and checked by every resume; each checkpoint holds a copy
       eval_results.json, predict_results.json, predictions.csv
@@ -49,6 +51,9 @@ logger = logging.getLogger(__name__)
 STAGE_MARKER = "dmil_stage.json"
 # The whole run's log (every stage's entries, at the run-wide step), at the top of output_dir.
 RUN_LOG_NAME = "log_history.json"
+# TensorBoard's event files of the whole run (report_to="tensorboard"), at the top of output_dir: transformers' own
+# default (`output_dir/runs/<date>_<host>`) would put them in stage 1's folder, the output_dir of its first train().
+TENSORBOARD_NAME = "runs"
 FINAL_NAME = "final"
 # The run's identity (`RunFolder.write_identity`), in output_dir and in each checkpoint.
 RUN_IDENTITY_NAME = "dmil_run.json"
@@ -310,6 +315,11 @@ class RunFolder:
     def run_log(self) -> str:
         return os.path.join(self.path, RUN_LOG_NAME)
 
+    @property
+    def tensorboard_dir(self) -> str:
+        """Where TensorBoard's event files of the run go (one subfolder per process start)."""
+        return os.path.join(self.path, TENSORBOARD_NAME)
+
     # ---------------------------------------------------------------- finished stages
 
     def stage_is_complete(self, stage: int) -> bool:
@@ -478,8 +488,8 @@ class RunFolder:
         return stale
 
     def delete(self, paths: list[str], stages: list[int]) -> None:
-        """Delete an earlier run's folders and files (`refuse_earlier_run`), and its log and identity unless this run
-        continues it."""
+        """Delete an earlier run's folders and files (`refuse_earlier_run`), and its log, TensorBoard events and identity
+        unless this run continues it."""
         for path in paths:
             logger.warning("deleting %s, left by an earlier run in output_dir", path)
             if os.path.isdir(path):
@@ -490,6 +500,8 @@ class RunFolder:
             for path in (self.run_log, self.identity_path):
                 if os.path.isfile(path):
                     os.remove(path)
+            if os.path.isdir(self.tensorboard_dir):
+                shutil.rmtree(self.tensorboard_dir)
 
 
 def _read_json(path: str | Path) -> dict[str, Any] | None:

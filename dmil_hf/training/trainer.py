@@ -117,9 +117,15 @@ class _TermMeans:
         self._sums: dict[tuple[str, ...], torch.Tensor] = {}
         self.steps = 0
 
-    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], vector: tuple[tuple[str, ...], torch.Tensor] |
+            None = None) -> None:
+        """Add one step: the loss, its terms (scalars), and optionally `vector`, names and a 1-d tensor of as many
+        values (the gate's mean weight per component), appended in one kernel."""
         names = (self.LOSS, *terms)
         values = torch.stack([loss.detach().float().mean(), *(value.detach().float() for value in terms.values())])
+        if vector is not None:
+            names += vector[0]
+            values = torch.cat([values, vector[1].detach().float()])
         self._sums[names] = self._sums[names] + values if names in self._sums else values
         self.steps += 1
 
@@ -150,7 +156,9 @@ class DMILTrainer(Trainer):
     deletes those folders first; the folders of stages before the first one run are the run's starting point and are
     kept (`train(stage=3)` continues from `stage-2`). After a LoRA stage 3, `output_dir/stage-3` holds the
     merged model (loads with `AutoModel.from_pretrained`) and `output_dir/stage-3/adapter` the adapter (loads with
-    peft onto the stage-2 model). The unweighted loss terms are logged next to the loss. Each stage trains with its own
+    peft onto the stage-2 model). The unweighted loss terms are logged next to the loss, with the gate's mean weight
+    per component (`gate_<component>`) where the model has a gate; every log is at the run-wide step, and under
+    report_to="tensorboard" the event files go to `output_dir/runs`. Each stage trains with its own
     copy of the arguments (`DMILTrainingArguments.for_stage`, which is `self.args` while the stage runs); the object
     passed as `args` is never changed.
 
@@ -238,8 +246,22 @@ class DMILTrainer(Trainer):
         # The console: one bar per stage and one short line per log instead of the Trainer's whole dictionaries.
         self._progress = use_console_callbacks(self.callback_handler)
         self.run_log_history: list[dict[str, Any]] = []
+        self._place_tensorboard_logs()
         # A processor the Trainer must not see while Trainer.train sets up (see _processor_out_of_token_alignment).
         self._hidden_processor: ProcessorMixin | None = None
+
+    def _place_tensorboard_logs(self) -> None:
+        """Under report_to="tensorboard", write the whole run's event files to `output_dir/runs/<date>_<host>`
+        (`RunFolder.tensorboard_dir`) unless TENSORBOARD_LOGGING_DIR names a folder: transformers' callback takes its
+        folder from the output_dir of the first `train()`, which is stage 1's. Every stage writes there, at the
+        run-wide step (`log`), so the stages' curves follow each other on one time axis."""
+        from transformers.integrations import TensorBoardCallback
+        from transformers.integrations.integration_utils import default_logdir
+
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                callback.logging_dir = os.path.join(self.run_folder.tensorboard_dir,
+                                                    os.path.basename(default_logdir()))
 
     @property
     def publisher(self) -> DMILRunPublisher:
@@ -666,8 +688,18 @@ class DMILTrainer(Trainer):
                 module.eval()
         outputs = model(**inputs, stage=self.stage or 3)
         if model.training and outputs.loss is not None:
-            self._term_means.add(outputs.loss, outputs.loss_terms or {})
+            self._term_means.add(outputs.loss, outputs.loss_terms or {}, self._gate_means(outputs))
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _gate_means(self, outputs) -> tuple[tuple[str, ...], torch.Tensor] | None:
+        """The batch's mean gate weight per interaction component (`gate_<component>`, logged beside the loss terms
+        and averaged over the steps since the last log, as `eval_gate_<component>` is over the evaluation set); None
+        for a paradigm without a gate."""
+        weights = getattr(outputs, "interaction_weights", None)
+        if weights is None:
+            return None
+        names = tuple(f"gate_{c}" for c in _unwrap(self.model).config.interaction_components)
+        return names, weights.detach().float().mean(0)
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: list[str] | None = None):
         """Predictions as a dict (`logits`, `interaction_weights`, `component_logits`, `modality_logits`), so that

@@ -1,20 +1,20 @@
 """push_to_hub fails early or not at all: the Hub pre-flight check before training, uploads that fail mid-run (the run
 finishes, saved, and ends with an error naming the push command), and that command, `python -m dmil_hf.hub.publisher push`.
 
-Everything talks to tests/fake_hub.py on 127.0.0.1 (or to a closed local port); the `online` fixture turns conftest's
-offline mode off for huggingface_hub and lets no socket reach anything but the loopback interface.
+Everything talks to tests/fake_hub.py on 127.0.0.1 (or to a closed local port); the `online` fixture
+(tests/hub/conftest.py) turns conftest's offline mode off for huggingface_hub and lets no socket reach anything but the
+loopback interface.
 """
 
 import json
 import logging
 import os
 import shlex
-import socket
 import subprocess
 import sys
 
 import pytest
-from fake_hub import FakeHub
+from fake_hub import FakeHub, closed_endpoint
 from transformers import TrainerCallback
 
 from dmil_hf import DMILTrainer
@@ -33,52 +33,6 @@ from dmil_hf.training.run_folder import STAGE_MARKER
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN = os.path.join(REPO, "training", "run.py")
-
-
-def closed_endpoint() -> str:
-    """An http endpoint on 127.0.0.1 where nothing listens (connection refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture
-def online(monkeypatch, tmp_path):
-    """huggingface_hub online, no stored token, the endpoint a closed local port until `online(endpoint)` points it
-    elsewhere; sockets may reach 127.0.0.1 only."""
-    from huggingface_hub import constants
-
-    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
-
-    def local_only(host):
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise OSError(f"test blocked a network access to {host!r}")
-
-    def getaddrinfo(host, *args, **kwargs):
-        local_only(host)
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    def connect(self, address):
-        if isinstance(address, tuple):
-            local_only(address[0])
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-
-    def set_endpoint(endpoint):
-        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        return endpoint
-
-    set_endpoint(closed_endpoint())
-    return set_endpoint
 
 
 @pytest.fixture
