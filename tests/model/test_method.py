@@ -455,3 +455,19 @@ def test_a_corrupted_modality_leaves_its_level1_losses_and_routes_the_sample_els
     with torch.no_grad():
         model(**{k: v for k, v in inputs.items() if k != "labels"})
     torch.testing.assert_close(seen["text"], projected["text"])
+
+
+def test_stage2_modality_weight_keeps_the_backbones_training_through_stage_2_on_the_unimodal_ces():
+    for weight, trains in ((0.0, False), (0.7, True)):
+        config = make_config(TEXT_VISION, stage2_modality_weight=weight)
+        model = DMILForMultimodalClassification(config)
+        prepared, frozen = prepare_model_for_stage(model, 2, finetune_method="full")
+        assert any(p.requires_grad for p in model.backbones.parameters()) is trains
+        assert any(p.requires_grad for p in model.head.intra_decomposition.parameters()) is trains
+        out = prepared(**random_inputs(config), stage=2)
+        assert ("ce_modality_text" in out.loss_terms) is trains
+        if trains:
+            rest = {k: v for k, v in out.loss_terms.items() if not k.startswith("ce_modality_")}
+            expected = DMILForMultimodalClassification(config).head.weighted_loss(rest, 2) + 0.7 * (
+                out.loss_terms["ce_modality_text"] + out.loss_terms["ce_modality_vision"])
+            torch.testing.assert_close(out.loss, expected)

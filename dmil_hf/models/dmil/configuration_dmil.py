@@ -292,6 +292,9 @@ class DMILConfig(PretrainedConfig):
         stage2_reconstruction_weight (`float`, defaults to 0.005):
             Weight of the reconstruction of mean(M_m) from [R, U_m] in stage 2 (lamb=0.2 x 0.1 x 0.25; the reference
             code's extra x0.1 applies to its KL terms only).
+        stage2_modality_weight (`float`, defaults to 0.0):
+            Weight of the unimodal CEs on M_m in stage 2. Above 0, the backbones, projections and level 1 keep
+            training through stage 2 on those CEs instead of staying frozen (the reference: 0).
         stage3_modality_weight (`float`, defaults to 0.5):
             Weight of the unimodal CEs on M_m in stage 3.
         stage3_component_weight (`float`, defaults to 0.8):
@@ -361,6 +364,7 @@ class DMILConfig(PretrainedConfig):
         stage1_reconstruction_weight: float | dict[str, float] = 0.01,
         stage2_component_weight: float = 0.5,
         stage2_reconstruction_weight: float = 0.005,
+        stage2_modality_weight: float = 0.0,
         stage3_modality_weight: float = 0.5,
         stage3_component_weight: float = 0.8,
         stage3_consistency_kl_scale: float = 0.4,
@@ -438,6 +442,7 @@ class DMILConfig(PretrainedConfig):
         self.stage1_reconstruction_weight = stage1_reconstruction_weight
         self.stage2_component_weight = float(stage2_component_weight)
         self.stage2_reconstruction_weight = float(stage2_reconstruction_weight)
+        self.stage2_modality_weight = float(stage2_modality_weight)
         self.stage3_modality_weight = float(stage3_modality_weight)
         self.stage3_component_weight = float(stage3_component_weight)
         self.stage3_consistency_kl_scale = float(stage3_consistency_kl_scale)

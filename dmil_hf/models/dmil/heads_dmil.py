@@ -745,7 +745,8 @@ class DMILHead(nn.Module):
         if config.modality_corruption and self.training and with_losses and stage in (2, 3):
             z, corrupted = corrupt_one_modality(z, present, config.modality_corruption, modalities)
             level1_mask = present & ~corrupted
-        level1_losses = with_losses and stage in (1, 3)  # stage 2 trains nothing of level 1 and reads none of its terms
+        # Stage 2 trains nothing of level 1 and reads none of its terms unless stage2_modality_weight says so.
+        level1_losses = with_losses and (stage in (1, 3) or (stage == 2 and bool(config.stage2_modality_weight)))
         # N is sampled whenever the head trains, even in stage 2 where level 1 is frozen and held in eval mode.
         level1 = {
             m: self.intra_decomposition[m](z[m], with_losses=level1_losses, sample_n=self.training) for m in modalities

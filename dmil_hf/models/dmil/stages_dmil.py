@@ -164,6 +164,10 @@ STAGE_PLANS: dict[int, StagePlan] = {
             LossTerm("align_R_*", ("kl_weight", "alignment_weight")),
             LossTerm("rec_M_*", ("stage2_reconstruction_weight",)),
             LossTerm("gate_composition", ("gate_composition_weight",), only_if=_COMPOSITION_GATE),
+            # Off by default: the unimodal heads keep training the backbones through stage 2 (a backbone that is
+            # slow to take off then gets stage 2's steps too, instead of waiting frozen for stage 3).
+            LossTerm("ce_modality_*", ("stage2_modality_weight",),
+                     modules=("backbones", "projections", "intra_decomposition")),
         ),
     ),
     3: StagePlan(
