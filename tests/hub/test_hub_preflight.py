@@ -35,13 +35,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RUN = os.path.join(REPO, "training", "run.py")
 
 
-@pytest.fixture
-def hub(tmp_path, online):
-    with FakeHub(tmp_path / "hub") as fake:
-        online(fake.endpoint)
-        yield fake
-
-
 def push_args(tmp_path, **kwargs):
     return make_args(tmp_path, max_steps=1, push_to_hub=True, hub_model_id="someone/dmil", **kwargs)
 
