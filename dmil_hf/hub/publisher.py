@@ -310,29 +310,32 @@ class DMILHubPublisher:
             raise unreachable(err, f"creating the repo {full_id}") from err
         return getattr(url, "repo_id", None) or full_id
 
-    def upload(self, folder: str | Path, path_in_repo: str | None = None, message: str = "Upload DMIL model"):
+    def upload(self, folder: str | Path, path_in_repo: str | None = None, message: str = "Upload DMIL model",
+               run_as_future: bool = False):
         """Create the repo if needed and upload `folder` (to `path_in_repo`, default the root) in one commit;
-        returns huggingface_hub's `CommitInfo`. A bare repo name is the token user's: the commit goes to the full
-        id the Hub gives back (as transformers' Trainer does)."""
+        returns huggingface_hub's `CommitInfo` (with `run_as_future`, a `Future` of it, the upload running in the
+        background as transformers' Trainer runs its pushes). A bare repo name is the token user's: the commit goes
+        to the full id the Hub gives back (as transformers' Trainer does)."""
         from huggingface_hub import HfApi
 
         repo_id = self.validated_repo_id()
         refuse_nonfinite_weights(folder)  # a diverged run's weights never reach the Hub
         api = HfApi(token=self.token)
         url = api.create_repo(repo_id, private=self.private, exist_ok=True)
+        extra = {"run_as_future": True} if run_as_future else {}
         return api.upload_folder(
             repo_id=getattr(url, "repo_id", None) or repo_id, folder_path=str(folder), path_in_repo=path_in_repo,
             commit_message=message,
-            revision=self.revision, ignore_patterns=list(UPLOAD_IGNORE_PATTERNS),
+            revision=self.revision, ignore_patterns=list(UPLOAD_IGNORE_PATTERNS), **extra,
         )
 
     def upload_stage(self, stage_dir: str | Path, stage: int):
         """Upload a finished stage's folder to `stage-k/` of the repo."""
         return self.upload(stage_dir, path_in_repo=f"stage-{stage}", message=f"DMIL stage {stage}")
 
-    def upload_final(self, final_dir: str | Path, message: str = "End of training"):
+    def upload_final(self, final_dir: str | Path, message: str = "End of training", run_as_future: bool = False):
         """Upload a finished run's final model folder to the root of the repo."""
-        return self.upload(final_dir, message=message)
+        return self.upload(final_dir, message=message, run_as_future=run_as_future)
 
 
 def _first_line(err: BaseException) -> str:

@@ -9,12 +9,13 @@ on together (a process left behind would wait forever in its next collective).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from ..training.run_folder import RunFolder
+from ..training.run_folder import ADAPTER_NAME, RunFolder
 from .publisher import (
     DMILHubPreflightError,
     DMILHubPublisher,
@@ -61,6 +62,8 @@ class DMILRunPublisher:
         self.checked_repo_id: str | None = None
         # Uploads of the running train() call that failed: (what, local folder, error), main process only.
         self.failed_uploads: list[tuple[str, str, str]] = []
+        # The stages uploaded by this publisher (main process): `push` uploads the others.
+        self.uploaded_stages: set[int] = set()
 
     @classmethod
     def from_args(cls, args: Any, output_dir: str | Path | None = None) -> DMILRunPublisher:
@@ -81,17 +84,34 @@ class DMILRunPublisher:
 
     # ---------------------------------------------------------------- the card
 
-    def write_card(self, folder: str | Path, model: Any, args: Any, stage_results: dict[int, dict[str, float]]) -> None:
+    def write_card(self, folder: str | Path, model: Any, args: Any, stage_results: dict[int, dict[str, float]],
+                   eval_dataset: Any = None, **card_kwargs: Any) -> None:
         """Render the model card (`model_card.render_model_card`) into `folder/README.md`, linking the pictures in
-        `folder/plots/` if there are any (main process)."""
-        from .model_card import render_model_card
+        `folder/plots/` if there are any, and the card of its LoRA adapter into `folder/adapter/README.md` if it has
+        one (main process). `eval_dataset` is the evaluation set (a 🤗 dataset from the Hub names itself in the card's
+        model-index); `card_kwargs` are transformers' `create_model_card` arguments (`model_card.CARD_ARGUMENTS`)."""
+        from .model_card import eval_dataset_description, render_model_card
 
         plots_dir = os.path.join(folder, "plots")
         plots = sorted(f"plots/{name}" for name in os.listdir(plots_dir) if name.endswith(".png")) \
             if os.path.isdir(plots_dir) else []
         card = render_model_card(model, args, stage_results, template=args.model_card_template, plots=plots,
-                                 repo_id=self.checked_repo_id)
+                                 repo_id=self.checked_repo_id, eval_dataset=eval_dataset_description(eval_dataset),
+                                 **card_kwargs)
         card.save(os.path.join(folder, "README.md"))
+        self.describe_adapter(os.path.join(folder, ADAPTER_NAME), model.config)
+
+    def describe_adapter(self, adapter_dir: str | Path, config: Any, adapter_subfolder: str = ADAPTER_NAME,
+                         repo_id: str | None = None) -> None:
+        """Replace peft's boilerplate card of a saved LoRA adapter with one that says what it applies to and how to
+        load it from the repo (`model_card.render_adapter_card`); nothing when there is no adapter there."""
+        from .model_card import finetune_stage, render_adapter_card
+
+        stage = finetune_stage(config)
+        if stage is None or not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
+            return
+        card = render_adapter_card(config, repo_id or self.repo_id, stage, adapter_subfolder=adapter_subfolder)
+        card.save(os.path.join(adapter_dir, "README.md"))
 
     # ---------------------------------------------------------------- uploads during training
 
@@ -131,7 +151,12 @@ class DMILRunPublisher:
         """Upload a finished stage's folder to `stage-k/` of the repo; a failure is kept for `raise_on_failed_uploads`
         (`upload_or_defer`)."""
         folder = self.run.stage_dir(stage)
-        self.upload_or_defer(f"stage-{stage}", folder, lambda: self.hub.upload_stage(folder, stage), accelerator)
+
+        def upload():
+            self.hub.upload_stage(folder, stage)
+            self.uploaded_stages.add(stage)
+
+        self.upload_or_defer(f"stage-{stage}", folder, upload, accelerator)
 
     def upload_final(self, folder: str | Path, accelerator: Any = None) -> None:
         """Upload the final model's folder to the repo root; a failure is kept for `raise_on_failed_uploads`."""
@@ -170,9 +195,24 @@ class DMILRunPublisher:
         error.train_output = result
         raise error
 
-    def push(self, folder: str | Path, message: str = "End of training", accelerator: Any = None):
-        """Upload a saved final model now (`DMILTrainer.push_to_hub`); returns the `CommitInfo` on the main process,
-        None on the others. A failure raises."""
+    def push(self, folder: str | Path, message: str = "End of training", accelerator: Any = None,
+             token: str | None = None, revision: str | None = None, private: bool | None = None,
+             blocking: bool = True):
+        """Upload the run now (`DMILTrainer.push_to_hub`), as transformers' `Trainer.push_to_hub` uploads output_dir:
+        each finished stage this publisher has not uploaded yet to `stage-k/` (the LoRA adapter's base among them),
+        then the saved final model `folder` to the repo root. `token`, `revision` and `private` override the
+        arguments' `hub_token`, `hub_revision` and `hub_private_repo` for this push. Returns the final upload's
+        `CommitInfo` (without `blocking`, a `Future` of it; the stages are uploaded first, blocking) on the main
+        process, None on the others. A failure raises."""
         if not _is_main_process(accelerator):
             return None
-        return self.hub.upload_final(folder, message=message)
+        hub = dataclasses.replace(
+            self.hub, token=token if token is not None else self.hub.token,
+            revision=revision if revision is not None else self.hub.revision,
+            private=private if private is not None else self.hub.private,
+        )
+        for stage, stage_dir in self.run.finished_stages().items():
+            if stage not in self.uploaded_stages:
+                hub.upload_stage(stage_dir, stage)
+                self.uploaded_stages.add(stage)
+        return hub.upload_final(folder, message=message, run_as_future=not blocking)

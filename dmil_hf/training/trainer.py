@@ -32,10 +32,10 @@ from transformers.utils import is_sagemaker_mp_enabled
 from ..models.dmil.modeling_dmil import DMILForMultimodalClassification
 from ..models.dmil.stages_dmil import stage_plans
 from .callbacks import FirstStepTimes, use_console_callbacks, without_nested_bars
-from .lora import add_lora, load_adapter_exactly, lora_target_regex
+from .lora import add_lora, load_adapter_exactly, lora_target_regex, name_adapter_base
 from .run_folder import (
-    ADAPTER_NAME, RunFolder, check_writable, config_identity, dataset_identity, file_fingerprint, missing_optimizer_files,
-    writing,
+    ADAPTER_NAME, RunFolder, check_writable, config_identity, dataset_identity, file_fingerprint, is_checkpoint_folder,
+    missing_optimizer_files, write_training_arguments, writing,
 )
 from .stages import prepare_model_for_stage
 from .training_args import STAGE_SCHEDULE_FIELDS, DMILTrainingArguments
@@ -249,6 +249,8 @@ class DMILTrainer(Trainer):
         self._place_tensorboard_logs()
         # A processor the Trainer must not see while Trainer.train sets up (see _processor_out_of_token_alignment).
         self._hidden_processor: ProcessorMixin | None = None
+        # The model card's arguments given to create_model_card / push_to_hub (language, license, datasets, ...).
+        self._card_kwargs: dict[str, Any] = {}
 
     def _place_tensorboard_logs(self) -> None:
         """Under report_to="tensorboard", write the whole run's event files to `output_dir/runs/<date>_<host>`
@@ -455,7 +457,9 @@ class DMILTrainer(Trainer):
                 output.metrics["compile_seconds"] = self._first_steps.compile_seconds
                 logger.info("stage %d: torch.compile took about %.1f s (first step over the second)",
                             stage, self._first_steps.compile_seconds)
-            self._finish_stage(stage, output)  # its saved training_args.bin and evaluation are the stage's
+            self._finish_stage(stage, output)  # its saved training_args.json and evaluation are the stage's
+            if self._adapter_dir is not None and self.is_world_process_zero():
+                self._describe_adapter(self._adapter_dir, f"stage-{stage}/{ADAPTER_NAME}")
         return output
 
     @contextlib.contextmanager
@@ -524,6 +528,14 @@ class DMILTrainer(Trainer):
             model, stage, self.args.finetune_method, lora_kwargs=self._lora_kwargs(model)
         )
         return model
+
+    def _describe_adapter(self, adapter_dir: str, subfolder: str = ADAPTER_NAME) -> None:
+        """Make a saved LoRA adapter name what it applies to: the run's repo (whose stage folder before the fine-tuning
+        stage is the base, docs/hub.md; the output folder's name for a run that names none, until the push command
+        names the real one) at the branch the run pushes to, in its adapter_config.json (`lora.name_adapter_base`),
+        and its card (`subfolder`: where it lies in the repo). Main process."""
+        if name_adapter_base(adapter_dir, self.publisher.repo_id, self.args.hub_revision):
+            self.publisher.describe_adapter(adapter_dir, _unwrap(self.model).config, adapter_subfolder=subfolder)
 
     def _lora_kwargs(self, model: DMILForMultimodalClassification) -> dict[str, Any]:
         return {
@@ -816,9 +828,24 @@ class DMILTrainer(Trainer):
                 shutil.rmtree(target)
             if self._adapter_dir is not None:
                 shutil.copytree(self._adapter_dir, target)
-            self.write_model_card(path)
+                # (one loaded from an earlier run's stage folder may still name that machine's folder)
+                name_adapter_base(target, self.publisher.repo_id, self.args.hub_revision)
+            self.write_model_card(path)  # the model's card and the adapter's
         self.final_dir = path
         return path
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        if not is_checkpoint_folder(output_dir):
+            # A stage's result and final/ are published: their arguments as JSON, not the Trainer's pickle (a
+            # checkpoint keeps training_args.bin, as transformers writes it, beside its optimizer and RNG pickles).
+            write_training_arguments(output_dir, self.args)
+        elif self.stage is not None:
+            # A LoRA stage's checkpoint is its adapter: it names the run's repo, not this machine's stage folder.
+            name_adapter_base(output_dir, self.publisher.repo_id, self.args.hub_revision)
 
     def _gathered_model(self) -> torch.nn.Module | None:
         """Under FSDP, an unsharded copy of the model being trained (peft-wrapped like it, if it is) on the main
@@ -848,12 +875,50 @@ class DMILTrainer(Trainer):
     def write_model_card(self, path: str) -> None:
         """Write the model card of the model saved in `path` (`path/README.md`, linking `path/plots/*.png` if there
         are any): the publisher's `write_card`. Main process."""
-        self.publisher.write_card(path, _unwrap(self.model), self.args, self.stage_results)
+        self.publisher.write_card(path, _unwrap(self.model), self.args, self.stage_results,
+                                  eval_dataset=self.eval_dataset, **self._card_kwargs)
 
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
-        """Push the final model: weights, config, remote-code files, processor, LoRA adapter and the model card."""
+    @staticmethod
+    def _card_arguments(language: str | None = None, license: str | None = None, tags: str | list[str] | None = None,
+                        model_name: str | None = None, finetuned_from: str | None = None,
+                        tasks: str | list[str] | None = None, dataset_tags: str | list[str] | None = None,
+                        dataset: str | list[str] | None = None, dataset_args: str | list[str] | None = None,
+                        ) -> dict[str, Any]:
+        # transformers' Trainer.create_model_card arguments, the ones given.
+        given = dict(language=language, license=license, tags=tags, model_name=model_name,
+                     finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags, dataset=dataset,
+                     dataset_args=dataset_args)
+        return {name: value for name, value in given.items() if value is not None}
+
+    def create_model_card(self, language: str | None = None, license: str | None = None,
+                          tags: str | list[str] | None = None, model_name: str | None = None,
+                          finetuned_from: str | None = None, tasks: str | list[str] | None = None,
+                          dataset_tags: str | list[str] | None = None, dataset: str | list[str] | None = None,
+                          dataset_args: str | list[str] | None = None) -> None:
+        """transformers' `Trainer.create_model_card`, for the card of the final model (`final/README.md`, the repo
+        root's): the arguments are kept for every card this trainer writes, and a saved final model's card is written
+        again with them. What they fill (metadata, model-index) is `dmil_hf.hub.model_card.render_model_card`'s."""
+        self._card_kwargs.update(self._card_arguments(
+            language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from,
+            tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args,
+        ))
+        if self.final_dir is not None and self.is_world_process_zero():
+            self.write_model_card(self.final_dir)
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):
+        """transformers' `Trainer.push_to_hub` for a DMIL run: save the final model (`save_final`: weights, config,
+        remote code, processor, LoRA adapter, card) and upload the run, the finished stages not uploaded yet to
+        `stage-k/` and the final model to the repo root (`DMILRunPublisher.push`). `token`, `revision` and `private`
+        override `hub_token`, `hub_revision` and `hub_private_repo` for this push; `blocking=False` returns a
+        `Future` of the final upload; `kwargs` are the model card's (`create_model_card`'s arguments: language,
+        license, tags, model_name, finetuned_from, tasks, dataset_tags, dataset, dataset_args). Returns the final
+        upload's `CommitInfo` on the main process, None on the others."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        self._card_kwargs.update(self._card_arguments(**kwargs))
         folder = self.save_final()
-        return self.publisher.push(folder, message=commit_message or "End of training", accelerator=self.accelerator)
+        return self.publisher.push(folder, message=commit_message or "End of training", accelerator=self.accelerator,
+                                   token=token, revision=revision, private=private, blocking=blocking)
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         # The repo is created at the first push; creating it in __init__ would touch the Hub before any work is done.
