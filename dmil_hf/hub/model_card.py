@@ -302,6 +302,16 @@ PLOT_TITLES = {
 }
 
 
+def write_adapter_card(adapter_dir: str | Path, config, repo_id: str, adapter_subfolder: str = "adapter") -> bool:
+    """Write the card of the LoRA adapter saved in `adapter_dir` (`render_adapter_card`) into its README.md; returns
+    whether there was an adapter there (and the paradigm has a fine-tuning stage)."""
+    stage = finetune_stage(config)
+    if stage is None or not (Path(adapter_dir) / "adapter_config.json").is_file():
+        return False
+    render_adapter_card(config, repo_id, stage, adapter_subfolder=adapter_subfolder).save(Path(adapter_dir) / "README.md")
+    return True
+
+
 # The model-card arguments of transformers' `Trainer.create_model_card` (and so of `Trainer.push_to_hub`).
 CARD_ARGUMENTS = ("language", "license", "tags", "model_name", "finetuned_from", "tasks", "dataset_tags", "dataset",
                   "dataset_args")
@@ -414,3 +424,67 @@ def render_model_card(
                                if Path(p).name in PLOT_TITLES else len(PLOT_TITLES))],
     )
     return ModelCard.from_template(card_data, template_str=template_str, **kwargs)
+
+
+def _card_arguments_of(card: ModelCard, config, args) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What a card written at training time says beyond what the run folder holds, for rendering it again: the model
+    card arguments it was given (`CARD_ARGUMENTS`) and its evaluation data, read back from its metadata."""
+    data = card.data
+    kwargs: dict[str, Any] = {}
+    for name in ("language", "license"):
+        if data.get(name):
+            kwargs[name] = data.get(name)
+    defaults = {"dmil", "multimodal", "multimodal-classification", *config.modalities}
+    extra = [tag for tag in (data.tags or []) if tag not in defaults]
+    if extra:
+        kwargs["tags"] = extra
+    backbones = [hub_base_model(m.backbone._name_or_path) for m in config.modality_specs]
+    base = _listify(data.get("base_model"))
+    if base and base != list(dict.fromkeys(b for b in backbones if b)):
+        kwargs["finetuned_from"] = base
+    named = data.get("model_name")
+    if named and named not in (run_name(args.output_dir), (args.hub_model_id or "").rpartition("/")[2]):
+        kwargs["model_name"] = named
+    dataset = None
+    results = data.eval_results or []
+    if results:
+        first = results[0]
+        if first.task_type != PIPELINE_TAG:
+            kwargs["tasks"] = first.task_type
+        if (first.dataset_type, first.dataset_name) != (UNPUBLISHED_DATASET["type"], UNPUBLISHED_DATASET["name"]):
+            dataset = {"type": first.dataset_type, "name": first.dataset_name, "config": first.dataset_config,
+                       "split": first.dataset_split, "args": first.dataset_args}
+    if data.get("datasets"):
+        kwargs["dataset_tags"] = _listify(data.get("datasets"))
+        if dataset is not None:
+            kwargs["dataset"] = [dataset["name"] if tag == dataset["type"] else tag for tag in kwargs["dataset_tags"]]
+    return kwargs, dataset
+
+
+def render_saved_model_card(
+    final_dir: str | Path, stage_results: dict[int, dict[str, float]], repo_id: str,
+) -> ModelCard:
+    """The card of a saved final model (`output_dir/final`) rendered again for the repo it is pushed to after training
+    (`python -m dmil_hf.hub.publisher push`): the usage lines load `repo_id` and the metadata names it. Made from what
+    the run saved: `config.json`, `training_args.json`, the stages' results (`stage_results`, from their markers), the
+    pictures in `plots/`, and the metadata of the card written at training time (the card arguments it was given, its
+    evaluation data). `ValueError` when the folder lacks the config or the arguments (saved before dmil_hf wrote
+    training_args.json)."""
+    from types import SimpleNamespace
+
+    from ..models.dmil.configuration_dmil import DMILConfig
+    from ..training.run_folder import TRAINING_ARGS_JSON, read_training_arguments
+    from ..training.training_args import SavedTrainingArguments
+
+    final_dir = Path(final_dir)
+    saved = read_training_arguments(final_dir)
+    if saved is None or not (final_dir / "config.json").is_file():
+        raise ValueError(f"{final_dir} has no config.json or no {TRAINING_ARGS_JSON}: its card cannot be made again")
+    args = SavedTrainingArguments(**saved)
+    config = DMILConfig.from_pretrained(final_dir)
+    card_path = final_dir / "README.md"
+    card_kwargs, dataset = _card_arguments_of(ModelCard.load(card_path), config, args) if card_path.is_file() else ({}, None)
+    template = args.model_card_template if args.model_card_template and Path(args.model_card_template).is_file() else None
+    plots = sorted(f"plots/{p.name}" for p in (final_dir / "plots").glob("*.png")) if (final_dir / "plots").is_dir() else []
+    return render_model_card(SimpleNamespace(config=config), args, stage_results, template=template, plots=plots,
+                             repo_id=repo_id, eval_dataset=dataset, pushes=True, **card_kwargs)

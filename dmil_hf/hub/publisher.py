@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..training.run_folder import RunFolder, holds_finished_model, is_stage_folder
+from ..training.run_folder import ADAPTER_NAME, RunFolder, holds_finished_model, is_stage_folder
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +403,11 @@ def push_output_dir(
     for folder in [*stage_dirs.values(), final_dir]:
         refuse_nonfinite_weights(folder)
     if check:
-        publisher.check()
+        repo_id = publisher.check()
+    if (Path(final_dir) / ADAPTER_NAME).is_dir() and not stages:
+        logger.warning("%s has a LoRA adapter, which applies to a stage folder of the repo (docs/hub.md): without "
+                       "--stages that folder is not pushed, and the adapter cannot be loaded from the Hub.", final_dir)
+    name_run_after_repo(run, final_dir, list(stage_dirs.values()), repo_id, revision)
     # In the trainer's order: the stages, then the final model.
     uploads = [(folder, k) for k, folder in stage_dirs.items()] + [(final_dir, None)]
     commits = []
@@ -417,6 +421,34 @@ def push_output_dir(
                 "on disk changed; run the same command again to push the run."
             ) from err
     return commits
+
+
+def name_run_after_repo(run: RunFolder, final_dir: str | Path, stage_dirs: list[str], repo_id: str,
+                        revision: str | None = None) -> None:
+    """Make the folders of a finished run name the repo they are pushed to, where they named the run's local name
+    (a run trained without `push_to_hub`): the LoRA adapters' configs and cards (`final/adapter`,
+    `stage-k/adapter`) and the final model's card, rendered again for the repo (`render_saved_model_card`; kept as it
+    is, with a warning, where the run saved too little to render it). Rewrites files in the run folder."""
+    from ..models.dmil.configuration_dmil import DMILConfig
+    from ..training.lora import name_adapter_base
+    from .model_card import render_saved_model_card, write_adapter_card
+
+    config = DMILConfig.from_pretrained(final_dir)
+    for folder, subfolder in [(final_dir, ADAPTER_NAME),
+                              *((stage_dir, f"{os.path.basename(stage_dir)}/{ADAPTER_NAME}") for stage_dir in stage_dirs)]:
+        adapter_dir = os.path.join(folder, ADAPTER_NAME)
+        if name_adapter_base(adapter_dir, repo_id, revision):
+            write_adapter_card(adapter_dir, config, repo_id, adapter_subfolder=subfolder)
+    results = {k: run.read_stage(k).metrics for k in run.finished_stages()}
+    try:
+        if not results:
+            raise ValueError(f"no finished stage folder beside it in {run.path} holds the evaluation results")
+        card = render_saved_model_card(final_dir, results, repo_id)
+    except (ValueError, OSError) as err:
+        logger.warning("The model card of %s is pushed as it was written (%s): its usage lines may name the local "
+                       "folder instead of %s.", final_dir, err, repo_id)
+        return
+    card.save(os.path.join(final_dir, "README.md"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -105,13 +105,9 @@ class DMILRunPublisher:
                          repo_id: str | None = None) -> None:
         """Replace peft's boilerplate card of a saved LoRA adapter with one that says what it applies to and how to
         load it from the repo (`model_card.render_adapter_card`); nothing when there is no adapter there."""
-        from .model_card import finetune_stage, render_adapter_card
+        from .model_card import write_adapter_card
 
-        stage = finetune_stage(config)
-        if stage is None or not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
-            return
-        card = render_adapter_card(config, repo_id or self.repo_id, stage, adapter_subfolder=adapter_subfolder)
-        card.save(os.path.join(adapter_dir, "README.md"))
+        write_adapter_card(adapter_dir, config, repo_id or self.repo_id, adapter_subfolder=adapter_subfolder)
 
     # ---------------------------------------------------------------- uploads during training
 
