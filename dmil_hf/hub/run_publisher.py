@@ -64,6 +64,9 @@ class DMILRunPublisher:
         self.failed_uploads: list[tuple[str, str, str]] = []
         # The stages uploaded by this publisher (main process): `push` uploads the others.
         self.uploaded_stages: set[int] = set()
+        # Checkpoint pushes still running in the background (main process), and the HfApi whose one worker runs them.
+        self._checkpoint_pushes: list[tuple[str, Any]] = []
+        self._checkpoint_api: Any = None
 
     @classmethod
     def from_args(cls, args: Any, output_dir: str | Path | None = None) -> DMILRunPublisher:
@@ -143,10 +146,80 @@ class DMILRunPublisher:
             ) from cause
         return self.checked_repo_id
 
+    # ---------------------------------------------------------------- checkpoints (hub_strategy)
+
+    def push_checkpoint(self, checkpoint: str | Path, stage: int, step: int, args: Any, accelerator: Any = None) -> None:
+        """Push a checkpoint just saved as `args.hub_strategy` says (`checkpoints.checkpoint_uploads`: its model to
+        `stage-k/`, the whole of it to `last-checkpoint/` or `checkpoints/stage-k/checkpoint-N/`), in the background
+        (main process). As transformers' Trainer does, a push is skipped while the previous one still runs, unless
+        `args.hub_always_push`."""
+        from huggingface_hub import HfApi
+
+        from .checkpoints import push_checkpoint
+
+        if not _is_main_process(accelerator) or str(getattr(args.hub_strategy, "value", args.hub_strategy)) == "end":
+            return
+        if self._checkpoint_pushes and not args.hub_always_push and not all(f.done() for _, f in self._checkpoint_pushes):
+            logger.info("Not pushing %s: the previous checkpoint's push is still running (hub_always_push=False).",
+                        checkpoint)
+            return
+        self._collect_checkpoint_pushes(wait=False)
+        if self._checkpoint_api is None:
+            self._checkpoint_api = HfApi(token=self.hub.token)
+        futures = push_checkpoint(self._checkpoint_api, self.repo_id, checkpoint, stage, step, args.hub_strategy,
+                                  revision=self.hub.revision)
+        self._checkpoint_pushes += [(os.fspath(checkpoint), future) for future in futures]
+
+    def wait_for_checkpoint_pushes(self, accelerator: Any = None) -> None:
+        """Wait for the checkpoint pushes still running (before a stage's or the final model's upload, which must come
+        after them). A push that failed is logged: the run goes on, and the next save is pushed again."""
+        if _is_main_process(accelerator):
+            self._collect_checkpoint_pushes(wait=True)
+
+    def _collect_checkpoint_pushes(self, wait: bool) -> None:
+        running = []
+        for checkpoint, future in self._checkpoint_pushes:
+            if not wait and not future.done():
+                running.append((checkpoint, future))
+                continue
+            error = future.exception()
+            if error is not None:
+                logger.error("Pushing the checkpoint %s to the Hub repo %s failed (%s: %s); training goes on, and the "
+                             "next checkpoint is pushed again.", checkpoint, self.repo_id, type(error).__name__,
+                             _first_line(error))
+        self._checkpoint_pushes = running
+
+    def fetch_checkpoint(self, reference: str, repo_id: str | None = None, accelerator: Any = None) -> str | None:
+        """The local checkpoint that `resume_from_checkpoint=reference` names when it names one on the Hub
+        (`checkpoints.hub_checkpoint`: `hf://USER/NAME[@REV]/PATH`, or `last-checkpoint` of the run's repo
+        `repo_id`), downloaded into the run folder with the finished stages before it (`checkpoints.fetch_checkpoint`);
+        None when it names a local path. The main process downloads, the others wait and get its answer (or error)."""
+        from .checkpoints import fetch_checkpoint, hub_checkpoint
+
+        checkpoint = hub_checkpoint(reference, repo_id, self.hub.revision)
+        if checkpoint is None:
+            return None
+        local = failure = None
+        if _is_main_process(accelerator):
+            try:
+                local = fetch_checkpoint(checkpoint, self.run.path, token=self.hub.token)
+            except Exception as err:  # noqa: BLE001 - every process must raise it, not wait for a path
+                failure = f"{type(err).__name__}: {_first_line(err)}"
+        local, failure = _from_main_process(accelerator, (local, failure))
+        if failure is not None:
+            raise FileNotFoundError(
+                f"resume_from_checkpoint={reference!r}: fetching it from the Hub repo {checkpoint.repo_id} failed "
+                f"({failure})"
+            )
+        return local
+
+    # ---------------------------------------------------------------- finished stages and the final model
+
     def upload_stage(self, stage: int, accelerator: Any = None) -> None:
         """Upload a finished stage's folder to `stage-k/` of the repo; a failure is kept for `raise_on_failed_uploads`
         (`upload_or_defer`)."""
         folder = self.run.stage_dir(stage)
+        self.wait_for_checkpoint_pushes(accelerator)  # its checkpoints' model pushes first, then the finished stage
 
         def upload():
             self.hub.upload_stage(folder, stage)
@@ -156,6 +229,7 @@ class DMILRunPublisher:
 
     def upload_final(self, folder: str | Path, accelerator: Any = None) -> None:
         """Upload the final model's folder to the repo root; a failure is kept for `raise_on_failed_uploads`."""
+        self.wait_for_checkpoint_pushes(accelerator)
         self.upload_or_defer("the final model", os.fspath(folder),
                              lambda: self.hub.upload_final(folder, message="End of training"), accelerator)
 
@@ -202,6 +276,7 @@ class DMILRunPublisher:
         process, None on the others. A failure raises."""
         if not _is_main_process(accelerator):
             return None
+        self.wait_for_checkpoint_pushes(accelerator)
         hub = dataclasses.replace(
             self.hub, token=token if token is not None else self.hub.token,
             revision=revision if revision is not None else self.hub.revision,

@@ -251,6 +251,8 @@ class DMILTrainer(Trainer):
         self._hidden_processor: ProcessorMixin | None = None
         # The model card's arguments given to create_model_card / push_to_hub (language, license, datasets, ...).
         self._card_kwargs: dict[str, Any] = {}
+        # Whether the running train() pushes its checkpoints (push_to_hub; what and where: args.hub_strategy).
+        self._pushes_checkpoints = False
 
     def _place_tensorboard_logs(self) -> None:
         """Under report_to="tensorboard", write the whole run's event files to `output_dir/runs/<date>_<host>`
@@ -326,6 +328,12 @@ class DMILTrainer(Trainer):
             self._identity = self.run_identity()
         identity = self._identity
         resume_stage, resume_path = None, None
+        if isinstance(resume_from_checkpoint, str) and not os.path.isdir(resume_from_checkpoint):
+            # A checkpoint on the Hub (hub_strategy): fetched into output_dir with the finished stages before it
+            # (dmil_hf.hub.checkpoints), then resumed from under the same rule as any other.
+            repo = self.publisher.repo_id if self.args.push_to_hub or self.args.hub_model_id else None
+            resume_from_checkpoint = self.publisher.fetch_checkpoint(resume_from_checkpoint, repo, self.accelerator) \
+                or resume_from_checkpoint
         if isinstance(resume_from_checkpoint, str):
             # One rule wherever the checkpoint lies (in output_dir, another folder, a download): it continues this
             # run when the identity of the run that wrote it is this run's.
@@ -342,6 +350,7 @@ class DMILTrainer(Trainer):
                 logger.warning("%s records no run identity (written before dmil_hf recorded one): nothing says its "
                                "stages belong to this run.", run.path)
             run.check_identity(identity)
+        self._pushes_checkpoints = bool(self.args.push_to_hub)
         if self.args.push_to_hub:
             # Before anything is trained, and before _claim_output_dir deletes an earlier run.
             self.publisher.check(self.accelerator)
@@ -789,6 +798,10 @@ class DMILTrainer(Trainer):
         checkpoint = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
         if self.args.should_save and self.stage is not None:
             self.run_folder.write_checkpoint_identity(checkpoint, self.stage)
+            if self._pushes_checkpoints:
+                # hub_strategy, as the Trainer would push it (the stage's own arguments leave push_to_hub off).
+                self.publisher.push_checkpoint(checkpoint, self.stage, self.state.global_step, self.args,
+                                               self.accelerator)
 
     # ---------------------------------------------------------------- saving and the Hub
 
