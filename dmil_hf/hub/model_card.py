@@ -9,7 +9,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .publisher import resolve_repo_id, run_name
+from .repo_ids import resolve_repo_id, run_name
 from ..models.dmil.pipeline_dmil import input_keys
 from ..evaluation import per_type_summary
 from ..models.dmil.stages_dmil import EVERYTHING, stage_plans

@@ -96,7 +96,7 @@ class DMILTrainingArguments(TrainingArguments):
             self.label_names = ["labels"]
         if self.hub_model_id is not None:
             # Checked offline now, not by the Hub after training (nor pasted as given into the model card).
-            from ..hub.publisher import check_repo_id
+            from ..hub.repo_ids import check_repo_id
 
             self.hub_model_id = check_repo_id(self.hub_model_id, "hub_model_id (--hub_model_id)")
 
