@@ -353,8 +353,9 @@ def name_run_after_repo(run: RunFolder, final_dir: str | Path, stage_dirs: list[
                         revision: str | None = None) -> None:
     """Make the folders of a finished run name the repo they are pushed to, where they named the run's local name
     (a run trained without `push_to_hub`): the LoRA adapters' configs and cards (`final/adapter`,
-    `stage-k/adapter`) and the final model's card, rendered again for the repo (`render_saved_model_card`; kept as it
-    is, with a warning, where the run saved too little to render it). Rewrites files in the run folder."""
+    `stage-k/adapter`) and the final model's card, rendered again for the repo (`render_saved_model_card`) unless it
+    loads that repo already (a run that pushed there, or a card rendered for it: `model_cards/`), and kept as it is,
+    with a warning, where the run saved too little to render it. Rewrites files in the run folder."""
     from ..models.dmil.configuration_dmil import DMILConfig
     from ..training.lora import name_adapter_base
     from .model_card import render_saved_model_card, write_adapter_card
@@ -365,6 +366,9 @@ def name_run_after_repo(run: RunFolder, final_dir: str | Path, stage_dirs: list[
         adapter_dir = os.path.join(folder, ADAPTER_NAME)
         if name_adapter_base(adapter_dir, repo_id, revision):
             write_adapter_card(adapter_dir, config, repo_id, adapter_subfolder=subfolder)
+    card_path = os.path.join(final_dir, "README.md")
+    if os.path.isfile(card_path) and f'from_pretrained("{repo_id}")' in Path(card_path).read_text(encoding="utf-8"):
+        return  # a card written for this repo already (by a run that pushed, or rendered for it): pushed as it is
     results = {k: run.read_stage(k).metrics for k in run.finished_stages()}
     try:
         if not results:
