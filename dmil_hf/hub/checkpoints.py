@@ -51,7 +51,16 @@ _REPO_RELATIVE = re.compile(rf"({LAST_CHECKPOINT}|{CHECKPOINTS}/stage-\d/checkpo
 
 @dataclass(frozen=True)
 class CheckpointUpload:
-    """One upload of a checkpoint: where to in the repo, what of it, and what to delete there first."""
+    """One upload of a checkpoint: where to in the repo, what of it, and what to delete there first.
+
+    Example:
+
+    ```python
+    >>> from dmil_hf.hub.checkpoints import checkpoint_uploads
+    >>> [upload.path_in_repo for upload in checkpoint_uploads("out/stage-2/checkpoint-40", 2, 40, "checkpoint")]
+    ['stage-2', 'last-checkpoint']
+    ```
+    """
 
     path_in_repo: str
     message: str
@@ -91,7 +100,16 @@ def push_checkpoint(api: Any, repo_id: str, checkpoint: str | Path, stage: int, 
 
 @dataclass(frozen=True)
 class HubCheckpoint:
-    """A checkpoint folder in a Hub repo."""
+    """A checkpoint folder in a Hub repo, as `resume_from_checkpoint` names it (`hub_checkpoint`).
+
+    Example:
+
+    ```python
+    >>> from dmil_hf.hub.checkpoints import hub_checkpoint
+    >>> hub_checkpoint("hf://someone/dmil@dev/last-checkpoint")
+    HubCheckpoint(repo_id='someone/dmil', path_in_repo='last-checkpoint', revision='dev')
+    ```
+    """
 
     repo_id: str
     path_in_repo: str
