@@ -88,14 +88,18 @@ def _plain(value: Any) -> Any:
 
 def run_inputs(run_dir: Path) -> dict[str, Any]:
     """What a card is rendered from, read from a finished run folder (`training/run.py`'s, or the benchmark's under
-    `--save_models`): `final/config.json`, the arguments `final/training_args.bin` holds (as a dict, tokens left
-    out) and the stages' results of `eval_results.json`."""
-    import torch
-
+    `--save_models`): `final/config.json`, the arguments `final/training_args.json` holds (tokens left out; a run
+    saved before final/ held no pickle has them in `training_args.bin`) and the stages' results of
+    `eval_results.json`."""
     final = run_dir / "final"
     config = json.loads((final / CONFIG).read_text())
-    args = torch.load(final / "training_args.bin", weights_only=False)  # written by this project's own run
-    arguments = {k: v for k, v in args.to_dict().items() if not k.endswith("_token")}
+    if (final / ARGUMENTS).is_file():
+        saved = json.loads((final / ARGUMENTS).read_text())
+    else:
+        import torch
+
+        saved = torch.load(final / "training_args.bin", weights_only=False).to_dict()  # this project's own run
+    arguments = {k: v for k, v in saved.items() if not k.endswith("_token")}
     stages = json.loads((run_dir / "eval_results.json").read_text())["stages"]
     return {CONFIG: config, ARGUMENTS: _plain(arguments), STAGE_RESULTS: _plain(stages)}
 

@@ -1,9 +1,10 @@
 """A local, Hub-API-compatible HTTP server for offline push/load tests (127.0.0.1 only).
 
-It implements just what huggingface_hub's `whoami` / `create_repo` / `upload_folder` and transformers'
-`from_pretrained` use: the token's owner (`/api/whoami-v2`), repo creation, pre-upload ("regular" mode, so file
-contents travel base64-encoded inside the commit), the ndjson commit, and `resolve` downloads with the ETag / commit
-headers the client checks. One branch (main); no LFS.
+It implements just what huggingface_hub's `whoami` / `create_repo` / `upload_folder` (with `delete_patterns`) /
+`snapshot_download` and transformers' `from_pretrained` use: the token's owner (`/api/whoami-v2`), repo creation,
+pre-upload ("regular" mode, so file contents travel base64-encoded inside the commit), the ndjson commit (files added
+or deleted), the repo's info and file tree, and `resolve` downloads with the ETag / commit headers the client checks.
+One branch (every revision reads it); no LFS.
 
 Tokens: by default every token belongs to the user "someone" with write access. `FakeHub(root, tokens={...})` maps
 each token the hub knows to `{"name": user, "orgs": [...], "role": "write" | "read"}`; then an unknown token gets
@@ -17,10 +18,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -115,15 +118,55 @@ def _make_handler(hub: "FakeHub"):
                 repo_id = "/".join(parts[2 : parts.index("commit")])
                 if not self._may_write(repo_id):
                     return self._json(403, {"error": f"You don't have the rights to write to {repo_id}"})
+                commit = {"repo": repo_id, "summary": None, "added": [], "deleted": []}
+                hub.commits.append(commit)
                 for line in body.decode().splitlines():
                     item = json.loads(line) if line.strip() else {}
+                    if item.get("key") == "header":
+                        commit["summary"] = item["value"].get("summary")
+                    elif item.get("key") in ("deletedFile", "deletedFolder"):
+                        commit["deleted"].append(item["value"]["path"])
+                    elif item.get("key") == "file":
+                        commit["added"].append(item["value"]["path"])
                     if item.get("key") == "file":
                         target = root / repo_id / item["value"]["path"]
                         target.parent.mkdir(parents=True, exist_ok=True)
                         target.write_bytes(base64.b64decode(item["value"]["content"]))
+                    elif item.get("key") in ("deletedFile", "deletedFolder"):
+                        target = root / repo_id / item["value"]["path"]
+                        if target.is_dir():
+                            shutil.rmtree(target)
+                        elif target.is_file():
+                            target.unlink()
                 oid = hashlib.sha1(body).hexdigest()
                 return self._json(200, {"commitUrl": f"http://{self.headers['Host']}/{repo_id}/commit/{oid}",
                                         "commitOid": oid, "pullRequestUrl": None})
+            if self.command == "GET" and parts[:2] == ["api", "models"] and "revision" in parts:
+                # repo_info (snapshot_download asks it for the revision's commit)
+                repo_id = "/".join(parts[2 : parts.index("revision")])
+                if not (root / repo_id).is_dir():
+                    return self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+                files = sorted(p.relative_to(root / repo_id).as_posix() for p in (root / repo_id).rglob("*") if p.is_file())
+                return self._json(200, {"id": repo_id, "modelId": repo_id, "sha": FAKE_COMMIT, "private": False,
+                                        "siblings": [{"rfilename": f} for f in files]})
+            if self.command == "GET" and parts[:2] == ["api", "models"] and "tree" in parts:
+                # list_repo_tree: the files under a folder (every level with ?recursive=True)
+                i = parts.index("tree")
+                repo_id, folder = "/".join(parts[2:i]), unquote("/".join(parts[i + 2 :]))
+                base = root / repo_id / folder
+                if not base.is_dir():
+                    return self._json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+                recursive = "recursive=true" in self.path.lower()
+                entries = []
+                for p in sorted(base.rglob("*") if recursive else base.iterdir()):
+                    path = p.relative_to(root / repo_id).as_posix()
+                    if p.is_file():
+                        data = p.read_bytes()
+                        entries.append({"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data),
+                                        "path": path})
+                    elif not recursive:
+                        entries.append({"type": "directory", "oid": FAKE_COMMIT, "size": 0, "path": path})
+                return self._json(200, entries)
             if "resolve" in parts:
                 i = parts.index("resolve")
                 repo_id, filename = "/".join(parts[:i]), "/".join(parts[i + 2 :])
@@ -149,6 +192,8 @@ class FakeHub:
     def __init__(self, root: Path, tokens: dict[str, dict] | None = None, down_after: int | None = None):
         self.root = Path(root)
         self.requests: list[str] = []
+        # Each commit: {"repo", "summary" (the commit message), "added": [paths], "deleted": [paths]}.
+        self.commits: list[dict] = []
         self.tokens = tokens
         self.down = False
         self.down_after = down_after

@@ -357,7 +357,8 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataTrainingArgume
 
 def resume_value(flag: str | None) -> str | bool | None:
     """What `--resume_from_checkpoint` asks DMILTrainer.train for: `true` resumes the whole run (finished stages
-    loaded), `false` nothing, anything else is a checkpoint path (TrainingArguments types the field as a string)."""
+    loaded), `false` nothing, anything else is a checkpoint: a path, or one on the Hub (`hf://USER/NAME/last-checkpoint`,
+    docs/hub.md) (TrainingArguments types the field as a string)."""
     if flag is None or flag.strip().lower() == "false":
         return None
     return True if flag.strip().lower() == "true" else flag

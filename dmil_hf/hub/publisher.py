@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -27,7 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..training.run_folder import RunFolder, holds_finished_model, is_stage_folder
+from ..training.run_folder import ADAPTER_NAME, RunFolder, holds_finished_model, is_stage_folder
+# The repo-id rules live in repo_ids.py; imported here too, where they have always been imported from.
+from .repo_ids import (  # noqa: F401
+    REPO_ID_RULE,
+    InvalidRepoIdError,
+    check_repo_id,
+    hub_endpoint,
+    repo_id_and_source,
+    resolve_repo_id,
+    run_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,61 +63,6 @@ class DMILHubUploadError(DMILHubError):
 
 class NoFinishedModelError(ValueError):
     """`push_output_dir` was given a folder without a finished model."""
-
-
-class InvalidRepoIdError(ValueError):
-    """A repo id the Hub would refuse (`huggingface_hub.utils.validate_repo_id`), found offline before any call to
-    the Hub; the message names where the id came from (the flag) and the rule."""
-
-
-# What a Hub repo id may be, as huggingface_hub's validate_repo_id checks it, in words for the messages.
-REPO_ID_RULE = ("a Hub repo id is NAME or NAMESPACE/NAME: letters, digits, '-', '_' and '.', at most 96 characters "
-                "a part, neither starting nor ending with '-' or '.', without '--' or '..', not ending in '.git'")
-# A Hugging Face access token (`hf_` and 30-odd letters and digits): a valid-looking repo name that must never reach
-# a model card, a repo URL or a printed command.
-_TOKEN = re.compile(r"hf_[A-Za-z0-9]{30,}")
-
-
-def check_repo_id(repo_id: str, source: str = "repo_id") -> str:
-    """`repo_id` checked offline with huggingface_hub's own rule (`validate_repo_id`), normalised: surrounding blanks
-    and the Hub's URL (`https://huggingface.co/NAME`, as copied from a browser) taken off. Raises
-    `InvalidRepoIdError` naming `source` (the flag or field it came from) and the rule: an invalid id used to reach
-    the Hub and come back as "forbidden" or "unreachable". A local path and an access token are refused as such (a
-    repo id is pasted into the model card's `from_pretrained(...)` snippet).
-
-    Example:
-
-    ```python
-    >>> from dmil_hf.hub.publisher import check_repo_id
-    >>> check_repo_id(" https://huggingface.co/someone/dmil-tiny ", "--hub_model_id")
-    'someone/dmil-tiny'
-    ```
-    """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if not isinstance(repo_id, str):
-        raise InvalidRepoIdError(f"{source} must be a string, got {type(repo_id).__name__}; {REPO_ID_RULE}")
-    normalised = repo_id.strip()
-    for prefix in (f"{hub_endpoint().rstrip('/')}/", "https://huggingface.co/", "hf.co/", "huggingface.co/"):
-        if normalised.startswith(prefix):
-            normalised = normalised[len(prefix):].rstrip("/")
-            break
-    if _TOKEN.search(normalised):
-        raise InvalidRepoIdError(
-            f"{source} looks like a Hugging Face access token, not a repo id: give the token as the token "
-            f"(--hub_token; --token of the push command; or `hf auth login`, HF_TOKEN) and the repo id here; "
-            f"{REPO_ID_RULE}"
-        )
-    if os.path.isabs(normalised) or normalised.startswith(("./", "../", "~")):
-        raise InvalidRepoIdError(
-            f"{source} {repo_id!r} is a local path, not a Hub repo id (the model is saved in output_dir); "
-            f"{REPO_ID_RULE}"
-        )
-    try:
-        validate_repo_id(normalised)
-    except HFValidationError as err:
-        raise InvalidRepoIdError(f"{source} {repo_id!r} is not a valid Hub repo id ({err}); {REPO_ID_RULE}") from None
-    return normalised
 
 
 class NonFiniteWeightsError(ValueError):
@@ -148,13 +102,6 @@ def refuse_nonfinite_weights(folder: str | Path) -> None:
         )
 
 
-def hub_endpoint() -> str:
-    """The Hub endpoint huggingface_hub talks to (`HF_ENDPOINT`, read when huggingface_hub is imported)."""
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
 def push_command(output_dir: str | Path, repo_id: str, *, stages: bool = True, private: bool | None = None,
                  revision: str | None = None) -> str:
     """The shell command that pushes a finished run folder later (`python -m dmil_hf.hub.publisher push ...`); the token
@@ -167,27 +114,6 @@ def push_command(output_dir: str | Path, repo_id: str, *, stages: bool = True, p
     if revision:
         parts += ["--revision", revision]
     return shlex.join(parts)
-
-
-def run_name(output_dir: str | Path) -> str:
-    """The name of a run's output folder, `.` and `..` resolved (transformers' Trainer names the repo of a run
-    without `hub_model_id` so): `outputs/dmil-tiny` -> `dmil-tiny`, `.` -> the working directory's name."""
-    return os.path.basename(os.path.abspath(output_dir))
-
-
-def repo_id_and_source(hub_model_id: str | None, output_dir: str | Path) -> tuple[str, str]:
-    """The repo a run publishes to, unchecked, and what to call it in a message: `hub_model_id` if set, else the name
-    of the run's output folder (`run_name`)."""
-    if hub_model_id:
-        return hub_model_id, "hub_model_id (--hub_model_id)"
-    return run_name(output_dir), (f"--hub_model_id is not set (set it to name the repo), so output_dir "
-                                  f"{str(output_dir)!r} names the repo: its folder's name")
-
-
-def resolve_repo_id(hub_model_id: str | None, output_dir: str | Path) -> str:
-    """The repo a run publishes to, checked and normalised (`check_repo_id`): `hub_model_id` if set, else the name of
-    the run's output folder (`run_name`)."""
-    return check_repo_id(*repo_id_and_source(hub_model_id, output_dir))
 
 
 @dataclass(frozen=True)
@@ -310,29 +236,32 @@ class DMILHubPublisher:
             raise unreachable(err, f"creating the repo {full_id}") from err
         return getattr(url, "repo_id", None) or full_id
 
-    def upload(self, folder: str | Path, path_in_repo: str | None = None, message: str = "Upload DMIL model"):
+    def upload(self, folder: str | Path, path_in_repo: str | None = None, message: str = "Upload DMIL model",
+               run_as_future: bool = False):
         """Create the repo if needed and upload `folder` (to `path_in_repo`, default the root) in one commit;
-        returns huggingface_hub's `CommitInfo`. A bare repo name is the token user's: the commit goes to the full
-        id the Hub gives back (as transformers' Trainer does)."""
+        returns huggingface_hub's `CommitInfo` (with `run_as_future`, a `Future` of it, the upload running in the
+        background as transformers' Trainer runs its pushes). A bare repo name is the token user's: the commit goes
+        to the full id the Hub gives back (as transformers' Trainer does)."""
         from huggingface_hub import HfApi
 
         repo_id = self.validated_repo_id()
         refuse_nonfinite_weights(folder)  # a diverged run's weights never reach the Hub
         api = HfApi(token=self.token)
         url = api.create_repo(repo_id, private=self.private, exist_ok=True)
+        extra = {"run_as_future": True} if run_as_future else {}
         return api.upload_folder(
             repo_id=getattr(url, "repo_id", None) or repo_id, folder_path=str(folder), path_in_repo=path_in_repo,
             commit_message=message,
-            revision=self.revision, ignore_patterns=list(UPLOAD_IGNORE_PATTERNS),
+            revision=self.revision, ignore_patterns=list(UPLOAD_IGNORE_PATTERNS), **extra,
         )
 
     def upload_stage(self, stage_dir: str | Path, stage: int):
         """Upload a finished stage's folder to `stage-k/` of the repo."""
         return self.upload(stage_dir, path_in_repo=f"stage-{stage}", message=f"DMIL stage {stage}")
 
-    def upload_final(self, final_dir: str | Path, message: str = "End of training"):
+    def upload_final(self, final_dir: str | Path, message: str = "End of training", run_as_future: bool = False):
         """Upload a finished run's final model folder to the root of the repo."""
-        return self.upload(final_dir, message=message)
+        return self.upload(final_dir, message=message, run_as_future=run_as_future)
 
 
 def _first_line(err: BaseException) -> str:
@@ -400,7 +329,11 @@ def push_output_dir(
     for folder in [*stage_dirs.values(), final_dir]:
         refuse_nonfinite_weights(folder)
     if check:
-        publisher.check()
+        repo_id = publisher.check()
+    if (Path(final_dir) / ADAPTER_NAME).is_dir() and not stages:
+        logger.warning("%s has a LoRA adapter, which applies to a stage folder of the repo (docs/hub.md): without "
+                       "--stages that folder is not pushed, and the adapter cannot be loaded from the Hub.", final_dir)
+    name_run_after_repo(run, final_dir, list(stage_dirs.values()), repo_id, revision)
     # In the trainer's order: the stages, then the final model.
     uploads = [(folder, k) for k, folder in stage_dirs.items()] + [(final_dir, None)]
     commits = []
@@ -414,6 +347,38 @@ def push_output_dir(
                 "on disk changed; run the same command again to push the run."
             ) from err
     return commits
+
+
+def name_run_after_repo(run: RunFolder, final_dir: str | Path, stage_dirs: list[str], repo_id: str,
+                        revision: str | None = None) -> None:
+    """Make the folders of a finished run name the repo they are pushed to, where they named the run's local name
+    (a run trained without `push_to_hub`): the LoRA adapters' configs and cards (`final/adapter`,
+    `stage-k/adapter`) and the final model's card, rendered again for the repo (`render_saved_model_card`) unless it
+    loads that repo already (a run that pushed there, or a card rendered for it: `model_cards/`), and kept as it is,
+    with a warning, where the run saved too little to render it. Rewrites files in the run folder."""
+    from ..models.dmil.configuration_dmil import DMILConfig
+    from ..training.lora import name_adapter_base
+    from .model_card import render_saved_model_card, write_adapter_card
+
+    config = DMILConfig.from_pretrained(final_dir)
+    for folder, subfolder in [(final_dir, ADAPTER_NAME),
+                              *((stage_dir, f"{os.path.basename(stage_dir)}/{ADAPTER_NAME}") for stage_dir in stage_dirs)]:
+        adapter_dir = os.path.join(folder, ADAPTER_NAME)
+        if name_adapter_base(adapter_dir, repo_id, revision):
+            write_adapter_card(adapter_dir, config, repo_id, adapter_subfolder=subfolder)
+    card_path = os.path.join(final_dir, "README.md")
+    if os.path.isfile(card_path) and f'from_pretrained("{repo_id}")' in Path(card_path).read_text(encoding="utf-8"):
+        return  # a card written for this repo already (by a run that pushed, or rendered for it): pushed as it is
+    results = {k: run.read_stage(k).metrics for k in run.finished_stages()}
+    try:
+        if not results:
+            raise ValueError(f"no finished stage folder beside it in {run.path} holds the evaluation results")
+        card = render_saved_model_card(final_dir, results, repo_id)
+    except (ValueError, OSError) as err:
+        logger.warning("The model card of %s is pushed as it was written (%s): its usage lines may name the local "
+                       "folder instead of %s.", final_dir, err, repo_id)
+        return
+    card.save(os.path.join(final_dir, "README.md"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,12 +9,13 @@ on together (a process left behind would wait forever in its next collective).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from ..training.run_folder import RunFolder
+from ..training.run_folder import ADAPTER_NAME, RunFolder
 from .publisher import (
     DMILHubPreflightError,
     DMILHubPublisher,
@@ -61,6 +62,11 @@ class DMILRunPublisher:
         self.checked_repo_id: str | None = None
         # Uploads of the running train() call that failed: (what, local folder, error), main process only.
         self.failed_uploads: list[tuple[str, str, str]] = []
+        # The stages uploaded by this publisher (main process): `push` uploads the others.
+        self.uploaded_stages: set[int] = set()
+        # Checkpoint pushes still running in the background (main process), and the HfApi whose one worker runs them.
+        self._checkpoint_pushes: list[tuple[str, Any]] = []
+        self._checkpoint_api: Any = None
 
     @classmethod
     def from_args(cls, args: Any, output_dir: str | Path | None = None) -> DMILRunPublisher:
@@ -81,17 +87,30 @@ class DMILRunPublisher:
 
     # ---------------------------------------------------------------- the card
 
-    def write_card(self, folder: str | Path, model: Any, args: Any, stage_results: dict[int, dict[str, float]]) -> None:
+    def write_card(self, folder: str | Path, model: Any, args: Any, stage_results: dict[int, dict[str, float]],
+                   eval_dataset: Any = None, **card_kwargs: Any) -> None:
         """Render the model card (`model_card.render_model_card`) into `folder/README.md`, linking the pictures in
-        `folder/plots/` if there are any (main process)."""
-        from .model_card import render_model_card
+        `folder/plots/` if there are any, and the card of its LoRA adapter into `folder/adapter/README.md` if it has
+        one (main process). `eval_dataset` is the evaluation set (a 🤗 dataset from the Hub names itself in the card's
+        model-index); `card_kwargs` are transformers' `create_model_card` arguments (`model_card.CARD_ARGUMENTS`)."""
+        from .model_card import eval_dataset_description, render_model_card
 
         plots_dir = os.path.join(folder, "plots")
         plots = sorted(f"plots/{name}" for name in os.listdir(plots_dir) if name.endswith(".png")) \
             if os.path.isdir(plots_dir) else []
         card = render_model_card(model, args, stage_results, template=args.model_card_template, plots=plots,
-                                 repo_id=self.checked_repo_id)
+                                 repo_id=self.checked_repo_id, eval_dataset=eval_dataset_description(eval_dataset),
+                                 **card_kwargs)
         card.save(os.path.join(folder, "README.md"))
+        self.describe_adapter(os.path.join(folder, ADAPTER_NAME), model.config)
+
+    def describe_adapter(self, adapter_dir: str | Path, config: Any, adapter_subfolder: str = ADAPTER_NAME,
+                         repo_id: str | None = None) -> None:
+        """Replace peft's boilerplate card of a saved LoRA adapter with one that says what it applies to and how to
+        load it from the repo (`model_card.render_adapter_card`); nothing when there is no adapter there."""
+        from .model_card import write_adapter_card
+
+        write_adapter_card(adapter_dir, config, repo_id or self.repo_id, adapter_subfolder=adapter_subfolder)
 
     # ---------------------------------------------------------------- uploads during training
 
@@ -127,14 +146,90 @@ class DMILRunPublisher:
             ) from cause
         return self.checked_repo_id
 
+    # ---------------------------------------------------------------- checkpoints (hub_strategy)
+
+    def push_checkpoint(self, checkpoint: str | Path, stage: int, step: int, args: Any, accelerator: Any = None) -> None:
+        """Push a checkpoint just saved as `args.hub_strategy` says (`checkpoints.checkpoint_uploads`: its model to
+        `stage-k/`, the whole of it to `last-checkpoint/` or `checkpoints/stage-k/checkpoint-N/`), in the background
+        (main process). As transformers' Trainer does, a push is skipped while the previous one still runs, unless
+        `args.hub_always_push`."""
+        from huggingface_hub import HfApi
+
+        from .checkpoints import push_checkpoint
+
+        if not _is_main_process(accelerator) or str(getattr(args.hub_strategy, "value", args.hub_strategy)) == "end":
+            return
+        if self._checkpoint_pushes and not args.hub_always_push and not all(f.done() for _, f in self._checkpoint_pushes):
+            logger.info("Not pushing %s: the previous checkpoint's push is still running (hub_always_push=False).",
+                        checkpoint)
+            return
+        self._collect_checkpoint_pushes(wait=False)
+        if self._checkpoint_api is None:
+            self._checkpoint_api = HfApi(token=self.hub.token)
+        futures = push_checkpoint(self._checkpoint_api, self.repo_id, checkpoint, stage, step, args.hub_strategy,
+                                  revision=self.hub.revision)
+        self._checkpoint_pushes += [(os.fspath(checkpoint), future) for future in futures]
+
+    def wait_for_checkpoint_pushes(self, accelerator: Any = None) -> None:
+        """Wait for the checkpoint pushes still running (before a stage's or the final model's upload, which must come
+        after them). A push that failed is logged: the run goes on, and the next save is pushed again."""
+        if _is_main_process(accelerator):
+            self._collect_checkpoint_pushes(wait=True)
+
+    def _collect_checkpoint_pushes(self, wait: bool) -> None:
+        running = []
+        for checkpoint, future in self._checkpoint_pushes:
+            if not wait and not future.done():
+                running.append((checkpoint, future))
+                continue
+            error = future.exception()
+            if error is not None:
+                logger.error("Pushing the checkpoint %s to the Hub repo %s failed (%s: %s); training goes on, and the "
+                             "next checkpoint is pushed again.", checkpoint, self.repo_id, type(error).__name__,
+                             _first_line(error))
+        self._checkpoint_pushes = running
+
+    def fetch_checkpoint(self, reference: str, repo_id: str | None = None, accelerator: Any = None) -> str | None:
+        """The local checkpoint that `resume_from_checkpoint=reference` names when it names one on the Hub
+        (`checkpoints.hub_checkpoint`: `hf://USER/NAME[@REV]/PATH`, or `last-checkpoint` of the run's repo
+        `repo_id`), downloaded into the run folder with the finished stages before it (`checkpoints.fetch_checkpoint`);
+        None when it names a local path. The main process downloads, the others wait and get its answer (or error)."""
+        from .checkpoints import fetch_checkpoint, hub_checkpoint
+
+        checkpoint = hub_checkpoint(reference, repo_id, self.hub.revision)
+        if checkpoint is None:
+            return None
+        local = failure = None
+        if _is_main_process(accelerator):
+            try:
+                local = fetch_checkpoint(checkpoint, self.run.path, token=self.hub.token)
+            except Exception as err:  # noqa: BLE001 - every process must raise it, not wait for a path
+                failure = f"{type(err).__name__}: {_first_line(err)}"
+        local, failure = _from_main_process(accelerator, (local, failure))
+        if failure is not None:
+            raise FileNotFoundError(
+                f"resume_from_checkpoint={reference!r}: fetching it from the Hub repo {checkpoint.repo_id} failed "
+                f"({failure})"
+            )
+        return local
+
+    # ---------------------------------------------------------------- finished stages and the final model
+
     def upload_stage(self, stage: int, accelerator: Any = None) -> None:
         """Upload a finished stage's folder to `stage-k/` of the repo; a failure is kept for `raise_on_failed_uploads`
         (`upload_or_defer`)."""
         folder = self.run.stage_dir(stage)
-        self.upload_or_defer(f"stage-{stage}", folder, lambda: self.hub.upload_stage(folder, stage), accelerator)
+        self.wait_for_checkpoint_pushes(accelerator)  # its checkpoints' model pushes first, then the finished stage
+
+        def upload():
+            self.hub.upload_stage(folder, stage)
+            self.uploaded_stages.add(stage)
+
+        self.upload_or_defer(f"stage-{stage}", folder, upload, accelerator)
 
     def upload_final(self, folder: str | Path, accelerator: Any = None) -> None:
         """Upload the final model's folder to the repo root; a failure is kept for `raise_on_failed_uploads`."""
+        self.wait_for_checkpoint_pushes(accelerator)
         self.upload_or_defer("the final model", os.fspath(folder),
                              lambda: self.hub.upload_final(folder, message="End of training"), accelerator)
 
@@ -170,9 +265,25 @@ class DMILRunPublisher:
         error.train_output = result
         raise error
 
-    def push(self, folder: str | Path, message: str = "End of training", accelerator: Any = None):
-        """Upload a saved final model now (`DMILTrainer.push_to_hub`); returns the `CommitInfo` on the main process,
-        None on the others. A failure raises."""
+    def push(self, folder: str | Path, message: str = "End of training", accelerator: Any = None,
+             token: str | None = None, revision: str | None = None, private: bool | None = None,
+             blocking: bool = True):
+        """Upload the run now (`DMILTrainer.push_to_hub`), as transformers' `Trainer.push_to_hub` uploads output_dir:
+        each finished stage this publisher has not uploaded yet to `stage-k/` (the LoRA adapter's base among them),
+        then the saved final model `folder` to the repo root. `token`, `revision` and `private` override the
+        arguments' `hub_token`, `hub_revision` and `hub_private_repo` for this push. Returns the final upload's
+        `CommitInfo` (without `blocking`, a `Future` of it; the stages are uploaded first, blocking) on the main
+        process, None on the others. A failure raises."""
         if not _is_main_process(accelerator):
             return None
-        return self.hub.upload_final(folder, message=message)
+        self.wait_for_checkpoint_pushes(accelerator)
+        hub = dataclasses.replace(
+            self.hub, token=token if token is not None else self.hub.token,
+            revision=revision if revision is not None else self.hub.revision,
+            private=private if private is not None else self.hub.private,
+        )
+        for stage, stage_dir in self.run.finished_stages().items():
+            if stage not in self.uploaded_stages:
+                hub.upload_stage(stage_dir, stage)
+                self.uploaded_stages.add(stage)
+        return hub.upload_final(folder, message=message, run_as_future=not blocking)

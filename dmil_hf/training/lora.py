@@ -4,6 +4,8 @@ exactly (every tensor of it, or an error)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -51,6 +53,35 @@ def add_lora(model: DMILForMultimodalClassification, **lora_kwargs: Any) -> torc
     _refuse_unreachable_targets(model, lora)
     _refuse_backbones_without_targets(model, lora)
     return get_peft_model(model, lora)
+
+
+def name_adapter_base(adapter_dir: str | os.PathLike, base_model: str, revision: str | None = None) -> bool:
+    """Name, in a saved adapter's `adapter_config.json`, the model it applies to: `base_model` (a Hub repo id, whose
+    stage folder before the fine-tuning stage is the base; see docs/hub.md) and its `revision`, where peft recorded
+    the folder the base was loaded from (`out/stage-2`, a path of this machine). peft's boilerplate card beside it,
+    whose metadata names that folder too, is removed (the Hub publisher writes the adapter's own card). Returns
+    whether `adapter_dir` holds an adapter. Main process.
+
+    Rewritten after peft saved it rather than set on the peft model: with a repo id there, every adapter save (each
+    checkpoint of the LoRA stage) asks the Hub whether that repo has a config.json (`save_embedding_layers="auto"`).
+
+    `task_type` stays None, as peft's guide to custom models has it: a task type wraps the model in a task class
+    (`SEQ_CLS`: `PeftModelForSequenceClassification`) that calls it with a text classifier's arguments
+    (`input_ids`, `attention_mask`, `inputs_embeds`, ...) and adds the modules named `classifier` and `score` to
+    `modules_to_save`, which match DMIL's `*_classifier` head modules by suffix."""
+    from .run_folder import write_json_atomically
+
+    path = os.path.join(adapter_dir, "adapter_config.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        config = json.load(f)
+    config.update(base_model_name_or_path=base_model, revision=revision)
+    write_json_atomically(path, config, indent=2, sort_keys=True)
+    card = os.path.join(adapter_dir, "README.md")
+    if os.path.isfile(card):
+        os.remove(card)
+    return True
 
 
 def _refuse_backbones_without_targets(model: torch.nn.Module, lora: Any) -> None:

@@ -4,7 +4,8 @@
       stage-k/                 one per stage: the stage's result (save_pretrained), and under LoRA adapter/
         dmil_stage.json        written last: the stage is finished (metrics, run-wide step, log, adapter or not)
         checkpoint-N/          the Trainer's checkpoints while the stage trains; resume reads the newest complete one
-      final/                   the finished model (weights, remote code, processor, adapter/, README.md card)
+      final/                   the finished model (weights, remote code, processor, adapter/, README.md card,
+                               training_args.json): safetensors and JSON only, no pickle
       log_history.json         the whole run's log, every stage's entries at the run-wide step
       runs/                    TensorBoard event files (report_to="tensorboard"), one subfolder per process start,
                                every stage's curves at the run-wide step
@@ -60,6 +61,10 @@ RUN_IDENTITY_NAME = "dmil_run.json"
 # The result files training/run.py writes next to the run: a new run in the folder removes an earlier one's.
 RESULT_NAMES = ("eval_results.json", "predict_results.json", "predictions.csv")
 ADAPTER_NAME = "adapter"
+# The training arguments saved with a stage's result and with final/: JSON (TrainingArguments.to_json_string, tokens
+# masked) where Trainer.save_model writes a pickle, training_args.bin, which only checkpoints keep.
+TRAINING_ARGS_JSON = "training_args.json"
+TRAINING_ARGS_PICKLE = "training_args.bin"
 # Names the Trainer gives to a checkpoint's files (transformers.trainer; spelled out here because they are a file
 # format, while where transformers keeps the constants is not).
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -122,6 +127,28 @@ def missing_optimizer_files(checkpoint: str | Path) -> list[str]:
     if not os.path.isfile(os.path.join(checkpoint, SCHEDULER_NAME)):
         missing.append(SCHEDULER_NAME)
     return missing
+
+
+def is_checkpoint_folder(folder: str | Path) -> bool:
+    """Whether `folder` is one of the Trainer's checkpoints (`checkpoint-N`), by its name."""
+    return _CHECKPOINT_NAME.fullmatch(os.path.basename(os.path.normpath(os.fspath(folder)))) is not None
+
+
+def write_training_arguments(folder: str | Path, args: Any) -> str:
+    """Save `args` with a model that is published (a stage's result, final/) as `training_args.json`, in place of the
+    pickle `training_args.bin` that `Trainer.save_model` writes (a pickle runs code when it is loaded; JSON is read
+    by anyone). Returns the file's path. Main process."""
+    pickle = os.path.join(folder, TRAINING_ARGS_PICKLE)
+    if os.path.isfile(pickle):
+        os.remove(pickle)
+    path = os.path.join(folder, TRAINING_ARGS_JSON)
+    write_json_atomically(path, json.loads(args.to_json_string()), indent=2, sort_keys=True)
+    return path
+
+
+def read_training_arguments(folder: str | Path) -> dict[str, Any] | None:
+    """The training arguments saved with a published model (`write_training_arguments`), None when there are none."""
+    return _read_json(os.path.join(folder, TRAINING_ARGS_JSON))
 
 
 def holds_finished_model(folder: str | Path) -> bool:

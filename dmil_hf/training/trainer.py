@@ -32,10 +32,10 @@ from transformers.utils import is_sagemaker_mp_enabled
 from ..models.dmil.modeling_dmil import DMILForMultimodalClassification
 from ..models.dmil.stages_dmil import stage_plans
 from .callbacks import FirstStepTimes, use_console_callbacks, without_nested_bars
-from .lora import add_lora, load_adapter_exactly, lora_target_regex
+from .lora import add_lora, load_adapter_exactly, lora_target_regex, name_adapter_base
 from .run_folder import (
-    ADAPTER_NAME, RunFolder, check_writable, config_identity, dataset_identity, file_fingerprint, missing_optimizer_files,
-    writing,
+    ADAPTER_NAME, RunFolder, check_writable, config_identity, dataset_identity, file_fingerprint, is_checkpoint_folder,
+    missing_optimizer_files, write_training_arguments, writing,
 )
 from .stages import prepare_model_for_stage
 from .training_args import STAGE_SCHEDULE_FIELDS, DMILTrainingArguments
@@ -249,6 +249,10 @@ class DMILTrainer(Trainer):
         self._place_tensorboard_logs()
         # A processor the Trainer must not see while Trainer.train sets up (see _processor_out_of_token_alignment).
         self._hidden_processor: ProcessorMixin | None = None
+        # The model card's arguments given to create_model_card / push_to_hub (language, license, datasets, ...).
+        self._card_kwargs: dict[str, Any] = {}
+        # Whether the running train() pushes its checkpoints (push_to_hub; what and where: args.hub_strategy).
+        self._pushes_checkpoints = False
 
     def _place_tensorboard_logs(self) -> None:
         """Under report_to="tensorboard", write the whole run's event files to `output_dir/runs/<date>_<host>`
@@ -324,6 +328,12 @@ class DMILTrainer(Trainer):
             self._identity = self.run_identity()
         identity = self._identity
         resume_stage, resume_path = None, None
+        if isinstance(resume_from_checkpoint, str) and not os.path.isdir(resume_from_checkpoint):
+            # A checkpoint on the Hub (hub_strategy): fetched into output_dir with the finished stages before it
+            # (dmil_hf.hub.checkpoints), then resumed from under the same rule as any other.
+            repo = self.publisher.repo_id if self.args.push_to_hub or self.args.hub_model_id else None
+            resume_from_checkpoint = self.publisher.fetch_checkpoint(resume_from_checkpoint, repo, self.accelerator) \
+                or resume_from_checkpoint
         if isinstance(resume_from_checkpoint, str):
             # One rule wherever the checkpoint lies (in output_dir, another folder, a download): it continues this
             # run when the identity of the run that wrote it is this run's.
@@ -340,6 +350,7 @@ class DMILTrainer(Trainer):
                 logger.warning("%s records no run identity (written before dmil_hf recorded one): nothing says its "
                                "stages belong to this run.", run.path)
             run.check_identity(identity)
+        self._pushes_checkpoints = bool(self.args.push_to_hub)
         if self.args.push_to_hub:
             # Before anything is trained, and before _claim_output_dir deletes an earlier run.
             self.publisher.check(self.accelerator)
@@ -455,7 +466,9 @@ class DMILTrainer(Trainer):
                 output.metrics["compile_seconds"] = self._first_steps.compile_seconds
                 logger.info("stage %d: torch.compile took about %.1f s (first step over the second)",
                             stage, self._first_steps.compile_seconds)
-            self._finish_stage(stage, output)  # its saved training_args.bin and evaluation are the stage's
+            self._finish_stage(stage, output)  # its saved training_args.json and evaluation are the stage's
+            if self._adapter_dir is not None and self.is_world_process_zero():
+                self._describe_adapter(self._adapter_dir, f"stage-{stage}/{ADAPTER_NAME}")
         return output
 
     @contextlib.contextmanager
@@ -524,6 +537,14 @@ class DMILTrainer(Trainer):
             model, stage, self.args.finetune_method, lora_kwargs=self._lora_kwargs(model)
         )
         return model
+
+    def _describe_adapter(self, adapter_dir: str, subfolder: str = ADAPTER_NAME) -> None:
+        """Make a saved LoRA adapter name what it applies to: the run's repo (whose stage folder before the fine-tuning
+        stage is the base, docs/hub.md; the output folder's name for a run that names none, until the push command
+        names the real one) at the branch the run pushes to, in its adapter_config.json (`lora.name_adapter_base`),
+        and its card (`subfolder`: where it lies in the repo). Main process."""
+        if name_adapter_base(adapter_dir, self.publisher.repo_id, self.args.hub_revision):
+            self.publisher.describe_adapter(adapter_dir, _unwrap(self.model).config, adapter_subfolder=subfolder)
 
     def _lora_kwargs(self, model: DMILForMultimodalClassification) -> dict[str, Any]:
         return {
@@ -777,6 +798,10 @@ class DMILTrainer(Trainer):
         checkpoint = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
         if self.args.should_save and self.stage is not None:
             self.run_folder.write_checkpoint_identity(checkpoint, self.stage)
+            if self._pushes_checkpoints:
+                # hub_strategy, as the Trainer would push it (the stage's own arguments leave push_to_hub off).
+                self.publisher.push_checkpoint(checkpoint, self.stage, self.state.global_step, self.args,
+                                               self.accelerator)
 
     # ---------------------------------------------------------------- saving and the Hub
 
@@ -816,9 +841,24 @@ class DMILTrainer(Trainer):
                 shutil.rmtree(target)
             if self._adapter_dir is not None:
                 shutil.copytree(self._adapter_dir, target)
-            self.write_model_card(path)
+                # (one loaded from an earlier run's stage folder may still name that machine's folder)
+                name_adapter_base(target, self.publisher.repo_id, self.args.hub_revision)
+            self.write_model_card(path)  # the model's card and the adapter's
         self.final_dir = path
         return path
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        if not is_checkpoint_folder(output_dir):
+            # A stage's result and final/ are published: their arguments as JSON, not the Trainer's pickle (a
+            # checkpoint keeps training_args.bin, as transformers writes it, beside its optimizer and RNG pickles).
+            write_training_arguments(output_dir, self.args)
+        elif self.stage is not None:
+            # A LoRA stage's checkpoint is its adapter: it names the run's repo, not this machine's stage folder.
+            name_adapter_base(output_dir, self.publisher.repo_id, self.args.hub_revision)
 
     def _gathered_model(self) -> torch.nn.Module | None:
         """Under FSDP, an unsharded copy of the model being trained (peft-wrapped like it, if it is) on the main
@@ -848,12 +888,50 @@ class DMILTrainer(Trainer):
     def write_model_card(self, path: str) -> None:
         """Write the model card of the model saved in `path` (`path/README.md`, linking `path/plots/*.png` if there
         are any): the publisher's `write_card`. Main process."""
-        self.publisher.write_card(path, _unwrap(self.model), self.args, self.stage_results)
+        self.publisher.write_card(path, _unwrap(self.model), self.args, self.stage_results,
+                                  eval_dataset=self.eval_dataset, **self._card_kwargs)
 
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs):
-        """Push the final model: weights, config, remote-code files, processor, LoRA adapter and the model card."""
+    @staticmethod
+    def _card_arguments(language: str | None = None, license: str | None = None, tags: str | list[str] | None = None,
+                        model_name: str | None = None, finetuned_from: str | None = None,
+                        tasks: str | list[str] | None = None, dataset_tags: str | list[str] | None = None,
+                        dataset: str | list[str] | None = None, dataset_args: str | list[str] | None = None,
+                        ) -> dict[str, Any]:
+        # transformers' Trainer.create_model_card arguments, the ones given.
+        given = dict(language=language, license=license, tags=tags, model_name=model_name,
+                     finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags, dataset=dataset,
+                     dataset_args=dataset_args)
+        return {name: value for name, value in given.items() if value is not None}
+
+    def create_model_card(self, language: str | None = None, license: str | None = None,
+                          tags: str | list[str] | None = None, model_name: str | None = None,
+                          finetuned_from: str | None = None, tasks: str | list[str] | None = None,
+                          dataset_tags: str | list[str] | None = None, dataset: str | list[str] | None = None,
+                          dataset_args: str | list[str] | None = None) -> None:
+        """transformers' `Trainer.create_model_card`, for the card of the final model (`final/README.md`, the repo
+        root's): the arguments are kept for every card this trainer writes, and a saved final model's card is written
+        again with them. What they fill (metadata, model-index) is `dmil_hf.hub.model_card.render_model_card`'s."""
+        self._card_kwargs.update(self._card_arguments(
+            language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from,
+            tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args,
+        ))
+        if self.final_dir is not None and self.is_world_process_zero():
+            self.write_model_card(self.final_dir)
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):
+        """transformers' `Trainer.push_to_hub` for a DMIL run: save the final model (`save_final`: weights, config,
+        remote code, processor, LoRA adapter, card) and upload the run, the finished stages not uploaded yet to
+        `stage-k/` and the final model to the repo root (`DMILRunPublisher.push`). `token`, `revision` and `private`
+        override `hub_token`, `hub_revision` and `hub_private_repo` for this push; `blocking=False` returns a
+        `Future` of the final upload; `kwargs` are the model card's (`create_model_card`'s arguments: language,
+        license, tags, model_name, finetuned_from, tasks, dataset_tags, dataset, dataset_args). Returns the final
+        upload's `CommitInfo` on the main process, None on the others."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        self._card_kwargs.update(self._card_arguments(**kwargs))
         folder = self.save_final()
-        return self.publisher.push(folder, message=commit_message or "End of training", accelerator=self.accelerator)
+        return self.publisher.push(folder, message=commit_message or "End of training", accelerator=self.accelerator,
+                                   token=token, revision=revision, private=private, blocking=blocking)
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         # The repo is created at the first push; creating it in __init__ would touch the Hub before any work is done.

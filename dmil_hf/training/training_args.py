@@ -10,6 +10,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -95,7 +96,7 @@ class DMILTrainingArguments(TrainingArguments):
             self.label_names = ["labels"]
         if self.hub_model_id is not None:
             # Checked offline now, not by the Hub after training (nor pasted as given into the model card).
-            from ..hub.publisher import check_repo_id
+            from ..hub.repo_ids import check_repo_id
 
             self.hub_model_id = check_repo_id(self.hub_model_id, "hub_model_id (--hub_model_id)")
 
@@ -139,6 +140,31 @@ class DMILTrainingArguments(TrainingArguments):
             # (model parallel); the copy computed its own from the visible GPUs.
             staged._n_gpu = self._n_gpu
         return staged
+
+
+class SavedTrainingArguments(SimpleNamespace):
+    """The arguments of a finished run as its `training_args.json` records them (`run_folder.write_training_arguments`),
+    read back without building a `TrainingArguments` (which would set up devices, and refuse bf16 on a machine
+    without a GPU): every field as an attribute, and the stage schedule's `stage_list` and `stage_value`.
+
+    Example:
+
+    ```python
+    >>> from dmil_hf.training.training_args import SavedTrainingArguments
+    >>> args = SavedTrainingArguments(stages="1,2,3", learning_rate=5e-5, stage3_learning_rate=1e-5)
+    >>> args.stage_list, args.stage_value("learning_rate", 3), args.stage_value("learning_rate", 1)
+    ([1, 2, 3], 1e-05, 5e-05)
+    ```
+    """
+
+    stage_list = DMILTrainingArguments.stage_list
+    stage_value = DMILTrainingArguments.stage_value
+
+    def __getattr__(self, name: str) -> Any:
+        # A field the file lacks (written by an older release, or a stage field left unset): None, as unset.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
 
 
 def _accelerate_is_set_up() -> bool:

@@ -78,7 +78,7 @@ def test_save_models_keeps_each_run_and_changes_no_number(bench, tmp_path):
     for method in ("ensemble", "i2m2", "dmil"):
         run = kept / "balanced" / "seed0" / method
         card = (run / "final" / "README.md").read_text()
-        assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "training_args.bin").is_file()
+        assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "training_args.json").is_file()
         results = json.loads((run / "eval_results.json").read_text())
         last = max(results["stages"], key=int)
         assert results["stages"][last]["eval_accuracy"] == results["eval_accuracy"]

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from transformers import AutoModel
 
 from dmil_hf.testing_utils import import_cli, run_cli, write_user_dataset
@@ -144,5 +143,5 @@ def test_two_cpu_processes_ddp(tmp_path):
     assert state["stage"] == 1
     # 64 samples, 16 per device, 2 processes: 2 optimizer steps per epoch (one process would take 4).
     assert state["metrics"]["train_steps_per_second"] > 0
-    args = torch.load(tmp_path / "ddp" / "final" / "training_args.bin", weights_only=False)
-    assert args.world_size == 2
+    assert state["global_step"] == 2
+    assert not (tmp_path / "ddp" / "final" / "training_args.bin").exists()  # final/ holds JSON arguments, no pickle

@@ -53,7 +53,8 @@ def test_readme_python_blocks_run_in_order_in_an_empty_folder(tmp_path):
 
 # What each page's session prints that a reader is told it prints.
 DOCS_OUTPUT = {"modalities.md": "'uniqueness_flow': 0.0", "problem_types.md": "regression torch.Size([8, 1])",
-               "training.md": "(16, 5)", "inference.md": "torch.Size([3, 3]) torch.Size([3, 4])"}
+               "training.md": "(16, 5)", "inference.md": "torch.Size([3, 3]) torch.Size([3, 4])",
+               "hub.md": "dmil_hf True"}
 
 
 @pytest.mark.parametrize("page", [page for page in DOCS if python_blocks(page)], ids=lambda page: page.name)

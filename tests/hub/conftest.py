@@ -1,10 +1,10 @@
-"""The Hub tests' shared fixture: huggingface_hub online against the loopback interface only (a local fake Hub,
-tests/fake_hub.py, or a closed local port), with no stored token."""
+"""The Hub tests' shared fixtures: huggingface_hub online against the loopback interface only (a local fake Hub,
+tests/fake_hub.py, or a closed local port), with no stored token; and a fake Hub to talk to."""
 
 import socket
 
 import pytest
-from fake_hub import closed_endpoint
+from fake_hub import FakeHub, closed_endpoint
 
 
 @pytest.fixture
@@ -39,7 +39,16 @@ def online(monkeypatch, tmp_path):
 
     def set_endpoint(endpoint):
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        # Built from the endpoint at import time; downloads without an explicit endpoint (a model card's) read it.
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
         return endpoint
 
     set_endpoint(closed_endpoint())
     return set_endpoint
+
+
+@pytest.fixture
+def hub(tmp_path, online):
+    with FakeHub(tmp_path / "hub") as fake:
+        online(fake.endpoint)
+        yield fake

@@ -91,7 +91,7 @@ def checkpoints(tmp_path):
         model.save_pretrained(run / "stage-1")  # a finished stage: publish pushes it to stage-1/
         RunFolder(run).mark_stage_finished(1, {}, adapter=False, global_step=1, log_history=[])
         (run / "final" / "config.json").write_text(json.dumps(kept[cards.CONFIG]))
-        torch.save(_arguments(kept[cards.ARGUMENTS]), run / "final" / "training_args.bin")
+        (run / "final" / "training_args.json").write_text(_arguments(kept[cards.ARGUMENTS]).to_json_string())
         (run / "eval_results.json").write_text(json.dumps({"stages": kept[cards.STAGE_RESULTS]}))
     return runs
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import sys
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
@@ -16,6 +20,11 @@ from .stages_dmil import DEFAULT_KEY, IMAGE_SLOT_NAME, WEIGHT_FIELDS, per_modali
 logger = logging.get_logger(__name__)
 
 PARADIGMS = ("dmil", "joint", "ensemble", "two_stage", "i2m2")
+# The pipeline task a saved DMIL model serves, and its entry in config.custom_pipelines as transformers'
+# `Pipeline.save_pretrained` writes it: `pipeline()` reads it to load the pipeline class from the saved code.
+PIPELINE_TASK = "multimodal-classification"
+PIPELINE_CODE = "pipeline_dmil.py"
+PIPELINE_ENTRY = {"impl": "pipeline_dmil.MultimodalClassificationPipeline", "pt": ["AutoModel"], "type": "multimodal"}
 # Registries of DMIL's swappable parts (the modules live in modeling_dmil; the names are checked here).
 SYNERGY_FUSION_NAMES = ("linear", "mlp")
 REDUNDANCY_READOUT_NAMES = ("joint", "per_modality", "unimodal_product")
@@ -175,6 +184,32 @@ def _clip_length(row: Modality, backbone: PretrainedConfig) -> int | None:
             f"exactly {fixed} frames"
         )
     return fixed
+
+
+def pipeline_code_file() -> Path | None:
+    """The pipeline's code beside this module (the package's, or a Hub copy's among transformers' remote-code modules),
+    or None where it is not there: remote code of a repo saved before it carried the pipeline, or a model loaded
+    through `AutoModel` alone, for which transformers fetched only the model's own modules."""
+    module = sys.modules.get(__name__)
+    path = Path(module.__file__).with_name(PIPELINE_CODE) if module and getattr(module, "__file__", None) else None
+    return path if path is not None and path.is_file() else None
+
+
+def copy_pipeline_code(save_directory: str | os.PathLike) -> list[str]:
+    """Copy `pipeline_dmil.py` and every module of the model unit it imports into `save_directory` (as transformers'
+    `custom_object_save` copies a model's code); returns the files written, none when the code is not here."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    source = pipeline_code_file()
+    if source is None:
+        return []
+    written = []
+    for path in [str(source), *get_relative_import_files(str(source))]:
+        target = os.path.join(save_directory, os.path.basename(path))
+        if os.path.abspath(path) != os.path.abspath(target):
+            shutil.copyfile(path, target)
+        written.append(target)
+    return written
 
 
 class _SubConfigs:
@@ -459,10 +494,10 @@ class DMILConfig(PretrainedConfig):
             raise ValueError(f"fast_paths must be a list of names in {sorted(FAST_PATHS)}, got {fast_paths!r}")
         self.fast_paths = list(fast_paths)
         custom = kwargs.get("custom_pipelines")
-        if custom and "multimodal-classification" in custom and __name__.startswith("dmil_hf."):
+        if custom and PIPELINE_TASK in custom and __name__.startswith("dmil_hf."):
             # Loaded through the installed package, whose registry already has the task: a custom_pipelines entry
             # would make pipeline() insist on trust_remote_code. Loaded as Hub remote code, the entry stays.
-            custom = {k: v for k, v in custom.items() if k != "multimodal-classification"}
+            custom = {k: v for k, v in custom.items() if k != PIPELINE_TASK}
             if custom:
                 kwargs["custom_pipelines"] = custom
             else:
@@ -481,6 +516,14 @@ class DMILConfig(PretrainedConfig):
         if self.num_labels < 1:
             # Every head would have no output: a loss of an empty tensor, NaN, at the first step.
             raise ValueError(f"num_labels must be at least 1 (classes, labels or regression targets), got {self.num_labels}")
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """`PretrainedConfig.save_pretrained`, and a config that names the pipeline in `custom_pipelines` (as a DMIL
+        model's `save_pretrained` sets it while it saves) also saves the pipeline's code beside it, as `auto_map` saves
+        the model's: `pipeline_dmil.py` and the modules it imports."""
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if PIPELINE_TASK in (getattr(self, "custom_pipelines", None) or {}):
+            copy_pipeline_code(save_directory)
 
     @classmethod
     def reference(cls, **kwargs) -> "DMILConfig":

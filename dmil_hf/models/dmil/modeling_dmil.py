@@ -29,7 +29,7 @@ from .backbones_dmil import (
     backbone_width,
     check_backbone_fits,
 )
-from .configuration_dmil import DMILConfig, _as_backbone_config
+from .configuration_dmil import PIPELINE_ENTRY, PIPELINE_TASK, DMILConfig, _as_backbone_config, pipeline_code_file
 from .feature_encoder_dmil import DMILFeatureEncoder, DMILFeatureEncoderConfig
 from .heads_dmil import (  # noqa: F401  (re-exported: the method's modules, importable from the model file)
     GATE_OBJECTIVES,
@@ -143,6 +143,34 @@ class DMILPreTrainedModel(PreTrainedModel):
                 ", ".join(nonfinite[:3]),
             )
         return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained` (and so `push_to_hub`), with the "multimodal-classification" pipeline
+        declared as transformers' `Pipeline.save_pretrained` declares one: `config.custom_pipelines` names
+        `pipeline_dmil.MultimodalClassificationPipeline` and its code is saved beside the model's remote code. The
+        folder (or Hub repo) then serves `pipeline("multimodal-classification", model=..., trust_remote_code=True)`
+        where dmil_hf is not installed; where it is imported, its registered task serves the folder without
+        `trust_remote_code`. The caller's config is left as it was.
+
+        The processor is no part of the model: save it into the same folder (`processor.save_pretrained(folder)`,
+        what `save_for_pipeline` and `DMILTrainer` do), or give it to the pipeline (`pipeline(..., processor=...)`).
+        """
+        # Only where the model's code is saved with it (its class registered for the Auto classes, as importing
+        # dmil_hf does) and the pipeline's code is at hand to be copied (DMILConfig.save_pretrained copies it).
+        declares = self.is_remote_code() and pipeline_code_file() is not None
+        config = self.config
+        had, previous = "custom_pipelines" in config.__dict__, config.__dict__.get("custom_pipelines")
+        if declares:
+            # An entry already there wins (a pipeline subclass saving itself, `Pipeline.save_pretrained`).
+            config.custom_pipelines = {PIPELINE_TASK: dict(PIPELINE_ENTRY), **(previous or {})}
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            if declares:
+                if had:
+                    config.custom_pipelines = previous
+                else:
+                    del config.custom_pipelines
 
     @property
     def is_gradient_checkpointing(self) -> bool:

@@ -21,10 +21,11 @@ from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
+from .configuration_dmil import PIPELINE_TASK
 from .modeling_dmil import nonfinite_parameters
 from .problem_types_dmil import PROBLEM_TYPES, REGRESSION, resolve_problem_type
 
-TASK = "multimodal-classification"
+TASK = PIPELINE_TASK
 # The three-slot modalities' input keys (the model's config.modalities call images "vision"); every modality is also
 # its own key (`rgb`, `flow`, `facs`, `vision`).
 INPUT_KEYS = {"text": "text", "image": "vision", "audio": "audio"}

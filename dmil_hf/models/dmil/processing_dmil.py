@@ -36,6 +36,8 @@ from .modalities_dmil import KINDS, LEGACY_MODALITIES, Modality, input_names, po
 
 # The three-slot modalities' processor attributes, in the order of the model's `modality_mask` columns.
 SUB_PROCESSORS = {"text": "tokenizer", "vision": "image_processor", "audio": "feature_extractor"}
+# The files a saved processor leaves (its own config, or one of a sub-processor's): a folder with none holds none.
+SAVED_PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json")
 # The processor arguments of the three-slot modalities (the names transformers' processors use); every modality can
 # also be given by its name.
 MODALITY_ARGUMENTS = {"text": "text", "vision": "images", "audio": "audio"}
@@ -433,6 +435,18 @@ class DMILProcessor(ProcessorMixin):
         the image processor goes through `load_image_processor` (a PIL class where the Auto class needs
         torchvision). Consumes `subfolder` and the given sub-processors from `kwargs`."""
         subfolder = kwargs.pop("subfolder", "")
+        folder = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder) if subfolder else \
+            os.fspath(pretrained_model_name_or_path)
+        if not processor_dict and os.path.isdir(folder) and not any(
+            os.path.isfile(os.path.join(folder, name)) for name in SAVED_PROCESSOR_FILES
+        ):
+            # Each sub-processor's Auto class would fail in its own words (a tokenizer it cannot build from the
+            # backbone config): say what is missing instead. A model saved on its own has no processor.
+            raise OSError(
+                f"{folder} holds no DMILProcessor (none of {', '.join(SAVED_PROCESSOR_FILES)}): a model saved with "
+                "save_pretrained has no processor of its own. Save one into the folder (processor.save_pretrained("
+                "folder), as save_for_pipeline and DMILTrainer do), or pass it: pipeline(..., processor=processor)."
+            )
         loaded = {}
         for attribute in SUB_PROCESSORS.values():
             given = kwargs.pop(attribute, None)
