@@ -103,3 +103,18 @@ def test_gpu_check_dry_run(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"speed_eager", "speed_fast_paths", "speed_compile", "speed_compile_fast", "trainer_loop"}
     assert all(isinstance(value, dict) for value in summary.values()), summary
+
+
+def test_unimodal_takeoff(tmp_path):
+    """The trace of each modality's unimodal CE over training (DMIL's collapsing seed): one curve point per log."""
+    out = tmp_path / "takeoff.json"
+    run_script(python("unimodal_takeoff.py", "--seeds", "0", "--methods", "ensemble,dmil", "--steps", "6",
+                      "--n-train", "24", "--n-test", "16", "--batch-size", "8", "--log-every", "1", "--out", str(out)),
+               tmp_path)
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["method"] for r in runs] == ["ensemble", "dmil"]
+    dmil = runs[1]
+    # DMIL logs its unimodal CEs in stages 1 and 3 (stage 2 trains no unimodal head by default).
+    assert {c["stage"] for c in dmil["curves"]} == {1, 3}
+    assert all({"ce_modality_vision", "ce_modality_audio"} <= set(c) for c in dmil["curves"])
+    assert 0.0 <= dmil["unimodal_accuracy_vision"] <= 1.0
