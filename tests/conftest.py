@@ -33,6 +33,12 @@ SLOW = {
     ),
     # two-process distributed runs (gloo on CPU through accelerate launch)
     "training/test_distributed_fsdp.py": ("*",),
+    # DeepSpeed ZeRO-2/3 on CPU processes (skipped where deepspeed is not installed)
+    "training/test_distributed_deepspeed.py": (
+        "test_zero3_on_one_process_gives_the_plain_runs_stages_merged_model_and_adapter",
+        "test_zero2_and_zero3_on_two_cpu_processes_give_the_ddp_runs_results",
+        "test_zero3_without_whole_model_saves_is_refused_before_training",
+    ),
     "cli/test_cli.py": ("test_two_cpu_processes_ddp",),
     "hub/test_hub_preflight.py": (
         "test_ddp_every_process_stops_at_a_failed_check",

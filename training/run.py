@@ -19,6 +19,7 @@ Devices, mixed precision and distribution come from `accelerate launch` through 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -496,13 +497,26 @@ def write_json(path: str, values: dict) -> str:
     return path
 
 
+def data_preparation(training_args: TrainingArguments):
+    """The context the data and the model are prepared in: the main process first (it fills the `datasets` cache
+    that the others then read), except under DeepSpeed ZeRO-3. There transformers builds every model inside
+    `deepspeed.zero.Init` (the Trainer's arguments register the ZeRO-3 config, whatever accelerate's
+    `zero3_init_flag` says), which partitions each parameter as it is created: a collective that every process must
+    enter together, so one process building the model while the others wait at the barrier would wait forever."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    return training_args.main_process_first(desc="dataset preparation")
+
+
 def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     model_args, data_args, training_args, config_file = parse_arguments(sys.argv[1:] if argv is None else argv)
     check_modes(model_args, training_args)
     claim_result_files(training_args)
     RUN_FOLDER["output_dir"] = training_args.output_dir if training_args.do_train else None
-    from transformers import set_seed
+    from transformers import AutoModel, set_seed
 
     from dmil_hf import DMILForMultimodalClassification, DMILTrainer
     from dmil_hf.evaluation import make_compute_metrics
@@ -512,15 +526,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     set_seed(training_args.seed)
     collator = None
-    with training_args.main_process_first(desc="dataset preparation"):
+    with data_preparation(training_args):
         if data_args.dataset_name == "synthetic" and not (
             data_args.train_file or data_args.validation_file or data_args.test_file
         ):
             train, evaluation, config, processor = load_synthetic(data_args, model_args, training_args.seed)
             train, evaluation = select_samples(train, evaluation, data_args)
             test = first_rows(evaluation, data_args.max_predict_samples)  # the benchmark's held-out split
+            # From the config through AutoModel (not the class's constructor): under DeepSpeed ZeRO-3 transformers
+            # then builds the whole model inside one zero.Init and initializes it gathered, where the constructor
+            # would initialize the already partitioned backbones again (empty tensors on all but one process).
             model = (DMILForMultimodalClassification.from_pretrained(model_args.model_name_or_path)
-                     if model_args.model_name_or_path else DMILForMultimodalClassification(config))
+                     if model_args.model_name_or_path else AutoModel.from_config(config))
         else:
             model, processor, collator, splits = prepare_user_data(model_args, data_args, training_args.do_train)
             train, evaluation, test = splits["training"], splits["validation"], splits["test"]

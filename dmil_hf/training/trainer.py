@@ -297,6 +297,26 @@ class DMILTrainer(Trainer):
                 "FSDP was asked for (ACCELERATE_USE_FSDP) but Accelerate runs %s: it has no FSDP on CPU, so the model "
                 "is replicated in each process (DDP), not sharded.", self.accelerator.distributed_type,
             )
+        deepspeed_asked = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        if deepspeed_asked and not self.is_deepspeed_enabled and self.is_world_process_zero():
+            # accelerate/state.py AcceleratorState.__init__: DeepSpeed only `and not cpu`, and ACCELERATE_USE_CPU=1
+            # (the launcher's --cpu / --use_cpu) makes every process cpu. --use_cpu true of the training arguments
+            # keeps DeepSpeed (docs/distributed.md).
+            logger.warning(
+                "DeepSpeed was asked for (ACCELERATE_USE_DEEPSPEED) but Accelerate runs %s: on CPU, launch without "
+                "the launcher's --cpu / ACCELERATE_USE_CPU=1 and pass --use_cpu true to the training script instead.",
+                self.accelerator.distributed_type,
+            )
+        if self.is_deepspeed_enabled:
+            zero = self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+            if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
+                # Each stage starts from the previous one's saved model, and a LoRA stage merges gathered weights:
+                # without whole-model saves a ZeRO-3 stage leaves only DeepSpeed's sharded checkpoint behind.
+                raise ValueError(
+                    "DeepSpeed ZeRO-3 needs whole-model saves for DMIL's stages: set zero3_save_16bit_model: true in "
+                    "the accelerate config (stage3_gather_16bit_weights_on_model_save: true in a DeepSpeed JSON), as "
+                    "training/configs/accelerate/deepspeed_zero3.yaml does."
+                )
 
     # ---------------------------------------------------------------- stage orchestration
 
@@ -443,12 +463,7 @@ class DMILTrainer(Trainer):
             return self._run_stage_quietly(stage, checkpoint, **kwargs)
 
     def _run_stage_quietly(self, stage: int, checkpoint: str | None, **kwargs):
-        # Each stage starts from its own seed, whatever ran before it in this process: a stage started after a resume
-        # (the previous stages loaded from disk) draws its LoRA init, data order and dropout as it would have in an
-        # uninterrupted run. (Resuming inside a stage restores the checkpoint's RNG state over this.)
-        seed = self.args.seed + stage - 1
-        enable_full_determinism(seed) if self.args.full_determinism else set_seed(seed)
-        model = self._model_for_stage(stage)
+        model = self._model_for_stage(stage)  # seeds the stage's random numbers
         self._install_model(model)
         self.stage = stage
         if self._progress is not None:
@@ -515,12 +530,13 @@ class DMILTrainer(Trainer):
             yield self.args
         finally:
             self.args = given
-            if getattr(given, "hf_deepspeed_config", None) is not None:
+            if self._deepspeed_config() is not None:
                 # Under DeepSpeed the copy's __post_init__ registered its own config as transformers' global one (a
-                # weak reference, read by is_deepspeed_zero3_enabled): the caller's takes its place again.
+                # weak reference, read by is_deepspeed_zero3_enabled, which would die with the copy): the Trainer's
+                # takes its place again.
                 from transformers.integrations.deepspeed import set_hf_deepspeed_config
 
-                set_hf_deepspeed_config(given.hf_deepspeed_config)
+                set_hf_deepspeed_config(self._deepspeed_config())
 
     def _model_for_stage(self, stage: int) -> torch.nn.Module:
         """Load the previous stage's saved result (the start of this stage) and set what trains."""
@@ -533,6 +549,13 @@ class DMILTrainer(Trainer):
             model = type(current).from_pretrained(previous, dtype=torch.float32)
         else:
             model = current
+        # Each stage starts from its own seed, whatever ran before it in this process: a stage started after a resume
+        # (the previous stages loaded from disk) draws its LoRA init, data order and dropout as it would have in an
+        # uninterrupted run. (Resuming inside a stage restores the checkpoint's RNG state over this.) Seeded once the
+        # stage's start is loaded, so that those draws do not depend on how it was loaded either: a load inside
+        # DeepSpeed ZeRO-3's zero.Init draws random numbers, a plain one none.
+        seed = self.args.seed + stage - 1
+        enable_full_determinism(seed) if self.args.full_determinism else set_seed(seed)
         model, self._frozen_modules = prepare_model_for_stage(
             model, stage, self.args.finetune_method, lora_kwargs=self._lora_kwargs(model)
         )
@@ -562,10 +585,12 @@ class DMILTrainer(Trainer):
         stage_dir = self.run_folder.stage_dir(stage)
         is_peft = hasattr(self.model, "merge_and_unload")
         self._adapter_dir = self.run_folder.stage_adapter_dir(stage) if is_peft else None
-        if self.is_fsdp_enabled and _is_sharded(self.model):
+        if (self.is_fsdp_enabled and _is_sharded(self.model)) or (self.is_deepspeed_enabled and is_peft):
             # FSDP: the weights are sharded across processes (a peft model cannot be merged or saved like that), and
-            # Trainer.save_model writes nothing under a SHARDED_STATE_DICT setting. The main process saves a gathered
-            # copy; under LoRA every process then continues with the merged model read back.
+            # Trainer.save_model writes nothing under a SHARDED_STATE_DICT setting. DeepSpeed: under ZeRO-3 each
+            # parameter holds only its partition (merge_and_unload would merge into empty tensors), and under any
+            # stage Trainer.save_model saves through the engine, which keeps the unmerged peft model. The main
+            # process saves a gathered copy; under LoRA every process then continues with the merged model read back.
             plain = self._gathered_model()
             if plain is not None:
                 if is_peft:
@@ -574,7 +599,8 @@ class DMILTrainer(Trainer):
                 self._save_unsharded(plain, stage_dir)
             self.accelerator.wait_for_everyone()
             if is_peft:
-                model = _own_class(_unwrap(self.model)).from_pretrained(stage_dir, dtype=torch.float32)
+                with self._whole_models():  # (ZeRO-3) no engine will hold it: evaluated and saved as it is
+                    model = _own_class(_unwrap(self.model)).from_pretrained(stage_dir, dtype=torch.float32)
                 self._install_model(model)
         else:
             with writing(stage_dir, f"stage {stage}'s result"):
@@ -619,7 +645,10 @@ class DMILTrainer(Trainer):
         self.stage_results[stage] = finished.metrics
         self._record_stage_log(stage, finished.global_step, finished.log_history)
         self._adapter_dir = finished.adapter_dir
-        model = type(_unwrap(self.model)).from_pretrained(self.run_folder.stage_dir(stage), dtype=torch.float32)
+        # Whole under ZeRO-3 too: no engine holds it unless a later stage trains it (its engine partitions it then);
+        # saved as final/ as it is otherwise.
+        with self._whole_models():
+            model = type(_unwrap(self.model)).from_pretrained(self.run_folder.stage_dir(stage), dtype=torch.float32)
         self._install_model(model)
         self.stage = stage
 
@@ -815,6 +844,12 @@ class DMILTrainer(Trainer):
             if self.is_world_process_zero():
                 model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
                 self._save_unsharded(model, path)
+        elif self.is_deepspeed_enabled and self.model_wrapped is not self.deepspeed:
+            # A model installed after the last DeepSpeed engine was built (a LoRA stage's merged model, read back
+            # whole): Trainer.save_model would save through that engine, which holds the stage's peft model.
+            model = _unwrap(self.model)
+            with writing(path, "the final model"):
+                self._save(path)
         else:
             model = _unwrap(self.model)
             with writing(path, "the final model"):
@@ -861,15 +896,18 @@ class DMILTrainer(Trainer):
             name_adapter_base(output_dir, self.publisher.repo_id, self.args.hub_revision)
 
     def _gathered_model(self) -> torch.nn.Module | None:
-        """Under FSDP, an unsharded copy of the model being trained (peft-wrapped like it, if it is) on the main
-        process, None on the others. Every process must call this: gathering the weights is a collective."""
-        state_dict = self.accelerator.get_state_dict(self.model)  # FSDP1 and FSDP2: the full weights on rank 0 only
+        """Under FSDP or DeepSpeed, an unsharded copy of the model being trained (peft-wrapped like it, if it is) on
+        the main process, None on the others. Every process must call this: gathering the weights is a collective."""
+        # FSDP1 and FSDP2: the full weights on rank 0 only. DeepSpeed: accelerate asks the engine (ZeRO-3: its
+        # consolidated 16-bit state dict, which needs zero3_save_16bit_model, on rank 0 only; ZeRO-1/2: the module's).
+        state_dict = self.accelerator.get_state_dict(self.deepspeed if self.is_deepspeed_enabled else self.model)
         if not self.is_world_process_zero():
             return None
         base = _unwrap(self.model)
         # Building the copy draws random initial weights: on rank 0 only, so outside the training RNG stream (which
-        # would otherwise move on rank 0 alone and change the dropout of the stages that follow).
-        with torch.random.fork_rng(devices=[]):
+        # would otherwise move on rank 0 alone and change the dropout of the stages that follow); and whole, as
+        # zero.Init's partitioning would wait for the other processes.
+        with torch.random.fork_rng(devices=[]), self._whole_models():
             model = _own_class(base)(base.config)
             if hasattr(self.model, "merge_and_unload"):
                 model = add_lora(model, **self._lora_kwargs(model))
@@ -884,6 +922,36 @@ class DMILTrainer(Trainer):
             self._save(output_dir)
         finally:
             self.model = trained
+
+    @contextlib.contextmanager
+    def _whole_models(self) -> Iterator[None]:
+        """Build or load models whole (not partitioned) inside this block, also under DeepSpeed ZeRO-3.
+
+        While a ZeRO-3 config is registered with transformers (`is_deepspeed_zero3_enabled`: the training arguments
+        and the Trainer register it), every `from_pretrained` and `from_config` builds the model inside
+        `deepspeed.zero.Init`, which partitions each parameter across the processes as it is created. That suits a
+        model an engine will train, not one copy built on the main process alone (the partitioning is a collective, so
+        it would wait forever) nor the merged model of a finished LoRA stage, which no engine holds. transformers' own
+        switch is that registration: removed here, and the Trainer's DeepSpeed config registered afterwards.
+        """
+        config = self._deepspeed_config()
+        if config is None or not config.is_zero3():
+            yield
+            return
+        from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            set_hf_deepspeed_config(config)
+
+    def _deepspeed_config(self) -> Any:
+        """The Trainer's DeepSpeed config (the `HfDeepSpeedConfig` of the Accelerator's DeepSpeed plugin, with the
+        training arguments' values in place of "auto"), None without DeepSpeed. It lives as long as the Trainer, where
+        the one a copy of the training arguments registers with transformers goes with the copy."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None) if self.is_deepspeed_enabled else None
+        return getattr(plugin, "hf_ds_config", None)
 
     def write_model_card(self, path: str) -> None:
         """Write the model card of the model saved in `path` (`path/README.md`, linking `path/plots/*.png` if there

@@ -1,10 +1,12 @@
 """The accelerate configs in training/configs/accelerate/ (DDP, FSDP2, DeepSpeed ZeRO-2/3, multi-node) load with
 accelerate's own loader and resolve, through `accelerate launch`'s own argument handling, to the environment and
 plugins a launch would give the training processes; and FSDP's transformer auto-wrap finds every backbone's layers
-through DMIL's `_no_split_modules`. All on CPU, without a process group: accelerate refuses FSDP and DeepSpeed on a
-CPU launch (docs/distributed.md says where), so what a GPU launch would do is checked up to the model's wrapping."""
+through DMIL's `_no_split_modules`. All on CPU, without a process group: accelerate refuses FSDP on a CPU launch
+(docs/distributed.md says where), so what a GPU launch would do is checked up to the model's wrapping. (DeepSpeed does
+run on CPU processes: test_distributed_deepspeed.py.) Also the DeepSpeed JSONs for torchrun (training/configs/deepspeed)."""
 
 import collections
+import json
 import os
 from pathlib import Path
 from unittest import mock
@@ -98,6 +100,22 @@ def test_config_resolves_as_accelerate_launch_resolves_it(name):
         assert plugin.zero3_init_flag is False
     else:
         assert "ACCELERATE_USE_FSDP" not in env and "ACCELERATE_USE_DEEPSPEED" not in env
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_json_for_torchrun_leaves_the_batch_sizes_to_the_trainer(stage):
+    # training/configs/deepspeed/zero{2,3}.json: the Trainer's --deepspeed (torchrun, or any launcher).
+    path = CONFIGS.parent / "deepspeed" / f"zero{stage}.json"
+    config = json.loads(path.read_text())
+    assert config["train_micro_batch_size_per_gpu"] == config["gradient_accumulation_steps"] == "auto"
+    assert config["gradient_clipping"] == "auto"
+    # DeepSpeed derives it (micro batch x accumulation x world size). "auto" would be filled from the training
+    # arguments, and a ZeRO-3 model built before DeepSpeed's process group exists (CPU processes) is checked against a
+    # world size of 1: "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size".
+    assert "train_batch_size" not in config
+    assert config["zero_optimization"].get("stage3_gather_16bit_weights_on_model_save", False) is (stage == 3)
+    plugin = DeepSpeedPlugin(hf_ds_config=str(path))  # accelerate's reading of it, without deepspeed installed
+    assert plugin.zero_stage == stage
 
 
 def _base_pretrained_model(audio="wav2vec2", vision="vit", text="bert"):
