@@ -259,7 +259,7 @@ def _ddp_run(tmp_path, endpoint, port):
     args = ["--synthetic_train_size", "32", "--synthetic_eval_size", "16", "--synthetic_modalities", "text,vision",
             "--max_steps", "1", "--per_device_train_batch_size", "8", "--save_strategy", "no",
             "--output_dir", str(tmp_path / "run"), "--push_to_hub", "true", "--hub_model_id", "someone/ddp",
-            "--hub_token", "hf_fake"]
+            "--hub_token", "hf_fake", "--hub_strategy", "end"]  # stage uploads only: no background pushes
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": REPO,
            "ACCELERATE_USE_CPU": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("HF_HUB_OFFLINE", None)

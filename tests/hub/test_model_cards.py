@@ -167,8 +167,10 @@ def test_publish_pushes_each_checkpoint_with_its_card(tmp_path, checkpoints, cap
 
 
 def test_make_publish_offline_stops_with_one_line(checkpoints):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["make", "publish", f"PY={sys.executable}", f"MODEL_CARD_RUNS={checkpoints}"],
+    # Not make's own variables: under `make test` the inner make would print "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(["make", "--no-print-directory", "publish", f"PY={sys.executable}", f"MODEL_CARD_RUNS={checkpoints}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert done.stdout == ""
