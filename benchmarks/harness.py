@@ -462,6 +462,13 @@ def apply_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, s
 # ---------------------------------------------------------------------- output
 
 
+def write_report(report: dict[str, Any], out: str) -> None:
+    """Write a benchmark's JSON report to `out` (its folder made if missing) and say where."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
 def emit(report: dict[str, Any], out: str | None, chart: str | None = None) -> None:
     """Print the tables; write the JSON to `out` and the chart to `chart` (default: `out` with .png)."""
     print()
@@ -475,9 +482,7 @@ def emit(report: dict[str, Any], out: str | None, chart: str | None = None) -> N
     print(f"\n{UNIMODAL_REFERENCE}.\n{report['budget']}.\n{report['robustness']}.\n"
           f"wall time {report['wall_time_s']:.0f} s")
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=2))
-        print(f"wrote {out}")
+        write_report(report, out)
     chart = chart or (str(Path(out).with_suffix(".png")) if out else None)
     if chart and write_chart(report, chart):
         print(f"wrote {chart}")

@@ -20,7 +20,6 @@ synergy, as on the classification benchmark.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -52,6 +51,7 @@ from harness import (  # noqa: E402
     mean_std,
     parse_method,
     train_and_predict,
+    write_report,
 )
 
 
@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(tables(report))
     print(f"wall time {report['wall_time_s']:.0f} s")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+        write_report(report, args.out)
     return report
 
 

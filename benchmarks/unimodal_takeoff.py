@@ -14,7 +14,6 @@ with the loss terms logged every `--log-every` steps.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from dataclasses import replace
@@ -24,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import parse_method, training_arguments  # noqa: E402  (sets HF_HUB_OFFLINE before transformers)
+from harness import parse_method, training_arguments, write_report  # noqa: E402  (sets HF_HUB_OFFLINE before transformers)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -94,9 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               for s, c in sorted(ends.items())), flush=True)
     report = {"benchmark": "unimodal take-off (real signals, quick setting)", "runs": runs}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.out}")
+        write_report(report, args.out)
     return report
 
 
