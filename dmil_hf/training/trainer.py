@@ -30,7 +30,7 @@ from transformers.trainer_utils import TrainOutput
 from transformers.utils import is_sagemaker_mp_enabled
 
 from ..models.dmil.modeling_dmil import DMILForMultimodalClassification
-from ..models.dmil.stages_dmil import stage_plans
+from ..models.dmil.stages_dmil import stage_plan, stage_plans
 from .callbacks import FirstStepTimes, use_console_callbacks, without_nested_bars
 from .lora import add_lora, load_adapter_exactly, lora_target_regex, name_adapter_base
 from .run_folder import (
@@ -97,6 +97,25 @@ def _load_model_exactly(model: PreTrainedModel, checkpoint: str) -> None:
     model.load_state_dict(loaded.state_dict(), strict=True)
 
 
+
+
+def split_parameter_groups(optimizer: torch.optim.Optimizer, rates: dict[int, float]) -> None:
+    """Move the parameters named in `rates` (`id(parameter)` -> learning rate) out of the optimizer's groups into
+    groups of their own, one per (group, rate), each with its group's other settings (weight decay) and its rate.
+    Before the first step only: the optimizer holds no state yet."""
+    for group in list(optimizer.param_groups):
+        by_rate: dict[float, list[torch.nn.Parameter]] = {}
+        kept = []
+        for p in group["params"]:
+            rate = rates.get(id(p))
+            if rate is None or rate == group["lr"]:
+                kept.append(p)
+            else:
+                by_rate.setdefault(rate, []).append(p)
+        group["params"] = kept
+        for rate, params in by_rate.items():
+            optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": params,
+                                       "lr": rate})
 
 
 class DMILDivergenceError(ArithmeticError):
@@ -230,6 +249,8 @@ class DMILTrainer(Trainer):
         self._checked_step = 0
         self._identity: dict[str, Any] | None = None
         self._frozen_modules: list[torch.nn.Module] = []
+        # Module -> peak learning rate, for the modules that keep an earlier stage's rate in the running stage.
+        self._kept_rates: dict[str, float] = {}
         # The LoRA adapter of the last stage this trainer finished or loaded, if that stage trained through one:
         # save_final copies this one and no other (a folder can hold an adapter another run left there).
         self._adapter_dir: str | None = None
@@ -470,6 +491,12 @@ class DMILTrainer(Trainer):
             self._progress.stage = stage
         # A fresh optimizer and schedule per stage: the parameters that train differ from stage to stage.
         self.optimizer, self.lr_scheduler = None, None
+        # Read from the caller's arguments: the stage's copy holds only its own stage's rate.
+        self._kept_rates = {
+            module: self.args.stage_value("learning_rate", earlier)
+            for module, earlier in stage_plan(_unwrap(self.model).config, stage).kept_learning_rates(
+                _unwrap(self.model).config).items()
+        }
         self._term_means.reset()
         self._checked_step = 0
         self._first_steps.reset()
@@ -560,6 +587,18 @@ class DMILTrainer(Trainer):
             model, stage, self.args.finetune_method, lora_kwargs=self._lora_kwargs(model)
         )
         return model
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer, with the modules that keep an earlier stage's learning rate in this stage
+        (`StagePlan.kept_learning_rates`: DMIL's encoders in stage 2 under `stage2_modality_weight`) in their own
+        parameter groups at that rate. The schedule then scales every group alike (warm-up and decay)."""
+        building = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if building and self._kept_rates:
+            modules = _unwrap(self.model).stage_modules()
+            rates = {id(p): rate for name, rate in self._kept_rates.items() for p in modules[name].parameters()}
+            split_parameter_groups(optimizer, rates)
+        return optimizer
 
     def _describe_adapter(self, adapter_dir: str, subfolder: str = ADAPTER_NAME) -> None:
         """Make a saved LoRA adapter name what it applies to: the run's repo (whose stage folder before the fine-tuning

@@ -36,6 +36,9 @@ class LossTerm:
     modules: tuple[str, ...] = ()
     # (config field, value) pairs under which the model computes this term at all.
     only_if: tuple[tuple[str, object], ...] = ()
+    # The earlier stage whose peak learning rate `modules` keep here (None: this stage's own): modules that an
+    # earlier stage trained at its rate (a pretrained backbone's) must not jump to the rate set for fresh heads.
+    modules_keep_rate_of: int | None = None
 
     def applies(self, config) -> bool:
         return all(getattr(config, field) == value for field, value in self.only_if)
@@ -84,6 +87,16 @@ class StagePlan:
             for module in entry.modules
         ]
         return tuple(dict.fromkeys((*self.trains, *extra)))
+
+    def kept_learning_rates(self, config) -> dict[str, int]:
+        """Module -> the earlier stage whose learning rate it trains at in this stage (only the modules that do not
+        train at this stage's own rate under `config`)."""
+        return {
+            module: entry.modules_keep_rate_of
+            for entry in self.terms
+            if entry.modules_keep_rate_of is not None and entry.applies(config) and _any_weight(config, entry)
+            for module in entry.modules
+        }
 
     def describe_weights(self, config) -> list[tuple[str, str]]:
         """(term, weight as written) pairs of the terms this stage counts under `config` (applicable, weight not 0),
@@ -164,10 +177,10 @@ STAGE_PLANS: dict[int, StagePlan] = {
             LossTerm("align_R_*", ("kl_weight", "alignment_weight")),
             LossTerm("rec_M_*", ("stage2_reconstruction_weight",)),
             LossTerm("gate_composition", ("gate_composition_weight",), only_if=_COMPOSITION_GATE),
-            # Off by default: the unimodal heads keep training the backbones through stage 2 (a backbone that is
-            # slow to take off then gets stage 2's steps too, instead of waiting frozen for stage 3).
+            # The unimodal heads keep training the backbones through stage 2 (a backbone that is slow to take off
+            # then gets stage 2's steps too, instead of waiting frozen for stage 3), at stage 1's learning rate.
             LossTerm("ce_modality_*", ("stage2_modality_weight",),
-                     modules=("backbones", "projections", "intra_decomposition")),
+                     modules=("backbones", "projections", "intra_decomposition"), modules_keep_rate_of=1),
         ),
     ),
     3: StagePlan(
