@@ -99,6 +99,18 @@ def plain_peers() -> dict[str, Any]:
     return PLAIN_PEERS
 
 
+def _override_value(text: str) -> Any:
+    """An override's value as YAML reads it, with a number in exponent form (`2e-3`, a string to YAML 1.1) as a
+    float."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_method(name: str) -> Method:
     """A method by name; `base:field=value+field=value` changes config fields (and, for DMIL, `stages=a/b/c` and
     `lrs=a/b/c`) of a base method, e.g. ``joint:joint_hidden_dim=32``."""
@@ -110,7 +122,7 @@ def parse_method(name: str) -> Method:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ValueError(f"override {item!r} of method {name!r} is not option=value")
-            options[key] = yaml.safe_load(value)
+            options[key] = _override_value(value)
         return Method(name, peers[base_name][1], options)
     if base_name not in BASE_METHODS:
         raise ValueError(
@@ -128,7 +140,7 @@ def parse_method(name: str) -> Method:
         if not sep:
             raise ValueError(f"override {item!r} of method {name!r} is not field=value")
         if key in argument_fields and key not in schedule:  # `stages=a/b/c` is the budget split, not the field
-            training[key] = yaml.safe_load(value)
+            training[key] = _override_value(value)
         elif key in schedule:
             if base.paradigm != "dmil":
                 raise ValueError(f"{key}= sets DMIL's three stages; {name!r} is not a DMIL method")
@@ -136,7 +148,7 @@ def parse_method(name: str) -> Method:
             if len(schedule[key]) != 3:
                 raise ValueError(f"{key}= takes three values a/b/c (stages 1, 2, 3), got {value!r}")
         else:
-            config[key] = yaml.safe_load(value)
+            config[key] = _override_value(value)
     return Method(name, base.paradigm, config, schedule["stages"], schedule["lrs"], training)
 
 

@@ -65,6 +65,9 @@ def test_benchmark_writes_the_documented_json(bench, tmp_path):
     # A DMILTrainingArguments field changes the method's training loop, not its config.
     clipped = bench.parse_method("joint:max_grad_norm=1.0+baseline_hidden_dim=32")
     assert (clipped.training, clipped.config) == ({"max_grad_norm": 1.0}, {"baseline_hidden_dim": 32})
+    # A number in exponent form is a float, not YAML 1.1's string (which crashed the optimizer after every run).
+    assert bench.parse_method("i2m2:learning_rate=2e-3+stage1_kl_weight=1e-3").training == {"learning_rate": 2e-3}
+    assert bench.parse_method("dmil:stage1_kl_weight=1e-3").config == {"stage1_kl_weight": 1e-3}
     harness = sys.modules["harness"]
     settings = harness.RunSettings(total_steps=4, batch_size=8, stage_learning_rates=(1e-3, 3e-3, 1e-3))
     assert harness.training_arguments(settings, clipped, 0, str(tmp_path)).max_grad_norm == 1.0
