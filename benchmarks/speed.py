@@ -5,6 +5,9 @@ Variants, interleaved round by round so that drift (thermal, other load) hits th
   train_joint          joint baseline, full fine-tuning (forward, backward, AdamW step)
   train_joint_lora     joint baseline with LoRA on the backbones (context for the LoRA ratio)
   train_stage1         DMIL stage 1 (backbones + level 1)
+  train_stage2         DMIL stage 2 as the default runs it: level 2, with the encoders training on the unimodal CEs
+                       (`stage2_modality_weight`)
+  train_stage2_frozen  DMIL stage 2 with the encoders frozen (`stage2_modality_weight=0`, the reference's stage 2)
   train_stage3_lora    DMIL stage 3, backbones through LoRA, all heads and losses on
   train_stage3_full    DMIL stage 3, everything trainable
   infer_joint / infer_dmil   eval-mode forward under torch.inference_mode
@@ -46,7 +49,10 @@ PRESETS = {
         warmup=5, steps=10, rounds=3,
     ),
 }
-TRAIN_VARIANTS = ("train_joint", "train_joint_lora", "train_stage1", "train_stage3_lora", "train_stage3_full")
+TRAIN_VARIANTS = ("train_joint", "train_joint_lora", "train_stage1", "train_stage2", "train_stage2_frozen",
+                  "train_stage3_lora", "train_stage3_full")
+# What a variant changes in DMIL's default config.
+VARIANT_CONFIG = {"train_stage2_frozen": {"stage2_modality_weight": 0.0}}
 INFER_VARIANTS = ("infer_joint", "infer_dmil")
 
 
@@ -81,10 +87,11 @@ class Variant:
         self.name, self.train = name, name.startswith("train_")
         paradigm = "joint" if "joint" in name else "dmil"
         config = DMILConfig(**configs, paradigm=paradigm, num_labels=8, latent_dim=settings["latent_dim"],
-                            check_inputs=check_inputs, fast_paths=settings.get("fast_paths", ()))
+                            check_inputs=check_inputs, fast_paths=settings.get("fast_paths", ()),
+                            **VARIANT_CONFIG.get(name, {}))
         torch.manual_seed(0)
         model = DMILForMultimodalClassification(config).to(device)
-        self.stage = {"train_stage1": 1}.get(name, 3)
+        self.stage = {"train_stage1": 1, "train_stage2": 2, "train_stage2_frozen": 2}.get(name, 3)
         self.frozen: list[torch.nn.Module] = []
         if name.endswith("_lora"):
             if paradigm == "joint":  # the trainer gives baselines no LoRA stage; the benchmark wraps it the same way
@@ -201,6 +208,8 @@ def run(settings: dict, preset: str, compile_model: bool, check_inputs: bool, pr
     t = {k: r["median_step_s"] for k, r in results.items()}
     pairs = {
         "train_stage1": ("train_stage1", "train_joint"),
+        "train_stage2": ("train_stage2", "train_joint"),
+        "train_stage2_frozen": ("train_stage2_frozen", "train_joint"),
         "train_stage3_lora": ("train_stage3_lora", "train_joint"),
         "train_stage3_full": ("train_stage3_full", "train_joint"),
         "inference": ("infer_dmil", "infer_joint"),

@@ -41,7 +41,8 @@ def test_speed_tiny_preset(tmp_path):
     run_script(python("speed.py", "--preset", "tiny", "--steps", "1", "--warmup", "1", "--rounds", "1",
                       "--batch-size", "4", "--out", str(out)), tmp_path)
     report = json.loads(out.read_text())
-    assert set(report["variants"]) == {"train_joint", "train_joint_lora", "train_stage1", "train_stage3_lora",
+    assert set(report["variants"]) == {"train_joint", "train_joint_lora", "train_stage1", "train_stage2",
+                                       "train_stage2_frozen", "train_stage3_lora",
                                        "train_stage3_full", "infer_joint", "infer_dmil"}
     assert all(v["samples_per_s"] > 0 for v in report["variants"].values()) and report["ratios"]
 

@@ -44,7 +44,9 @@ def test_stage_table_drives_the_trainers_freezing():
     assert _trained(default) == sorted([*stage1, "component_classifiers", "synergy_fusion"])
     for model in (default, reference):
         prepare_model_for_stage(model, 2, "full")
-        assert _trained(model) == sorted(STAGE_PLANS[2].trains)
+        # The default's encoders keep training through stage 2 on the unimodal CEs (stage2_modality_weight).
+        encoders = stage1 if model is default else []
+        assert _trained(model) == sorted([*STAGE_PLANS[2].trains, *encoders])
         prepare_model_for_stage(model, 3, "full")
         assert all(p.requires_grad for p in model.parameters())
 
@@ -111,7 +113,8 @@ def test_reference_preset_values():
         "kl_weight": 0.02, "alignment_weight": 1.0,
         "stage1_kl_weight": {"audio": 0.04, "default": 0.008},
         "stage1_reconstruction_weight": {"audio": 0.01, "default": 0.002},
-        "stage2_component_weight": 0.5, "stage2_reconstruction_weight": 0.005, "stage3_modality_weight": 0.5,
+        "stage2_component_weight": 0.5, "stage2_reconstruction_weight": 0.005, "stage2_modality_weight": 0.0,
+        "stage3_modality_weight": 0.5,
         "stage3_component_weight": 0.8, "stage3_consistency_kl_scale": 0.4, "stage3_reconstruction_z_weight": 0.003,
         "stage3_reconstruction_m_weight": 0.001,
     }
@@ -127,7 +130,7 @@ def test_default_differs_from_reference_only_in_documented_fields():
     differing = sorted(k for k in REFERENCE_PRESET if getattr(default, k) != getattr(reference, k))
     assert differing == sorted([
         "latent_dim", "synergy_fusion", "synergy_input", "gate_objective", "gate_composition_weight", "stage1_kl_weight",
-        "stage1_reconstruction_weight",
+        "stage1_reconstruction_weight", "stage2_modality_weight",
     ])
     for name in differing:  # every departure has its reason in the config's docstring
         assert f"{name} (" in DMILConfig.__doc__
@@ -139,6 +142,13 @@ def test_configs_saved_before_the_variants_load_with_their_modules(tmp_path):
     loaded = DMILConfig.from_dict(legacy)
     assert (loaded.synergy_fusion, loaded.redundancy_readout, loaded.gate_objective) == ("linear", "joint", "mixture")
     assert loaded.stage1_synergy_weight == 0.0 and loaded.stage1_kl_weight == config.kl_weight
+
+
+def test_a_config_saved_before_stage2_modality_weight_keeps_its_frozen_stage_2():
+    saved = {k: v for k, v in make_config(TEXT_VISION).to_dict().items() if k != "stage2_modality_weight"}
+    assert DMILConfig.from_dict(saved).stage2_modality_weight == 0.0
+    assert DMILConfig.from_dict(saved, stage2_modality_weight=0.5).stage2_modality_weight == 0.5
+    assert DMILConfig().stage2_modality_weight == 1.0
 
 
 @pytest.mark.parametrize("field, value", [("synergy_fusion", "bilinear"), ("gate_objective", "oracle"),

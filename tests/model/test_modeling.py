@@ -684,10 +684,11 @@ WEIGHTS = dict(
     kl_weight=0.07, alignment_weight=1.7, stage1_reconstruction_weight=0.3, stage2_component_weight=0.45,
     stage2_reconstruction_weight=0.11, stage3_modality_weight=0.55, stage3_component_weight=0.85,
     stage3_consistency_kl_scale=0.35, stage3_reconstruction_z_weight=0.13, stage3_reconstruction_m_weight=0.17,
-    stage1_kl_weight=0.09, stage1_synergy_weight=0.6, gate_composition_weight=0.7,
+    stage1_kl_weight=0.09, stage1_synergy_weight=0.6, gate_composition_weight=0.7, stage2_modality_weight=0.4,
 )
 # The reference preset's stage-1 weights are per modality; the rest of WEIGHTS applies on top of it.
-REFERENCE_WEIGHTS = {**REFERENCE_PRESET, **{k: v for k, v in WEIGHTS.items() if not k.startswith(("stage1_", "gate_"))}}
+REFERENCE_WEIGHTS = {**REFERENCE_PRESET, **{k: v for k, v in WEIGHTS.items()
+                                             if not k.startswith(("stage1_", "gate_", "stage2_modality"))}}
 
 
 def _stage_terms(modalities, config):
@@ -697,7 +698,9 @@ def _stage_terms(modalities, config):
     }
     if config.gate_objective == "composition":
         stage2 |= {"gate_composition"}
-    return {1: stage1 | ({"ce_synergy"} if config.stage1_synergy_weight else set()), 2: stage2, 3: stage1 | stage2}
+    # With stage2_modality_weight the level-1 terms are computed in stage 2 too (only the unimodal CEs count there).
+    return {1: stage1 | ({"ce_synergy"} if config.stage1_synergy_weight else set()),
+            2: stage2 | (stage1 if config.stage2_modality_weight else set()), 3: stage1 | stage2}
 
 
 def _expected_loss(t, c, stage, modalities):
@@ -720,6 +723,7 @@ def _expected_loss(t, c, stage, modalities):
         return (
             t["ce_final"] + c.stage2_component_weight * components + c.kl_weight * kl_level2
             + c.stage2_reconstruction_weight * s("rec_M") + gate
+            + (c.stage2_modality_weight * s("ce_modality") if c.stage2_modality_weight else 0.0)
         )
     return (
         t["ce_final"] + c.stage3_modality_weight * s("ce_modality") + c.kl_weight * (s("kl_M") + s("kl_N"))

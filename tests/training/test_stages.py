@@ -46,6 +46,11 @@ def test_stage_3_of_two_stage_is_its_joint_fine_tuning():
 
 def test_dmil_stages_follow_the_table():
     model, frozen = prepare_model_for_stage(model_of("dmil"), 2, "full")
+    # By default the encoders keep training through stage 2 (stage2_modality_weight); the reference's wait frozen.
+    assert any(name.startswith("backbones.") for name in trainable(model))
+    reference = model_of("dmil")
+    reference.config.stage2_modality_weight = 0.0
+    model, frozen = prepare_model_for_stage(reference, 2, "full")
     assert frozen and not any(name.startswith("backbones.") for name in trainable(model))
     model, frozen = prepare_model_for_stage(model_of("dmil"), 3, "full")
     assert frozen == [] and any(name.startswith("backbones.") for name in trainable(model))

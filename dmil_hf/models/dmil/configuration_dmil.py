@@ -52,6 +52,7 @@ REFERENCE_PRESET: dict[str, Any] = {
     "stage1_reconstruction_weight": {"audio": 0.01, "default": 0.002},
     "stage2_component_weight": 0.5,
     "stage2_reconstruction_weight": 0.005,
+    "stage2_modality_weight": 0.0,  # its encoders wait frozen through stage 2
     "stage3_modality_weight": 0.5,
     "stage3_component_weight": 0.8,
     "stage3_consistency_kl_scale": 0.4,
@@ -327,9 +328,11 @@ class DMILConfig(PretrainedConfig):
         stage2_reconstruction_weight (`float`, defaults to 0.005):
             Weight of the reconstruction of mean(M_m) from [R, U_m] in stage 2 (lamb=0.2 x 0.1 x 0.25; the reference
             code's extra x0.1 applies to its KL terms only).
-        stage2_modality_weight (`float`, defaults to 0.0):
+        stage2_modality_weight (`float`, defaults to 1.0):
             Weight of the unimodal CEs on M_m in stage 2. Above 0, the backbones, projections and level 1 keep
-            training through stage 2 on those CEs instead of staying frozen (the reference: 0).
+            training through stage 2 on those CEs, at stage 1's learning rate (`DMILTrainer` gives them their own
+            optimizer group), instead of waiting frozen for stage 3 (the reference: 0): an encoder that is slow to
+            take off gets stage 2's steps too.
         stage3_modality_weight (`float`, defaults to 0.5):
             Weight of the unimodal CEs on M_m in stage 3.
         stage3_component_weight (`float`, defaults to 0.8):
@@ -399,7 +402,7 @@ class DMILConfig(PretrainedConfig):
         stage1_reconstruction_weight: float | dict[str, float] = 0.01,
         stage2_component_weight: float = 0.5,
         stage2_reconstruction_weight: float = 0.005,
-        stage2_modality_weight: float = 0.0,
+        stage2_modality_weight: float = 1.0,
         stage3_modality_weight: float = 0.5,
         stage3_component_weight: float = 0.8,
         stage3_consistency_kl_scale: float = 0.4,
@@ -542,6 +545,9 @@ class DMILConfig(PretrainedConfig):
         if "projection" not in config_dict and "projection" not in kwargs and config_dict.get("model_type") == "dmil":
             # Saved before the field existed: every paradigm projected with one Linear.
             config_dict = {**config_dict, "projection": "linear"}
+        if "stage2_modality_weight" not in config_dict and "stage2_modality_weight" not in kwargs and config_dict.get("model_type") == "dmil":
+            # Saved before the field existed: its stage 2 held the encoders frozen (a run continued from it does too).
+            config_dict = {**config_dict, "stage2_modality_weight": 0.0}
         if "baseline_hidden_dim" not in config_dict and "baseline_hidden_dim" not in kwargs and config_dict.get("model_type") == "dmil":
             # Saved before the field existed: the baselines' heads were latent_dim wide.
             config_dict = {**config_dict, "baseline_hidden_dim": config_dict.get("latent_dim", 64)}
