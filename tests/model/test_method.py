@@ -114,7 +114,7 @@ def test_reference_preset_values():
         "stage1_kl_weight": {"audio": 0.04, "default": 0.008},
         "stage1_reconstruction_weight": {"audio": 0.01, "default": 0.002},
         "stage2_component_weight": 0.5, "stage2_reconstruction_weight": 0.005, "stage2_modality_weight": 0.0,
-        "stage3_modality_weight": 0.5,
+        "level1_initial_logvar": 0.0, "stage3_modality_weight": 0.5,
         "stage3_component_weight": 0.8, "stage3_consistency_kl_scale": 0.4, "stage3_reconstruction_z_weight": 0.003,
         "stage3_reconstruction_m_weight": 0.001,
     }
@@ -130,7 +130,7 @@ def test_default_differs_from_reference_only_in_documented_fields():
     differing = sorted(k for k in REFERENCE_PRESET if getattr(default, k) != getattr(reference, k))
     assert differing == sorted([
         "latent_dim", "synergy_fusion", "synergy_input", "gate_objective", "gate_composition_weight", "stage1_kl_weight",
-        "stage1_reconstruction_weight", "stage2_modality_weight",
+        "stage1_reconstruction_weight", "stage2_modality_weight", "level1_initial_logvar",
     ])
     for name in differing:  # every departure has its reason in the config's docstring
         assert f"{name} (" in DMILConfig.__doc__
@@ -144,11 +144,13 @@ def test_configs_saved_before_the_variants_load_with_their_modules(tmp_path):
     assert loaded.stage1_synergy_weight == 0.0 and loaded.stage1_kl_weight == config.kl_weight
 
 
-def test_a_config_saved_before_stage2_modality_weight_keeps_its_frozen_stage_2():
-    saved = {k: v for k, v in make_config(TEXT_VISION).to_dict().items() if k != "stage2_modality_weight"}
-    assert DMILConfig.from_dict(saved).stage2_modality_weight == 0.0
+def test_a_config_saved_before_issue_25s_fields_keeps_its_frozen_stage_2_and_its_level_1():
+    new_fields = ("stage2_modality_weight", "level1_initial_logvar")
+    saved = {k: v for k, v in make_config(TEXT_VISION).to_dict().items() if k not in new_fields}
+    loaded = DMILConfig.from_dict(saved)
+    assert (loaded.stage2_modality_weight, loaded.level1_initial_logvar) == (0.0, 0.0)
     assert DMILConfig.from_dict(saved, stage2_modality_weight=0.5).stage2_modality_weight == 0.5
-    assert DMILConfig().stage2_modality_weight == 1.0
+    assert (DMILConfig().stage2_modality_weight, DMILConfig().level1_initial_logvar) == (1.0, -2.0)
 
 
 @pytest.mark.parametrize("field, value", [("synergy_fusion", "bilinear"), ("gate_objective", "oracle"),
@@ -481,3 +483,21 @@ def test_stage2_modality_weight_keeps_the_backbones_training_through_stage_2_on_
             expected = DMILForMultimodalClassification(config).head.weighted_loss(rest, 2) + 0.7 * (
                 out.loss_terms["ce_modality_text"] + out.loss_terms["ce_modality_vision"])
             torch.testing.assert_close(out.loss, expected)
+
+
+def test_level1_initial_logvar_offsets_the_level1_posteriors_log_variance():
+    from dmil_hf.models.dmil.heads_dmil import DiagonalGaussianHead
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    plain, narrow = DiagonalGaussianHead(4, 2, 8.0), DiagonalGaussianHead(4, 2, 8.0, logvar_offset=-4.0)
+    narrow.load_state_dict(plain.state_dict())
+    a, b = plain(x), narrow(x)
+    torch.testing.assert_close(b.mu, a.mu)
+    torch.testing.assert_close(b.logvar, (a.logvar - 4.0).clamp(-8.0, 8.0))
+    model = DMILForMultimodalClassification(make_config(TEXT_VISION, level1_initial_logvar=-3.0))
+    level1 = model.head.intra_decomposition["text"]
+    assert level1.m_posterior.logvar_offset == level1.n_posterior.logvar_offset == -3.0
+    assert model.head.consistency_decomposition.redundancy.logvar_offset == 0.0  # level 2 is left as it is
+    with pytest.raises(ValueError, match="level1_initial_logvar"):
+        make_config(TEXT_VISION, level1_initial_logvar=-9.0)

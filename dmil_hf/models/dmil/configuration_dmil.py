@@ -53,6 +53,7 @@ REFERENCE_PRESET: dict[str, Any] = {
     "stage2_component_weight": 0.5,
     "stage2_reconstruction_weight": 0.005,
     "stage2_modality_weight": 0.0,  # its encoders wait frozen through stage 2
+    "level1_initial_logvar": 0.0,
     "stage3_modality_weight": 0.5,
     "stage3_component_weight": 0.8,
     "stage3_consistency_kl_scale": 0.4,
@@ -303,6 +304,11 @@ class DMILConfig(PretrainedConfig):
             for that step. Unlike dropout the modality still looks present: the components and the gate learn that a
             present modality can say nothing (the composition target sends such a sample to the others), and its
             level-1 losses skip the corrupted sample.
+        level1_initial_logvar (`float`, defaults to -2.0):
+            Where the level-1 posteriors' log-variance starts (a fixed offset on it). At 0 (the reference) M_m and
+            N_m start at the prior's spread, and in early training the unimodal heads read samples whose noise can
+            drown an encoder that is slow to take off, which then never does; at -2 they start narrow (std 0.37) and
+            the KL widens them as training goes.
         gate_reads_predictions (`bool`, defaults to `False`):
             Whether the gate also reads the component heads' log-probabilities (detached) next to the latents.
         stage1_synergy_weight (`float`, defaults to 0.0):
@@ -395,6 +401,7 @@ class DMILConfig(PretrainedConfig):
         projection: str | None = None,
         modality_dropout: float = 0.0,
         modality_corruption: float = 0.0,
+        level1_initial_logvar: float = -2.0,
         stage1_synergy_weight: float = 0.0,
         kl_weight: float = 0.02,
         alignment_weight: float = 1.0,
@@ -473,6 +480,12 @@ class DMILConfig(PretrainedConfig):
             )
         self.modality_dropout = float(modality_dropout)
         self.modality_corruption = float(modality_corruption)
+        self.level1_initial_logvar = float(level1_initial_logvar)
+        if not math.isfinite(self.level1_initial_logvar) or abs(self.level1_initial_logvar) > self.logvar_clamp:
+            raise ValueError(
+                f"level1_initial_logvar must be finite and within logvar_clamp ({self.logvar_clamp:g}), got "
+                f"{level1_initial_logvar!r}"
+            )
         self.stage1_synergy_weight = float(stage1_synergy_weight)
         self.kl_weight = float(kl_weight)
         self.alignment_weight = float(alignment_weight)
@@ -548,6 +561,9 @@ class DMILConfig(PretrainedConfig):
         if "stage2_modality_weight" not in config_dict and "stage2_modality_weight" not in kwargs and config_dict.get("model_type") == "dmil":
             # Saved before the field existed: its stage 2 held the encoders frozen (a run continued from it does too).
             config_dict = {**config_dict, "stage2_modality_weight": 0.0}
+        if "level1_initial_logvar" not in config_dict and "level1_initial_logvar" not in kwargs and config_dict.get("model_type") == "dmil":
+            # Saved before the field existed: its level-1 log-variances had no offset (identical logits on load).
+            config_dict = {**config_dict, "level1_initial_logvar": 0.0}
         if "baseline_hidden_dim" not in config_dict and "baseline_hidden_dim" not in kwargs and config_dict.get("model_type") == "dmil":
             # Saved before the field existed: the baselines' heads were latent_dim wide.
             config_dict = {**config_dict, "baseline_hidden_dim": config_dict.get("latent_dim", 64)}

@@ -129,14 +129,18 @@ class GaussianLatent(NamedTuple):
 class DiagonalGaussianHead(nn.Module):
     """q(z | x) = N(mu(x), diag(exp(logvar(x)))): a reparameterised sample in training, the mean in eval."""
 
-    def __init__(self, in_dim: int, out_dim: int, logvar_clamp: float):
+    def __init__(self, in_dim: int, out_dim: int, logvar_clamp: float, logvar_offset: float = 0.0):
         super().__init__()
         self.linear = nn.Linear(in_dim, 2 * out_dim)
         self.logvar_clamp = logvar_clamp
+        # Where the log-variance starts: a fixed offset rather than a bias init, so that it holds whatever init runs.
+        self.logvar_offset = logvar_offset
 
     def forward(self, x: torch.Tensor, sample: bool | None = None) -> GaussianLatent:
         """`sample` overrides the module's own training flag (the default) for whether the latent is sampled."""
         mu, logvar = self.linear(x).chunk(2, dim=-1)
+        if self.logvar_offset:
+            logvar = logvar + self.logvar_offset
         # Clamped so that exp(logvar) stays finite in bf16/fp16.
         logvar = logvar.clamp(-self.logvar_clamp, self.logvar_clamp)
         if not (self.training if sample is None else sample):
@@ -183,10 +187,10 @@ class ConsistencyLatents:
 class IntraModalDecomposition(nn.Module):
     """Level 1 for one modality: Z_m -> M_m (usable alone, has a classifier) and N_m (the rest, no label loss)."""
 
-    def __init__(self, dim: int, num_labels: int, logvar_clamp: float):
+    def __init__(self, dim: int, num_labels: int, logvar_clamp: float, initial_logvar: float = 0.0):
         super().__init__()
-        self.m_posterior = DiagonalGaussianHead(dim, dim, logvar_clamp)
-        self.n_posterior = DiagonalGaussianHead(dim, dim, logvar_clamp)
+        self.m_posterior = DiagonalGaussianHead(dim, dim, logvar_clamp, initial_logvar)
+        self.n_posterior = DiagonalGaussianHead(dim, dim, logvar_clamp, initial_logvar)
         self.classifier = nn.Linear(dim, num_labels)
         self.reconstruction = MLP(2 * dim, max(dim // 2, 1), dim)
 
@@ -721,7 +725,7 @@ class DMILHead(nn.Module):
         self.modalities = list(config.modalities)
         dim, num_labels = config.latent_dim, config.num_labels
         self.intra_decomposition = nn.ModuleDict(
-            {m: IntraModalDecomposition(dim, num_labels, config.logvar_clamp) for m in self.modalities}
+            {m: IntraModalDecomposition(dim, num_labels, config.logvar_clamp, config.level1_initial_logvar) for m in self.modalities}
         )
         self.consistency_decomposition = ConsistencyDecomposition(self.modalities, dim, config.logvar_clamp)
         self.synergy_fusion = SYNERGY_FUSIONS[config.synergy_fusion](len(self.modalities), dim)
