@@ -698,9 +698,10 @@ def _stage_terms(modalities, config):
     }
     if config.gate_objective == "composition":
         stage2 |= {"gate_composition"}
-    # With stage2_modality_weight the level-1 terms are computed in stage 2 too (only the unimodal CEs count there).
+    # With stage2_modality_weight stage 2 counts the unimodal CEs too (and computes no other level-1 term).
+    unimodal = {f"ce_modality_{m}" for m in modalities}
     return {1: stage1 | ({"ce_synergy"} if config.stage1_synergy_weight else set()),
-            2: stage2 | (stage1 if config.stage2_modality_weight else set()), 3: stage1 | stage2}
+            2: stage2 | (unimodal if config.stage2_modality_weight else set()), 3: stage1 | stage2}
 
 
 def _expected_loss(t, c, stage, modalities):
@@ -750,7 +751,7 @@ def test_loss_terms_per_stage_and_weighted_loss(modalities, preset):
         torch.testing.assert_close(out.loss, _expected_loss(out.loss_terms, config, stage, modalities), rtol=1e-6, atol=1e-6)
         # The CE terms are the CEs of the returned logits.
         for k, m in enumerate(modalities):
-            if stage != 2:
+            if f"ce_modality_{m}" in out.loss_terms:
                 torch.testing.assert_close(out.loss_terms[f"ce_modality_{m}"], F.cross_entropy(out.modality_logits[:, k], labels))
             if stage != 1:
                 torch.testing.assert_close(out.loss_terms[f"ce_uniqueness_{m}"], F.cross_entropy(out.component_logits[:, 1 + k], labels))

@@ -45,7 +45,9 @@ def test_arguments_validate_and_fall_back(tmp_path):
 
 
 def test_three_stages_freeze_save_and_lora(tmp_path):
-    trainer = DMILTrainer(model=two_modality_model(), args=make_args(tmp_path), train_dataset=make_data(), eval_dataset=make_data(8, 1))
+    model = two_modality_model()
+    model.config.stage2_modality_weight = 0.0  # the reference's stage 2: the stage-1 modules wait frozen
+    trainer = DMILTrainer(model=model, args=make_args(tmp_path), train_dataset=make_data(), eval_dataset=make_data(8, 1))
     output = trainer.train()
     assert sorted(output.metrics["stages"]) == ["1", "2", "3"]
     run = tmp_path / "run"

@@ -749,8 +749,10 @@ class DMILHead(nn.Module):
         if config.modality_corruption and self.training and with_losses and stage in (2, 3):
             z, corrupted = corrupt_one_modality(z, present, config.modality_corruption, modalities)
             level1_mask = present & ~corrupted
-        # Stage 2 trains nothing of level 1 and reads none of its terms unless stage2_modality_weight says so.
-        level1_losses = with_losses and (stage in (1, 3) or (stage == 2 and bool(config.stage2_modality_weight)))
+        # Level 1's KL and reconstruction count in stages 1 and 3; its unimodal CEs also in stage 2 under
+        # stage2_modality_weight (the stage table). What a stage does not count is not computed.
+        level1_losses = with_losses and stage in (1, 3)
+        unimodal_ces = level1_losses or (with_losses and stage == 2 and bool(config.stage2_modality_weight))
         # N is sampled whenever the head trains, even in stage 2 where level 1 is frozen and held in eval mode.
         level1 = {
             m: self.intra_decomposition[m](z[m], with_losses=level1_losses, sample_n=self.training) for m in modalities
@@ -767,10 +769,11 @@ class DMILHead(nn.Module):
         synergy_inputs = [synergy_source[m] * present_f[:, k : k + 1] for k, m in enumerate(modalities)]
 
         terms: dict[str, torch.Tensor] = {}
-        if level1_losses:
-            for k, m in enumerate(modalities):
-                p, out = level1_mask[:, k], level1[m]
+        for k, m in enumerate(modalities):
+            p, out = level1_mask[:, k], level1[m]
+            if unimodal_ces:
                 terms[f"ce_modality_{m}"] = masked_mean(task_loss(out.logits, labels, problem_type=problem_type), p)
+            if level1_losses:
                 terms[f"kl_M_{m}"] = masked_mean(kl_per_dim(out.m.mu, out.m.logvar), p)
                 terms[f"kl_N_{m}"] = masked_mean(kl_per_dim(out.n.mu, out.n.logvar), p)
                 # The target is detached: reconstruction asks M and N to keep what Z holds, not Z to shrink.
