@@ -588,12 +588,13 @@ class DMILTrainer(Trainer):
         )
         return model
 
-    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+    def create_optimizer(self, *args, **kwargs) -> torch.optim.Optimizer:
         """The Trainer's optimizer, with the modules that keep an earlier stage's learning rate in this stage
         (`StagePlan.kept_learning_rates`: DMIL's encoders in stage 2 under `stage2_modality_weight`) in their own
         parameter groups at that rate. The schedule then scales every group alike (warm-up and decay)."""
         building = self.optimizer is None
-        optimizer = super().create_optimizer(model)
+        # transformers 5.25 passes the model to build for; 5.17 passes nothing.
+        optimizer = super().create_optimizer(*args, **kwargs)
         if building and self._kept_rates:
             modules = _unwrap(self.model).stage_modules()
             rates = {id(p): rate for name, rate in self._kept_rates.items() for p in modules[name].parameters()}
