@@ -111,6 +111,14 @@ def _override_value(text: str) -> Any:
     return value
 
 
+def stage_values(text: str, what: str) -> tuple[float, float, float]:
+    """`a/b/c`: one value per DMIL stage (1, 2, 3); `what` names the option in the error."""
+    values = tuple(float(x) for x in text.split("/"))
+    if len(values) != 3:
+        raise ValueError(f"{what} takes three values a/b/c (stages 1, 2, 3), got {text!r}")
+    return values
+
+
 def parse_method(name: str) -> Method:
     """A method by name; `base:field=value+field=value` changes config fields (and, for DMIL, `stages=a/b/c` and
     `lrs=a/b/c`) of a base method, e.g. ``joint:joint_hidden_dim=32``."""
@@ -144,9 +152,7 @@ def parse_method(name: str) -> Method:
         elif key in schedule:
             if base.paradigm != "dmil":
                 raise ValueError(f"{key}= sets DMIL's three stages; {name!r} is not a DMIL method")
-            schedule[key] = tuple(float(x) for x in value.split("/"))
-            if len(schedule[key]) != 3:
-                raise ValueError(f"{key}= takes three values a/b/c (stages 1, 2, 3), got {value!r}")
+            schedule[key] = stage_values(value, f"{key}=")
         else:
             config[key] = _override_value(value)
     return Method(name, base.paradigm, config, schedule["stages"], schedule["lrs"], training)

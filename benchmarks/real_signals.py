@@ -46,6 +46,7 @@ from harness import (  # noqa: E402  (sets HF_HUB_OFFLINE before transformers is
     emit,
     parse_method,
     run_seeds,
+    stage_values,
 )
 
 import torch  # noqa: E402
@@ -145,7 +146,7 @@ def parse_settings(argv: list[str] | None = None) -> tuple[RealSignalSettings, a
     parser.add_argument("--corrupt-modality", dest="corrupt_modality")
     parser.add_argument("--text-layers", dest="text_layers", type=int, help="MiniLM layers kept (1-6)")
     parser.add_argument("--learning-rates", dest="stage_learning_rates", metavar="A/B/C",
-                        type=lambda v: tuple(float(x) for x in v.split("/")),
+                        type=lambda v: stage_values(v, "--learning-rates"),
                         help="DMIL's peak learning rate per stage; the baselines take A (default: 1e-3/3e-3/1e-3, "
                              "--quick 3e-3/3e-3/3e-3)")
     parser.add_argument("--save_models", "--save-models", dest="save_models", default=None, metavar="DIR",

@@ -492,10 +492,10 @@ class DMILTrainer(Trainer):
         # A fresh optimizer and schedule per stage: the parameters that train differ from stage to stage.
         self.optimizer, self.lr_scheduler = None, None
         # Read from the caller's arguments: the stage's copy holds only its own stage's rate.
+        config = _unwrap(self.model).config
         self._kept_rates = {
             module: self.args.stage_value("learning_rate", earlier)
-            for module, earlier in stage_plan(_unwrap(self.model).config, stage).kept_learning_rates(
-                _unwrap(self.model).config).items()
+            for module, earlier in stage_plan(config, stage).kept_learning_rates(config).items()
         }
         self._term_means.reset()
         self._checked_step = 0

@@ -69,6 +69,19 @@ _LEGACY_VALUES = {
               "gate_composition_weight", "gate_reads_predictions")
 }
 
+# Fields added after configs were first saved, each with what a config saved without it meant (read from that
+# config): it loads with the behaviour it was trained with.
+_FIELDS_ADDED_LATER = {
+    # every paradigm projected with one Linear
+    "projection": lambda saved: "linear",
+    # its stage 2 held the encoders frozen (a run continued from it does too)
+    "stage2_modality_weight": lambda saved: 0.0,
+    # its level-1 log-variances had no offset (identical logits on load)
+    "level1_initial_logvar": lambda saved: 0.0,
+    # the baselines' heads were latent_dim wide
+    "baseline_hidden_dim": lambda saved: saved.get("latent_dim", 64),
+}
+
 
 def _as_backbone_config(value: Any, kind: str, what: str | None = None) -> PretrainedConfig | None:
     """A modality's encoder config from a config object, a dict (its `model_type`, else the kind's default family) or
@@ -555,18 +568,10 @@ class DMILConfig(PretrainedConfig):
             # Saved before the variants existed: keep the modules it was trained with (identical logits on load).
             legacy = {**_LEGACY_VALUES, "stage1_kl_weight": config_dict.get("kl_weight", 0.02)}
             config_dict = {**legacy, **config_dict}
-        if "projection" not in config_dict and "projection" not in kwargs and config_dict.get("model_type") == "dmil":
-            # Saved before the field existed: every paradigm projected with one Linear.
-            config_dict = {**config_dict, "projection": "linear"}
-        if "stage2_modality_weight" not in config_dict and "stage2_modality_weight" not in kwargs and config_dict.get("model_type") == "dmil":
-            # Saved before the field existed: its stage 2 held the encoders frozen (a run continued from it does too).
-            config_dict = {**config_dict, "stage2_modality_weight": 0.0}
-        if "level1_initial_logvar" not in config_dict and "level1_initial_logvar" not in kwargs and config_dict.get("model_type") == "dmil":
-            # Saved before the field existed: its level-1 log-variances had no offset (identical logits on load).
-            config_dict = {**config_dict, "level1_initial_logvar": 0.0}
-        if "baseline_hidden_dim" not in config_dict and "baseline_hidden_dim" not in kwargs and config_dict.get("model_type") == "dmil":
-            # Saved before the field existed: the baselines' heads were latent_dim wide.
-            config_dict = {**config_dict, "baseline_hidden_dim": config_dict.get("latent_dim", 64)}
+        if config_dict.get("model_type") == "dmil":
+            for name, value_it_had in _FIELDS_ADDED_LATER.items():
+                if name not in config_dict and name not in kwargs:
+                    config_dict = {**config_dict, name: value_it_had(config_dict)}
         return super().from_dict(_weights_it_was_trained_with(config_dict), **kwargs)
 
     @property
